@@ -1,0 +1,426 @@
+//! RFC 9474 RSA blind signatures (RSABSSA), all four variants.
+//!
+//! Client: [`prepare`] → [`blind`] → (server [`blind_sign`]) → [`finalize`],
+//! which always verifies. Anyone: [`verify`]. Randomness is injected, so the
+//! official vectors replay through these same functions.
+//!
+//! The server's private-key operation sits behind [`RawSigner`] so that the
+//! backend (aws-lc today, an HSM later) is pluggable; this module does the
+//! RFC's checks around it.
+
+use crypto_bigint::BoxedUint;
+use rand_core::CryptoRng;
+use sha2::{Digest, Sha384};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::rsa::RsaPublicKey;
+
+/// SHA-384 output length (`hLen`).
+const HASH_LEN: usize = 48;
+/// Length of the random prefix of the Randomized variants (RFC 9474 §4.1).
+pub const PREFIX_LEN: usize = 32;
+
+/// The four RSABSSA variants of RFC 9474 §5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// RSABSSA-SHA384-PSS-Randomized: salt 48, random 32-byte prefix.
+    Sha384PssRandomized,
+    /// RSABSSA-SHA384-PSSZERO-Randomized: salt 0, random 32-byte prefix.
+    Sha384PssZeroRandomized,
+    /// RSABSSA-SHA384-PSS-Deterministic: salt 48, identity prepare (token type 2).
+    Sha384PssDeterministic,
+    /// RSABSSA-SHA384-PSSZERO-Deterministic: salt 0, identity prepare.
+    Sha384PssZeroDeterministic,
+}
+
+impl Variant {
+    /// All variants, in RFC order.
+    pub const ALL: [Variant; 4] = [
+        Variant::Sha384PssRandomized,
+        Variant::Sha384PssZeroRandomized,
+        Variant::Sha384PssDeterministic,
+        Variant::Sha384PssZeroDeterministic,
+    ];
+
+    /// The RFC 9474 name, e.g. `RSABSSA-SHA384-PSS-Deterministic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Sha384PssRandomized => "RSABSSA-SHA384-PSS-Randomized",
+            Variant::Sha384PssZeroRandomized => "RSABSSA-SHA384-PSSZERO-Randomized",
+            Variant::Sha384PssDeterministic => "RSABSSA-SHA384-PSS-Deterministic",
+            Variant::Sha384PssZeroDeterministic => "RSABSSA-SHA384-PSSZERO-Deterministic",
+        }
+    }
+
+    /// Looks a variant up by its RFC 9474 name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    /// PSS salt length in bytes (`sLen`).
+    pub fn salt_len(self) -> usize {
+        match self {
+            Variant::Sha384PssRandomized | Variant::Sha384PssDeterministic => HASH_LEN,
+            Variant::Sha384PssZeroRandomized | Variant::Sha384PssZeroDeterministic => 0,
+        }
+    }
+
+    /// True for the variants whose Prepare adds a random prefix.
+    pub fn is_randomized(self) -> bool {
+        matches!(self, Variant::Sha384PssRandomized | Variant::Sha384PssZeroRandomized)
+    }
+}
+
+/// Errors of [`blind`] (RFC 9474 §4.2 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BlindError {
+    /// EMSA-PSS-ENCODE: the modulus is too small for the hash and salt.
+    #[error("encoding error")]
+    Encoding,
+    /// `gcd(m, n) != 1`.
+    #[error("invalid input")]
+    InvalidInput,
+    /// The blinding factor had no inverse (r shares a factor with n).
+    #[error("blinding error")]
+    Blinding,
+}
+
+/// Errors of [`blind_sign`] (RFC 9474 §4.3, RFC 9578 §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BlindSignError {
+    /// The blinded message is not exactly `modulus_len` bytes.
+    #[error("blinded message must be {expected} bytes, found {found}")]
+    WrongLength {
+        /// `modulus_len`.
+        expected: usize,
+        /// Length received.
+        found: usize,
+    },
+    /// The blinded message is `>= n` (or a value the backend refuses, like 0 or 1).
+    #[error("message representative out of range")]
+    OutOfRange,
+    /// The private-key operation failed or its result did not verify
+    /// (`s^e mod n != m`): possibly a fault. Never returned to a client as-is.
+    #[error("signing failure")]
+    SigningFailure,
+}
+
+/// Errors of [`finalize`] (RFC 9474 §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FinalizeError {
+    /// The blind signature is not `modulus_len` bytes.
+    #[error("unexpected input size")]
+    UnexpectedInputSize,
+    /// The blind signature is `>= n` or the unblinded signature does not verify.
+    #[error("invalid signature")]
+    InvalidSignature,
+}
+
+/// A signature that does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid signature")]
+pub struct VerifyError;
+
+/// The private-key half of RSA: RSASP1 on an integer already known to be `< n`.
+///
+/// # Contract for implementations
+/// - the operation is constant-time and base-blinded (RFC 9474 §7.1);
+/// - it checks `s^e mod n == m` before returning and returns
+///   [`BlindSignError::SigningFailure`] otherwise (RFC 9474 §4.3 step 3);
+/// - it never reduces an input: `m >= n` is [`BlindSignError::OutOfRange`];
+/// - the output is exactly `modulus_len` bytes.
+pub trait RawSigner {
+    /// The public half of the key.
+    fn public_key(&self) -> &RsaPublicKey;
+
+    /// RSASP1(sk, m) for the big-endian `m` of exactly `modulus_len` bytes.
+    fn rsasp1(&self, m: &[u8]) -> Result<Vec<u8>, BlindSignError>;
+}
+
+/// A message after RFC 9474 §4.1 Prepare (`msg_prefix ‖ msg`, or `msg`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedMessage(Vec<u8>);
+
+impl PreparedMessage {
+    /// The prepared bytes: what is actually signed and verified.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The client's secret from [`blind`]: `inv = r⁻¹ mod n`. Zeroised on drop.
+pub struct BlindingSecret {
+    inv: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for BlindingSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlindingSecret(<redacted>)")
+    }
+}
+
+impl BlindingSecret {
+    /// Rebuilds a secret from the big-endian `inv` (for storage between
+    /// steps, and for test vectors).
+    pub fn from_inverse_bytes(inv: &[u8]) -> Self {
+        Self { inv: Zeroizing::new(inv.to_vec()) }
+    }
+
+    /// The big-endian `inv` (keep it secret).
+    pub fn inverse_bytes(&self) -> &[u8] {
+        &self.inv
+    }
+}
+
+/// RFC 9474 §4.1 Prepare: identity, or a fresh 32-byte random prefix.
+pub fn prepare(variant: Variant, msg: &[u8], rng: &mut impl CryptoRng) -> PreparedMessage {
+    if !variant.is_randomized() {
+        return PreparedMessage(msg.to_vec());
+    }
+    let mut prepared = vec![0u8; PREFIX_LEN + msg.len()];
+    let (prefix, rest) = prepared.split_at_mut(PREFIX_LEN);
+    rng.fill_bytes(prefix);
+    rest.copy_from_slice(msg);
+    PreparedMessage(prepared)
+}
+
+/// Treats `msg` as already prepared (the application knows the prefix, or the
+/// variant is Deterministic).
+pub fn prepared(msg: &[u8]) -> PreparedMessage {
+    PreparedMessage(msg.to_vec())
+}
+
+/// RFC 9474 §4.2 Blind. Draws the PSS salt, then `r`, from `rng` (in that
+/// order) and returns `(blinded_msg, inv)`.
+pub fn blind(
+    pk: &RsaPublicKey,
+    variant: Variant,
+    msg: &PreparedMessage,
+    rng: &mut impl CryptoRng,
+) -> Result<(Vec<u8>, BlindingSecret), BlindError> {
+    // 1. encoded_msg = EMSA-PSS-ENCODE(msg, bit_len(n) - 1) with a fresh salt.
+    let mut salt = Zeroizing::new(vec![0u8; variant.salt_len()]);
+    rng.fill_bytes(&mut salt);
+    let em_bits = pk.modulus_bits() - 1;
+    let encoded = emsa_pss_encode(msg.as_bytes(), em_bits, &salt).ok_or(BlindError::Encoding)?;
+    let mut padded = Zeroizing::new(vec![0u8; pk.modulus_len()]);
+    let offset = pk.modulus_len() - encoded.len();
+    padded.get_mut(offset..).ok_or(BlindError::Encoding)?.copy_from_slice(&encoded);
+    // 2. m = bytes_to_int(encoded_msg); 3. require gcd(m, n) == 1.
+    let m = pk.uint_below_modulus(&padded).ok_or(BlindError::Encoding)?;
+    let m_mont = pk.monty(&m);
+    if m_mont.invert().into_option().is_none() {
+        return Err(BlindError::InvalidInput);
+    }
+    // 4. r = random_integer_uniform(1, n); inv = r^-1 mod n.
+    let r = random_below_modulus(pk, rng);
+    let r_mont = pk.monty(&r);
+    let inv = r_mont.invert().into_option().ok_or(BlindError::Blinding)?;
+    // 5. x = RSAVP1(pk, r); z = m * x mod n.
+    let x = pk.pow_e(&r_mont);
+    let z = m_mont.mul(&x).retrieve();
+    let blinded = pk.to_fixed_bytes(&z);
+    let inv_bytes = Zeroizing::new(pk.to_fixed_bytes(&inv.retrieve()));
+    Ok((blinded, BlindingSecret { inv: inv_bytes }))
+}
+
+/// RFC 9474 §4.3 BlindSign, with RFC 9578 §6.2's length check first.
+pub fn blind_sign(signer: &impl RawSigner, blinded_msg: &[u8]) -> Result<Vec<u8>, BlindSignError> {
+    let pk = signer.public_key();
+    if blinded_msg.len() != pk.modulus_len() {
+        return Err(BlindSignError::WrongLength { expected: pk.modulus_len(), found: blinded_msg.len() });
+    }
+    // 1-2. m = bytes_to_int(blinded_msg); m >= n is "message representative
+    // out of range". Never reduced.
+    if pk.uint_below_modulus(blinded_msg).is_none() {
+        return Err(BlindSignError::OutOfRange);
+    }
+    // 2-4. s = RSASP1(sk, m), checked s^e == m by the backend (see RawSigner).
+    let sig = signer.rsasp1(blinded_msg)?;
+    if sig.len() != pk.modulus_len() {
+        return Err(BlindSignError::SigningFailure);
+    }
+    Ok(sig)
+}
+
+/// RFC 9474 §4.4 Finalize: unblinds and **verifies**; never returns an
+/// unverified signature.
+pub fn finalize(
+    pk: &RsaPublicKey,
+    variant: Variant,
+    msg: &PreparedMessage,
+    blind_sig: &[u8],
+    secret: &BlindingSecret,
+) -> Result<Vec<u8>, FinalizeError> {
+    // 1. len(blind_sig) == modulus_len.
+    if blind_sig.len() != pk.modulus_len() {
+        return Err(FinalizeError::UnexpectedInputSize);
+    }
+    // 2. z = bytes_to_int(blind_sig); s = z * inv mod n (z >= n is refused).
+    let z = pk.uint_below_modulus(blind_sig).ok_or(FinalizeError::InvalidSignature)?;
+    let inv = pk.uint_below_modulus(&secret.inv).ok_or(FinalizeError::InvalidSignature)?;
+    let s = pk.monty(&z).mul(&pk.monty(&inv)).retrieve();
+    let sig = pk.to_fixed_bytes(&s);
+    // 3. RSASSA-PSS-VERIFY(pk, msg, sig).
+    verify(pk, variant, msg, &sig).map_err(|_| FinalizeError::InvalidSignature)?;
+    Ok(sig)
+}
+
+/// RFC 9474 §4.5: RSASSA-PSS-VERIFY with SHA-384, MGF1-SHA-384 and the
+/// variant's exact salt length.
+pub fn verify(pk: &RsaPublicKey, variant: Variant, msg: &PreparedMessage, sig: &[u8]) -> Result<(), VerifyError> {
+    // RFC 8017 §8.1.2 step 1: length check; step 2: RSAVP1 with s < n.
+    let s = pk.uint_below_modulus(sig).ok_or(VerifyError)?;
+    let m = pk.public_op(&s);
+    let em_bits = pk.modulus_bits() - 1;
+    let em_len = (em_bits as usize).div_ceil(8);
+    let full = pk.to_fixed_bytes(&m);
+    // I2OSP(m, emLen): the leading bytes beyond emLen must be zero.
+    let (high, em) = full.split_at(full.len() - em_len);
+    if high.iter().any(|&b| b != 0) {
+        return Err(VerifyError);
+    }
+    if emsa_pss_verify(msg.as_bytes(), em, em_bits, variant.salt_len()) { Ok(()) } else { Err(VerifyError) }
+}
+
+/// `random_integer_uniform(1, n)` by rejection sampling over `bit_len(n)` bits.
+fn random_below_modulus(pk: &RsaPublicKey, rng: &mut impl CryptoRng) -> BoxedUint {
+    let len = pk.modulus_len();
+    let excess_bits = (len as u32) * 8 - pk.modulus_bits();
+    let mut buf = Zeroizing::new(vec![0u8; len]);
+    loop {
+        rng.fill_bytes(&mut buf);
+        if let Some(top) = buf.first_mut() {
+            *top &= 0xffu8 >> excess_bits;
+        }
+        let Some(candidate) = pk.uint_below_modulus(&buf) else {
+            continue;
+        };
+        if !candidate.is_zero().to_bool() {
+            return candidate;
+        }
+    }
+}
+
+/// MGF1 with SHA-384 (RFC 8017 §B.2.1), XORed into `out`.
+fn mgf1_xor(seed: &[u8], out: &mut [u8]) {
+    for (counter, chunk) in out.chunks_mut(HASH_LEN).enumerate() {
+        let mut hasher = Sha384::new();
+        hasher.update(seed);
+        hasher.update((counter as u32).to_be_bytes());
+        let block = hasher.finalize();
+        for (o, b) in chunk.iter_mut().zip(block.iter()) {
+            *o ^= b;
+        }
+    }
+}
+
+/// `H(0x00*8 ‖ mHash ‖ salt)`.
+fn pss_h(m_hash: &[u8], salt: &[u8]) -> [u8; HASH_LEN] {
+    let mut hasher = Sha384::new();
+    hasher.update([0u8; 8]);
+    hasher.update(m_hash);
+    hasher.update(salt);
+    hasher.finalize().into()
+}
+
+/// EMSA-PSS-ENCODE (RFC 8017 §9.1.1) with SHA-384 and MGF1-SHA-384.
+/// Returns `emLen = ceil(em_bits / 8)` bytes, or `None` ("encoding error").
+pub fn emsa_pss_encode(msg: &[u8], em_bits: u32, salt: &[u8]) -> Option<Vec<u8>> {
+    let em_len = (em_bits as usize).div_ceil(8);
+    let s_len = salt.len();
+    // 2-3. mHash = Hash(M); emLen >= hLen + sLen + 2.
+    let m_hash = Sha384::digest(msg);
+    if em_len < HASH_LEN + s_len + 2 {
+        return None;
+    }
+    // 5-6. H = Hash(0^8 ‖ mHash ‖ salt).
+    let h = pss_h(&m_hash, salt);
+    // 7-8. DB = PS ‖ 0x01 ‖ salt.
+    let db_len = em_len - HASH_LEN - 1;
+    let mut em = vec![0u8; em_len];
+    let (db, tail) = em.split_at_mut(db_len);
+    let one_at = db_len - s_len - 1;
+    *db.get_mut(one_at)? = 0x01;
+    db.get_mut(one_at + 1..)?.copy_from_slice(salt);
+    // 9-10. maskedDB = DB xor MGF(H, emLen - hLen - 1).
+    mgf1_xor(&h, db);
+    // 11. Clear the leftmost 8*emLen - emBits bits.
+    let clear_bits = (em_len * 8) as u32 - em_bits;
+    *db.first_mut()? &= 0xffu8 >> clear_bits;
+    // 12. EM = maskedDB ‖ H ‖ 0xbc.
+    tail.get_mut(..HASH_LEN)?.copy_from_slice(&h);
+    *tail.last_mut()? = 0xbc;
+    Some(em)
+}
+
+/// EMSA-PSS-VERIFY (RFC 8017 §9.1.2) with SHA-384, MGF1-SHA-384 and an exact
+/// salt length `s_len`.
+pub fn emsa_pss_verify(msg: &[u8], em: &[u8], em_bits: u32, s_len: usize) -> bool {
+    let em_len = (em_bits as usize).div_ceil(8);
+    let m_hash = Sha384::digest(msg);
+    // 3. emLen >= hLen + sLen + 2; 4. rightmost octet is 0xbc.
+    if em.len() != em_len || em_len < HASH_LEN + s_len + 2 || em.last() != Some(&0xbc) {
+        return false;
+    }
+    // 5. maskedDB ‖ H.
+    let db_len = em_len - HASH_LEN - 1;
+    let (masked_db, rest) = em.split_at(db_len);
+    let Some(h) = rest.get(..HASH_LEN) else {
+        return false;
+    };
+    // 6. The leftmost 8*emLen - emBits bits of maskedDB must be zero.
+    let clear_bits = (em_len * 8) as u32 - em_bits;
+    let top_mask = !(0xffu8 >> clear_bits);
+    if masked_db.first().is_none_or(|b| b & top_mask != 0) {
+        return false;
+    }
+    // 7-9. DB = maskedDB xor MGF(H); clear the top bits.
+    let mut db = masked_db.to_vec();
+    mgf1_xor(h, &mut db);
+    if let Some(first) = db.first_mut() {
+        *first &= 0xffu8 >> clear_bits;
+    }
+    // 10. PS must be zeros followed by 0x01 at exactly emLen - hLen - sLen - 2.
+    let one_at = em_len - HASH_LEN - s_len - 2;
+    let (ps, rest) = db.split_at(one_at);
+    if ps.iter().any(|&b| b != 0) || rest.first() != Some(&0x01) {
+        return false;
+    }
+    // 11-14. salt = last sLen octets of DB; H' == H.
+    let salt = rest.get(1..).unwrap_or_default();
+    let h_prime = pss_h(&m_hash, salt);
+    bool::from(h_prime.ct_eq(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_round_trip() {
+        for v in Variant::ALL {
+            assert_eq!(Variant::from_name(v.name()), Some(v));
+        }
+        assert_eq!(Variant::from_name("RSABSSA-SHA512-PSS-Deterministic"), None);
+    }
+
+    #[test]
+    fn pss_encode_verify_round_trip_with_each_salt_length() {
+        for (em_bits, salt_len) in [(2047, 48), (2047, 0), (4095, 48), (2046, 48)] {
+            let salt = vec![0x5a; salt_len];
+            let em = emsa_pss_encode(b"hello", em_bits, &salt).unwrap();
+            assert!(emsa_pss_verify(b"hello", &em, em_bits, salt_len));
+            assert!(!emsa_pss_verify(b"hellO", &em, em_bits, salt_len));
+            // The exact salt length is enforced (the CIRCL "auto-detect" bug).
+            let other = if salt_len == 0 { 48 } else { 0 };
+            assert!(!emsa_pss_verify(b"hello", &em, em_bits, other));
+        }
+    }
+
+    #[test]
+    fn pss_encode_refuses_tiny_modulus() {
+        assert_eq!(emsa_pss_encode(b"x", 8 * 90, &[0; 48]), None);
+    }
+}

@@ -1,0 +1,265 @@
+//! Every official vector in `vectors/`, run through one evaluator per family.
+//!
+//! Each test asserts how many cases it ran, so a vector silently skipped is a
+//! failure; run with `--nocapture` to see the counts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use blindpass_protocol::auth;
+use blindpass_protocol::blind_rsa::{self, Variant};
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::rsa::RsaPublicKey;
+use blindpass_protocol::type2;
+use blindpass_protocol::wire::{self, Token, TokenChallenge, TokenRequest, TokenResponse, WireError};
+use blindpass_rsa::RsaPrivateKey;
+use common::{ReplayRng, hex, vector_file};
+use crypto_bigint::{BoxedUint, Odd};
+use serde_json::Value;
+
+/// `r = inv^-1 mod n` (the RFC 9474 vectors give the inverse).
+fn invert_mod(inv: &[u8], n: &[u8]) -> Vec<u8> {
+    let bits = (n.len() as u32 * 8).div_ceil(64) * 64;
+    let n_odd = Odd::new(BoxedUint::from_be_slice(n, bits).unwrap()).into_option().unwrap();
+    let inv = BoxedUint::from_be_slice(inv, bits).unwrap();
+    let r = inv.invert_odd_mod(&n_odd).into_option().unwrap();
+    let bytes = r.to_be_bytes();
+    bytes[bytes.len() - n.len()..].to_vec()
+}
+
+fn left_pad(bytes: &[u8], len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len - bytes.len()];
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The RFC 9474 evaluator: Prepare, EMSA-PSS encoding, Blind, BlindSign (the
+/// production aws-lc signer), Finalize and Verify, compared byte for byte.
+fn check_rfc9474(case: &Value) {
+    let name = case["name"].as_str().unwrap();
+    let variant = Variant::from_name(name).unwrap_or_else(|| panic!("unknown variant {name}"));
+    let n = hex(&case["n"]);
+    let signer =
+        RsaPrivateKey::from_components(&n, &hex(&case["e"]), &hex(&case["d"]), &hex(&case["p"]), &hex(&case["q"]))
+            .unwrap_or_else(|e| panic!("{name}: key: {e}"));
+    let pk = blind_rsa::RawSigner::public_key(&signer).clone();
+    let k = pk.modulus_len();
+
+    // Prepare: the random prefix comes from the RNG.
+    let msg = hex(&case["msg"]);
+    let prefix = hex(&case["msg_prefix"]);
+    let mut rng = ReplayRng::new(&[&prefix]);
+    let prepared = blind_rsa::prepare(variant, &msg, &mut rng);
+    rng.assert_drained();
+    let expected_prepared = case.get("input_msg").or_else(|| case.get("prepared_msg")).map(hex).unwrap();
+    assert_eq!(prepared.as_bytes(), &expected_prepared[..], "{name}: prepared message");
+
+    let salt = hex(&case["salt"]);
+    assert_eq!(salt.len(), variant.salt_len(), "{name}: salt length");
+    if let Some(encoded) = case.get("encoded_msg") {
+        let em = blind_rsa::emsa_pss_encode(prepared.as_bytes(), pk.modulus_bits() - 1, &salt).unwrap();
+        assert_eq!(em, hex(encoded), "{name}: encoded_msg");
+    }
+
+    // Blind, replaying salt then r.
+    let inv = left_pad(&hex(&case["inv"]), k);
+    let r = invert_mod(&inv, &n);
+    let mut rng = ReplayRng::new(&[&salt, &r]);
+    let (blinded, secret) = blind_rsa::blind(&pk, variant, &prepared, &mut rng).unwrap();
+    rng.assert_drained();
+    assert_eq!(blinded, hex(&case["blinded_msg"]), "{name}: blinded_msg");
+    assert_eq!(secret.inverse_bytes(), &inv[..], "{name}: inv");
+
+    let blind_sig = blind_rsa::blind_sign(&signer, &blinded).unwrap();
+    assert_eq!(blind_sig, hex(&case["blind_sig"]), "{name}: blind_sig");
+
+    let sig = blind_rsa::finalize(&pk, variant, &prepared, &blind_sig, &secret).unwrap();
+    assert_eq!(sig, hex(&case["sig"]), "{name}: sig");
+    blind_rsa::verify(&pk, variant, &prepared, &sig).unwrap();
+
+    let mut bad = sig.clone();
+    bad[k / 2] ^= 1;
+    assert!(blind_rsa::verify(&pk, variant, &prepared, &bad).is_err(), "{name}: flipped bit verifies");
+}
+
+#[test]
+fn rfc9474_blind_rsa_all_variants() {
+    let mut ran = 0;
+    for case in vector_file("rfc9474_blind_rsa_vectors.json").as_array().unwrap() {
+        check_rfc9474(case);
+        ran += 1;
+    }
+    for case in vector_file("rfc9474_appendixA_transcribed.json")["vectors"].as_array().unwrap() {
+        check_rfc9474(case);
+        ran += 1;
+    }
+    println!("RFC 9474: {ran} cases passed (4 variants x 2 files)");
+    assert_eq!(ran, 8);
+}
+
+/// The RFC 9578 type-2 evaluator: key encodings and ids, TokenRequest,
+/// TokenResponse (signed by the production signer) and Token.
+fn check_type2(file: &str, index: usize, case: &Value) {
+    let ctx = format!("{file}[{index}]");
+    let pem = String::from_utf8(hex(&case["skS"])).unwrap();
+    let signer = RsaPrivateKey::from_pkcs8_pem(&pem).unwrap_or_else(|e| panic!("{ctx}: skS: {e}"));
+    let pk_s = hex(&case["pkS"]);
+    let key = IssuerPublicKey::from_rfc9578_spki(&pk_s).unwrap();
+    assert_eq!(key.rfc9578_spki(), &pk_s[..], "{ctx}: SPKI re-encoding");
+    assert_eq!(key.rsa(), blind_rsa::RawSigner::public_key(&signer), "{ctx}: skS/pkS mismatch");
+    // Both encodings parse to the same key and give the documented ids.
+    assert_eq!(IssuerPublicKey::from_spki_der(key.rsa_encryption_spki()).unwrap(), key);
+    assert_eq!(key.token_key_id(), blindpass_protocol::keys::TokenKeyId::of(&pk_s));
+
+    let challenge_bytes = hex(&case["token_challenge"]);
+    let challenge = TokenChallenge::decode(&challenge_bytes).unwrap();
+    assert_eq!(challenge.encode(), challenge_bytes, "{ctx}: challenge re-encoding");
+
+    let (nonce, salt, blind) = (hex(&case["nonce"]), hex(&case["salt"]), hex(&case["blind"]));
+    let mut rng = ReplayRng::new(&[&nonce, &salt, &left_pad(&blind, 256)]);
+    let (request, state) = type2::begin_issuance(&key, &challenge, &mut rng).unwrap();
+    rng.assert_drained();
+    let request_bytes = hex(&case["token_request"]);
+    assert_eq!(request.encode(), request_bytes, "{ctx}: token_request");
+    assert_eq!(request.truncated_token_key_id, key.truncated_token_key_id());
+
+    let decoded = TokenRequest::decode(&request_bytes).unwrap();
+    let response = type2::issue(&signer, &decoded).unwrap();
+    let response_bytes = hex(&case["token_response"]);
+    assert_eq!(response.encode(), response_bytes, "{ctx}: token_response");
+
+    let token = type2::finalize_issuance(&key, &state, &TokenResponse::decode(&response_bytes).unwrap()).unwrap();
+    let token_bytes = hex(&case["token"]);
+    assert_eq!(token.encode(), token_bytes, "{ctx}: token");
+    let parsed = Token::decode(&token_bytes).unwrap();
+    assert_eq!(parsed.challenge_digest, challenge.digest());
+    type2::verify_token(&key, &parsed).unwrap();
+}
+
+#[test]
+fn rfc9578_type2_issuance() {
+    let mut ran = 0;
+    for file in [
+        "rfc9578_type2_issuance_vectors.json",
+        "type2_issuance_vectors_patgo.json",
+        "type2_issuance_vectors_rust_multikey.json",
+    ] {
+        for (i, case) in vector_file(file).as_array().unwrap().iter().enumerate() {
+            check_type2(file, i, case);
+            ran += 1;
+        }
+    }
+    println!("RFC 9578 type 2: {ran} cases passed (RFC, pat-go, Rust multi-key)");
+    assert_eq!(ran, 15);
+}
+
+/// The RFC 9577 token evaluator: rebuild the TokenChallenge from its fields
+/// and check `token_input`; greased types must be refused by the decoder.
+fn check_rfc9577_token(case: &Value) -> bool {
+    let expected = hex(&case["token_authenticator_input"]);
+    let token_type = u16::from_str_radix(case["token_type"].as_str().unwrap(), 16).unwrap();
+    if token_type != wire::TOKEN_TYPE_BLIND_RSA {
+        // Grease: a client must ignore it; our decoder refuses the type.
+        assert_eq!(Token::decode(&expected), Err(WireError::UnsupportedTokenType(token_type)));
+        return false;
+    }
+    let challenge = TokenChallenge::new(
+        token_type,
+        std::str::from_utf8(&hex(&case["issuer_name"])).unwrap(),
+        &hex(&case["redemption_context"]),
+        std::str::from_utf8(&hex(&case["origin_info"])).unwrap(),
+    )
+    .unwrap();
+    let nonce: [u8; 32] = hex(&case["nonce"]).try_into().unwrap();
+    let key_id = blindpass_protocol::keys::TokenKeyId(hex(&case["token_key_id"]).try_into().unwrap());
+    assert_eq!(wire::token_input(&nonce, &challenge.digest(), &key_id).to_vec(), expected);
+    true
+}
+
+#[test]
+fn rfc9577_token_structure() {
+    let (mut ran, mut grease) = (0, 0);
+    let files = [
+        vector_file("rfc9577_token_vectors.json"),
+        vector_file("rfc9577_appendixA_transcribed.json")["token_vectors"].clone(),
+    ];
+    for file in &files {
+        for case in file.as_array().unwrap() {
+            if !check_rfc9577_token(case) {
+                grease += 1;
+            }
+            ran += 1;
+        }
+    }
+    println!("RFC 9577 tokens: {ran} cases passed ({grease} greased, ignored)");
+    assert_eq!((ran, grease), (11, 1));
+}
+
+/// The RFC 9577 header evaluator: every decodable `PrivateToken` challenge of
+/// the header comes out, in order, with its key and max-age; undecodable
+/// (greased) ones are skipped; our builder's output parses back the same.
+fn check_rfc9577_header(case: &Value) {
+    let header = case["WWW-Authenticate"].as_str().unwrap();
+    let parsed = auth::parse_www_authenticate(header).unwrap();
+    let mut expected = Vec::new();
+    for i in 0.. {
+        let Some(challenge_hex) = case.get(format!("token-challenge-{i}")) else {
+            break;
+        };
+        let challenge_bytes = hex(challenge_hex);
+        let Ok(challenge) = TokenChallenge::decode(&challenge_bytes) else {
+            continue;
+        };
+        let max_age = case.get(format!("max-age-{i}")).map(|v| match v {
+            Value::Number(n) => n.as_u64().unwrap(),
+            Value::String(s) => s.parse().unwrap(),
+            _ => panic!("max-age"),
+        });
+        expected.push(auth::PrivateTokenChallenge {
+            challenge_bytes,
+            challenge,
+            token_key: Some(hex(&case[format!("token-key-{i}")])),
+            max_age,
+        });
+    }
+    assert_eq!(parsed, expected, "{header}");
+    for c in &parsed {
+        let rebuilt = auth::www_authenticate(&c.challenge, c.token_key.as_deref(), c.max_age);
+        assert_eq!(auth::parse_www_authenticate(&rebuilt).unwrap(), vec![c.clone()]);
+    }
+    // The first type-2 key in these vectors is the RFC 9578 key.
+    if let Some(key) = parsed.iter().find(|c| c.challenge.token_type == 2).and_then(|c| c.token_key.as_ref()) {
+        IssuerPublicKey::from_rfc9578_spki(key).unwrap();
+    }
+}
+
+#[test]
+fn rfc9577_www_authenticate_headers() {
+    let mut ran = 0;
+    let files = [
+        vector_file("rfc9577_header_vectors.json"),
+        vector_file("rfc9577_appendixA_transcribed.json")["header_vectors"].clone(),
+        vector_file("privacypass-ts_header_vector_unquoted.json"),
+    ];
+    for file in &files {
+        for case in file.as_array().unwrap() {
+            check_rfc9577_header(case);
+            ran += 1;
+        }
+    }
+    println!("RFC 9577 headers: {ran} cases passed (incl. grease, mixed schemes, unquoted values)");
+    assert_eq!(ran, 6);
+}
+
+#[test]
+fn rfc9578_directory_key_encoding_matches_vector_key() {
+    let case = &vector_file("rfc9578_type2_issuance_vectors.json")[0];
+    let key = IssuerPublicKey::from_rfc9578_spki(&hex(&case["pkS"])).unwrap();
+    assert_eq!(key.token_key_id().to_hex(), "ca572f8982a9ca248a3056186322d93ca147266121ddeb5632c07f1f71cd2708");
+    assert_eq!(key.truncated_token_key_id(), 0x08);
+    let entry = blindpass_protocol::directory::DirectoryKey::type2(&key, None);
+    assert_eq!(entry.decode_type2().unwrap(), key);
+    // The rsaEncryption form is refused where RFC 9578 requires the PSS form.
+    assert!(IssuerPublicKey::from_rfc9578_spki(key.rsa_encryption_spki()).is_err());
+    assert!(RsaPublicKey::from_spki_der(key.rsa_encryption_spki()).is_ok());
+}
