@@ -1,0 +1,124 @@
+//! `blindpass bench`: measures the issuer's BlindSign against
+//! `openssl speed rsa2048` on the same machine, in the same run.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use blindpass_protocol::blind_rsa::{self, RawSigner};
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::type2;
+use blindpass_protocol::wire::TokenChallenge;
+use blindpass_rsa::RsaPrivateKey;
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Single-core BlindSign rate (RSA-2048) vs `openssl speed -seconds N rsa2048`.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SignArgs {
+    /// Seconds to run each measurement.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Skip running `openssl speed` (prints our rate only).
+    #[arg(long)]
+    no_openssl: bool,
+}
+
+pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Sign(args) => sign(&args),
+    }
+}
+
+fn sign(args: &SignArgs) -> anyhow::Result<()> {
+    if args.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    let key = RsaPrivateKey::generate_2048().context("generating an RSA-2048 key")?;
+    let public = IssuerPublicKey::new(key.public_key().clone()).context("type 2 key")?;
+    let requests = blinded_requests(&public, 64)?;
+
+    // Warm up (Montgomery contexts and blinding caches are built lazily).
+    for request in requests.iter().take(8) {
+        blind_rsa::blind_sign(&key, request).context("warm-up BlindSign")?;
+    }
+    let ours = measure(Duration::from_secs(args.seconds), |i| {
+        let request = requests.get(i % requests.len()).map(Vec::as_slice).unwrap_or_default();
+        blind_rsa::blind_sign(&key, request).map(drop)
+    })?;
+
+    println!("BlindSign (RSA-2048, blindpass-rsa / aws-lc, 1 thread): {ours:>10.1} signs/s");
+    if args.no_openssl {
+        return Ok(());
+    }
+    let openssl = openssl_speed(args.seconds)?;
+    println!("openssl speed -seconds {} rsa2048 (1 core):            {openssl:>10.1} signs/s", args.seconds);
+    println!("ratio blindpass / openssl:                                {:>10.3}", ours / openssl);
+    Ok(())
+}
+
+/// Blinded messages for real token requests, so the signer sees real inputs.
+fn blinded_requests(public: &IssuerPublicKey, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let challenge = TokenChallenge::new(2, "issuer.example", &[], "origin.example")?;
+    let mut rng = rand::rng();
+    (0..count)
+        .map(|_| {
+            let (request, _) = type2::begin_issuance(public, &challenge, &mut rng).context("blinding")?;
+            Ok(request.blinded_msg.to_vec())
+        })
+        .collect()
+}
+
+/// Runs `op` until `duration` has passed and returns operations per second.
+fn measure<E: std::error::Error + Send + Sync + 'static>(
+    duration: Duration,
+    mut op: impl FnMut(usize) -> Result<(), E>,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut done = 0usize;
+    while start.elapsed() < duration {
+        for _ in 0..16 {
+            op(done)?;
+            done += 1;
+        }
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs `openssl speed -seconds N rsa2048` and returns its sign/s.
+fn openssl_speed(seconds: u64) -> anyhow::Result<f64> {
+    let output = Command::new("openssl")
+        .args(["speed", "-seconds", &seconds.to_string(), "rsa2048"])
+        .output()
+        .context("running `openssl speed` (is openssl installed?)")?;
+    if !output.status.success() {
+        bail!("openssl speed failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    parse_openssl_sign_rate(&String::from_utf8_lossy(&output.stdout))
+        .context("could not find the `rsa 2048 bits` line in openssl speed output")
+}
+
+/// Parses `rsa 2048 bits 0.001086s 0.000032s    920.5  31092.4` → 920.5.
+fn parse_openssl_sign_rate(stdout: &str) -> Option<f64> {
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("rsa 2048 bits") || l.trim_start().starts_with("rsa  2048 bits"))
+        .and_then(|line| line.split_whitespace().nth(5))
+        .and_then(|s| s.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_openssl_3_output() {
+        let out = "version: 3.0.19\n                  sign    verify    sign/s verify/s\nrsa 2048 bits 0.001086s 0.000032s    920.5  31092.4\n";
+        assert_eq!(parse_openssl_sign_rate(out), Some(920.5));
+        assert_eq!(parse_openssl_sign_rate("nothing"), None);
+    }
+}
