@@ -1,0 +1,197 @@
+//! The storage conformance suite: one set of behaviours every backend must
+//! show. Each backend's tests call [`run_all`] with a fresh, empty store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::{ApiKey, Environment, IdempotencyBegin, IssuerKey, KeyState, Permission, Store, StoredResponse};
+
+/// Runs every check against `store`, which must start empty.
+pub async fn run_all(store: Arc<dyn Store>) {
+    api_keys(&*store).await;
+    issuer_keys(&*store).await;
+    first_issuer_key_has_one_winner(Arc::clone(&store)).await;
+    idempotency(&*store).await;
+    idempotency_has_one_winner(Arc::clone(&store)).await;
+    rate_limits_count_every_hit(Arc::clone(&store)).await;
+    settings(&*store).await;
+}
+
+pub fn api_key(id: &str, env: Environment, lookup: &str) -> ApiKey {
+    ApiKey {
+        id: id.into(),
+        name: Some(format!("name of {id}")),
+        environment: env,
+        permissions: vec![Permission::PrivacyPassWrite, Permission::RelayVerify],
+        lookup: lookup.into(),
+        secret_hash: [lookup.len() as u8; 32],
+        created_at: 1_000,
+        revoked_at: None,
+    }
+}
+
+pub fn issuer_key(id: &str, env: Environment, state: KeyState, created_at: i64) -> IssuerKey {
+    IssuerKey {
+        id: id.into(),
+        environment: env,
+        state,
+        private_pkcs8: Zeroizing::new(vec![1, 2, 3, id.len() as u8]),
+        not_before: created_at,
+        rotated_at: None,
+        retired_at: None,
+        created_at,
+    }
+}
+
+async fn api_keys(store: &dyn Store) {
+    let a = api_key("api_a", Environment::Sandbox, "lookupa");
+    store.insert_api_key(&a).await.unwrap();
+    assert!(store.insert_api_key(&a).await.is_err(), "duplicate id must be refused");
+    let mut same_lookup = api_key("api_other", Environment::Sandbox, "lookupa");
+    same_lookup.name = None;
+    assert!(store.insert_api_key(&same_lookup).await.is_err(), "duplicate lookup must be refused");
+    assert_eq!(store.api_key_by_lookup("lookupa").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.api_key_by_lookup("nope").await.unwrap(), None);
+
+    let mut b = api_key("api_b", Environment::Production, "lookupb");
+    b.permissions = vec![Permission::RelayVerify];
+    b.name = None;
+    b.created_at = 2_000;
+    store.insert_api_key(&b).await.unwrap();
+    assert_eq!(store.list_api_keys().await.unwrap(), vec![a.clone(), b.clone()]);
+
+    assert!(store.revoke_api_key("api_b", 3_000).await.unwrap());
+    assert!(store.revoke_api_key("api_b", 4_000).await.unwrap());
+    assert!(!store.revoke_api_key("api_missing", 3_000).await.unwrap());
+    let revoked = store.api_key_by_lookup("lookupb").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(3_000), "the first revocation time is kept");
+}
+
+async fn issuer_keys(store: &dyn Store) {
+    let env = Environment::Production;
+    let k1 = issuer_key("k1", env, KeyState::Active, 10);
+    store.insert_issuer_key(&k1).await.unwrap();
+    // A second active key in the same environment violates the invariant.
+    assert!(store.insert_issuer_key(&issuer_key("k1b", env, KeyState::Active, 11)).await.is_err());
+
+    let k2 = issuer_key("k2", env, KeyState::Active, 20);
+    store.rotate_issuer_key(&k2, 20).await.unwrap();
+    let keys = store.issuer_keys(Some(env)).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!((keys[0].id.as_str(), keys[0].state, keys[0].rotated_at), ("k1", KeyState::VerifyOnly, Some(20)));
+    assert_eq!((keys[1].id.as_str(), keys[1].state), ("k2", KeyState::Active));
+    assert_eq!(keys[1].private_pkcs8, k2.private_pkcs8);
+
+    assert!(store.retire_issuer_key("k1", 30).await.unwrap());
+    assert!(!store.retire_issuer_key("missing", 30).await.unwrap());
+    let keys = store.issuer_keys(Some(env)).await.unwrap();
+    assert_eq!((keys[0].state, keys[0].retired_at), (KeyState::Retired, Some(30)));
+    assert!(store.issuer_keys(Some(Environment::Sandbox)).await.unwrap().is_empty());
+    assert_eq!(store.issuer_keys(None).await.unwrap().len(), 2);
+    assert!(!format!("{:?}", keys[0]).contains("[1, 2, 3"), "private key in Debug output");
+}
+
+async fn first_issuer_key_has_one_winner(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let key = issuer_key(&format!("first{i}"), Environment::Sandbox, KeyState::Active, 100);
+                store.insert_first_issuer_key(&key).await.unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1, "exactly one first key per environment");
+    assert_eq!(store.issuer_keys(Some(Environment::Sandbox)).await.unwrap().len(), 1);
+}
+
+async fn idempotency(store: &dyn Store) {
+    let fp = [7u8; 32];
+    let other = [8u8; 32];
+    let (ttl, stale) = (86_400, 60);
+    assert_eq!(store.idempotency_begin("s", "k", &fp, 1_000, ttl, stale).await.unwrap(), IdempotencyBegin::Started);
+    assert_eq!(store.idempotency_begin("s", "k", &fp, 1_001, ttl, stale).await.unwrap(), IdempotencyBegin::InFlight);
+    assert_eq!(store.idempotency_begin("s", "k", &other, 1_001, ttl, stale).await.unwrap(), IdempotencyBegin::Mismatch);
+    // Another scope is independent.
+    assert_eq!(store.idempotency_begin("t", "k", &other, 1_001, ttl, stale).await.unwrap(), IdempotencyBegin::Started);
+
+    let response = StoredResponse { status: 201, body: b"{\"blind-sig\":\"x\"}".to_vec() };
+    store.idempotency_complete("s", "k", &response).await.unwrap();
+    assert_eq!(
+        store.idempotency_begin("s", "k", &fp, 1_002, ttl, stale).await.unwrap(),
+        IdempotencyBegin::Completed(response.clone())
+    );
+    // Completing again does not overwrite the first response.
+    store.idempotency_complete("s", "k", &StoredResponse { status: 500, body: vec![] }).await.unwrap();
+    assert_eq!(
+        store.idempotency_begin("s", "k", &fp, 1_003, ttl, stale).await.unwrap(),
+        IdempotencyBegin::Completed(response)
+    );
+    // After the TTL the key is fresh again, even with other parameters.
+    assert_eq!(
+        store.idempotency_begin("s", "k", &other, 1_000 + ttl, ttl, stale).await.unwrap(),
+        IdempotencyBegin::Started
+    );
+
+    // Abandoned claims let the next request run; stale claims are taken over.
+    assert_eq!(store.idempotency_begin("s", "a", &fp, 5_000, ttl, stale).await.unwrap(), IdempotencyBegin::Started);
+    store.idempotency_abandon("s", "a").await.unwrap();
+    assert_eq!(store.idempotency_begin("s", "a", &fp, 5_001, ttl, stale).await.unwrap(), IdempotencyBegin::Started);
+    assert_eq!(
+        store.idempotency_begin("s", "a", &fp, 5_001 + stale, ttl, stale).await.unwrap(),
+        IdempotencyBegin::Started
+    );
+
+    assert!(store.idempotency_prune(1_000 + ttl + 1).await.unwrap() >= 1);
+    assert_eq!(store.idempotency_begin("t", "k", &fp, 1_001, ttl, stale).await.unwrap(), IdempotencyBegin::Started);
+}
+
+async fn idempotency_has_one_winner(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(
+                async move { store.idempotency_begin("race", "k", &[1; 32], 9_000, 86_400, 60).await.unwrap() },
+            )
+        })
+        .collect();
+    let mut started = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            IdempotencyBegin::Started => started += 1,
+            IdempotencyBegin::InFlight => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started, 1, "exactly one request owns an idempotency key");
+}
+
+async fn rate_limits_count_every_hit(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.rate_limit_hit("env:sandbox", 600).await.unwrap() })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=40).collect::<Vec<_>>(), "every hit counted once");
+    assert_eq!(store.rate_limit_hit("env:sandbox", 660).await.unwrap(), 1, "a new window starts at 1");
+    assert_eq!(store.rate_limit_hit("env:production", 600).await.unwrap(), 1, "buckets are independent");
+    assert_eq!(store.rate_limit_prune(660).await.unwrap(), 2);
+    assert_eq!(store.rate_limit_hit("env:sandbox", 660).await.unwrap(), 2);
+}
+
+async fn settings(store: &dyn Store) {
+    assert_eq!(store.setting_get_or_insert("org", b"one").await.unwrap(), b"one");
+    assert_eq!(store.setting_get_or_insert("org", b"two").await.unwrap(), b"one");
+}

@@ -1,0 +1,134 @@
+//! # blindpass-store
+//!
+//! The storage traits blindpass needs, and their backends. Everything returns
+//! `Result`; nothing here knows HTTP or cryptography. Each trait documents its
+//! concurrency contract, and each backend backs that contract with a database
+//! constraint, not application logic.
+//!
+//! Backends: [`sqlite::SqliteStore`] (embedded, the default). Every backend
+//! runs the same [`conformance`] suite.
+//!
+//! **Invariant:** API key secrets are never stored, only their SHA-256;
+//! private keys are stored as PKCS#8 and never appear in `Debug` output.
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+pub use model::*;
+
+/// A storage failure. Callers map it to 503 (unavailable) or 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or is busy; the request may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness constraint was violated.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data could not be read back (corruption or a newer schema).
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// Any other backend error.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// API keys. Secrets are stored only as SHA-256 hashes.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Inserts a new key. Ids and lookups are unique ([`StoreError::Conflict`]).
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// The key whose `lookup` (a prefix of the secret's hash) matches.
+    async fn api_key_by_lookup(&self, lookup: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// All keys, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// Marks a key revoked at `at`. Returns false when no such key exists;
+    /// revoking twice keeps the first time.
+    async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+}
+
+/// Issuer key pairs and their lifecycle.
+#[async_trait]
+pub trait IssuerKeyStore: Send + Sync {
+    /// Inserts a key.
+    async fn insert_issuer_key(&self, key: &IssuerKey) -> Result<(), StoreError>;
+    /// Inserts `key` only if its environment has no key at all. Exactly one
+    /// of several concurrent callers (processes included) wins; returns
+    /// whether this call inserted.
+    async fn insert_first_issuer_key(&self, key: &IssuerKey) -> Result<bool, StoreError>;
+    /// Keys of `environment` (or all), oldest first.
+    async fn issuer_keys(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError>;
+    /// Makes `new_key` the environment's only active key: the previous active
+    /// keys become verify-only at `at`. One transaction.
+    async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError>;
+    /// Retires a key at `at`. Returns false when no such key exists.
+    async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+}
+
+/// Idempotency records: the first response to an `Idempotency-Key` is kept
+/// and replayed.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims `(scope, key)` for a new request with parameters `fingerprint`.
+    ///
+    /// Exactly one concurrent caller gets [`IdempotencyBegin::Started`]; the
+    /// others see `InFlight` until it completes, then `Completed`. Records
+    /// older than `ttl_secs` are replaced as if absent; an in-flight claim
+    /// older than `stale_after_secs` is taken over (its holder died).
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now: i64,
+        ttl_secs: i64,
+        stale_after_secs: i64,
+    ) -> Result<IdempotencyBegin, StoreError>;
+    /// Stores the response of a claim made with `Started`.
+    async fn idempotency_complete(&self, scope: &str, key: &str, response: &StoredResponse) -> Result<(), StoreError>;
+    /// Releases a claim without storing a response (the request could not
+    /// be answered), so a retry runs anew.
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+    /// Deletes records created before `before`. Returns how many.
+    async fn idempotency_prune(&self, before: i64) -> Result<u64, StoreError>;
+}
+
+/// Fixed-window request counters.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    /// Adds one hit to `(bucket, window_start)` and returns the new count.
+    /// Atomic: concurrent hits are all counted.
+    async fn rate_limit_hit(&self, bucket: &str, window_start: i64) -> Result<u64, StoreError>;
+    /// Deletes windows that started before `before`.
+    async fn rate_limit_prune(&self, before: i64) -> Result<u64, StoreError>;
+}
+
+/// Small named values the server creates once (ids, secrets).
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    /// Returns the value of `name`, storing `value` first if it has none.
+    /// Concurrent callers all get the same, first-stored value.
+    async fn setting_get_or_insert(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
+}
+
+/// Everything a blindpass node needs from its store.
+pub trait Store: ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore {}
+
+impl<T: ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore> Store for T {}
+
+/// Opens the store named by `url`: `sqlite://PATH` (or a bare path).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Other("PostgreSQL support is not built into this version yet".into()));
+    }
+    Err(StoreError::Other(format!("unsupported database URL scheme in {url:?} (expected sqlite://PATH)")))
+}

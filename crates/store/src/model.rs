@@ -1,0 +1,199 @@
+//! The records the store holds.
+
+use std::fmt;
+use std::str::FromStr;
+
+use zeroize::Zeroizing;
+
+/// A Persona environment: everything is scoped to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Environment {
+    /// Test traffic; claims always pass.
+    Sandbox,
+    /// Real traffic.
+    Production,
+}
+
+impl Environment {
+    /// Both environments.
+    pub const ALL: [Environment; 2] = [Environment::Sandbox, Environment::Production];
+
+    /// `sandbox` or `production`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Sandbox => "sandbox",
+            Environment::Production => "production",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown environment, permission or state name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown value {0:?}")]
+pub struct UnknownName(pub String);
+
+impl FromStr for Environment {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sandbox" => Ok(Environment::Sandbox),
+            "production" => Ok(Environment::Production),
+            other => Err(UnknownName(other.to_owned())),
+        }
+    }
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// `privacy_pass.write`: issue Privacy Passes.
+    PrivacyPassWrite,
+    /// `relay.verify`: record claim results for relays.
+    RelayVerify,
+}
+
+impl Permission {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::PrivacyPassWrite => "privacy_pass.write",
+            Permission::RelayVerify => "relay.verify",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Permission {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "privacy_pass.write" => Ok(Permission::PrivacyPassWrite),
+            "relay.verify" => Ok(Permission::RelayVerify),
+            other => Err(UnknownName(other.to_owned())),
+        }
+    }
+}
+
+/// An API key as stored: no secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Public id, `api_…`.
+    pub id: String,
+    /// Optional operator label.
+    pub name: Option<String>,
+    /// The environment it belongs to.
+    pub environment: Environment,
+    /// What it may do.
+    pub permissions: Vec<Permission>,
+    /// Index: a hex prefix of `secret_hash` (unique).
+    pub lookup: String,
+    /// SHA-256 of the secret.
+    pub secret_hash: [u8; 32],
+    /// UNIX seconds.
+    pub created_at: i64,
+    /// UNIX seconds, when revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// Lifecycle state of an issuer key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    /// Issues and verifies (from `not_before` on).
+    Active,
+    /// Rotated out: verifies tokens it issued, issues nothing.
+    VerifyOnly,
+    /// Neither issues nor verifies.
+    Retired,
+}
+
+impl KeyState {
+    /// Storage / display name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::VerifyOnly => "verify-only",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+impl FromStr for KeyState {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(KeyState::Active),
+            "verify-only" => Ok(KeyState::VerifyOnly),
+            "retired" => Ok(KeyState::Retired),
+            other => Err(UnknownName(other.to_owned())),
+        }
+    }
+}
+
+/// An issuer key pair as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuerKey {
+    /// The RFC 9578 `token_key_id`, lowercase hex.
+    pub id: String,
+    /// The environment it signs for.
+    pub environment: Environment,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// PKCS#8 DER of the private key.
+    pub private_pkcs8: Zeroizing<Vec<u8>>,
+    /// UNIX seconds from which it may be used.
+    pub not_before: i64,
+    /// UNIX seconds, when it stopped issuing (rotated out).
+    pub rotated_at: Option<i64>,
+    /// UNIX seconds, when retired.
+    pub retired_at: Option<i64>,
+    /// UNIX seconds.
+    pub created_at: i64,
+}
+
+impl fmt::Debug for IssuerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuerKey")
+            .field("id", &self.id)
+            .field("environment", &self.environment)
+            .field("state", &self.state)
+            .field("private_pkcs8", &"<redacted>")
+            .field("not_before", &self.not_before)
+            .field("rotated_at", &self.rotated_at)
+            .field("retired_at", &self.retired_at)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// A response kept for idempotent replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The response body, byte for byte.
+    pub body: Vec<u8>,
+}
+
+/// Outcome of [`crate::IdempotencyStore::idempotency_begin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// This caller owns the key: run the request, then complete or abandon.
+    Started,
+    /// Another request with this key is still running.
+    InFlight,
+    /// The key was first used with other parameters.
+    Mismatch,
+    /// The first response, to replay.
+    Completed(StoredResponse),
+}

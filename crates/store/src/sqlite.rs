@@ -1,0 +1,518 @@
+//! The embedded SQLite backend.
+//!
+//! One connection in WAL mode with `synchronous = FULL`: a write is on disk
+//! before the call returns, so a response sent after it is backed by durable
+//! state. Calls run on the blocking thread pool, never on async workers.
+//! Several processes (a server and the CLI) may share one database file;
+//! SQLite's locking and a busy timeout serialise their writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use zeroize::Zeroizing;
+
+use crate::{
+    ApiKey, ApiKeyStore, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore, Permission,
+    RateLimitStore, SettingsStore, StoreError, StoredResponse,
+};
+
+/// Schema migrations, applied in order; the index + 1 is the version.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT,
+    environment TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
+    permissions TEXT NOT NULL,
+    lookup      TEXT NOT NULL UNIQUE,
+    secret_hash BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE issuer_keys (
+    id            TEXT PRIMARY KEY,
+    environment   TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
+    state         TEXT NOT NULL CHECK (state IN ('active', 'verify-only', 'retired')),
+    private_pkcs8 BLOB NOT NULL,
+    not_before    INTEGER NOT NULL,
+    rotated_at    INTEGER,
+    retired_at    INTEGER,
+    created_at    INTEGER NOT NULL
+);
+-- At most one active key per environment, whoever tries to add another.
+CREATE UNIQUE INDEX issuer_keys_one_active ON issuer_keys (environment) WHERE state = 'active';
+CREATE TABLE idempotency (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    status      INTEGER,          -- NULL while the first request is in flight
+    body        BLOB,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX idempotency_created_at ON idempotency (created_at);
+CREATE TABLE rate_limits (
+    bucket       TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    count        INTEGER NOT NULL,
+    PRIMARY KEY (bucket, window_start)
+);
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"];
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies
+    /// migrations.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let opened = path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&opened))
+            .await
+            .map_err(|e| StoreError::Other(format!("open task failed: {e}")))??;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Other("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+    }
+}
+
+fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", parent.display())))?;
+    }
+    let mut conn = Connection::open(path).map_err(map_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(map_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(map_err)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(map_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(map_err)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(map_err)?;
+    let current: i64 =
+        tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(map_err)?;
+    if current > MIGRATIONS.len() as i64 {
+        return Err(StoreError::Corrupt(format!("database schema version {current} is newer than this binary")));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(map_err)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))",
+            params![index as i64 + 1],
+        )
+        .map_err(map_err)?;
+    }
+    tx.commit().map_err(map_err)
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(e.to_string()),
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::DiskFull | ErrorCode::SystemIoFailure) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+fn corrupt(what: &str) -> impl Fn(crate::UnknownName) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn permissions_to_text(permissions: &[Permission]) -> String {
+    permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn permissions_from_text(text: &str) -> Result<Vec<Permission>, StoreError> {
+    text.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().map_err(corrupt("permission"))).collect()
+}
+
+type ApiKeyRow = (String, Option<String>, String, String, String, Vec<u8>, i64, Option<i64>);
+
+fn api_key_from_row(row: ApiKeyRow) -> Result<ApiKey, StoreError> {
+    let (id, name, environment, permissions, lookup, hash, created_at, revoked_at) = row;
+    Ok(ApiKey {
+        id,
+        name,
+        environment: environment.parse().map_err(corrupt("environment"))?,
+        permissions: permissions_from_text(&permissions)?,
+        lookup,
+        secret_hash: hash.try_into().map_err(|_| StoreError::Corrupt("secret hash length".into()))?,
+        created_at,
+        revoked_at,
+    })
+}
+
+const API_KEY_COLUMNS: &str = "id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at";
+
+fn read_api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+}
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO api_keys (id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    key.id,
+                    key.name,
+                    key.environment.as_str(),
+                    permissions_to_text(&key.permissions),
+                    key.lookup,
+                    key.secret_hash.to_vec(),
+                    key.created_at,
+                    key.revoked_at
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn api_key_by_lookup(&self, lookup: &str) -> Result<Option<ApiKey>, StoreError> {
+        let lookup = lookup.to_owned();
+        self.with(move |c| {
+            let row = c
+                .prepare_cached(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE lookup = ?1"))
+                .map_err(map_err)?
+                .query_row(params![lookup], read_api_key_row)
+                .optional()
+                .map_err(map_err)?;
+            row.map(api_key_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"))
+                .map_err(map_err)?;
+            let rows = stmt.query_map([], read_api_key_row).map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err).and_then(api_key_from_row)).collect()
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let changed = c
+                .execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1", params![id, at])
+                .map_err(map_err)?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+}
+
+type IssuerKeyRow = (String, String, String, Vec<u8>, i64, Option<i64>, Option<i64>, i64);
+
+const ISSUER_KEY_COLUMNS: &str =
+    "id, environment, state, private_pkcs8, not_before, rotated_at, retired_at, created_at";
+
+fn issuer_key_from_row(row: IssuerKeyRow) -> Result<IssuerKey, StoreError> {
+    let (id, environment, state, pkcs8, not_before, rotated_at, retired_at, created_at) = row;
+    Ok(IssuerKey {
+        id,
+        environment: environment.parse().map_err(corrupt("environment"))?,
+        state: state.parse().map_err(corrupt("key state"))?,
+        private_pkcs8: Zeroizing::new(pkcs8),
+        not_before,
+        rotated_at,
+        retired_at,
+        created_at,
+    })
+}
+
+fn insert_issuer_key_tx(c: &rusqlite::Transaction<'_>, key: &IssuerKey) -> Result<(), StoreError> {
+    c.execute(
+        &format!("INSERT INTO issuer_keys ({ISSUER_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            key.id,
+            key.environment.as_str(),
+            key.state.as_str(),
+            key.private_pkcs8.as_slice(),
+            key.not_before,
+            key.rotated_at,
+            key.retired_at,
+            key.created_at
+        ],
+    )
+    .map_err(map_err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl IssuerKeyStore for SqliteStore {
+    async fn insert_issuer_key(&self, key: &IssuerKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            insert_issuer_key_tx(&tx, &key)?;
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn insert_first_issuer_key(&self, key: &IssuerKey) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.with(move |c| {
+            // IMMEDIATE takes the write lock first, so the check and the
+            // insert are one atomic step across processes.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            let existing: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM issuer_keys WHERE environment = ?1",
+                    params![key.environment.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            if existing > 0 {
+                return Ok(false);
+            }
+            insert_issuer_key_tx(&tx, &key)?;
+            tx.commit().map_err(map_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn issuer_keys(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError> {
+        self.with(move |c| {
+            let env = environment.map(Environment::as_str);
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ISSUER_KEY_COLUMNS} FROM issuer_keys
+                     WHERE ?1 IS NULL OR environment = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![env], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                })
+                .map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err).and_then(issuer_key_from_row)).collect()
+        })
+        .await
+    }
+
+    async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError> {
+        let key = new_key.clone();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            tx.execute(
+                "UPDATE issuer_keys SET state = 'verify-only', rotated_at = ?2 WHERE environment = ?1 AND state = 'active'",
+                params![key.environment.as_str(), at],
+            )
+            .map_err(map_err)?;
+            insert_issuer_key_tx(&tx, &key)?;
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let changed = c
+                .execute(
+                    "UPDATE issuer_keys SET state = 'retired', retired_at = COALESCE(retired_at, ?2) WHERE id = ?1",
+                    params![id, at],
+                )
+                .map_err(map_err)?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteStore {
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now: i64,
+        ttl_secs: i64,
+        stale_after_secs: i64,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            let existing: Option<(Vec<u8>, i64, Option<u16>, Option<Vec<u8>>)> = tx
+                .query_row(
+                    "SELECT fingerprint, created_at, status, body FROM idempotency WHERE scope = ?1 AND key = ?2",
+                    params![scope, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let outcome = match existing {
+                Some((_, created_at, _, _)) if created_at + ttl_secs <= now => {
+                    tx.execute(
+                        "UPDATE idempotency SET fingerprint = ?3, created_at = ?4, status = NULL, body = NULL
+                         WHERE scope = ?1 AND key = ?2",
+                        params![scope, key, fingerprint, now],
+                    )
+                    .map_err(map_err)?;
+                    IdempotencyBegin::Started
+                }
+                Some((stored, _, _, _)) if stored != fingerprint => IdempotencyBegin::Mismatch,
+                Some((_, created_at, None, _)) => {
+                    if created_at + stale_after_secs <= now {
+                        tx.execute(
+                            "UPDATE idempotency SET created_at = ?3 WHERE scope = ?1 AND key = ?2",
+                            params![scope, key, now],
+                        )
+                        .map_err(map_err)?;
+                        IdempotencyBegin::Started
+                    } else {
+                        IdempotencyBegin::InFlight
+                    }
+                }
+                Some((_, _, Some(status), body)) => {
+                    IdempotencyBegin::Completed(StoredResponse { status, body: body.unwrap_or_default() })
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO idempotency (scope, key, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![scope, key, fingerprint, now],
+                    )
+                    .map_err(map_err)?;
+                    IdempotencyBegin::Started
+                }
+            };
+            tx.commit().map_err(map_err)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn idempotency_complete(&self, scope: &str, key: &str, response: &StoredResponse) -> Result<(), StoreError> {
+        let (scope, key, response) = (scope.to_owned(), key.to_owned(), response.clone());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE idempotency SET status = ?3, body = ?4 WHERE scope = ?1 AND key = ?2 AND status IS NULL",
+                params![scope, key, response.status, response.body],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.with(move |c| {
+            c.execute("DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND status IS NULL", params![scope, key])
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idempotency_prune(&self, before: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let n = c.execute("DELETE FROM idempotency WHERE created_at < ?1", params![before]).map_err(map_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for SqliteStore {
+    async fn rate_limit_hit(&self, bucket: &str, window_start: i64) -> Result<u64, StoreError> {
+        let bucket = bucket.to_owned();
+        self.with(move |c| {
+            let count: i64 = c
+                .prepare_cached(
+                    "INSERT INTO rate_limits (bucket, window_start, count) VALUES (?1, ?2, 1)
+                     ON CONFLICT (bucket, window_start) DO UPDATE SET count = count + 1
+                     RETURNING count",
+                )
+                .map_err(map_err)?
+                .query_row(params![bucket, window_start], |r| r.get(0))
+                .map_err(map_err)?;
+            Ok(count.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn rate_limit_prune(&self, before: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let n = c.execute("DELETE FROM rate_limits WHERE window_start < ?1", params![before]).map_err(map_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SettingsStore for SqliteStore {
+    async fn setting_get_or_insert(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, value],
+            )
+            .map_err(map_err)?;
+            let stored: Vec<u8> = tx
+                .query_row("SELECT value FROM settings WHERE name = ?1", params![name], |r| r.get(0))
+                .map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(stored)
+        })
+        .await
+    }
+}
