@@ -3,7 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod bench;
+mod config;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -11,12 +14,22 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "blindpass", version, about)]
 struct Cli {
+    #[command(flatten)]
+    store: config::StoreArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the HTTP server.
+    Serve(serve::ServeArgs),
+    /// Manage API keys (create, list, revoke).
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(admin::ApiKeysCommand),
+    /// Manage issuer keys (list, rotate, retire).
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
     /// Benchmarks, with ratios against `openssl speed` measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -26,11 +39,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Serve(args) => serve::run(&cli.store, args),
+        Command::ApiKeys(cmd) => admin::run_api_keys(&cli.store, cmd),
+        Command::Keys(cmd) => admin::run_keys(&cli.store, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("blindpass: {err:#}");
+            // One line: the reason and its causes.
+            let reason = format!("{err:#}").replace('\n', " ");
+            eprintln!("blindpass: {reason}");
             std::process::ExitCode::FAILURE
         }
     }

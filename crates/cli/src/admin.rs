@@ -1,0 +1,157 @@
+//! `blindpass api-keys …` and `blindpass keys …`: administration on the same
+//! store a running server uses.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use blindpass_service::{Config, Environment, Permission, Service, SystemClock};
+use clap::{Args, Subcommand};
+
+use crate::config::{FileConfig, StoreArgs};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApiKeysCommand {
+    /// Create an API key; the secret is printed once, alone on the last line.
+    Create(CreateApiKey),
+    /// List API keys (never their secrets).
+    List,
+    /// Revoke an API key by id.
+    Revoke {
+        /// The key id (`api_…`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateApiKey {
+    /// Environment: sandbox or production.
+    #[arg(long = "env", value_parser = parse_environment)]
+    environment: Environment,
+    /// Permission to grant (repeatable); default privacy_pass.write.
+    #[arg(long = "permission", value_parser = parse_permission)]
+    permissions: Vec<Permission>,
+    /// A label for operators.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// List issuer keys.
+    List {
+        /// Only this environment.
+        #[arg(long = "env", value_parser = parse_environment)]
+        environment: Option<Environment>,
+    },
+    /// Create a new active key; the previous one becomes verify-only.
+    Rotate {
+        /// Environment to rotate.
+        #[arg(long = "env", value_parser = parse_environment)]
+        environment: Environment,
+    },
+    /// Retire a key (by either of its ids): it neither issues nor verifies.
+    Retire {
+        /// The key id (hex).
+        id: String,
+    },
+}
+
+fn parse_environment(s: &str) -> Result<Environment, String> {
+    s.parse().map_err(|_| format!("unknown environment {s:?} (expected sandbox or production)"))
+}
+
+fn parse_permission(s: &str) -> Result<Permission, String> {
+    s.parse().map_err(|_| format!("unknown permission {s:?} (expected privacy_pass.write or relay.verify)"))
+}
+
+fn with_service<T>(store_args: &StoreArgs, f: impl AsyncFnOnce(Service) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let file = FileConfig::load(store_args.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let store = store_args.open(&file).await?;
+        f(Service::new(store, Arc::new(SystemClock), Config::default())).await
+    })
+}
+
+pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyhow::Result<()> {
+    with_service(store_args, async move |service| match cmd {
+        ApiKeysCommand::Create(args) => {
+            let permissions =
+                if args.permissions.is_empty() { vec![Permission::PrivacyPassWrite] } else { args.permissions };
+            let created = service.create_api_key(args.environment, permissions, args.name).await?;
+            let key = &created.key;
+            println!("id: {}", key.id);
+            println!("environment: {}", key.environment);
+            println!("permissions: {}", join(&key.permissions));
+            if let Some(name) = &key.name {
+                println!("name: {name}");
+            }
+            println!("# the secret below is shown once; store it now");
+            println!("{}", created.secret.as_str());
+            Ok(())
+        }
+        ApiKeysCommand::List => {
+            println!("{:<38} {:<11} {:<32} {:<8} NAME", "ID", "ENV", "PERMISSIONS", "STATUS");
+            for key in service.store().list_api_keys().await? {
+                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                println!(
+                    "{:<38} {:<11} {:<32} {:<8} {}",
+                    key.id,
+                    key.environment,
+                    join(&key.permissions),
+                    status,
+                    key.name.as_deref().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        ApiKeysCommand::Revoke { id } => {
+            if !service.revoke_api_key(&id).await? {
+                bail!("no API key with id {id}");
+            }
+            println!("revoked {id}");
+            Ok(())
+        }
+    })
+}
+
+pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Result<()> {
+    with_service(store_args, async move |service| match cmd {
+        KeysCommand::List { environment } => {
+            println!(
+                "{:<64} {:<64} {:<11} {:<11} NOT-BEFORE",
+                "TOKEN-KEY-ID (RFC 9578)", "KEY-ID (PERSONA)", "ENV", "STATE"
+            );
+            let environments = environment.map_or(Environment::ALL.to_vec(), |e| vec![e]);
+            for env in environments {
+                let mut keys = service.keys_of(env).await?;
+                keys.reverse();
+                for key in keys {
+                    println!(
+                        "{:<64} {:<64} {:<11} {:<11} {}",
+                        key.public.token_key_id(),
+                        key.public.persona_key_id(),
+                        env,
+                        key.record.state.as_str(),
+                        blindpass_protocol::time::format_rfc3339(key.record.not_before.max(0) as u64)
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate { environment } => {
+            let key = service.rotate_key(environment).await?;
+            println!("rotated {environment}: new active key {}", key.id);
+            Ok(())
+        }
+        KeysCommand::Retire { id } => {
+            let key = service.retire_key(&id).await?;
+            println!("retired {} ({})", key.id, key.environment);
+            Ok(())
+        }
+    })
+}
+
+fn join(permissions: &[Permission]) -> String {
+    permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+}

@@ -1,0 +1,112 @@
+//! Layered configuration: defaults → `--config` TOML file → environment →
+//! flags. Flags and environment variables are merged by clap; the file fills
+//! in what neither gave.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+
+/// Default data directory (embedded SQLite inside).
+pub(crate) const DEFAULT_DATA_DIR: &str = "./blindpass-data";
+/// File name of the embedded database inside the data directory.
+pub(crate) const SQLITE_FILE: &str = "blindpass.db";
+
+/// Where the store is; shared by every subcommand so the CLI and a running
+/// server use one store.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// Data directory for the embedded SQLite store.
+    #[arg(long, global = true, env = "BLINDPASS_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Database URL (`sqlite://PATH`); overrides --data-dir.
+    #[arg(long, global = true, env = "BLINDPASS_DATABASE_URL")]
+    pub(crate) database_url: Option<String>,
+    /// TOML configuration file; every key can also be set by flag or env.
+    #[arg(long, global = true, env = "BLINDPASS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// The configuration file. Keys are kebab-case, like the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub(crate) listen: Option<String>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) database_url: Option<String>,
+    pub(crate) rate_limit: Option<u64>,
+    pub(crate) request_timeout_secs: Option<u64>,
+    pub(crate) max_body_bytes: Option<usize>,
+    pub(crate) key_refresh_secs: Option<i64>,
+    pub(crate) organization_id: Option<String>,
+    pub(crate) sandbox_environment_id: Option<String>,
+    pub(crate) production_environment_id: Option<String>,
+    pub(crate) log_format: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads the file named by `--config`, or an empty configuration.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+impl StoreArgs {
+    /// The database URL: flag/env, then file, then the data directory.
+    pub(crate) fn database_url(&self, file: &FileConfig) -> String {
+        if let Some(url) = self.database_url.clone().or_else(|| file.database_url.clone()) {
+            return url;
+        }
+        let dir = self.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        format!("sqlite://{}", dir.join(SQLITE_FILE).display())
+    }
+
+    /// Opens the store on a fresh runtime-bound handle.
+    pub(crate) async fn open(&self, file: &FileConfig) -> anyhow::Result<std::sync::Arc<dyn blindpass_store::Store>> {
+        let url = self.database_url(file);
+        blindpass_store::open(&url).await.with_context(|| format!("opening store {}", redact_url(&url)))
+    }
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://./x/blindpass.db"), "sqlite://./x/blindpass.db");
+    }
+
+    #[test]
+    fn data_dir_gives_sqlite_url() {
+        let args = StoreArgs { data_dir: Some("/tmp/d".into()), database_url: None, config: None };
+        assert_eq!(args.database_url(&FileConfig::default()), "sqlite:///tmp/d/blindpass.db");
+        let file = FileConfig { database_url: Some("sqlite://f.db".into()), ..FileConfig::default() };
+        assert_eq!(args.database_url(&file), "sqlite://f.db");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("listen = \"x\"\nbogus = 1").is_err());
+        let c: FileConfig = toml::from_str("rate-limit = 5\norganization-id = \"org_x\"").unwrap();
+        assert_eq!(c.rate_limit, Some(5));
+    }
+}

@@ -1,0 +1,144 @@
+//! `blindpass serve`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use blindpass_server::{AppState, IdOverrides, Limits};
+use blindpass_service::{Config, Service, SystemClock};
+use clap::Args;
+
+use crate::config::{FileConfig, StoreArgs, redact_url};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BLINDPASS_LISTEN")]
+    listen: Option<String>,
+    /// Requests per minute per environment (0 turns rate limiting off).
+    #[arg(long, env = "BLINDPASS_RATE_LIMIT")]
+    rate_limit: Option<u64>,
+    /// Seconds before a request is answered 503.
+    #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "BLINDPASS_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Seconds between re-reads of issuer keys from the store.
+    #[arg(long, env = "BLINDPASS_KEY_REFRESH_SECS")]
+    key_refresh_secs: Option<i64>,
+    /// `Persona-Organization-Id` to report (default: generated once, stored).
+    #[arg(long, env = "BLINDPASS_ORGANIZATION_ID")]
+    organization_id: Option<String>,
+    /// `Persona-Environment-Id` of the sandbox environment.
+    #[arg(long, env = "BLINDPASS_SANDBOX_ENVIRONMENT_ID")]
+    sandbox_environment_id: Option<String>,
+    /// `Persona-Environment-Id` of the production environment.
+    #[arg(long, env = "BLINDPASS_PRODUCTION_ENVIRONMENT_ID")]
+    production_environment_id: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "BLINDPASS_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+pub(crate) fn run(store_args: &StoreArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(store_args.config.as_deref())?;
+    let log_format = args.log_format.clone().or_else(|| file.log_format.clone()).unwrap_or_else(|| "text".into());
+    init_logging(&log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(store_args, args, file))
+}
+
+async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> anyhow::Result<()> {
+    let listen = args.listen.or(file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let defaults = Config::default();
+    let config = Config {
+        rate_limit_per_minute: args.rate_limit.or(file.rate_limit).unwrap_or(defaults.rate_limit_per_minute),
+        key_refresh_secs: args.key_refresh_secs.or(file.key_refresh_secs).unwrap_or(defaults.key_refresh_secs).max(1),
+        idempotency_stale_secs: defaults.idempotency_stale_secs,
+    };
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(Limits::default().max_body_bytes),
+        request_timeout: Duration::from_secs(
+            args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(30).max(1),
+        ),
+    };
+    let url = store_args.database_url(&file);
+    let store = store_args.open(&file).await?;
+    let service = Service::new(store, Arc::new(SystemClock), config.clone());
+
+    for key in service.ensure_initial_keys().await.context("creating initial issuer keys")? {
+        tracing::info!(environment = %key.environment, token_key_id = %key.id, "created issuer key");
+    }
+    for environment in blindpass_service::Environment::ALL {
+        for key in service.keys_of(environment).await.context("loading issuer keys")? {
+            tracing::info!(
+                environment = %environment,
+                token_key_id = %key.public.token_key_id(),
+                persona_key_id = %key.public.persona_key_id(),
+                state = key.record.state.as_str(),
+                "issuer key"
+            );
+        }
+    }
+    let overrides = IdOverrides {
+        organization: args.organization_id.or(file.organization_id),
+        sandbox: args.sandbox_environment_id.or(file.sandbox_environment_id),
+        production: args.production_environment_id.or(file.production_environment_id),
+    };
+    let ids = blindpass_server::load_ids(&service, &overrides).await.context("loading organization ids")?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr().context("reading the listen address")?;
+    tracing::info!(
+        listen = %local,
+        store = %redact_url(&url),
+        rate_limit = config.rate_limit_per_minute,
+        "blindpass listening"
+    );
+    let state = AppState { service, ids, limits };
+    blindpass_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("unknown log format {other:?} (expected text or json)"),
+    }
+    Ok(())
+}

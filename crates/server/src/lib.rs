@@ -1,0 +1,205 @@
+//! # blindpass-server
+//!
+//! The HTTP API. [`router`] builds the axum `Router` from an [`AppState`];
+//! tests drive it without a socket. [`serve`] binds it to an address with
+//! graceful shutdown.
+//!
+//! Every response carries `Request-Id`; every error is Persona's
+//! `{"errors":[{"title","details"}]}` from [`error::ApiError`], the one place
+//! that maps failures to statuses. Nothing a client sends produces a 500.
+
+#![forbid(unsafe_code)]
+
+pub mod conventions;
+pub mod error;
+pub mod inflection;
+mod privacy_passes;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use blindpass_service::{Environment, Service};
+use rand::RngExt;
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+
+/// Ids reported in `Persona-Organization-Id` / `Persona-Environment-Id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    /// `org_…`.
+    pub organization: String,
+    /// `env_…` of the sandbox environment.
+    pub sandbox: String,
+    /// `env_…` of the production environment.
+    pub production: String,
+}
+
+impl Ids {
+    /// The id of `environment`.
+    pub fn environment(&self, environment: Environment) -> &str {
+        match environment {
+            Environment::Sandbox => &self.sandbox,
+            Environment::Production => &self.production,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Time after which a request is answered 503.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The use cases.
+    pub service: Service,
+    /// Organization and environment ids.
+    pub ids: Ids,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/v1/privacy-passes", post(privacy_passes::create))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state)
+}
+
+/// Loads (creating on first start) the organization and environment ids,
+/// unless `configured` overrides them.
+pub async fn load_ids(service: &Service, configured: &IdOverrides) -> Result<Ids, blindpass_service::StoreError> {
+    let get = async |name: &str, prefix: &str, given: &Option<String>| {
+        if let Some(v) = given {
+            return Ok::<_, blindpass_service::StoreError>(v.clone());
+        }
+        let fresh = random_id(prefix);
+        let stored = service.store().setting_get_or_insert(name, fresh.as_bytes()).await?;
+        Ok(String::from_utf8_lossy(&stored).into_owned())
+    };
+    Ok(Ids {
+        organization: get("organization_id", "org_", &configured.organization).await?,
+        sandbox: get("environment_id.sandbox", "env_", &configured.sandbox).await?,
+        production: get("environment_id.production", "env_", &configured.production).await?,
+    })
+}
+
+/// Ids given in the configuration, if any.
+#[derive(Debug, Clone, Default)]
+pub struct IdOverrides {
+    /// `organization-id`.
+    pub organization: Option<String>,
+    /// `sandbox-environment-id`.
+    pub sandbox: Option<String>,
+    /// `production-environment-id`.
+    pub production: Option<String>,
+}
+
+/// Serves `router(state)` on `addr` until `shutdown` resolves; in-flight
+/// requests finish first. Also prunes expired records periodically.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = state.service.clone();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match service.prune(conventions::IDEMPOTENCY_TTL_SECS).await {
+                Ok((records, windows)) => tracing::debug!(records, windows, "pruned expired records"),
+                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            }
+        }
+    });
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    pruner.abort();
+    result
+}
+
+async fn health() -> Response {
+    (StatusCode::OK, error::json_headers(), br#"{"status":"ok"}"#.to_vec()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not found", "No such endpoint.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", "This endpoint does not accept this method.")
+}
+
+/// Outermost middleware: a request id on the response and on every log line,
+/// the request timeout, and one access log line.
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request_id = random_id("req_");
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    let timeout = state.limits.request_timeout;
+    let mut response = async move {
+        match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!("request timed out");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Request timeout",
+                    "The request took too long. Please retry.",
+                )
+                .into_response()
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("request-id", v);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    });
+    response
+}
+
+/// `prefix` followed by 24 random alphanumeric characters.
+fn random_id(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    for _ in 0..24 {
+        let i = rng.random_range(0..ALPHABET.len());
+        id.push(char::from(ALPHABET.get(i).copied().unwrap_or(b'A')));
+    }
+    id
+}

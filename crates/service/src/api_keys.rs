@@ -1,0 +1,143 @@
+//! API keys: creation (secret shown once), authentication (constant-time
+//! hash comparison), revocation.
+
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::{ApiKey, Environment, Permission, Service, StoreError};
+
+/// Hex digits of the secret's hash used as the lookup index.
+const LOOKUP_HEX_LEN: usize = 16;
+
+/// A newly created key and its secret (shown once, never stored).
+#[derive(Clone)]
+pub struct NewApiKey {
+    /// The stored record.
+    pub key: ApiKey,
+    /// `persona_<env>_<uuid>`, the bearer token.
+    pub secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey").field("key", &self.key).field("secret", &"<redacted>").finish()
+    }
+}
+
+/// An authenticated, unrevoked API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The key's record.
+    pub key: ApiKey,
+}
+
+impl Authenticated {
+    /// True when the key holds `permission`.
+    pub fn can(&self, permission: Permission) -> bool {
+        self.key.permissions.contains(&permission)
+    }
+}
+
+/// Why a bearer token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No key has this secret.
+    #[error("unknown API key")]
+    Unknown,
+    /// The key was revoked.
+    #[error("API key revoked")]
+    Revoked,
+    /// The store could not be asked.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// SHA-256 of an API key secret.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn lookup_of(hash: &[u8; 32]) -> String {
+    let mut hex = hex::encode(hash);
+    hex.truncate(LOOKUP_HEX_LEN);
+    hex
+}
+
+/// A random id with `prefix`, e.g. `api_3fa85f6457174562b3fc2c963f66afa6`.
+pub(crate) fn random_id(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// A UUIDv4 string from 16 random bytes.
+fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+impl Service {
+    /// Creates a key in `environment` with `permissions`. The secret has
+    /// Persona's shape (`persona_sandbox_<uuid>`), so SDKs that infer the
+    /// environment from the key keep working.
+    pub async fn create_api_key(
+        &self,
+        environment: Environment,
+        permissions: Vec<Permission>,
+        name: Option<String>,
+    ) -> Result<NewApiKey, StoreError> {
+        let secret = Zeroizing::new(format!("persona_{}_{}", environment.as_str(), uuid_v4()));
+        let secret_hash = hash_secret(&secret);
+        let mut permissions = permissions;
+        permissions.sort_unstable();
+        permissions.dedup();
+        let key = ApiKey {
+            id: random_id("api_"),
+            name,
+            environment,
+            permissions,
+            lookup: lookup_of(&secret_hash),
+            secret_hash,
+            created_at: self.now(),
+            revoked_at: None,
+        };
+        self.store().insert_api_key(&key).await?;
+        Ok(NewApiKey { key, secret })
+    }
+
+    /// Checks a bearer secret: looked up by a prefix of its hash, then
+    /// compared in constant time over the whole hash.
+    pub async fn authenticate(&self, secret: &str) -> Result<Authenticated, AuthError> {
+        let hash = hash_secret(secret);
+        let key = self.store().api_key_by_lookup(&lookup_of(&hash)).await?.ok_or(AuthError::Unknown)?;
+        if !bool::from(key.secret_hash.ct_eq(&hash)) {
+            return Err(AuthError::Unknown);
+        }
+        if key.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        Ok(Authenticated { key })
+    }
+
+    /// Revokes a key by id; false when there is none.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.store().revoke_api_key(id, self.now()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_shape() {
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+    }
+}

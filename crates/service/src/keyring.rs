@@ -1,0 +1,197 @@
+//! The issuer keys a node holds in memory, refreshed from the store so that a
+//! key rotated by the CLI or another node is seen within
+//! `key_refresh_secs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use blindpass_protocol::blind_rsa::RawSigner;
+use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_rsa::RsaPrivateKey;
+use zeroize::Zeroizing;
+
+use crate::{Environment, IssuerKey, KeyState, Service, StoreError};
+
+/// One usable issuer key: its record and its parsed key pair.
+pub struct LoadedKey {
+    /// The stored record (state, times), without re-reading the store.
+    pub record: IssuerKey,
+    /// The public key with both ids.
+    pub public: IssuerPublicKey,
+    /// The signer.
+    pub signer: Arc<RsaPrivateKey>,
+}
+
+impl std::fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedKey").field("record", &self.record).field("public", &self.public).finish()
+    }
+}
+
+impl LoadedKey {
+    /// True when the key may issue at `now`.
+    pub fn issues_at(&self, now: i64) -> bool {
+        self.record.state == KeyState::Active && self.record.not_before <= now
+    }
+}
+
+/// Key management failures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored key could not be parsed, or a key could not be generated.
+    #[error("issuer key error: {0}")]
+    Key(String),
+    /// No key with that id.
+    #[error("no issuer key {0}")]
+    NotFound(String),
+}
+
+#[derive(Default)]
+pub(crate) struct KeyRing {
+    state: RwLock<Snapshot>,
+}
+
+#[derive(Default, Clone)]
+struct Snapshot {
+    by_id: Arc<HashMap<TokenKeyId, Arc<LoadedKey>>>,
+    loaded_at: Option<i64>,
+}
+
+impl Service {
+    /// Finds the key that answers to `id` (either of its two ids), reloading
+    /// the ring when it is older than `key_refresh_secs` or when `id` is
+    /// unknown (at most once a second).
+    pub async fn key_by_id(&self, id: &TokenKeyId) -> Result<Option<Arc<LoadedKey>>, KeyError> {
+        let now = self.now();
+        let snapshot = self.snapshot();
+        let fresh = snapshot.loaded_at.is_some_and(|t| now - t < self.config().key_refresh_secs);
+        if fresh {
+            if let Some(key) = snapshot.by_id.get(id) {
+                return Ok(Some(Arc::clone(key)));
+            }
+            if snapshot.loaded_at == Some(now) {
+                return Ok(None);
+            }
+        }
+        let by_id = self.reload_keys().await?;
+        Ok(by_id.get(id).cloned())
+    }
+
+    /// Every loaded key of `environment`, newest first.
+    pub async fn keys_of(&self, environment: Environment) -> Result<Vec<Arc<LoadedKey>>, KeyError> {
+        let now = self.now();
+        let snapshot = self.snapshot();
+        let by_id = match snapshot.loaded_at {
+            Some(t) if now - t < self.config().key_refresh_secs => snapshot.by_id,
+            _ => self.reload_keys().await?,
+        };
+        let mut keys: Vec<_> =
+            by_id.values().filter(|k| k.record.environment == environment).map(Arc::clone).collect::<Vec<_>>();
+        keys.sort_by(|a, b| b.record.created_at.cmp(&a.record.created_at).then(a.record.id.cmp(&b.record.id)));
+        keys.dedup_by(|a, b| a.record.id == b.record.id);
+        Ok(keys)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.inner.keyring.state.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Re-reads all issuer keys. Keys already parsed are reused; only new
+    /// ones pay for PKCS#8 parsing.
+    pub async fn reload_keys(&self) -> Result<Arc<HashMap<TokenKeyId, Arc<LoadedKey>>>, KeyError> {
+        let records = self.store().issuer_keys(None).await?;
+        let previous = self.snapshot().by_id;
+        let mut by_id = HashMap::with_capacity(records.len() * 2);
+        for record in records {
+            let id =
+                TokenKeyId::from_hex(&record.id).map_err(|_| KeyError::Key(format!("bad key id {}", record.id)))?;
+            let loaded = match previous.get(&id) {
+                Some(old) if old.record.private_pkcs8 == record.private_pkcs8 => {
+                    Arc::new(LoadedKey { record, public: old.public.clone(), signer: Arc::clone(&old.signer) })
+                }
+                _ => Arc::new(load(record)?),
+            };
+            by_id.insert(loaded.public.token_key_id(), Arc::clone(&loaded));
+            by_id.insert(loaded.public.persona_key_id(), loaded);
+        }
+        let by_id = Arc::new(by_id);
+        if let Ok(mut state) = self.inner.keyring.state.write() {
+            *state = Snapshot { by_id: Arc::clone(&by_id), loaded_at: Some(self.now()) };
+        }
+        Ok(by_id)
+    }
+
+    /// Creates one active key per environment that has none (first start).
+    /// Safe to run on several nodes at once: exactly one key wins per
+    /// environment. Returns the keys this call created.
+    pub async fn ensure_initial_keys(&self) -> Result<Vec<IssuerKey>, KeyError> {
+        let mut created = Vec::new();
+        for environment in Environment::ALL {
+            if !self.store().issuer_keys(Some(environment)).await?.is_empty() {
+                continue;
+            }
+            let record = self.generate_key_record(environment).await?;
+            if self.store().insert_first_issuer_key(&record).await? {
+                created.push(record);
+            }
+        }
+        self.reload_keys().await?;
+        Ok(created)
+    }
+
+    /// Generates a new active key for `environment`; the previous active key
+    /// becomes verify-only.
+    pub async fn rotate_key(&self, environment: Environment) -> Result<IssuerKey, KeyError> {
+        let record = self.generate_key_record(environment).await?;
+        self.store().rotate_issuer_key(&record, self.now()).await?;
+        self.reload_keys().await?;
+        Ok(record)
+    }
+
+    /// Retires the key `id` (its RFC `token_key_id` or Persona id, hex).
+    pub async fn retire_key(&self, id: &str) -> Result<IssuerKey, KeyError> {
+        let wanted = TokenKeyId::from_hex(id).map_err(|_| KeyError::NotFound(id.to_owned()))?;
+        let key = self.key_by_id(&wanted).await?.ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        if !self.store().retire_issuer_key(&key.record.id, self.now()).await? {
+            return Err(KeyError::NotFound(id.to_owned()));
+        }
+        self.reload_keys().await?;
+        let mut record = key.record.clone();
+        record.state = KeyState::Retired;
+        Ok(record)
+    }
+
+    async fn generate_key_record(&self, environment: Environment) -> Result<IssuerKey, KeyError> {
+        let now = self.now();
+        tokio::task::spawn_blocking(move || {
+            let key = RsaPrivateKey::generate_2048().map_err(|e| KeyError::Key(e.to_string()))?;
+            let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| KeyError::Key(e.to_string()))?;
+            Ok(IssuerKey {
+                id: public.token_key_id().to_hex(),
+                environment,
+                state: KeyState::Active,
+                private_pkcs8: Zeroizing::new(key.to_pkcs8_der().to_vec()),
+                not_before: now,
+                rotated_at: None,
+                retired_at: None,
+                created_at: now,
+            })
+        })
+        .await
+        .map_err(|e| KeyError::Key(format!("key generation task failed: {e}")))?
+    }
+}
+
+fn load(record: IssuerKey) -> Result<LoadedKey, KeyError> {
+    let signer = RsaPrivateKey::from_pkcs8_der(&record.private_pkcs8)
+        .map_err(|e| KeyError::Key(format!("stored key {}: {e}", record.id)))?;
+    let public = IssuerPublicKey::new(signer.public_key().clone())
+        .map_err(|e| KeyError::Key(format!("stored key {}: {e}", record.id)))?;
+    if public.token_key_id().to_hex() != record.id {
+        return Err(KeyError::Key(format!("stored key {} does not match its id", record.id)));
+    }
+    Ok(LoadedKey { record, public, signer: Arc::new(signer) })
+}

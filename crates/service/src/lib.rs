@@ -1,0 +1,85 @@
+//! # blindpass-service
+//!
+//! The use cases of a blindpass node, as plain async functions over a
+//! [`Store`]: authenticate an API key, count a request against its
+//! environment's rate limit, issue a blind signature, manage API keys and
+//! issuer keys. One issuance reads as a straight line: key lookup at `now`
+//! → BlindSign on a blocking thread → bytes.
+//!
+//! **Invariant:** no HTTP, no JSON here; time comes from a [`Clock`].
+
+#![forbid(unsafe_code)]
+
+mod api_keys;
+mod clock;
+mod idempotency;
+mod issuer;
+mod keyring;
+
+use std::sync::Arc;
+
+pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret};
+pub use blindpass_store::{ApiKey, Environment, IssuerKey, KeyState, Permission, Store, StoreError};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use idempotency::IdempotencyOutcome;
+pub use issuer::{IssueError, RateLimitStatus};
+pub use keyring::{KeyError, LoadedKey};
+
+/// Tunables of the service layer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Requests per minute per environment; 0 disables rate limiting.
+    pub rate_limit_per_minute: u64,
+    /// How often the key ring is re-read from the store, in seconds.
+    pub key_refresh_secs: i64,
+    /// After how many seconds an unfinished idempotent request's claim is
+    /// considered abandoned (its process died) and may be taken over.
+    pub idempotency_stale_secs: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { rate_limit_per_minute: 300, key_refresh_secs: 5, idempotency_stale_secs: 120 }
+    }
+}
+
+/// The service: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    keyring: keyring::KeyRing,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
+        Self { inner: Arc::new(Inner { store, clock, config, keyring: keyring::KeyRing::default() }) }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// UNIX seconds now.
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
