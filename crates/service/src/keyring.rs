@@ -95,6 +95,12 @@ impl Service {
         Ok(keys)
     }
 
+    /// The key that issues in `environment` now, if any.
+    pub async fn active_key(&self, environment: Environment) -> Result<Option<Arc<LoadedKey>>, KeyError> {
+        let now = self.now();
+        Ok(self.keys_of(environment).await?.into_iter().find(|k| k.issues_at(now)))
+    }
+
     fn snapshot(&self) -> Snapshot {
         self.inner.keyring.state.read().map(|s| s.clone()).unwrap_or_default()
     }

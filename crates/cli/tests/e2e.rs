@@ -1,0 +1,166 @@
+//! End to end: the real `blindpass` binary on a free port with a temporary
+//! data directory; an API key made with the CLI; a token blinded with the
+//! protocol crate, signed over HTTP, finalized and verified.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::{b64, persona};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
+
+/// The server process; killed if the test fails before stopping it.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cli(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
+    assert!(out.status.success(), "blindpass {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn start(data_dir: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
+            && r.status().is_success()
+        {
+            return server;
+        }
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn cli_key_then_issue_over_http_then_finalize_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path()).await;
+
+    // An API key made by the CLI on the store the server is using.
+    let out = cli(dir.path(), &["api-keys", "create", "--env", "sandbox", "--name", "e2e"]);
+    let secret = out.lines().last().unwrap().to_owned();
+    assert!(secret.starts_with("persona_sandbox_"), "{out}");
+    let listing = cli(dir.path(), &["api-keys", "list"]);
+    assert!(listing.contains("e2e") && !listing.contains(&secret), "secrets are never listed");
+
+    // The sandbox issuer key the server created at start.
+    let keys = cli(dir.path(), &["keys", "list", "--env", "sandbox"]);
+    let key_id = keys.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    let key = sandbox_public_key(dir.path(), &key_id).await;
+
+    // Blind as Persona's Go SDK does, sign over HTTP.
+    let secret_key = persona::ChallengeSecret::new(vec![5; 32]).unwrap();
+    let challenge = persona::Challenge::issue(
+        &secret_key,
+        &persona::ChallengeFields {
+            issuer_name: "issuer.example/api/v1/privacy-passes",
+            origin_info: "/api/privacy/v1/relays",
+            expires_at: 4_000_000_000,
+            claim_type: "age_over18_verified",
+            environment: "sandbox",
+        },
+    );
+    let (blinded, state) = persona::begin_issuance(&key, &key_id, &challenge, &mut rand::rng()).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/privacy-passes", server.base))
+        .bearer_auth(&secret)
+        .json(&serde_json::json!({ "blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert!(response.headers()["request-id"].to_str().unwrap().starts_with("req_"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    let blind_sig = b64::decode(body["blind-sig"].as_str().unwrap()).unwrap();
+    let token = persona::finalize_issuance(&key, &state, &blind_sig).unwrap();
+    persona::Token::decode(&token.encode()).unwrap().verify_signature(&key).unwrap();
+
+    // Revoking with the CLI takes effect on the running server at once.
+    let id = out.lines().next().unwrap().trim_start_matches("id: ").to_owned();
+    cli(dir.path(), &["api-keys", "revoke", &id]);
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/privacy-passes", server.base))
+        .bearer_auth(&secret)
+        .json(&serde_json::json!({ "blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
+    // SIGTERM stops it cleanly.
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = wait_with_timeout(&mut server.child, Duration::from_secs(15));
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn cli_errors_exit_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["api-keys", "revoke", "api_missing"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no API key"), "{stderr}");
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["api-keys", "create", "--env", "staging"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// Reads the public key for `key_id` straight from the store the CLI shares.
+async fn sandbox_public_key(data_dir: &Path, key_id: &str) -> IssuerPublicKey {
+    let url = format!("sqlite://{}", data_dir.join("blindpass.db").display());
+    let store = blindpass_store::open(&url).await.unwrap();
+    let keys = store.issuer_keys(Some(blindpass_store::Environment::Sandbox)).await.unwrap();
+    let signer = blindpass_rsa::RsaPrivateKey::from_pkcs8_der(&keys[0].private_pkcs8).unwrap();
+    let public = IssuerPublicKey::new(blindpass_protocol::blind_rsa::RawSigner::public_key(&signer).clone()).unwrap();
+    assert_eq!(public.persona_key_id().to_hex(), key_id);
+    public
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

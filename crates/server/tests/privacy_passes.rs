@@ -1,0 +1,433 @@
+//! Router-level tests of `POST /api/v1/privacy-passes`: every status code and
+//! header of contract §4, driven through `router(state)` without a socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::{b64, persona};
+use blindpass_server::{AppState, IdOverrides, Limits};
+use blindpass_service::{Config, Environment, ManualClock, Permission, Service};
+use blindpass_store::sqlite::SqliteStore;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const PATH: &str = "/api/v1/privacy-passes";
+const T0: i64 = 1_800_000_000; // on a minute boundary
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    router: Router,
+    service: Service,
+    clock: Arc<ManualClock>,
+    sandbox_key: String,
+    production_key: String,
+    no_permission_key: String,
+    revoked_key: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Persona's error shape, and the title.
+    fn error_title(&self) -> String {
+        let body = self.json();
+        let errors = body["errors"].as_array().expect("errors array");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0]["details"].is_string(), "details missing: {body}");
+        errors[0]["title"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn harness(rate_limit: u64) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("db")).await.unwrap());
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = Config { rate_limit_per_minute: rate_limit, ..Config::default() };
+    let service = Service::new(store, clock.clone(), config);
+    service.ensure_initial_keys().await.unwrap();
+    let secret = async |env, perms: Vec<Permission>| service.create_api_key(env, perms, None).await.unwrap();
+    let sandbox = secret(Environment::Sandbox, vec![Permission::PrivacyPassWrite]).await;
+    let production = secret(Environment::Production, vec![Permission::PrivacyPassWrite]).await;
+    let no_permission = secret(Environment::Sandbox, vec![Permission::RelayVerify]).await;
+    let revoked = secret(Environment::Sandbox, vec![Permission::PrivacyPassWrite]).await;
+    service.revoke_api_key(&revoked.key.id).await.unwrap();
+    let ids = blindpass_server::load_ids(&service, &IdOverrides::default()).await.unwrap();
+    let router = blindpass_server::router(AppState { service: service.clone(), ids, limits: Limits::default() });
+    Harness {
+        _dir: dir,
+        router,
+        service,
+        clock,
+        sandbox_key: sandbox.secret.to_string(),
+        production_key: production.secret.to_string(),
+        no_permission_key: no_permission.secret.to_string(),
+        revoked_key: revoked.secret.to_string(),
+    }
+}
+
+impl Harness {
+    async fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = self.router.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let reply = Reply { status, headers, body };
+        let id = reply.header("request-id").unwrap_or_else(|| panic!("no Request-Id on {status}"));
+        assert!(id.starts_with("req_") && id.len() == 28, "{id}");
+        assert!(status.as_u16() < 500, "server error {status}: {}", String::from_utf8_lossy(&reply.body));
+        reply
+    }
+
+    /// POST with the sandbox key and JSON body.
+    async fn post(&self, body: Value, extra: &[(&str, &str)]) -> Reply {
+        self.post_as(&self.sandbox_key.clone(), body, extra).await
+    }
+
+    async fn post_as(&self, secret: &str, body: Value, extra: &[(&str, &str)]) -> Reply {
+        let auth = format!("Bearer {secret}");
+        let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+        headers.extend_from_slice(extra);
+        self.call(Method::POST, PATH, &headers, serde_json::to_vec(&body).unwrap()).await
+    }
+
+    async fn key(&self, env: Environment) -> IssuerPublicKey {
+        self.service.active_key(env).await.unwrap().expect("an active key").public.clone()
+    }
+
+    /// A real Persona-style blinded token for the environment's active key.
+    async fn blinded(&self, env: Environment) -> (IssuerPublicKey, String, persona::IssuanceState, Vec<u8>) {
+        let key = self.key(env).await;
+        let key_id = key.persona_key_id().to_hex();
+        let secret = persona::ChallengeSecret::new(vec![3; 32]).unwrap();
+        let challenge = persona::Challenge::issue(
+            &secret,
+            &persona::ChallengeFields {
+                issuer_name: "issuer.example/api/v1/privacy-passes",
+                origin_info: "/api/privacy/v1/relays",
+                expires_at: persona::expiry_for(T0 as u64, 3600),
+                claim_type: "age_over18_verified",
+                environment: env.as_str(),
+            },
+        );
+        let (blinded, state) = persona::begin_issuance(&key, &key_id, &challenge, &mut rand::rng()).unwrap();
+        (key, key_id, state, blinded)
+    }
+}
+
+fn body(blinded: &[u8], key_id: &str) -> Value {
+    json!({ "blinded-token": b64::encode_unpadded(blinded), "key-id": key_id })
+}
+
+#[tokio::test]
+async fn issues_a_blind_signature_that_finalizes_into_a_verifying_token() {
+    let h = harness(300).await;
+    let (key, key_id, state, blinded) = h.blinded(Environment::Sandbox).await;
+    // The Go SDK sends camelCase.
+    let r = h.post(json!({ "blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id }), &[]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+    let sig_text = r.json()["blind-sig"].as_str().unwrap().to_owned();
+    assert_eq!(r.json().as_object().unwrap().len(), 1);
+    assert!(!sig_text.contains('='), "blind-sig must be unpadded");
+    let blind_sig = b64::decode(&sig_text).unwrap();
+    assert_eq!(blind_sig.len(), 256);
+    let token = persona::finalize_issuance(&key, &state, &blind_sig).unwrap();
+    persona::Token::decode(&token.encode()).unwrap().verify_signature(&key).unwrap();
+
+    assert_eq!(r.header("ratelimit-limit"), Some("300"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("299"));
+    assert_eq!(r.header("ratelimit-reset"), Some("60"));
+    assert!(r.header("persona-environment-id").unwrap().starts_with("env_"));
+    assert!(r.header("persona-organization-id").unwrap().starts_with("org_"));
+}
+
+#[tokio::test]
+async fn accepts_either_key_id_and_every_body_casing() {
+    let h = harness(300).await;
+    let (key, _, _, blinded) = h.blinded(Environment::Sandbox).await;
+    let token = b64::encode_unpadded(&blinded);
+    for id in [key.persona_key_id().to_hex(), key.token_key_id().to_hex(), key.token_key_id().to_hex().to_uppercase()] {
+        for body in [
+            json!({ "blinded-token": token, "key-id": id }),
+            json!({ "blindedToken": token, "keyId": id }),
+            json!({ "blinded_token": token, "key_id": id }),
+        ] {
+            let r = h.post(body.clone(), &[]).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{body}");
+        }
+    }
+    // Padded base64url is accepted too.
+    let padded = b64::encode_padded(&blinded);
+    assert!(padded.ends_with('='));
+    let r = h.post(json!({ "blinded-token": padded, "key-id": key.persona_key_id().to_hex() }), &[]).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn key_inflection_and_persona_version() {
+    let h = harness(300).await;
+    let (_, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    for (inflection, field) in [("kebab", "blind-sig"), ("camel", "blindSig"), ("snake", "blind_sig")] {
+        let r = h.post(body(&blinded, &key_id), &[("key-inflection", inflection)]).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert!(r.json()[field].is_string(), "{inflection}: {}", r.json());
+    }
+    let r = h.post(body(&blinded, &key_id), &[("key-inflection", "pascal")]).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::BAD_REQUEST, "Bad Request"));
+
+    let r = h.post(body(&blinded, &key_id), &[("persona-version", "2023-01-05")]).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header("persona-version"), Some("2023-01-05"));
+    let r = h.post(body(&blinded, &key_id), &[("persona-version", "2019-01-01")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.header("persona-version"), None);
+}
+
+#[tokio::test]
+async fn authentication_and_permissions() {
+    let h = harness(300).await;
+    let (sandbox_key, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    let json_ct = ("content-type", "application/json");
+    let raw = serde_json::to_vec(&body(&blinded, &key_id)).unwrap();
+
+    let r = h.call(Method::POST, PATH, &[json_ct], raw.clone()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_title(), "Must be authenticated to access this endpoint");
+    assert_eq!(r.header("ratelimit-limit"), None, "401s carry no rate-limit headers");
+
+    for bad in ["Bearer persona_sandbox_nope", "Basic abc", "Bearer", "bearer "] {
+        let r = h.call(Method::POST, PATH, &[json_ct, ("authorization", bad)], raw.clone()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+
+    let r = h.post_as(&h.revoked_key.clone(), body(&blinded, &key_id), &[]).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::FORBIDDEN, "Forbidden"));
+
+    let r = h.post_as(&h.no_permission_key.clone(), body(&blinded, &key_id), &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.header("ratelimit-limit").is_some(), "authenticated responses carry rate-limit headers");
+
+    // A production API key naming a sandbox issuer key.
+    let r = h.post_as(&h.production_key.clone(), body(&blinded, &sandbox_key.token_key_id().to_hex()), &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400() {
+    let h = harness(300).await;
+    let (_, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    let token = b64::encode_unpadded(&blinded);
+    let auth = format!("Bearer {}", h.sandbox_key);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"{".to_vec()),
+        ("not an object", b"[1,2]".to_vec()),
+        ("unknown field", serde_json::to_vec(&json!({"blinded-token": token, "key-id": key_id, "extra": 1})).unwrap()),
+        ("missing key-id", serde_json::to_vec(&json!({"blinded-token": token})).unwrap()),
+        ("missing blinded-token", serde_json::to_vec(&json!({"key-id": key_id})).unwrap()),
+        ("null field", serde_json::to_vec(&json!({"blinded-token": null, "key-id": key_id})).unwrap()),
+        ("wrong type", serde_json::to_vec(&json!({"blinded-token": 5, "key-id": key_id})).unwrap()),
+        (
+            "standard alphabet",
+            serde_json::to_vec(
+                &json!({"blinded-token": token.replace('-', "+").replace('_', "/") + "+/", "key-id": key_id}),
+            )
+            .unwrap(),
+        ),
+        ("bad base64", serde_json::to_vec(&json!({"blinded-token": "!!!", "key-id": key_id})).unwrap()),
+        ("short key id", serde_json::to_vec(&json!({"blinded-token": token, "key-id": "abcd"})).unwrap()),
+        ("non-hex key id", serde_json::to_vec(&json!({"blinded-token": token, "key-id": "z".repeat(64)})).unwrap()),
+        (
+            "same field twice in two casings",
+            serde_json::to_vec(&json!({"blinded-token": token, "blindedToken": token, "key-id": key_id})).unwrap(),
+        ),
+    ];
+    for (what, raw) in cases {
+        let r =
+            h.call(Method::POST, PATH, &[("authorization", &auth), ("content-type", "application/json")], raw).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error_title(), "Bad Request", "{what}");
+    }
+}
+
+#[tokio::test]
+async fn unusable_values_are_404_or_422() {
+    let h = harness(300).await;
+    let (key, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+
+    let r = h.post(body(&blinded, &"ab".repeat(32)), &[]).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::NOT_FOUND, "Record not found"));
+
+    let r = h.post(body(&blinded[..255], &key_id), &[]).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable entity"));
+    let r = h.post(body(&[blinded.clone(), vec![0]].concat(), &key_id), &[]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // >= n, never reduced.
+    let r = h.post(body(&[0xff; 256], &key_id), &[]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = h.post(body(key.rsa().n(), &key_id), &[]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Rotated out: verify-only keys do not issue; retired ones neither.
+    h.service.rotate_key(Environment::Sandbox).await.unwrap();
+    let r = h.post(body(&blinded, &key_id), &[]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&r.body));
+    h.service.retire_key(&key_id).await.unwrap();
+    let r = h.post(body(&blinded, &key_id), &[]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The new key issues.
+    let (_, new_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    assert_ne!(new_id, key_id);
+    assert_eq!(h.post(body(&blinded, &new_id), &[]).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn idempotency_replays_the_first_response_byte_for_byte() {
+    let h = harness(300).await;
+    let (_, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    let idem = ("idempotency-key", "8d3c0b5e-2f0a-4c1e-9a51-1c1f0e1d2a3b");
+    let first = h.post(body(&blinded, &key_id), &[idem]).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // Retire the key: a fresh request would now be 422, the replay is not.
+    h.service.retire_key(&key_id).await.unwrap();
+    let again = h.post(body(&blinded, &key_id), &[idem]).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body);
+    assert!(again.header("ratelimit-remaining").is_some());
+    // Errors are stored and replayed too.
+    let idem2 = ("idempotency-key", "second");
+    let e1 = h.post(body(&blinded, &key_id), &[idem2]).await;
+    assert_eq!(e1.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(h.post(body(&blinded, &key_id), &[idem2]).await.body, e1.body);
+
+    // Same key, other parameters.
+    let r = h.post(body(&blinded[1..], &key_id), &[idem]).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::BAD_REQUEST, "Idempotency error"));
+    assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("8d3c0b5e-2f0a-4c1e-9a51-1c1f0e1d2a3b"));
+
+    // Scoped per API key: another key may use the same Idempotency-Key.
+    let other = h.service.create_api_key(Environment::Sandbox, vec![Permission::PrivacyPassWrite], None).await.unwrap();
+    let r = h.post_as(&other.secret, body(&blinded[1..], &key_id), &[idem]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn idempotency_in_flight_is_409_and_auth_failures_are_not_stored() {
+    let h = harness(300).await;
+    let (_, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    let raw = serde_json::to_vec(&body(&blinded, &key_id)).unwrap();
+    let api_key = h.service.authenticate(&h.sandbox_key).await.unwrap().key;
+    // Another request holds the key, still running.
+    let fp = blindpass_server::conventions::fingerprint("POST", PATH, &raw);
+    h.service.idempotency_begin(&format!("api_key:{}", api_key.id), "busy", &fp, 86_400).await.unwrap();
+    let r = h.post(body(&blinded, &key_id), &[("idempotency-key", "busy")]).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::CONFLICT, "Conflict"));
+
+    // 401 first, then the real request with the same key runs.
+    let r = h
+        .call(Method::POST, PATH, &[("content-type", "application/json"), ("idempotency-key", "k1")], raw.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.post(body(&blinded, &key_id), &[("idempotency-key", "k1")]).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn rate_limit_exhaustion_and_reset() {
+    let h = harness(3).await;
+    let (_, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    h.clock.advance(10);
+    for remaining in ["2", "1", "0"] {
+        let r = h.post(body(&blinded, &key_id), &[]).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(r.header("ratelimit-remaining"), Some(remaining));
+        assert_eq!(r.header("ratelimit-reset"), Some("50"));
+    }
+    // Counted per environment, across API keys; 429s are not stored for idempotency.
+    let other = h.service.create_api_key(Environment::Sandbox, vec![Permission::PrivacyPassWrite], None).await.unwrap();
+    let r = h.post_as(&other.secret, body(&blinded, &key_id), &[("idempotency-key", "rl")]).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded"));
+    assert_eq!(r.header("retry-after"), Some("50"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    // The other environment has its own window.
+    let (_, prod_id, _, prod_blinded) = h.blinded(Environment::Production).await;
+    assert_eq!(
+        h.post_as(&h.production_key.clone(), body(&prod_blinded, &prod_id), &[]).await.status,
+        StatusCode::CREATED
+    );
+    // The next minute resets the window.
+    h.clock.advance(50);
+    let r = h.post_as(&other.secret, body(&blinded, &key_id), &[("idempotency-key", "rl")]).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header("ratelimit-remaining"), Some("2"));
+    assert_eq!(r.header("ratelimit-reset"), Some("60"));
+}
+
+#[tokio::test]
+async fn transport_level_errors_use_the_persona_shape() {
+    let h = harness(300).await;
+    let auth = format!("Bearer {}", h.sandbox_key);
+    let r = h
+        .call(Method::POST, PATH, &[("authorization", &auth), ("content-type", "application/json")], vec![b' '; 70_000])
+        .await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"));
+    let r =
+        h.call(Method::POST, PATH, &[("authorization", &auth), ("content-type", "text/plain")], b"{}".to_vec()).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    r.error_title();
+    let r = h.call(Method::POST, PATH, &[("authorization", &auth)], b"{}".to_vec()).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "a missing content type is not guessed");
+    let r = h.call(Method::GET, PATH, &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    r.error_title();
+    let r = h.call(Method::GET, "/api/v1/nope", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    r.error_title();
+    let r = h.call(Method::GET, "/health", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// No body or header value a client can send makes the server answer 5xx
+    /// (`Harness::call` asserts it on every response).
+    #[test]
+    fn no_input_produces_a_server_error(
+        raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        json_body in proptest::prelude::any::<bool>(),
+        field in "[a-zA-Z_-]{0,16}",
+        value in "[ -~]{0,40}",
+        header_value in "[ -~]{0,40}",
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let h = harness(0).await;
+            let auth = format!("Bearer {}", h.sandbox_key);
+            let payload = if json_body { serde_json::to_vec(&json!({ field.clone(): value })).unwrap() } else { raw };
+            for (name, v) in [("key-inflection", header_value.as_str()), ("persona-version", header_value.as_str()), ("idempotency-key", header_value.as_str()), ("content-type", "application/json")] {
+                h.call(Method::POST, PATH, &[("authorization", &auth), ("content-type", "application/json"), (name, v)], payload.clone()).await;
+            }
+        });
+    }
+}
