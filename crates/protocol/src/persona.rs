@@ -45,17 +45,22 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The server secret that keys challenge MACs. Redacted in `Debug`.
-#[derive(Clone, zeroize::ZeroizeOnDrop)]
-pub struct ChallengeSecret(Vec<u8>);
+/// The server secret that keys challenge MACs, kept as a keyed HMAC state.
+/// Redacted in `Debug`.
+#[derive(Clone)]
+pub struct ChallengeSecret(HmacSha256);
 
 impl ChallengeSecret {
-    /// Wraps secret bytes; at least 32 are required.
+    /// Keys the MAC with `bytes`; at least 32 are required. The bytes are
+    /// zeroised after use.
     pub fn new(bytes: Vec<u8>) -> Result<Self, PersonaError> {
+        let bytes = zeroize::Zeroizing::new(bytes);
         if bytes.len() < 32 {
             return Err(PersonaError::WeakSecret);
         }
-        Ok(Self(bytes))
+        // HMAC accepts keys of any length; the error case cannot happen.
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(&bytes).map_err(|_| PersonaError::WeakSecret)?;
+        Ok(Self(mac))
     }
 }
 
@@ -164,8 +169,7 @@ impl Challenge {
     }
 
     fn compute_mac(&self, secret: &ChallengeSecret) -> [u8; 32] {
-        // HMAC accepts keys of any length.
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&secret.0).unwrap_or_else(|_| unreachable_hmac());
+        let mut mac = secret.0.clone();
         mac.update(&self.mac_input());
         mac.finalize().into_bytes().into()
     }
@@ -200,12 +204,6 @@ impl Challenge {
         let bytes = b64::decode(text).map_err(|_| PersonaError::Base64)?;
         serde_json::from_slice(&bytes).map_err(|_| PersonaError::Json)
     }
-}
-
-#[cold]
-fn unreachable_hmac() -> HmacSha256 {
-    // `Hmac::new_from_slice` never fails; keep a defined fallback without panicking.
-    <HmacSha256 as KeyInit>::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable_hmac())
 }
 
 /// `token_input = 0x0002 ‖ SHA256(nonce_hex) ‖ SHA256(mac) ‖ SHA256(key_id)`,

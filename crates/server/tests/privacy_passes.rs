@@ -57,6 +57,10 @@ impl Reply {
 }
 
 async fn harness(rate_limit: u64) -> Harness {
+    harness_with(rate_limit, Limits::default()).await
+}
+
+async fn harness_with(rate_limit: u64, limits: Limits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("db")).await.unwrap());
     let clock = Arc::new(ManualClock::new(T0));
@@ -70,7 +74,7 @@ async fn harness(rate_limit: u64) -> Harness {
     let revoked = secret(Environment::Sandbox, vec![Permission::PrivacyPassWrite]).await;
     service.revoke_api_key(&revoked.key.id).await.unwrap();
     let ids = blindpass_server::load_ids(&service, &IdOverrides::default()).await.unwrap();
-    let router = blindpass_server::router(AppState { service: service.clone(), ids, limits: Limits::default() });
+    let router = blindpass_server::router(AppState { service: service.clone(), ids, limits });
     Harness {
         _dir: dir,
         router,
@@ -405,6 +409,40 @@ async fn transport_level_errors_use_the_persona_shape() {
     r.error_title();
     let r = h.call(Method::GET, "/health", &[], vec![]).await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// A request body that never arrives (a slow-loris client).
+struct NeverBody;
+
+impl http_body::Body for NeverBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_is_503() {
+    let h =
+        harness_with(300, Limits { request_timeout: std::time::Duration::from_millis(50), ..Limits::default() }).await;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(PATH)
+        .header("authorization", format!("Bearer {}", h.sandbox_key))
+        .header("content-type", "application/json")
+        .body(Body::new(NeverBody))
+        .unwrap();
+    let response = h.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("request-id"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["errors"][0]["title"], "Request timeout");
 }
 
 proptest::proptest! {
