@@ -43,11 +43,16 @@ pub(crate) enum KeysCommand {
         #[arg(long = "env", value_parser = parse_environment)]
         environment: Option<Environment>,
     },
-    /// Create a new active key; the previous one becomes verify-only.
+    /// Create a new key; the previous active key becomes verify-only when the
+    /// new one takes over (at once, or after --announce-secs).
     Rotate {
         /// Environment to rotate.
         #[arg(long = "env", value_parser = parse_environment)]
         environment: Environment,
+        /// List the new key in the directory this many seconds before it
+        /// starts issuing (its `not-before`).
+        #[arg(long)]
+        announce_secs: Option<i64>,
     },
     /// Retire a key (by either of its ids): it neither issues nor verifies.
     Retire {
@@ -139,9 +144,14 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
             }
             Ok(())
         }
-        KeysCommand::Rotate { environment } => {
-            let key = service.rotate_key(environment).await?;
-            println!("rotated {environment}: new active key {}", key.id);
+        KeysCommand::Rotate { environment, announce_secs } => {
+            let key = service.rotate_key(environment, announce_secs).await?;
+            println!(
+                "rotated {environment}: new key {} ({}, issuing from {})",
+                key.id,
+                key.state.as_str(),
+                Service::format_time(key.not_before)
+            );
             Ok(())
         }
         KeysCommand::Retire { id } => {

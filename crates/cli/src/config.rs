@@ -43,6 +43,8 @@ pub(crate) struct FileConfig {
     pub(crate) sandbox_environment_id: Option<String>,
     pub(crate) production_environment_id: Option<String>,
     pub(crate) log_format: Option<String>,
+    pub(crate) issuer_name: Option<String>,
+    pub(crate) key_overlap_secs: Option<i64>,
 }
 
 impl FileConfig {

@@ -36,6 +36,12 @@ pub(crate) struct ServeArgs {
     /// `Persona-Environment-Id` of the production environment.
     #[arg(long, env = "BLINDPASS_PRODUCTION_ENVIRONMENT_ID")]
     production_environment_id: Option<String>,
+    /// Issuer name put in challenges (default: the listen address).
+    #[arg(long, env = "BLINDPASS_ISSUER_NAME")]
+    issuer_name: Option<String>,
+    /// Seconds a rotated-out key still verifies tokens.
+    #[arg(long, env = "BLINDPASS_KEY_OVERLAP_SECS")]
+    key_overlap_secs: Option<i64>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "BLINDPASS_LOG_FORMAT")]
     log_format: Option<String>,
@@ -56,6 +62,8 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         rate_limit_per_minute: args.rate_limit.or(file.rate_limit).unwrap_or(defaults.rate_limit_per_minute),
         key_refresh_secs: args.key_refresh_secs.or(file.key_refresh_secs).unwrap_or(defaults.key_refresh_secs).max(1),
         idempotency_stale_secs: defaults.idempotency_stale_secs,
+        key_overlap_secs: args.key_overlap_secs.or(file.key_overlap_secs).unwrap_or(defaults.key_overlap_secs).max(0),
+        issuer_name: args.issuer_name.clone().or(file.issuer_name.clone()).unwrap_or_else(|| listen.clone()),
     };
     let limits = Limits {
         max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(Limits::default().max_body_bytes),

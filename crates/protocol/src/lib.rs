@@ -22,6 +22,7 @@ pub mod blind_rsa;
 pub mod der;
 pub mod directory;
 pub mod keys;
+pub mod oaep;
 pub mod pem;
 pub mod persona;
 pub mod rsa;

@@ -267,3 +267,31 @@ fn persona_token_input_matches_go_sdk() {
     let expected = "0002ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eba0fab1377f49a759b57f63318262ebe89fabfc990e8e93ceac2984561482b9d4b30855e510446ac34706c5acafeedefd5122fe9446b3f812db11e1ac3b4d0cf2";
     assert_eq!(hex::encode(persona::token_input(&nonce, &mac, &key_id)), expected);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// RSA-OAEP-SHA256 encryption decrypts (RSADP through the production
+    /// key, then EME-OAEP decoding) to the message; too-long messages are refused.
+    #[test]
+    fn oaep_round_trip(msg in prop::collection::vec(any::<u8>(), 0..=190), seed in any::<u64>()) {
+        use blindpass_protocol::oaep;
+        let key = key_2048();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ciphertext = oaep::encrypt(key.public_key(), &msg, &mut rng).unwrap();
+        prop_assert_eq!(ciphertext.len(), 256);
+        let em = key.rsasp1(&ciphertext).unwrap();
+        prop_assert_eq!(oaep::decode(&em).unwrap(), msg);
+    }
+}
+
+#[test]
+fn oaep_refuses_messages_over_the_limit() {
+    use blindpass_protocol::oaep;
+    let pk = key_2048().public_key();
+    assert_eq!(oaep::max_message_len(pk), 190);
+    assert_eq!(
+        oaep::encrypt(pk, &[0; 191], &mut StdRng::seed_from_u64(1)),
+        Err(oaep::OaepError::MessageTooLong { max: 190 })
+    );
+}

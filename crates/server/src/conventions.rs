@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::error::{ApiError, json_headers};
+use crate::error::ApiError;
 use crate::inflection::{Inflection, to_kebab};
 
 /// `Persona-Version` values Persona's OpenAPI lists (plus the 2026-09-29
@@ -34,35 +34,65 @@ pub const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
 /// Maximum length of an `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+/// `Content-Type` of every JSON response.
+pub const JSON: &str = "application/json; charset=utf-8";
+
 /// A response before it is turned into HTTP: what idempotency stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// Status.
     pub status: StatusCode,
-    /// JSON body.
+    /// `Content-Type`.
+    pub content_type: HeaderValue,
+    /// Body.
     pub body: Vec<u8>,
     /// `Retry-After`, for errors that have one.
     pub retry_after: Option<u64>,
+    /// Other headers (e.g. `WWW-Authenticate`); never stored.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Reply {
     /// A JSON reply.
     pub fn json(status: StatusCode, body: Vec<u8>) -> Self {
-        Self { status, body, retry_after: None }
+        Self::with_type(status, HeaderValue::from_static(JSON), body)
+    }
+
+    /// A reply with another content type.
+    pub fn with_type(status: StatusCode, content_type: HeaderValue, body: Vec<u8>) -> Self {
+        Self { status, content_type, body, retry_after: None, headers: Vec::new() }
+    }
+
+    /// Whether idempotency may keep this reply. Replies a retry must not get
+    /// back are not kept: 401 (fix the credentials), 403 (e.g. a claim
+    /// result still pending), 409, 429 and 5xx (transient).
+    pub fn storable(&self) -> bool {
+        !(self.status.is_server_error()
+            || matches!(
+                self.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
+            ))
     }
 }
 
 impl From<ApiError> for Reply {
     fn from(e: ApiError) -> Self {
-        Self { status: e.status, body: e.body(), retry_after: e.retry_after }
+        let mut reply = Self::json(e.status, e.body());
+        reply.retry_after = e.retry_after;
+        reply
     }
 }
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
-        let mut response = (self.status, json_headers(), self.body).into_response();
+        let mut response = (self.status, self.body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, self.content_type);
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            headers.insert(name, value);
         }
         response
     }
@@ -155,16 +185,22 @@ pub fn enforce_rate_limit(rate: Option<RateLimitStatus>) -> Result<(), ApiError>
 /// Reads a JSON body: the content type must be JSON (415 otherwise) and the
 /// body at most `limit` bytes (413 otherwise).
 pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    require_content_type(headers, "application/json")?;
+    read_body(headers, body, limit).await
+}
+
+/// 415 unless the request's media type is `expected`.
+pub fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported Media Type",
-            "Send the request body as application/json.",
-        ));
+    if mime.eq_ignore_ascii_case(expected) {
+        return Ok(());
     }
-    read_body(headers, body, limit).await
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Unsupported Media Type",
+        format!("Send the request body as {expected}."),
+    ))
 }
 
 /// Reads a body of at most `limit` bytes (413 otherwise).
@@ -227,7 +263,7 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
 }
 
 /// Runs `work` under an `Idempotency-Key` (if given) in `scope`: the first
-/// reply (errors included, except 5xx, which may be retried) is stored and
+/// reply (errors included, except those [`Reply::storable`] refuses) is stored and
 /// replayed byte for byte; other parameters give 400 `Idempotency error`; a
 /// concurrent duplicate gives 409.
 pub async fn idempotent<F>(state: &AppState, key: Option<&str>, scope: &str, fingerprint: [u8; 32], work: F) -> Reply
@@ -254,10 +290,11 @@ where
         )),
         Ok(IdempotencyOutcome::Run) => {
             let reply = work.await.unwrap_or_else(Reply::from);
-            let stored = if reply.status.is_server_error() {
-                state.service.idempotency_abandon(scope, key).await
+            let stored = if reply.storable() {
+                let content_type = reply.content_type.to_str().unwrap_or(JSON);
+                state.service.idempotency_complete(scope, key, reply.status.as_u16(), content_type, &reply.body).await
             } else {
-                state.service.idempotency_complete(scope, key, reply.status.as_u16(), &reply.body).await
+                state.service.idempotency_abandon(scope, key).await
             };
             match stored {
                 Ok(()) => reply,

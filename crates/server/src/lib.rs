@@ -14,6 +14,8 @@ pub mod conventions;
 pub mod error;
 pub mod inflection;
 mod privacy_passes;
+mod relays;
+mod rfc;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -83,6 +85,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api/v1/privacy-passes", post(privacy_passes::create))
+        .route("/api/privacy/v1/relays/challenge", post(relays::challenge))
+        .route("/api/privacy/v1/relays", post(relays::create))
+        .route("/api/privacy/v1/relays/{relay_token}/result", post(relays::result))
+        .route("/api/privacy/v1/relays/{relay_token}/generate-claim", post(relays::generate_claim))
+        .route(rfc::DIRECTORY_PATH, get(rfc::directory))
+        .route(rfc::TOKEN_REQUEST_PATH, post(rfc::token_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))

@@ -72,7 +72,7 @@ pub(crate) fn random_id(prefix: &str) -> String {
 }
 
 /// A UUIDv4 string from 16 random bytes.
-fn uuid_v4() -> String {
+pub(crate) fn uuid_v4() -> String {
     let mut b: [u8; 16] = rand::rng().random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

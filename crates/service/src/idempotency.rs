@@ -46,9 +46,11 @@ impl Service {
         scope: &str,
         key: &str,
         status: u16,
+        content_type: &str,
         body: &[u8],
     ) -> Result<(), StoreError> {
-        self.store().idempotency_complete(scope, key, &StoredResponse { status, body: body.to_vec() }).await
+        let response = StoredResponse { status, content_type: content_type.to_owned(), body: body.to_vec() };
+        self.store().idempotency_complete(scope, key, &response).await
     }
 
     /// Releases a claim without a response.
@@ -61,6 +63,7 @@ impl Service {
         let now = self.now();
         let idempotency = self.store().idempotency_prune(now - idempotency_ttl_secs).await?;
         let windows = self.store().rate_limit_prune(now - 3600).await?;
-        Ok((idempotency, windows))
+        let spent = self.store().prune_spent_tokens().await?;
+        Ok((idempotency, windows + spent))
     }
 }

@@ -94,7 +94,7 @@ impl Service {
         }
         if !key.issues_at(self.now()) {
             return Err(IssueError::KeyNotActive(match key.record.state {
-                KeyState::Active => "not yet valid",
+                KeyState::Pending | KeyState::Active => "not yet valid",
                 KeyState::VerifyOnly => "rotated out",
                 KeyState::Retired => "retired",
             }));

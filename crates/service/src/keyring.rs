@@ -108,6 +108,10 @@ impl Service {
     /// Re-reads all issuer keys. Keys already parsed are reused; only new
     /// ones pay for PKCS#8 parsing.
     pub async fn reload_keys(&self) -> Result<Arc<HashMap<TokenKeyId, Arc<LoadedKey>>>, KeyError> {
+        let promoted = self.store().promote_due_keys(self.now()).await?;
+        if promoted > 0 {
+            tracing::info!(promoted, "announced issuer keys became active");
+        }
         let records = self.store().issuer_keys(None).await?;
         let previous = self.snapshot().by_id;
         let mut by_id = HashMap::with_capacity(records.len() * 2);
@@ -148,10 +152,16 @@ impl Service {
         Ok(created)
     }
 
-    /// Generates a new active key for `environment`; the previous active key
-    /// becomes verify-only.
-    pub async fn rotate_key(&self, environment: Environment) -> Result<IssuerKey, KeyError> {
-        let record = self.generate_key_record(environment).await?;
+    /// Generates a new key for `environment`. With no `announce_secs` it is
+    /// active at once and the previous active key becomes verify-only; with
+    /// `announce_secs` it is listed in the directory as pending and takes over
+    /// (on whichever node first reloads keys) `announce_secs` from now.
+    pub async fn rotate_key(&self, environment: Environment, announce_secs: Option<i64>) -> Result<IssuerKey, KeyError> {
+        let mut record = self.generate_key_record(environment).await?;
+        if let Some(delay) = announce_secs.filter(|d| *d > 0) {
+            record.state = KeyState::Pending;
+            record.not_before = self.now() + delay;
+        }
         self.store().rotate_issuer_key(&record, self.now()).await?;
         self.reload_keys().await?;
         Ok(record)

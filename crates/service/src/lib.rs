@@ -15,6 +15,8 @@ mod clock;
 mod idempotency;
 mod issuer;
 mod keyring;
+mod relays;
+mod secrets;
 
 use std::sync::Arc;
 
@@ -24,6 +26,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use idempotency::IdempotencyOutcome;
 pub use issuer::{IssueError, RateLimitStatus};
 pub use keyring::{KeyError, LoadedKey};
+pub use relays::{PERSONA_ORIGIN_INFO, SESSION_SECS, ChallengeOffer, NewRelay, RecordError, RedeemError, Redemption, RelayError};
+pub use blindpass_store::{ClaimResult, Relay};
 
 /// Tunables of the service layer.
 #[derive(Debug, Clone)]
@@ -35,11 +39,21 @@ pub struct Config {
     /// After how many seconds an unfinished idempotent request's claim is
     /// considered abandoned (its process died) and may be taken over.
     pub idempotency_stale_secs: i64,
+    /// How long a rotated-out (verify-only) key still verifies tokens.
+    pub key_overlap_secs: i64,
+    /// The issuer name put in challenges (Persona JSON and RFC 9577).
+    pub issuer_name: String,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { rate_limit_per_minute: 300, key_refresh_secs: 5, idempotency_stale_secs: 120 }
+        Self {
+            rate_limit_per_minute: 300,
+            key_refresh_secs: 5,
+            idempotency_stale_secs: 120,
+            key_overlap_secs: 7 * 24 * 3600,
+            issuer_name: "localhost".into(),
+        }
     }
 }
 
@@ -54,6 +68,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: Config,
     keyring: keyring::KeyRing,
+    secrets: tokio::sync::OnceCell<secrets::Secrets>,
 }
 
 impl std::fmt::Debug for Service {
@@ -65,7 +80,7 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// A service over `store`.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
-        Self { inner: Arc::new(Inner { store, clock, config, keyring: keyring::KeyRing::default() }) }
+        Self { inner: Arc::new(Inner { store, clock, config, keyring: keyring::KeyRing::default(), secrets: tokio::sync::OnceCell::new() }) }
     }
 
     /// The store.

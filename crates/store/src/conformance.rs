@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::{ApiKey, Environment, IdempotencyBegin, IssuerKey, KeyState, Permission, Store, StoredResponse};
+use crate::{
+    ApiKey, ClaimResult, Environment, IdempotencyBegin, IssuerKey, KeyState, Permission, RecordOutcome, Relay, Store,
+    StoredResponse,
+};
 
 /// Runs every check against `store`, which must start empty.
 pub async fn run_all(store: Arc<dyn Store>) {
@@ -17,6 +20,9 @@ pub async fn run_all(store: Arc<dyn Store>) {
     idempotency_has_one_winner(Arc::clone(&store)).await;
     rate_limits_count_every_hit(Arc::clone(&store)).await;
     settings(&*store).await;
+    pending_keys_are_promoted_once(&*store).await;
+    relays(&*store).await;
+    spending_has_one_winner(Arc::clone(&store)).await;
 }
 
 pub fn api_key(id: &str, env: Environment, lookup: &str) -> ApiKey {
@@ -121,14 +127,21 @@ async fn idempotency(store: &dyn Store) {
     // Another scope is independent.
     assert_eq!(store.idempotency_begin("t", "k", &other, 1_001, ttl, stale).await.unwrap(), IdempotencyBegin::Started);
 
-    let response = StoredResponse { status: 201, body: b"{\"blind-sig\":\"x\"}".to_vec() };
+    let response = StoredResponse {
+        status: 201,
+        content_type: "application/json; charset=utf-8".into(),
+        body: b"{\"blind-sig\":\"x\"}".to_vec(),
+    };
     store.idempotency_complete("s", "k", &response).await.unwrap();
     assert_eq!(
         store.idempotency_begin("s", "k", &fp, 1_002, ttl, stale).await.unwrap(),
         IdempotencyBegin::Completed(response.clone())
     );
     // Completing again does not overwrite the first response.
-    store.idempotency_complete("s", "k", &StoredResponse { status: 500, body: vec![] }).await.unwrap();
+    store
+        .idempotency_complete("s", "k", &StoredResponse { status: 500, content_type: String::new(), body: vec![] })
+        .await
+        .unwrap();
     assert_eq!(
         store.idempotency_begin("s", "k", &fp, 1_003, ttl, stale).await.unwrap(),
         IdempotencyBegin::Completed(response)
@@ -194,4 +207,71 @@ async fn rate_limits_count_every_hit(store: Arc<dyn Store>) {
 async fn settings(store: &dyn Store) {
     assert_eq!(store.setting_get_or_insert("org", b"one").await.unwrap(), b"one");
     assert_eq!(store.setting_get_or_insert("org", b"two").await.unwrap(), b"one");
+}
+
+async fn pending_keys_are_promoted_once(store: &dyn Store) {
+    // Production already has k2 active (see issuer_keys).
+    let env = Environment::Production;
+    let mut pending = issuer_key("k3", env, KeyState::Pending, 40);
+    pending.not_before = 100;
+    store.rotate_issuer_key(&pending, 40).await.unwrap();
+    let states = |keys: Vec<IssuerKey>| keys.into_iter().map(|k| (k.id, k.state)).collect::<Vec<_>>();
+    assert!(states(store.issuer_keys(Some(env)).await.unwrap()).contains(&("k2".into(), KeyState::Active)));
+    assert_eq!(store.promote_due_keys(99).await.unwrap(), 0, "not due yet");
+    assert_eq!(store.promote_due_keys(100).await.unwrap(), 1);
+    assert_eq!(store.promote_due_keys(101).await.unwrap(), 0, "a second run finds nothing");
+    let after = states(store.issuer_keys(Some(env)).await.unwrap());
+    assert!(after.contains(&("k2".into(), KeyState::VerifyOnly)), "{after:?}");
+    assert!(after.contains(&("k3".into(), KeyState::Active)), "{after:?}");
+}
+
+pub fn relay(token: &str, env: Environment) -> Relay {
+    Relay {
+        token: token.into(),
+        secret_hash: [9; 32],
+        environment: env,
+        claim_type: "age_over18_verified".into(),
+        encryption_key_der: Some(vec![0x30, 0x00]),
+        created_at: 50,
+        result: None,
+    }
+}
+
+async fn relays(store: &dyn Store) {
+    let r = relay("relay_a", Environment::Production);
+    store.insert_relay(&r).await.unwrap();
+    assert!(store.insert_relay(&r).await.is_err(), "duplicate relay token");
+    assert_eq!(store.relay_by_token("relay_a").await.unwrap(), Some(r.clone()));
+    assert_eq!(store.relay_by_token("relay_b").await.unwrap(), None);
+    let result = ClaimResult { passed: true, methodology_json: r#"[{"method":"live_selfie","result":"passed"}]"#.into(), recorded_at: 60 };
+    assert_eq!(store.record_relay_result("relay_a", &result).await.unwrap(), RecordOutcome::Recorded);
+    let failed = ClaimResult { passed: false, methodology_json: "[]".into(), recorded_at: 61 };
+    assert_eq!(store.record_relay_result("relay_a", &failed).await.unwrap(), RecordOutcome::AlreadyRecorded);
+    assert_eq!(store.record_relay_result("relay_b", &failed).await.unwrap(), RecordOutcome::NotFound);
+    assert_eq!(store.relay_by_token("relay_a").await.unwrap().unwrap().result, Some(result));
+    let mut plain = relay("relay_plain", Environment::Sandbox);
+    plain.encryption_key_der = None;
+    store.insert_relay(&plain).await.unwrap();
+    assert_eq!(store.relay_by_token("relay_plain").await.unwrap(), Some(plain));
+}
+
+async fn spending_has_one_winner(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.spend_token("k3", &[7; 32], &format!("relay_{i}"), 70).await.unwrap() })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1, "a token is spent exactly once");
+    assert!(!store.spend_token("k3", &[7; 32], "relay_x", 71).await.unwrap());
+    assert!(store.spend_token("k3", &[8; 32], "relay_x", 71).await.unwrap(), "another nonce");
+    assert!(store.spend_token("k2", &[7; 32], "relay_x", 71).await.unwrap(), "another key");
+    // k1 is retired: its records may go; k2's and k3's stay.
+    assert!(store.spend_token("k1", &[7; 32], "relay_x", 71).await.unwrap());
+    assert_eq!(store.prune_spent_tokens().await.unwrap(), 1);
+    assert!(!store.spend_token("k2", &[7; 32], "relay_x", 72).await.unwrap());
 }

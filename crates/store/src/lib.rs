@@ -69,6 +69,35 @@ pub trait IssuerKeyStore: Send + Sync {
     async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError>;
     /// Retires a key at `at`. Returns false when no such key exists.
     async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Promotes every pending key whose `not_before` has come: in each such
+    /// environment the newest due pending key becomes active and the
+    /// previous active key verify-only. One transaction; safe to run on every
+    /// node at once (a second run finds nothing to do). Returns how many
+    /// keys were promoted.
+    async fn promote_due_keys(&self, now: i64) -> Result<u64, StoreError>;
+}
+
+/// Relays and their claim results.
+#[async_trait]
+pub trait RelayStore: Send + Sync {
+    /// Inserts a relay ([`StoreError::Conflict`] on a duplicate token).
+    async fn insert_relay(&self, relay: &Relay) -> Result<(), StoreError>;
+    /// The relay with this token.
+    async fn relay_by_token(&self, token: &str) -> Result<Option<Relay>, StoreError>;
+    /// Records the verifier's result once; a second result is refused.
+    async fn record_relay_result(&self, token: &str, result: &ClaimResult) -> Result<RecordOutcome, StoreError>;
+}
+
+/// The double-spend record.
+#[async_trait]
+pub trait SpentTokenStore: Send + Sync {
+    /// Marks the token `(key_id, nonce)` spent. Returns true for exactly one
+    /// caller, ever, across every process sharing the store: the decision is
+    /// one atomic `INSERT` against a primary key, and it is durable when this
+    /// returns.
+    async fn spend_token(&self, key_id: &str, nonce: &[u8], relay_token: &str, at: i64) -> Result<bool, StoreError>;
+    /// Deletes spent records of retired keys (their tokens no longer verify).
+    async fn prune_spent_tokens(&self) -> Result<u64, StoreError>;
 }
 
 /// Idempotency records: the first response to an `Idempotency-Key` is kept
@@ -118,9 +147,15 @@ pub trait SettingsStore: Send + Sync {
 }
 
 /// Everything a blindpass node needs from its store.
-pub trait Store: ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore {}
+pub trait Store:
+    ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore + RelayStore + SpentTokenStore
+{
+}
 
-impl<T: ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore> Store for T {}
+impl<T> Store for T where
+    T: ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore + RelayStore + SpentTokenStore
+{
+}
 
 /// Opens the store named by `url`: `sqlite://PATH` (or a bare path).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

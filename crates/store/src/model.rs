@@ -109,6 +109,9 @@ pub struct ApiKey {
 /// Lifecycle state of an issuer key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyState {
+    /// Announced (listed in the directory) but not yet issuing; becomes
+    /// active at `not_before`.
+    Pending,
     /// Issues and verifies (from `not_before` on).
     Active,
     /// Rotated out: verifies tokens it issued, issues nothing.
@@ -121,6 +124,7 @@ impl KeyState {
     /// Storage / display name.
     pub fn as_str(self) -> &'static str {
         match self {
+            KeyState::Pending => "pending",
             KeyState::Active => "active",
             KeyState::VerifyOnly => "verify-only",
             KeyState::Retired => "retired",
@@ -132,6 +136,7 @@ impl FromStr for KeyState {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "pending" => Ok(KeyState::Pending),
             "active" => Ok(KeyState::Active),
             "verify-only" => Ok(KeyState::VerifyOnly),
             "retired" => Ok(KeyState::Retired),
@@ -181,6 +186,8 @@ impl fmt::Debug for IssuerKey {
 pub struct StoredResponse {
     /// HTTP status.
     pub status: u16,
+    /// The `Content-Type` of the body.
+    pub content_type: String,
     /// The response body, byte for byte.
     pub body: Vec<u8>,
 }
@@ -196,4 +203,57 @@ pub enum IdempotencyBegin {
     Mismatch,
     /// The first response, to replay.
     Completed(StoredResponse),
+}
+
+/// A verifier's result for a relay's claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimResult {
+    /// True for `passed`, false for `failed`.
+    pub passed: bool,
+    /// The methodology array, as JSON text (`[]` when none).
+    pub methodology_json: String,
+    /// UNIX seconds.
+    pub recorded_at: i64,
+}
+
+/// A relay: one claim request from a relying party.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// `relay_…`, the public handle.
+    pub token: String,
+    /// SHA-256 of the relay secret (the secret itself is shown once).
+    pub secret_hash: [u8; 32],
+    /// Environment (from the `sandbox` flag).
+    pub environment: Environment,
+    /// The claim type requested.
+    pub claim_type: String,
+    /// SPKI DER of the RSA key claim payloads are encrypted to, if any.
+    pub encryption_key_der: Option<Vec<u8>>,
+    /// UNIX seconds.
+    pub created_at: i64,
+    /// The verifier's result, once recorded.
+    pub result: Option<ClaimResult>,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("token", &self.token)
+            .field("environment", &self.environment)
+            .field("claim_type", &self.claim_type)
+            .field("encrypted", &self.encryption_key_der.is_some())
+            .field("result", &self.result)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outcome of recording a relay's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Recorded now.
+    Recorded,
+    /// A result was already recorded; it is kept.
+    AlreadyRecorded,
+    /// No such relay.
+    NotFound,
 }

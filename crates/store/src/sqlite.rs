@@ -14,7 +14,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use zeroize::Zeroizing;
 
 use crate::{
-    ApiKey, ApiKeyStore, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore, Permission,
+    ApiKey, ApiKeyStore, ClaimResult, RecordOutcome, Relay, RelayStore, SpentTokenStore, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore, KeyState, Permission,
     RateLimitStore, SettingsStore, StoreError, StoredResponse,
 };
 
@@ -33,7 +33,7 @@ CREATE TABLE api_keys (
 CREATE TABLE issuer_keys (
     id            TEXT PRIMARY KEY,
     environment   TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
-    state         TEXT NOT NULL CHECK (state IN ('active', 'verify-only', 'retired')),
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'active', 'verify-only', 'retired')),
     private_pkcs8 BLOB NOT NULL,
     not_before    INTEGER NOT NULL,
     rotated_at    INTEGER,
@@ -48,6 +48,7 @@ CREATE TABLE idempotency (
     fingerprint BLOB NOT NULL,
     created_at  INTEGER NOT NULL,
     status      INTEGER,          -- NULL while the first request is in flight
+    content_type TEXT,
     body        BLOB,
     PRIMARY KEY (scope, key)
 );
@@ -61,6 +62,25 @@ CREATE TABLE rate_limits (
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
+);
+CREATE TABLE relays (
+    token              TEXT PRIMARY KEY,
+    secret_hash        BLOB NOT NULL,
+    environment        TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
+    claim_type         TEXT NOT NULL,
+    encryption_key_der BLOB,
+    created_at         INTEGER NOT NULL,
+    result_passed      INTEGER,       -- NULL until a verifier records a result
+    methodology        TEXT,
+    result_at          INTEGER
+);
+-- Single spend: the primary key decides, in one atomic INSERT.
+CREATE TABLE spent_tokens (
+    key_id      TEXT NOT NULL,
+    nonce       BLOB NOT NULL,
+    relay_token TEXT NOT NULL,
+    spent_at    INTEGER NOT NULL,
+    PRIMARY KEY (key_id, nonce)
 );
 "];
 
@@ -347,13 +367,50 @@ impl IssuerKeyStore for SqliteStore {
         let key = new_key.clone();
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            tx.execute(
-                "UPDATE issuer_keys SET state = 'verify-only', rotated_at = ?2 WHERE environment = ?1 AND state = 'active'",
-                params![key.environment.as_str(), at],
-            )
-            .map_err(map_err)?;
+            if key.state == KeyState::Active {
+                tx.execute(
+                    "UPDATE issuer_keys SET state = 'verify-only', rotated_at = ?2
+                     WHERE environment = ?1 AND state = 'active'",
+                    params![key.environment.as_str(), at],
+                )
+                .map_err(map_err)?;
+            }
             insert_issuer_key_tx(&tx, &key)?;
             tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn promote_due_keys(&self, now: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            let due: Vec<(String, String)> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT environment, id FROM issuer_keys k
+                         WHERE state = 'pending' AND not_before <= ?1
+                           AND NOT EXISTS (SELECT 1 FROM issuer_keys n WHERE n.environment = k.environment
+                                           AND n.state = 'pending' AND n.not_before <= ?1
+                                           AND (n.not_before > k.not_before
+                                                OR (n.not_before = k.not_before AND n.id > k.id)))",
+                    )
+                    .map_err(map_err)?;
+                let rows = stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)?
+            };
+            for (environment, id) in &due {
+                // Older due pending keys and the current active key step down.
+                tx.execute(
+                    "UPDATE issuer_keys SET state = 'verify-only', rotated_at = ?3
+                     WHERE environment = ?1 AND id != ?2
+                       AND (state = 'active' OR (state = 'pending' AND not_before <= ?3))",
+                    params![environment, id, now],
+                )
+                .map_err(map_err)?;
+                tx.execute("UPDATE issuer_keys SET state = 'active' WHERE id = ?1", params![id]).map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(due.len() as u64)
         })
         .await
     }
@@ -387,19 +444,20 @@ impl IdempotencyStore for SqliteStore {
         let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_vec());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let existing: Option<(Vec<u8>, i64, Option<u16>, Option<Vec<u8>>)> = tx
+            let existing: Option<(Vec<u8>, i64, Option<u16>, Option<(Option<String>, Option<Vec<u8>>)>)> = tx
                 .query_row(
-                    "SELECT fingerprint, created_at, status, body FROM idempotency WHERE scope = ?1 AND key = ?2",
+                    "SELECT fingerprint, created_at, status, content_type, body FROM idempotency
+                     WHERE scope = ?1 AND key = ?2",
                     params![scope, key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, Some((r.get(3)?, r.get(4)?)))),
                 )
                 .optional()
                 .map_err(map_err)?;
             let outcome = match existing {
                 Some((_, created_at, _, _)) if created_at + ttl_secs <= now => {
                     tx.execute(
-                        "UPDATE idempotency SET fingerprint = ?3, created_at = ?4, status = NULL, body = NULL
-                         WHERE scope = ?1 AND key = ?2",
+                        "UPDATE idempotency SET fingerprint = ?3, created_at = ?4, status = NULL,
+                         content_type = NULL, body = NULL WHERE scope = ?1 AND key = ?2",
                         params![scope, key, fingerprint, now],
                     )
                     .map_err(map_err)?;
@@ -418,8 +476,13 @@ impl IdempotencyStore for SqliteStore {
                         IdempotencyBegin::InFlight
                     }
                 }
-                Some((_, _, Some(status), body)) => {
-                    IdempotencyBegin::Completed(StoredResponse { status, body: body.unwrap_or_default() })
+                Some((_, _, Some(status), stored)) => {
+                    let (content_type, body) = stored.unwrap_or_default();
+                    IdempotencyBegin::Completed(StoredResponse {
+                        status,
+                        content_type: content_type.unwrap_or_default(),
+                        body: body.unwrap_or_default(),
+                    })
                 }
                 None => {
                     tx.execute(
@@ -440,8 +503,9 @@ impl IdempotencyStore for SqliteStore {
         let (scope, key, response) = (scope.to_owned(), key.to_owned(), response.clone());
         self.with(move |c| {
             c.execute(
-                "UPDATE idempotency SET status = ?3, body = ?4 WHERE scope = ?1 AND key = ?2 AND status IS NULL",
-                params![scope, key, response.status, response.body],
+                "UPDATE idempotency SET status = ?3, content_type = ?4, body = ?5
+                 WHERE scope = ?1 AND key = ?2 AND status IS NULL",
+                params![scope, key, response.status, response.content_type, response.body],
             )
             .map_err(map_err)?;
             Ok(())
@@ -512,6 +576,137 @@ impl SettingsStore for SqliteStore {
                 .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(stored)
+        })
+        .await
+    }
+}
+
+type RelayRow = (String, Vec<u8>, String, String, Option<Vec<u8>>, i64, Option<bool>, Option<String>, Option<i64>);
+
+fn relay_from_row(row: RelayRow) -> Result<Relay, StoreError> {
+    let (token, hash, environment, claim_type, key, created_at, passed, methodology, result_at) = row;
+    let result = match (passed, result_at) {
+        (Some(passed), Some(recorded_at)) => {
+            Some(ClaimResult { passed, methodology_json: methodology.unwrap_or_else(|| "[]".into()), recorded_at })
+        }
+        _ => None,
+    };
+    Ok(Relay {
+        token,
+        secret_hash: hash.try_into().map_err(|_| StoreError::Corrupt("relay secret hash length".into()))?,
+        environment: environment.parse().map_err(corrupt("environment"))?,
+        claim_type,
+        encryption_key_der: key,
+        created_at,
+        result,
+    })
+}
+
+#[async_trait]
+impl RelayStore for SqliteStore {
+    async fn insert_relay(&self, relay: &Relay) -> Result<(), StoreError> {
+        let relay = relay.clone();
+        self.with(move |c| {
+            let (passed, methodology, at) = match &relay.result {
+                Some(r) => (Some(r.passed), Some(r.methodology_json.clone()), Some(r.recorded_at)),
+                None => (None, None, None),
+            };
+            c.execute(
+                "INSERT INTO relays (token, secret_hash, environment, claim_type, encryption_key_der, created_at,
+                                     result_passed, methodology, result_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    relay.token,
+                    relay.secret_hash.to_vec(),
+                    relay.environment.as_str(),
+                    relay.claim_type,
+                    relay.encryption_key_der,
+                    relay.created_at,
+                    passed,
+                    methodology,
+                    at
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn relay_by_token(&self, token: &str) -> Result<Option<Relay>, StoreError> {
+        let token = token.to_owned();
+        self.with(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT token, secret_hash, environment, claim_type, encryption_key_der, created_at,
+                            result_passed, methodology, result_at
+                     FROM relays WHERE token = ?1",
+                )
+                .map_err(map_err)?
+                .query_row(params![token], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+                })
+                .optional()
+                .map_err(map_err)?;
+            row.map(relay_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn record_relay_result(&self, token: &str, result: &ClaimResult) -> Result<RecordOutcome, StoreError> {
+        let (token, result) = (token.to_owned(), result.clone());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            let existing: Option<Option<bool>> = tx
+                .query_row("SELECT result_passed FROM relays WHERE token = ?1", params![token], |r| r.get(0))
+                .optional()
+                .map_err(map_err)?;
+            let outcome = match existing {
+                None => RecordOutcome::NotFound,
+                Some(Some(_)) => RecordOutcome::AlreadyRecorded,
+                Some(None) => {
+                    tx.execute(
+                        "UPDATE relays SET result_passed = ?2, methodology = ?3, result_at = ?4 WHERE token = ?1",
+                        params![token, result.passed, result.methodology_json, result.recorded_at],
+                    )
+                    .map_err(map_err)?;
+                    RecordOutcome::Recorded
+                }
+            };
+            tx.commit().map_err(map_err)?;
+            Ok(outcome)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SpentTokenStore for SqliteStore {
+    async fn spend_token(&self, key_id: &str, nonce: &[u8], relay_token: &str, at: i64) -> Result<bool, StoreError> {
+        let (key_id, nonce, relay_token) = (key_id.to_owned(), nonce.to_vec(), relay_token.to_owned());
+        self.with(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO spent_tokens (key_id, nonce, relay_token, spent_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (key_id, nonce) DO NOTHING",
+                )
+                .map_err(map_err)?
+                .execute(params![key_id, nonce, relay_token, at])
+                .map_err(map_err)?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn prune_spent_tokens(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let n = c
+                .execute(
+                    "DELETE FROM spent_tokens WHERE key_id IN (SELECT id FROM issuer_keys WHERE state = 'retired')",
+                    [],
+                )
+                .map_err(map_err)?;
+            Ok(n as u64)
         })
         .await
     }

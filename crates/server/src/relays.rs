@@ -1,0 +1,279 @@
+//! The Persona relay endpoints: challenge, create relay, record a result
+//! (verifiers), generate-claim (redemption).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use blindpass_protocol::auth;
+use blindpass_service::{Environment, Permission, RecordError, RedeemError, RelayError};
+use serde_json::Value;
+
+use crate::AppState;
+use crate::conventions::{
+    PersonaHeaders, Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, parse_fields, read_body,
+    read_json_body, required_str,
+};
+use crate::error::ApiError;
+
+/// Longest accepted claim type.
+const MAX_CLAIM_TYPE_LEN: usize = 128;
+
+impl From<RelayError> for ApiError {
+    fn from(e: RelayError) -> Self {
+        match e {
+            RelayError::NotFound => ApiError::not_found("No relay matches this token and secret."),
+            RelayError::BadEncryptionKey => ApiError::unprocessable(
+                "encryption-key-pem must be a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY) of 2048 to 4096 bits.",
+            ),
+            RelayError::NoKey => ApiError::unavailable(),
+            RelayError::Store(s) => s.into(),
+            RelayError::Internal(cause) => ApiError::internal(&cause),
+        }
+    }
+}
+
+/// `claim-type`: a non-empty identifier.
+fn claim_type(fields: &std::collections::HashMap<String, Value>) -> Result<String, ApiError> {
+    let claim = required_str(fields, "claim-type")?;
+    let ok = !claim.is_empty()
+        && claim.len() <= MAX_CLAIM_TYPE_LEN
+        && claim.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "claim-type must be 1 to {MAX_CLAIM_TYPE_LEN} letters, digits, '_', '-' or '.'."
+        )));
+    }
+    Ok(claim.to_owned())
+}
+
+/// `sandbox`: optional boolean, default false.
+fn environment(fields: &std::collections::HashMap<String, Value>) -> Result<Environment, ApiError> {
+    match fields.get("sandbox") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(Environment::Production),
+        Some(Value::Bool(true)) => Ok(Environment::Sandbox),
+        Some(_) => Err(ApiError::bad_request("Parameter \"sandbox\" must be a boolean.")),
+    }
+}
+
+/// Shared shape of the two unauthenticated JSON endpoints.
+async fn public_json(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    allowed: &[&str],
+    work: impl AsyncFnOnce(std::collections::HashMap<String, Value>, PersonaHeaders) -> Result<(Environment, Reply), ApiError>,
+) -> Response {
+    let persona = PersonaHeaders::parse(headers);
+    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
+    let outcome = async {
+        let persona = persona?;
+        let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
+        let fields = parse_fields(&bytes, allowed)?;
+        work(fields, persona).await
+    }
+    .await;
+    let (environment, reply) = match outcome {
+        Ok((env, reply)) => (Some(env), reply),
+        Err(e) => (None, Reply::from(e)),
+    };
+    let mut response = reply.into_response();
+    decorate(&mut response, state, environment, None, version.as_ref());
+    response
+}
+
+/// `POST /api/privacy/v1/relays/challenge`.
+pub(crate) async fn challenge(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    public_json(&state, &headers, body, &["claim-type", "sandbox"], async |fields, persona| {
+        let claim = claim_type(&fields)?;
+        let env = environment(&fields)?;
+        let offer = state.service.challenge(env, &claim).await?;
+        let body = persona.inflection.object(&[
+            ("challenge", Value::String(offer.challenge)),
+            ("token-key", Value::String(offer.token_key)),
+            ("token-key-id", Value::String(offer.token_key_id)),
+        ]);
+        Ok((env, Reply::json(StatusCode::OK, body)))
+    })
+    .await
+}
+
+/// `POST /api/privacy/v1/relays`.
+pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    public_json(&state, &headers, body, &["claim-type", "encryption-key-pem", "sandbox"], async |fields, persona| {
+        let claim = claim_type(&fields)?;
+        let env = environment(&fields)?;
+        let pem = match fields.get("encryption-key-pem") {
+            None => return Err(ApiError::bad_request("Missing required parameter \"encryption-key-pem\" (it may be null).")),
+            Some(Value::Null) => None,
+            Some(Value::String(pem)) => Some(pem.as_str()),
+            Some(_) => return Err(ApiError::bad_request("Parameter \"encryption-key-pem\" must be a string or null.")),
+        };
+        let created = state.service.create_relay(env, &claim, pem).await?;
+        let body = persona.inflection.object(&[
+            ("relay-token", Value::String(created.relay.token.clone())),
+            ("relay-secret", Value::String(created.secret.to_string())),
+            ("relay-session-access-token", Value::String(created.session_token.clone())),
+        ]);
+        Ok((env, Reply::json(StatusCode::CREATED, body)))
+    })
+    .await
+}
+
+/// `POST /api/privacy/v1/relays/{relay-token}/result`: a verifier (API key
+/// with `relay.verify`) records the claim result of a production relay.
+pub(crate) async fn result(
+    State(state): State<AppState>,
+    Path(relay_token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (auth, rate) = match authenticate(&state, &headers).await {
+        Ok(ok) => ok,
+        Err(e) => return e.into_response(),
+    };
+    let persona = PersonaHeaders::parse(&headers);
+    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
+    let outcome: Result<Reply, ApiError> = async {
+        enforce_rate_limit(rate)?;
+        if !auth.can(Permission::RelayVerify) {
+            return Err(ApiError::forbidden("The API key does not have the relay.verify permission."));
+        }
+        let persona = persona?;
+        let bytes = read_json_body(&headers, body, state.limits.max_body_bytes).await?;
+        let scope = format!("api_key:{}", auth.key.id);
+        let path = format!("/api/privacy/v1/relays/{relay_token}/result");
+        let work = async {
+            let fields = parse_fields(&bytes, &["claim-result", "methodology"])?;
+            let passed = match required_str(&fields, "claim-result")? {
+                "passed" => true,
+                "failed" => false,
+                _ => return Err(ApiError::bad_request("claim-result must be \"passed\" or \"failed\".")),
+            };
+            let methodology = methodology(fields.get("methodology"))?;
+            state
+                .service
+                .record_result(auth.key.environment, &relay_token, passed, methodology)
+                .await
+                .map_err(|e| match e {
+                    RecordError::NotFound => ApiError::not_found("No relay with this token in the API key's environment."),
+                    RecordError::Sandbox => ApiError::unprocessable("Sandbox relays always pass; they take no result."),
+                    RecordError::AlreadyRecorded => ApiError::conflict("A result was already recorded for this relay."),
+                    RecordError::Store(s) => s.into(),
+                })?;
+            let body = persona.inflection.object(&[
+                ("relay-token", Value::String(relay_token.clone())),
+                ("claim-result", Value::String(if passed { "passed" } else { "failed" }.into())),
+            ]);
+            Ok(Reply::json(StatusCode::OK, body))
+        };
+        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", &path, &bytes), work).await)
+    }
+    .await;
+    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
+    decorate(&mut response, &state, Some(auth.key.environment), rate, version.as_ref());
+    response
+}
+
+/// Validates `methodology`: absent, null, or an array of
+/// `{"method": str, "result": "passed"|"failed"}`. Returns it as JSON text.
+fn methodology(value: Option<&Value>) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("methodology must be an array of {\"method\": string, \"result\": \"passed\" or \"failed\"}.");
+    let items = match value {
+        None | Some(Value::Null) => return Ok("[]".into()),
+        Some(Value::Array(items)) if items.len() <= 16 => items,
+        Some(_) => return Err(bad()),
+    };
+    for item in items {
+        let Value::Object(map) = item else { return Err(bad()) };
+        let method_ok = map.get("method").and_then(Value::as_str).is_some_and(|m| !m.is_empty() && m.len() <= 64);
+        let result_ok = matches!(map.get("result").and_then(Value::as_str), Some("passed" | "failed"));
+        if map.len() != 2 || !method_ok || !result_ok {
+            return Err(bad());
+        }
+    }
+    Ok(Value::Array(items.clone()).to_string())
+}
+
+/// `POST /api/privacy/v1/relays/{relay-token}/generate-claim`.
+pub(crate) async fn generate_claim(
+    State(state): State<AppState>,
+    Path(relay_token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let secret = headers.get("persona-relay-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let relay = match state.service.relay_for(&relay_token, secret).await {
+        Ok(relay) => relay,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let persona = PersonaHeaders::parse(&headers);
+    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
+    let outcome: Result<Reply, ApiError> = async {
+        let persona = persona?;
+        // Persona's SDK sends `{}`; an empty body is accepted too.
+        let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
+        if !bytes.iter().all(u8::is_ascii_whitespace) {
+            crate::conventions::require_content_type(&headers, "application/json")?;
+            parse_fields(&bytes, &[])?;
+        }
+        let Some(token) = presented_token(&headers) else {
+            return Ok(token_required(&state, &relay, "Request a challenge to obtain a token").await);
+        };
+        let scope = format!("relay:{}", relay.token);
+        let print = fingerprint("POST", &format!("/api/privacy/v1/relays/{}/generate-claim", relay.token), &[bytes.as_ref(), token.as_bytes()].concat());
+        let work = async {
+            match state.service.redeem(&relay, &token).await {
+                Ok(redemption) => Ok(Reply::json(
+                    StatusCode::OK,
+                    persona.inflection.object(&[
+                        ("claim-payload", Value::String(redemption.claim_payload)),
+                        ("token-consumed", Value::Bool(redemption.token_consumed)),
+                    ]),
+                )),
+                Err(RedeemError::InvalidToken(why)) => Ok(token_required(&state, &relay, why).await),
+                Err(RedeemError::Pending) => {
+                    let mut e = ApiError::forbidden("The claim result is not available yet. Retry later.");
+                    e.retry_after = Some(5);
+                    Err(e)
+                }
+                Err(RedeemError::PayloadTooLarge) => {
+                    Err(ApiError::unprocessable("The claim payload does not fit in one RSA-OAEP block of the relay's encryption key."))
+                }
+                Err(RedeemError::Store(s)) => Err(s.into()),
+                Err(RedeemError::Internal(cause)) => Err(ApiError::internal(&cause)),
+            }
+        };
+        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, print, work).await)
+    }
+    .await;
+    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
+    decorate(&mut response, &state, Some(relay.environment), None, version.as_ref());
+    response
+}
+
+/// The `token` of `Authorization: PrivateToken token=…`, if present.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let elements = auth::parse_elements(value).ok()?;
+    elements.iter().filter(|e| e.scheme == "privatetoken").find_map(|e| e.param("token")).map(str::to_owned)
+}
+
+/// 401 "Privacy Pass token required" with an RFC 9577 challenge, so both
+/// Persona's SDKs and standard clients know what to do.
+async fn token_required(state: &AppState, relay: &blindpass_service::Relay, details: &str) -> Reply {
+    let mut reply = Reply::from(ApiError::new(StatusCode::UNAUTHORIZED, "Privacy Pass token required", details));
+    match state.service.rfc_challenge(relay).await {
+        Ok((challenge, key)) => {
+            let value = auth::www_authenticate(&challenge, Some(key.rfc9578_spki()), Some(3600));
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                reply.headers.push((header::WWW_AUTHENTICATE, v));
+            }
+            if let Ok(v) = HeaderValue::from_str(&key.persona_key_id().to_hex()) {
+                reply.headers.push((HeaderName::from_static("token-key-id"), v));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not build the RFC 9577 challenge"),
+    }
+    reply
+}

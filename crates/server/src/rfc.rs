@@ -1,0 +1,96 @@
+//! The RFC 9578 dialect: the issuer directory and `/token-request`.
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use blindpass_protocol::directory::WELL_KNOWN_PATH;
+use blindpass_protocol::wire::{MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TokenRequest, WireError};
+use blindpass_service::{Environment, IssueError, Permission};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::conventions::{Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, read_body, require_content_type, PersonaHeaders};
+use crate::error::ApiError;
+
+/// Path of the issuance endpoint named in the directory.
+pub(crate) const TOKEN_REQUEST_PATH: &str = "/token-request";
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct DirectoryQuery {
+    #[serde(default)]
+    sandbox: bool,
+}
+
+/// `GET /.well-known/private-token-issuer-directory` (production keys;
+/// `?sandbox=true` for the sandbox environment's).
+pub(crate) async fn directory(
+    State(state): State<AppState>,
+    Query(query): Query<DirectoryQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let env = if query.sandbox { Environment::Sandbox } else { Environment::Production };
+    let directory = match state.service.directory(env, TOKEN_REQUEST_PATH).await {
+        Ok(d) => d,
+        Err(e) => return ApiError::internal(&e).into_response(),
+    };
+    let body = directory.to_json();
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = (StatusCode::OK, body).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_DIRECTORY));
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    response
+}
+
+/// `POST /token-request`: RFC 9578 §6 issuance with a Bearer API key.
+pub(crate) async fn token_request(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (auth, rate) = match authenticate(&state, &headers).await {
+        Ok(ok) => ok,
+        Err(e) => return e.into_response(),
+    };
+    let persona = PersonaHeaders::parse(&headers);
+    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
+    let outcome: Result<Reply, ApiError> = async {
+        enforce_rate_limit(rate)?;
+        if !auth.can(Permission::PrivacyPassWrite) {
+            return Err(ApiError::forbidden("The API key does not have the privacy_pass.write permission."));
+        }
+        let persona = persona?;
+        require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST)?;
+        let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
+        let scope = format!("api_key:{}", auth.key.id);
+        let work = async {
+            // RFC 9578 §6.2: bad type, unknown truncated id, wrong size → 422.
+            let request = TokenRequest::decode(&bytes).map_err(|e| match e {
+                WireError::UnsupportedTokenType(t) => ApiError::unprocessable(format!("Unsupported token type {t:#06x}.")),
+                _ => ApiError::unprocessable("A TokenRequest for token type 2 is exactly 259 bytes."),
+            })?;
+            let response = state.service.issue_token_request(auth.key.environment, &request).await.map_err(|e| match e {
+                IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
+                other => ApiError::from(other),
+            })?;
+            Ok(Reply::with_type(StatusCode::OK, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE), response.encode()))
+        };
+        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", TOKEN_REQUEST_PATH, &bytes), work).await)
+    }
+    .await;
+    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
+    decorate(&mut response, &state, Some(auth.key.environment), rate, version.as_ref());
+    response
+}
+
+/// The well-known path, for the router.
+pub(crate) const DIRECTORY_PATH: &str = WELL_KNOWN_PATH;

@@ -1,0 +1,436 @@
+//! The relay flow: challenges, relays, verifier results and redemption
+//! (Persona JSON tokens and RFC 9577 binary tokens), with single spend.
+
+use std::sync::Arc;
+
+use blindpass_protocol::b64;
+use blindpass_protocol::directory::{DirectoryKey, IssuerDirectory};
+use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::persona::{self, ChallengeFields};
+use blindpass_protocol::rsa::RsaPublicKey;
+use blindpass_protocol::type2;
+use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, Token, TokenChallenge, TokenRequest, TokenResponse};
+use blindpass_protocol::{oaep, time};
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::secrets::hmac;
+use crate::{
+    ClaimResult, Environment, IssueError, KeyError, KeyState, LoadedKey, Relay, Service, StoreError,
+};
+
+/// Persona's `origin_info` for relay challenges.
+pub const PERSONA_ORIGIN_INFO: &str = "/api/privacy/v1/relays";
+/// Lifetime of a relay session access token.
+pub const SESSION_SECS: i64 = 30 * 60;
+/// RFC challenges rotate their redemption context every hour; the current
+/// and the previous hour's challenges are accepted.
+const CONTEXT_WINDOW_SECS: i64 = 3600;
+
+/// What the challenge endpoint returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeOffer {
+    /// base64url (unpadded) of the challenge JSON.
+    pub challenge: String,
+    /// base64url (unpadded) of the `rsaEncryption` SPKI DER.
+    pub token_key: String,
+    /// Hex SHA-256 of that DER.
+    pub token_key_id: String,
+}
+
+/// A new relay with its one-time secrets.
+#[derive(Clone)]
+pub struct NewRelay {
+    /// The stored relay.
+    pub relay: Relay,
+    /// The relay secret (stored only hashed).
+    pub secret: Zeroizing<String>,
+    /// A signed session access token (HS256 JWT, 30 minutes).
+    pub session_token: String,
+}
+
+impl std::fmt::Debug for NewRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRelay").field("relay", &self.relay).finish_non_exhaustive()
+    }
+}
+
+/// Relay creation and lookup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No relay with that token, or the secret does not match.
+    #[error("relay not found")]
+    NotFound,
+    /// The encryption key is not an RSA public key of 2048–4096 bits.
+    #[error("encryption-key-pem is not an RSA public key of 2048 to 4096 bits")]
+    BadEncryptionKey,
+    /// No active issuer key.
+    #[error("no active issuer key")]
+    NoKey,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Key loading failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<KeyError> for RelayError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Store(s) => RelayError::Store(s),
+            other => RelayError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Recording a verifier result failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// No such relay in the caller's environment.
+    #[error("relay not found")]
+    NotFound,
+    /// Sandbox relays always pass; they take no result.
+    #[error("sandbox relays always pass and take no result")]
+    Sandbox,
+    /// A result was already recorded.
+    #[error("a result was already recorded for this relay")]
+    AlreadyRecorded,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a redemption was refused. Nothing is spent in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    /// The token is malformed, forged, expired, for another scope, or spent.
+    #[error("{0}")]
+    InvalidToken(&'static str),
+    /// The verifier has not recorded a result yet (retry later).
+    #[error("the claim result is not available yet")]
+    Pending,
+    /// The claim does not fit in one RSA-OAEP block of the relay's key.
+    #[error("the claim payload does not fit the relay's encryption key")]
+    PayloadTooLarge,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Keys could not be loaded.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<KeyError> for RedeemError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Store(s) => RedeemError::Store(s),
+            other => RedeemError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The outcome of a redemption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    /// The claim JSON, or base64 of its RSA-OAEP ciphertext.
+    pub claim_payload: String,
+    /// True when the claim passed and the token is now spent.
+    pub token_consumed: bool,
+}
+
+impl Service {
+    /// A Persona challenge for `claim_type` in `environment`, with the
+    /// environment's active key.
+    pub async fn challenge(&self, environment: Environment, claim_type: &str) -> Result<ChallengeOffer, RelayError> {
+        let key = self.active_key(environment).await?.ok_or(RelayError::NoKey)?;
+        let secrets = self.secrets().await?;
+        let challenge = persona::Challenge::issue(&secrets.challenge, &ChallengeFields {
+            issuer_name: &self.config().issuer_name,
+            origin_info: PERSONA_ORIGIN_INFO,
+            expires_at: persona::expiry_for(self.now().max(0) as u64, 3600),
+            claim_type,
+            environment: environment.as_str(),
+        });
+        Ok(ChallengeOffer {
+            challenge: challenge.encode(),
+            token_key: b64::encode_unpadded(key.public.rsa_encryption_spki()),
+            token_key_id: key.public.persona_key_id().to_hex(),
+        })
+    }
+
+    /// Creates a relay. `encryption_key_pem`, when given, must be an RSA
+    /// public key of 2048–4096 bits (SPKI or PKCS#1 PEM).
+    pub async fn create_relay(
+        &self,
+        environment: Environment,
+        claim_type: &str,
+        encryption_key_pem: Option<&str>,
+    ) -> Result<NewRelay, RelayError> {
+        let encryption_key_der = match encryption_key_pem {
+            None => None,
+            Some(pem) => {
+                let key = RsaPublicKey::from_pem(pem).map_err(|_| RelayError::BadEncryptionKey)?;
+                Some(key.to_rsa_encryption_spki())
+            }
+        };
+        let secret = Zeroizing::new(crate::api_keys::uuid_v4());
+        let relay = Relay {
+            token: relay_token(),
+            secret_hash: Sha256::digest(secret.as_bytes()).into(),
+            environment,
+            claim_type: claim_type.to_owned(),
+            encryption_key_der,
+            created_at: self.now(),
+            result: None,
+        };
+        self.store().insert_relay(&relay).await?;
+        let session_token = self.session_token(&relay).await?;
+        Ok(NewRelay { relay, secret, session_token })
+    }
+
+    /// The relay `token` if `secret` is its secret (constant-time); a wrong
+    /// secret looks exactly like a missing relay.
+    pub async fn relay_for(&self, token: &str, secret: &str) -> Result<Relay, RelayError> {
+        let relay = self.store().relay_by_token(token).await?.ok_or(RelayError::NotFound)?;
+        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if !bool::from(relay.secret_hash.ct_eq(&presented)) {
+            return Err(RelayError::NotFound);
+        }
+        Ok(relay)
+    }
+
+    /// Records a verifier's result for a production relay of `environment`.
+    pub async fn record_result(
+        &self,
+        environment: Environment,
+        token: &str,
+        passed: bool,
+        methodology_json: String,
+    ) -> Result<(), RecordError> {
+        let relay = self.store().relay_by_token(token).await?.ok_or(RecordError::NotFound)?;
+        if relay.environment != environment {
+            return Err(RecordError::NotFound);
+        }
+        if environment == Environment::Sandbox {
+            return Err(RecordError::Sandbox);
+        }
+        let result = ClaimResult { passed, methodology_json, recorded_at: self.now() };
+        match self.store().record_relay_result(token, &result).await? {
+            blindpass_store::RecordOutcome::Recorded => Ok(()),
+            blindpass_store::RecordOutcome::AlreadyRecorded => Err(RecordError::AlreadyRecorded),
+            blindpass_store::RecordOutcome::NotFound => Err(RecordError::NotFound),
+        }
+    }
+
+    /// The RFC 9577 challenge this relay's 401 offers, and its key.
+    pub async fn rfc_challenge(&self, relay: &Relay) -> Result<(TokenChallenge, IssuerPublicKey), RedeemError> {
+        let key = self.active_key(relay.environment).await?.ok_or(RedeemError::Internal("no active key".into()))?;
+        let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
+        let challenge = self.rfc_challenge_for(relay, window).await?;
+        Ok((challenge, key.public.clone()))
+    }
+
+    async fn rfc_challenge_for(&self, relay: &Relay, window: i64) -> Result<TokenChallenge, RedeemError> {
+        let secrets = self.secrets().await?;
+        let context = hmac(&secrets.context, &[
+            b"rfc9577 redemption context",
+            relay.environment.as_str().as_bytes(),
+            relay.claim_type.as_bytes(),
+            &window.to_be_bytes(),
+        ]);
+        TokenChallenge::new(TOKEN_TYPE_BLIND_RSA, &self.config().issuer_name, &context, "")
+            .map_err(|_| RedeemError::Internal("issuer name is not a valid challenge field".into()))
+    }
+
+    /// Redeems `presented` (the `token` parameter of `Authorization:
+    /// PrivateToken`) at `relay`: verifies it, takes the claim result, and
+    /// spends the token only when the claim passed.
+    pub async fn redeem(&self, relay: &Relay, presented: &str) -> Result<Redemption, RedeemError> {
+        let (key, nonce) = self.verify_presented(relay, presented).await?;
+        let (passed, methodology_json) = match (relay.environment, &relay.result) {
+            (Environment::Sandbox, _) => (true, "[]".to_owned()),
+            (Environment::Production, None) => return Err(RedeemError::Pending),
+            (Environment::Production, Some(r)) => (r.passed, r.methodology_json.clone()),
+        };
+        let claim_payload = self.claim_payload(relay, passed, &methodology_json)?;
+        if !passed {
+            return Ok(Redemption { claim_payload, token_consumed: false });
+        }
+        if !self.store().spend_token(&key.record.id, &nonce, &relay.token, self.now()).await? {
+            return Err(RedeemError::InvalidToken("This Privacy Pass token has already been used."));
+        }
+        Ok(Redemption { claim_payload, token_consumed: true })
+    }
+
+    /// Checks a presented token of either format and returns the key that
+    /// signed it and its nonce (the double-spend key).
+    async fn verify_presented(&self, relay: &Relay, presented: &str) -> Result<(Arc<LoadedKey>, Vec<u8>), RedeemError> {
+        let bytes = b64::decode(presented).map_err(|_| RedeemError::InvalidToken("The token is not base64url."))?;
+        if bytes.first() == Some(&b'{') {
+            self.verify_persona(relay, presented).await
+        } else {
+            self.verify_rfc(relay, &bytes).await
+        }
+    }
+
+    async fn verify_persona(&self, relay: &Relay, presented: &str) -> Result<(Arc<LoadedKey>, Vec<u8>), RedeemError> {
+        let parsed = persona::Token::decode(presented)
+            .map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
+        let challenge = &parsed.token.challenge;
+        let secrets = self.secrets().await?;
+        challenge.verify(&secrets.challenge, self.now().max(0) as u64).map_err(|e| match e {
+            persona::PersonaError::Expired => RedeemError::InvalidToken("The token's challenge has expired."),
+            _ => RedeemError::InvalidToken("The token's challenge was not issued by this server."),
+        })?;
+        if challenge.environment != relay.environment.as_str() {
+            return Err(RedeemError::InvalidToken("The token belongs to another environment."));
+        }
+        if challenge.claim_type != relay.claim_type {
+            return Err(RedeemError::InvalidToken("The token was issued for another claim type."));
+        }
+        let id = TokenKeyId::from_hex(&parsed.token.key_id)
+            .map_err(|_| RedeemError::InvalidToken("The token names an unknown key."))?;
+        let key = self.verifying_key(relay, &id).await?;
+        parsed.verify_signature(&key.public).map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
+        Ok((key, parsed.nonce.to_vec()))
+    }
+
+    async fn verify_rfc(&self, relay: &Relay, bytes: &[u8]) -> Result<(Arc<LoadedKey>, Vec<u8>), RedeemError> {
+        let token = Token::decode(bytes).map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
+        let key = self.verifying_key(relay, &token.token_key_id).await?;
+        let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
+        let mut known = false;
+        for w in [window, window - 1] {
+            known |= self.rfc_challenge_for(relay, w).await?.digest() == token.challenge_digest;
+        }
+        if !known {
+            return Err(RedeemError::InvalidToken("The token answers a challenge this relay did not issue, or one that expired."));
+        }
+        type2::verify_token(&key.public, &token).map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
+        Ok((key, token.nonce.to_vec()))
+    }
+
+    /// The key named `id` if it may verify tokens for `relay` now: same
+    /// environment, active, or rotated out less than `key_overlap_secs` ago.
+    async fn verifying_key(&self, relay: &Relay, id: &TokenKeyId) -> Result<Arc<LoadedKey>, RedeemError> {
+        let unknown = RedeemError::InvalidToken("The token names an unknown or retired key.");
+        let key = self.key_by_id(id).await?.ok_or(unknown)?;
+        let now = self.now();
+        let usable = match key.record.state {
+            KeyState::Active => key.record.not_before <= now,
+            KeyState::VerifyOnly => key.record.rotated_at.is_none_or(|t| now < t + self.config().key_overlap_secs),
+            KeyState::Pending | KeyState::Retired => false,
+        };
+        if !usable {
+            return Err(RedeemError::InvalidToken("The token names an unknown or retired key."));
+        }
+        if key.record.environment != relay.environment {
+            return Err(RedeemError::InvalidToken("The token belongs to another environment."));
+        }
+        Ok(key)
+    }
+
+    fn claim_payload(&self, relay: &Relay, passed: bool, methodology_json: &str) -> Result<String, RedeemError> {
+        let methodology: serde_json::Value =
+            serde_json::from_str(methodology_json).unwrap_or(serde_json::Value::Array(Vec::new()));
+        let claim = serde_json::json!({
+            "claim_type": relay.claim_type,
+            "claim_result": if passed { "passed" } else { "failed" },
+            "methodology": methodology,
+        });
+        let json = serde_json::to_string(&claim).map_err(|e| RedeemError::Internal(e.to_string()))?;
+        let Some(der) = &relay.encryption_key_der else { return Ok(json) };
+        let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;
+        let ciphertext = oaep::encrypt(&key, json.as_bytes(), &mut rand::rng()).map_err(|_| RedeemError::PayloadTooLarge)?;
+        Ok(b64::encode_standard(&ciphertext))
+    }
+
+    /// A signed HS256 JWT for the relay's session (30 minutes).
+    async fn session_token(&self, relay: &Relay) -> Result<String, StoreError> {
+        let secrets = self.secrets().await?;
+        let now = self.now();
+        let header = b64::encode_unpadded(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = serde_json::json!({
+            "iss": self.config().issuer_name,
+            "sub": relay.token,
+            "env": relay.environment.as_str(),
+            "claim_type": relay.claim_type,
+            "iat": now,
+            "exp": now + SESSION_SECS,
+        });
+        let payload = b64::encode_unpadded(claims.to_string().as_bytes());
+        let signing_input = format!("{header}.{payload}");
+        let signature = jwt_hs256(&secrets.session, signing_input.as_bytes());
+        Ok(format!("{signing_input}.{}", b64::encode_unpadded(&signature)))
+    }
+
+    /// The RFC 9578 directory of `environment`: pending keys first (announced
+    /// with their future `not-before`), then the active key, then keys that
+    /// still verify.
+    pub async fn directory(&self, environment: Environment, request_uri: &str) -> Result<IssuerDirectory, KeyError> {
+        let now = self.now();
+        let mut keys = self.keys_of(environment).await?;
+        let rank = |k: &LoadedKey| match k.record.state {
+            KeyState::Pending => 0,
+            KeyState::Active => 1,
+            KeyState::VerifyOnly => 2,
+            KeyState::Retired => 3,
+        };
+        keys.retain(|k| match k.record.state {
+            KeyState::Retired => false,
+            KeyState::VerifyOnly => k.record.rotated_at.is_none_or(|t| now < t + self.config().key_overlap_secs),
+            _ => true,
+        });
+        keys.sort_by_key(|k| rank(k));
+        Ok(IssuerDirectory {
+            issuer_request_uri: request_uri.to_owned(),
+            token_keys: keys
+                .iter()
+                .map(|k| DirectoryKey::type2(&k.public, Some(k.record.not_before.max(0) as u64)))
+                .collect(),
+        })
+    }
+
+    /// RFC 9578 §6.2 issuance: the truncated key id picks the environment's
+    /// issuing key.
+    pub async fn issue_token_request(
+        &self,
+        environment: Environment,
+        request: &TokenRequest,
+    ) -> Result<TokenResponse, IssueError> {
+        let now = self.now();
+        let key = self
+            .keys_of(environment)
+            .await?
+            .into_iter()
+            .find(|k| k.public.truncated_token_key_id() == request.truncated_token_key_id && k.issues_at(now))
+            .ok_or(IssueError::UnknownKey)?;
+        let response = self.issue(environment, &key.public.token_key_id(), request.blinded_msg.to_vec()).await?;
+        let blind_sig: [u8; 256] = response.try_into().map_err(|_| IssueError::Internal("signature length".into()))?;
+        Ok(TokenResponse { blind_sig: Box::new(blind_sig) })
+    }
+
+    /// RFC `time` helper for callers that show key times.
+    pub fn format_time(unix: i64) -> String {
+        time::format_rfc3339(unix.max(0) as u64)
+    }
+}
+
+fn relay_token() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..27)
+        .map(|_| char::from(ALPHABET.get(rng.random_range(0..ALPHABET.len())).copied().unwrap_or(b'A')))
+        .collect();
+    format!("relay_{suffix}")
+}
+
+fn jwt_hs256(key: &[u8], signing_input: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else { return [0; 32] };
+    mac.update(signing_input);
+    mac.finalize().into_bytes().into()
+}
