@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::conventions::{
-    PersonaHeaders, Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, parse_fields, read_body,
-    read_json_body, required_str,
+    PersonaHeaders, Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, parse_fields,
+    read_body, read_json_body, required_str,
 };
 use crate::error::ApiError;
 
@@ -62,7 +62,10 @@ async fn public_json(
     headers: &HeaderMap,
     body: Body,
     allowed: &[&str],
-    work: impl AsyncFnOnce(std::collections::HashMap<String, Value>, PersonaHeaders) -> Result<(Environment, Reply), ApiError>,
+    work: impl AsyncFnOnce(
+        std::collections::HashMap<String, Value>,
+        PersonaHeaders,
+    ) -> Result<(Environment, Reply), ApiError>,
 ) -> Response {
     let persona = PersonaHeaders::parse(headers);
     let version = persona.as_ref().ok().and_then(|p| p.version.clone());
@@ -104,7 +107,11 @@ pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, bo
         let claim = claim_type(&fields)?;
         let env = environment(&fields)?;
         let pem = match fields.get("encryption-key-pem") {
-            None => return Err(ApiError::bad_request("Missing required parameter \"encryption-key-pem\" (it may be null).")),
+            None => {
+                return Err(ApiError::bad_request(
+                    "Missing required parameter \"encryption-key-pem\" (it may be null).",
+                ));
+            }
             Some(Value::Null) => None,
             Some(Value::String(pem)) => Some(pem.as_str()),
             Some(_) => return Err(ApiError::bad_request("Parameter \"encryption-key-pem\" must be a string or null.")),
@@ -151,23 +158,24 @@ pub(crate) async fn result(
                 _ => return Err(ApiError::bad_request("claim-result must be \"passed\" or \"failed\".")),
             };
             let methodology = methodology(fields.get("methodology"))?;
-            state
-                .service
-                .record_result(auth.key.environment, &relay_token, passed, methodology)
-                .await
-                .map_err(|e| match e {
-                    RecordError::NotFound => ApiError::not_found("No relay with this token in the API key's environment."),
+            state.service.record_result(auth.key.environment, &relay_token, passed, methodology).await.map_err(
+                |e| match e {
+                    RecordError::NotFound => {
+                        ApiError::not_found("No relay with this token in the API key's environment.")
+                    }
                     RecordError::Sandbox => ApiError::unprocessable("Sandbox relays always pass; they take no result."),
                     RecordError::AlreadyRecorded => ApiError::conflict("A result was already recorded for this relay."),
                     RecordError::Store(s) => s.into(),
-                })?;
+                },
+            )?;
             let body = persona.inflection.object(&[
                 ("relay-token", Value::String(relay_token.clone())),
                 ("claim-result", Value::String(if passed { "passed" } else { "failed" }.into())),
             ]);
             Ok(Reply::json(StatusCode::OK, body))
         };
-        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", &path, &bytes), work).await)
+        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", &path, &bytes), work)
+            .await)
     }
     .await;
     let mut response = outcome.unwrap_or_else(Reply::from).into_response();
@@ -178,7 +186,11 @@ pub(crate) async fn result(
 /// Validates `methodology`: absent, null, or an array of
 /// `{"method": str, "result": "passed"|"failed"}`. Returns it as JSON text.
 fn methodology(value: Option<&Value>) -> Result<String, ApiError> {
-    let bad = || ApiError::bad_request("methodology must be an array of {\"method\": string, \"result\": \"passed\" or \"failed\"}.");
+    let bad = || {
+        ApiError::bad_request(
+            "methodology must be an array of {\"method\": string, \"result\": \"passed\" or \"failed\"}.",
+        )
+    };
     let items = match value {
         None | Some(Value::Null) => return Ok("[]".into()),
         Some(Value::Array(items)) if items.len() <= 16 => items,
@@ -221,7 +233,11 @@ pub(crate) async fn generate_claim(
             return Ok(token_required(&state, &relay, "Request a challenge to obtain a token").await);
         };
         let scope = format!("relay:{}", relay.token);
-        let print = fingerprint("POST", &format!("/api/privacy/v1/relays/{}/generate-claim", relay.token), &[bytes.as_ref(), token.as_bytes()].concat());
+        let print = fingerprint(
+            "POST",
+            &format!("/api/privacy/v1/relays/{}/generate-claim", relay.token),
+            &[bytes.as_ref(), token.as_bytes()].concat(),
+        );
         let work = async {
             match state.service.redeem(&relay, &token).await {
                 Ok(redemption) => Ok(Reply::json(
@@ -237,9 +253,9 @@ pub(crate) async fn generate_claim(
                     e.retry_after = Some(5);
                     Err(e)
                 }
-                Err(RedeemError::PayloadTooLarge) => {
-                    Err(ApiError::unprocessable("The claim payload does not fit in one RSA-OAEP block of the relay's encryption key."))
-                }
+                Err(RedeemError::PayloadTooLarge) => Err(ApiError::unprocessable(
+                    "The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.",
+                )),
                 Err(RedeemError::Store(s)) => Err(s.into()),
                 Err(RedeemError::Internal(cause)) => Err(ApiError::internal(&cause)),
             }

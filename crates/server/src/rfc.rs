@@ -5,12 +5,17 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::directory::WELL_KNOWN_PATH;
-use blindpass_protocol::wire::{MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TokenRequest, WireError};
+use blindpass_protocol::wire::{
+    MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TokenRequest, WireError,
+};
 use blindpass_service::{Environment, IssueError, Permission};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::conventions::{Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, read_body, require_content_type, PersonaHeaders};
+use crate::conventions::{
+    PersonaHeaders, Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, read_body,
+    require_content_type,
+};
 use crate::error::ApiError;
 
 /// Path of the issuance endpoint named in the directory.
@@ -75,16 +80,26 @@ pub(crate) async fn token_request(State(state): State<AppState>, headers: Header
         let work = async {
             // RFC 9578 §6.2: bad type, unknown truncated id, wrong size → 422.
             let request = TokenRequest::decode(&bytes).map_err(|e| match e {
-                WireError::UnsupportedTokenType(t) => ApiError::unprocessable(format!("Unsupported token type {t:#06x}.")),
+                WireError::UnsupportedTokenType(t) => {
+                    ApiError::unprocessable(format!("Unsupported token type {t:#06x}."))
+                }
                 _ => ApiError::unprocessable("A TokenRequest for token type 2 is exactly 259 bytes."),
             })?;
-            let response = state.service.issue_token_request(auth.key.environment, &request).await.map_err(|e| match e {
-                IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
-                other => ApiError::from(other),
-            })?;
+            let response =
+                state.service.issue_token_request(auth.key.environment, &request).await.map_err(|e| match e {
+                    IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
+                    other => ApiError::from(other),
+                })?;
             Ok(Reply::with_type(StatusCode::OK, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE), response.encode()))
         };
-        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", TOKEN_REQUEST_PATH, &bytes), work).await)
+        Ok(idempotent(
+            &state,
+            persona.idempotency_key.as_deref(),
+            &scope,
+            fingerprint("POST", TOKEN_REQUEST_PATH, &bytes),
+            work,
+        )
+        .await)
     }
     .await;
     let mut response = outcome.unwrap_or_else(Reply::from).into_response();

@@ -156,7 +156,11 @@ impl Service {
     /// active at once and the previous active key becomes verify-only; with
     /// `announce_secs` it is listed in the directory as pending and takes over
     /// (on whichever node first reloads keys) `announce_secs` from now.
-    pub async fn rotate_key(&self, environment: Environment, announce_secs: Option<i64>) -> Result<IssuerKey, KeyError> {
+    pub async fn rotate_key(
+        &self,
+        environment: Environment,
+        announce_secs: Option<i64>,
+    ) -> Result<IssuerKey, KeyError> {
         let mut record = self.generate_key_record(environment).await?;
         if let Some(delay) = announce_secs.filter(|d| *d > 0) {
             record.state = KeyState::Pending;

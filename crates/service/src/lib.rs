@@ -22,12 +22,14 @@ use std::sync::Arc;
 
 pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret};
 pub use blindpass_store::{ApiKey, Environment, IssuerKey, KeyState, Permission, Store, StoreError};
+pub use blindpass_store::{ClaimResult, Relay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use idempotency::IdempotencyOutcome;
 pub use issuer::{IssueError, RateLimitStatus};
 pub use keyring::{KeyError, LoadedKey};
-pub use relays::{PERSONA_ORIGIN_INFO, SESSION_SECS, ChallengeOffer, NewRelay, RecordError, RedeemError, Redemption, RelayError};
-pub use blindpass_store::{ClaimResult, Relay};
+pub use relays::{
+    ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError, RedeemError, Redemption, RelayError, SESSION_SECS,
+};
 
 /// Tunables of the service layer.
 #[derive(Debug, Clone)]
@@ -80,7 +82,15 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// A service over `store`.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
-        Self { inner: Arc::new(Inner { store, clock, config, keyring: keyring::KeyRing::default(), secrets: tokio::sync::OnceCell::new() }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                keyring: keyring::KeyRing::default(),
+                secrets: tokio::sync::OnceCell::new(),
+            }),
+        }
     }
 
     /// The store.

@@ -17,9 +17,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::secrets::hmac;
-use crate::{
-    ClaimResult, Environment, IssueError, KeyError, KeyState, LoadedKey, Relay, Service, StoreError,
-};
+use crate::{ClaimResult, Environment, IssueError, KeyError, KeyState, LoadedKey, Relay, Service, StoreError};
 
 /// Persona's `origin_info` for relay challenges.
 pub const PERSONA_ORIGIN_INFO: &str = "/api/privacy/v1/relays";
@@ -147,13 +145,16 @@ impl Service {
     pub async fn challenge(&self, environment: Environment, claim_type: &str) -> Result<ChallengeOffer, RelayError> {
         let key = self.active_key(environment).await?.ok_or(RelayError::NoKey)?;
         let secrets = self.secrets().await?;
-        let challenge = persona::Challenge::issue(&secrets.challenge, &ChallengeFields {
-            issuer_name: &self.config().issuer_name,
-            origin_info: PERSONA_ORIGIN_INFO,
-            expires_at: persona::expiry_for(self.now().max(0) as u64, 3600),
-            claim_type,
-            environment: environment.as_str(),
-        });
+        let challenge = persona::Challenge::issue(
+            &secrets.challenge,
+            &ChallengeFields {
+                issuer_name: &self.config().issuer_name,
+                origin_info: PERSONA_ORIGIN_INFO,
+                expires_at: persona::expiry_for(self.now().max(0) as u64, 3600),
+                claim_type,
+                environment: environment.as_str(),
+            },
+        );
         Ok(ChallengeOffer {
             challenge: challenge.encode(),
             token_key: b64::encode_unpadded(key.public.rsa_encryption_spki()),
@@ -235,12 +236,15 @@ impl Service {
 
     async fn rfc_challenge_for(&self, relay: &Relay, window: i64) -> Result<TokenChallenge, RedeemError> {
         let secrets = self.secrets().await?;
-        let context = hmac(&secrets.context, &[
-            b"rfc9577 redemption context",
-            relay.environment.as_str().as_bytes(),
-            relay.claim_type.as_bytes(),
-            &window.to_be_bytes(),
-        ]);
+        let context = hmac(
+            &secrets.context,
+            &[
+                b"rfc9577 redemption context",
+                relay.environment.as_str().as_bytes(),
+                relay.claim_type.as_bytes(),
+                &window.to_be_bytes(),
+            ],
+        );
         TokenChallenge::new(TOKEN_TYPE_BLIND_RSA, &self.config().issuer_name, &context, "")
             .map_err(|_| RedeemError::Internal("issuer name is not a valid challenge field".into()))
     }
@@ -294,12 +298,15 @@ impl Service {
         let id = TokenKeyId::from_hex(&parsed.token.key_id)
             .map_err(|_| RedeemError::InvalidToken("The token names an unknown key."))?;
         let key = self.verifying_key(relay, &id).await?;
-        parsed.verify_signature(&key.public).map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
+        parsed
+            .verify_signature(&key.public)
+            .map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
         Ok((key, parsed.nonce.to_vec()))
     }
 
     async fn verify_rfc(&self, relay: &Relay, bytes: &[u8]) -> Result<(Arc<LoadedKey>, Vec<u8>), RedeemError> {
-        let token = Token::decode(bytes).map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
+        let token = Token::decode(bytes)
+            .map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
         let key = self.verifying_key(relay, &token.token_key_id).await?;
         let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
         let mut known = false;
@@ -307,9 +314,12 @@ impl Service {
             known |= self.rfc_challenge_for(relay, w).await?.digest() == token.challenge_digest;
         }
         if !known {
-            return Err(RedeemError::InvalidToken("The token answers a challenge this relay did not issue, or one that expired."));
+            return Err(RedeemError::InvalidToken(
+                "The token answers a challenge this relay did not issue, or one that expired.",
+            ));
         }
-        type2::verify_token(&key.public, &token).map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
+        type2::verify_token(&key.public, &token)
+            .map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
         Ok((key, token.nonce.to_vec()))
     }
 
@@ -344,7 +354,8 @@ impl Service {
         let json = serde_json::to_string(&claim).map_err(|e| RedeemError::Internal(e.to_string()))?;
         let Some(der) = &relay.encryption_key_der else { return Ok(json) };
         let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;
-        let ciphertext = oaep::encrypt(&key, json.as_bytes(), &mut rand::rng()).map_err(|_| RedeemError::PayloadTooLarge)?;
+        let ciphertext =
+            oaep::encrypt(&key, json.as_bytes(), &mut rand::rng()).map_err(|_| RedeemError::PayloadTooLarge)?;
         Ok(b64::encode_standard(&ciphertext))
     }
 

@@ -28,7 +28,11 @@ impl Service {
                 let challenge = get("secret.challenge_mac").await?;
                 let challenge = ChallengeSecret::new(challenge.to_vec())
                     .map_err(|e| StoreError::Corrupt(format!("challenge secret: {e}")))?;
-                Ok(Secrets { challenge, context: get("secret.redemption_context").await?, session: get("secret.session").await? })
+                Ok(Secrets {
+                    challenge,
+                    context: get("secret.redemption_context").await?,
+                    session: get("secret.session").await?,
+                })
             })
             .await
     }

@@ -243,7 +243,11 @@ async fn relays(store: &dyn Store) {
     assert!(store.insert_relay(&r).await.is_err(), "duplicate relay token");
     assert_eq!(store.relay_by_token("relay_a").await.unwrap(), Some(r.clone()));
     assert_eq!(store.relay_by_token("relay_b").await.unwrap(), None);
-    let result = ClaimResult { passed: true, methodology_json: r#"[{"method":"live_selfie","result":"passed"}]"#.into(), recorded_at: 60 };
+    let result = ClaimResult {
+        passed: true,
+        methodology_json: r#"[{"method":"live_selfie","result":"passed"}]"#.into(),
+        recorded_at: 60,
+    };
     assert_eq!(store.record_relay_result("relay_a", &result).await.unwrap(), RecordOutcome::Recorded);
     let failed = ClaimResult { passed: false, methodology_json: "[]".into(), recorded_at: 61 };
     assert_eq!(store.record_relay_result("relay_a", &failed).await.unwrap(), RecordOutcome::AlreadyRecorded);

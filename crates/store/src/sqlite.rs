@@ -14,8 +14,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use zeroize::Zeroizing;
 
 use crate::{
-    ApiKey, ApiKeyStore, ClaimResult, RecordOutcome, Relay, RelayStore, SpentTokenStore, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore, KeyState, Permission,
-    RateLimitStore, SettingsStore, StoreError, StoredResponse,
+    ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
+    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, SpentTokenStore, StoreError,
+    StoredResponse,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -644,7 +645,17 @@ impl RelayStore for SqliteStore {
                 )
                 .map_err(map_err)?
                 .query_row(params![token], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
                 })
                 .optional()
                 .map_err(map_err)?;
