@@ -1,0 +1,244 @@
+//! The whole Persona relay flow and the whole RFC 9578/9577 flow over HTTP
+//! against the real `blindpass` binary, with the rejections a client can
+//! meet on the way, and the 64-way single-spend race across connections.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::wire::TokenResponse;
+use blindpass_protocol::{auth, b64, persona, type2};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
+const CLAIM: &str = "age_over18_verified";
+
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
+    assert!(out.status.success(), "blindpass {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn api_key(data_dir: &Path, env: &str, permission: &str) -> String {
+    cli(data_dir, &["api-keys", "create", "--env", env, "--permission", permission]).lines().last().unwrap().to_owned()
+}
+
+async fn start(data_dir: &Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.http.get(format!("{}/health", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Server {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let r = request.send().await.unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        let body = r.bytes().await.unwrap().to_vec();
+        assert!(status < 500, "{status}: {}", String::from_utf8_lossy(&body));
+        assert!(headers.contains_key("request-id"));
+        Reply { status, headers, body }
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> Reply {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    async fn persona_token(&self, api_key: &str, sandbox: bool) -> String {
+        let offer = self
+            .post_json("/api/privacy/v1/relays/challenge", json!({"claimType": CLAIM, "sandbox": sandbox}))
+            .await
+            .json();
+        let challenge = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
+        let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
+        let key_id = offer["token-key-id"].as_str().unwrap();
+        let (blinded, state) = persona::begin_issuance(&key, key_id, &challenge, &mut rand::rng()).unwrap();
+        let r = self
+            .send(
+                self.http
+                    .post(format!("{}/api/v1/privacy-passes", self.base))
+                    .bearer_auth(api_key)
+                    .json(&json!({"blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id})),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+        let blind_sig = b64::decode(r.json()["blind-sig"].as_str().unwrap()).unwrap();
+        persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode()
+    }
+
+    async fn relay(&self, sandbox: bool) -> (String, String) {
+        let r = self
+            .post_json(
+                "/api/privacy/v1/relays",
+                json!({"claimType": CLAIM, "encryptionKeyPem": null, "sandbox": sandbox}),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+        let b = r.json();
+        (b["relay-token"].as_str().unwrap().to_owned(), b["relay-secret"].as_str().unwrap().to_owned())
+    }
+
+    async fn claim(&self, relay: &(String, String), authorization: Option<&str>) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}/api/privacy/v1/relays/{}/generate-claim", self.base, relay.0))
+            .header("persona-relay-secret", &relay.1)
+            .json(&json!({}));
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        self.send(request).await
+    }
+
+    async fn record(&self, verifier: &str, relay: &str, result: &str) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/api/privacy/v1/relays/{relay}/result", self.base))
+                .bearer_auth(verifier)
+                .json(&json!({"claim-result": result})),
+        )
+        .await
+    }
+}
+
+fn token_required(r: &Reply) -> auth::PrivateTokenChallenge {
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["errors"][0]["title"], "Privacy Pass token required");
+    let header = r.headers["www-authenticate"].to_str().unwrap();
+    auth::parse_www_authenticate(header).unwrap().pop().unwrap()
+}
+
+#[tokio::test]
+async fn persona_flow_over_http_with_its_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let sandbox_key = api_key(dir.path(), "sandbox", "privacy_pass.write");
+    let production_key = api_key(dir.path(), "production", "privacy_pass.write");
+    let verifier = api_key(dir.path(), "production", "relay.verify");
+
+    // Sandbox: challenge → issue → finalize → relay → claim.
+    let token = server.persona_token(&sandbox_key, true).await;
+    let relay = server.relay(true).await;
+    token_required(&server.claim(&relay, None).await);
+    let wrong_secret = (relay.0.clone(), "not-the-secret".to_owned());
+    assert_eq!(server.claim(&wrong_secret, Some(&format!("PrivateToken token={token}"))).await.status, 404);
+    let r = server.claim(&relay, Some(&format!("PrivateToken token={token}"))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["token-consumed"], true);
+    let claim: Value = serde_json::from_str(r.json()["claim-payload"].as_str().unwrap()).unwrap();
+    assert_eq!(claim["claim_result"], "passed");
+    token_required(&server.claim(&relay, Some(&format!("PrivateToken token={token}"))).await); // reused
+
+    // Bad MAC (tampered expiry), wrong environment.
+    let mut tampered = persona::Token::decode(&server.persona_token(&sandbox_key, true).await).unwrap().token;
+    tampered.challenge.expires_at = "2099-01-01T00:00:00Z".into();
+    token_required(&server.claim(&relay, Some(&format!("PrivateToken token={}", tampered.encode()))).await);
+    let production_token = server.persona_token(&production_key, false).await;
+    token_required(&server.claim(&relay, Some(&format!("PrivateToken token={production_token}"))).await);
+
+    // Production: pending → 403, nothing spent; failed → 200 unconsumed; passed → consumed.
+    let pending = server.relay(false).await;
+    let auth_header = format!("PrivateToken token={production_token}");
+    assert_eq!(server.claim(&pending, Some(&auth_header)).await.status, 403);
+    let failed = server.relay(false).await;
+    assert_eq!(server.record(&verifier, &failed.0, "failed").await.status, 200);
+    let r = server.claim(&failed, Some(&auth_header)).await;
+    assert_eq!((r.status, r.json()["token-consumed"].clone()), (200, json!(false)));
+    assert_eq!(server.record(&verifier, &pending.0, "passed").await.status, 200);
+    let r = server.claim(&pending, Some(&auth_header)).await;
+    assert_eq!((r.status, r.json()["token-consumed"].clone()), (200, json!(true)));
+}
+
+#[tokio::test]
+async fn rfc_flow_over_http_and_a_64_way_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let sandbox_key = api_key(dir.path(), "sandbox", "privacy_pass.write");
+
+    let relay = server.relay(true).await;
+    let offered = token_required(&server.claim(&relay, None).await);
+    let key = IssuerPublicKey::from_rfc9578_spki(offered.token_key.as_ref().unwrap()).unwrap();
+    let directory = server
+        .send(server.http.get(format!("{}/.well-known/private-token-issuer-directory?sandbox=true", server.base)))
+        .await;
+    let directory = blindpass_protocol::directory::IssuerDirectory::from_json(&directory.body).unwrap();
+    assert_eq!(directory.preferred_type2_key(u64::MAX).unwrap(), key, "the 401's key is the directory's");
+
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (request, state) = type2::begin_issuance(&key, &offered.challenge, &mut rand::rng()).unwrap();
+        let r = server
+            .send(
+                server
+                    .http
+                    .post(format!("{}/token-request", server.base))
+                    .bearer_auth(&sandbox_key)
+                    .header("content-type", "application/private-token-request")
+                    .body(request.encode()),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["content-type"], "application/private-token-response");
+        let token = type2::finalize_issuance(&key, &state, &TokenResponse::decode(&r.body).unwrap()).unwrap();
+        tokens.push(auth::authorization(&token.encode()));
+    }
+
+    let r = server.claim(&relay, Some(&tokens[0])).await;
+    assert_eq!((r.status, r.json()["token-consumed"].clone()), (200, json!(true)));
+    token_required(&server.claim(&relay, Some(&tokens[0])).await);
+
+    // 64 concurrent redemptions of one token: exactly one succeeds.
+    let server = std::sync::Arc::new(server);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (server, relay, auth) = (std::sync::Arc::clone(&server), relay.clone(), tokens[1].clone());
+            tokio::spawn(async move { server.claim(&relay, Some(&auth)).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+}
