@@ -458,3 +458,43 @@ async fn futures_join<T, F: std::future::Future<Output = T>>(n: usize, f: impl F
     }
     out
 }
+
+/// One harness and relay shared by the property test's cases.
+fn shared() -> &'static (tokio::runtime::Runtime, Harness, (String, String)) {
+    static SHARED: std::sync::OnceLock<(tokio::runtime::Runtime, Harness, (String, String))> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (h, relay) = rt.block_on(async {
+            let h = harness(0).await;
+            let relay = h.relay(Environment::Sandbox, CLAIM, None).await;
+            (h, relay)
+        });
+        (rt, h, relay)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// No token or Authorization header makes generate-claim answer 5xx or
+    /// 200: malformed tokens are 401 with a challenge.
+    #[test]
+    fn malformed_tokens_are_401_never_5xx(
+        raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        text in "[ -~]{0,80}",
+        shape in 0u8..4,
+    ) {
+        let (rt, h, relay) = shared();
+        let header = match shape {
+            0 => format!("PrivateToken token={}", b64::encode_unpadded(&raw)),
+            1 => format!("PrivateToken token=\"{}\"", b64::encode_padded(&[&[0u8, 2][..], &raw].concat())),
+            2 => format!("PrivateToken token={}", b64::encode_unpadded(format!("{{\"token_nonce\":{text:?}}}").as_bytes())),
+            _ => text.clone(),
+        };
+        let r = rt.block_on(async {
+            let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay.0);
+            h.call(Method::POST, &path, &[("persona-relay-secret", relay.1.as_str()), ("authorization", header.as_str())], Vec::new()).await
+        });
+        proptest::prop_assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&r.body));
+    }
+}
