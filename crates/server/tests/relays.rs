@@ -461,7 +461,8 @@ async fn futures_join<T, F: std::future::Future<Output = T>>(n: usize, f: impl F
 
 /// One harness and relay shared by the property test's cases.
 fn shared() -> &'static (tokio::runtime::Runtime, Harness, (String, String)) {
-    static SHARED: std::sync::OnceLock<(tokio::runtime::Runtime, Harness, (String, String))> = std::sync::OnceLock::new();
+    static SHARED: std::sync::OnceLock<(tokio::runtime::Runtime, Harness, (String, String))> =
+        std::sync::OnceLock::new();
     SHARED.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (h, relay) = rt.block_on(async {
