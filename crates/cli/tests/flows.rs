@@ -176,6 +176,13 @@ async fn persona_flow_over_http_with_its_rejections() {
     let production_token = server.persona_token(&production_key, false).await;
     token_required(&server.claim(&relay, Some(&format!("PrivateToken token={production_token}"))).await);
 
+    // Expired: a challenge validly MACed by this server (its secret read from
+    // the shared store) whose expiry has passed; the token is otherwise real.
+    let expired = expired_token(dir.path(), &server, &sandbox_key).await;
+    let r = server.claim(&relay, Some(&format!("PrivateToken token={expired}"))).await;
+    token_required(&r);
+    assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("expired"));
+
     // Production: pending → 403, nothing spent; failed → 200 unconsumed; passed → consumed.
     let pending = server.relay(false).await;
     let auth_header = format!("PrivateToken token={production_token}");
@@ -241,4 +248,41 @@ async fn rfc_flow_over_http_and_a_64_way_race() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+}
+
+/// A token whose challenge carries this server's MAC but expired an hour ago.
+async fn expired_token(data_dir: &Path, server: &Server, api_key: &str) -> String {
+    let url = format!("sqlite://{}", data_dir.join("blindpass.db").display());
+    let store = blindpass_store::open(&url).await.unwrap();
+    let secret = store.setting_get_or_insert("secret.challenge_mac", b"unused").await.unwrap();
+    assert_eq!(secret.len(), 32, "the server created its challenge secret");
+    let secret = persona::ChallengeSecret::new(secret).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let offer =
+        server.post_json("/api/privacy/v1/relays/challenge", json!({"claimType": CLAIM, "sandbox": true})).await.json();
+    let live = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
+    let challenge = persona::Challenge::issue(
+        &secret,
+        &persona::ChallengeFields {
+            issuer_name: &live.issuer_name,
+            origin_info: &live.origin_info,
+            expires_at: (now / 3600) * 3600 - 3600,
+            claim_type: CLAIM,
+            environment: "sandbox",
+        },
+    );
+    let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
+    let key_id = offer["token-key-id"].as_str().unwrap();
+    let (blinded, state) = persona::begin_issuance(&key, key_id, &challenge, &mut rand::rng()).unwrap();
+    let r = server
+        .send(
+            server
+                .http
+                .post(format!("{}/api/v1/privacy-passes", server.base))
+                .bearer_auth(api_key)
+                .json(&json!({"blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id})),
+        )
+        .await;
+    let blind_sig = b64::decode(r.json()["blind-sig"].as_str().unwrap()).unwrap();
+    persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode()
 }
