@@ -16,6 +16,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -157,13 +158,14 @@ impl<T> Store for T where
 {
 }
 
-/// Opens the store named by `url`: `sqlite://PATH` (or a bare path).
+/// Opens the store named by `url`: `sqlite://PATH` or `postgres://…` (with
+/// default pool options; see [`postgres::PostgresStore::connect`] for others).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Other("PostgreSQL support is not built into this version yet".into()));
+        return Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url, postgres::PoolOptions::default()).await?));
     }
-    Err(StoreError::Other(format!("unsupported database URL scheme in {url:?} (expected sqlite://PATH)")))
+    Err(StoreError::Other("unsupported database URL scheme (expected sqlite://PATH or postgres://…)".into()))
 }

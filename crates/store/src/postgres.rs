@@ -1,0 +1,674 @@
+//! The PostgreSQL backend, for several blindpass nodes on one database.
+//!
+//! A `deadpool-postgres` pool with bounded size and timeouts. Every
+//! concurrency contract of the traits is decided by PostgreSQL itself:
+//! primary keys and a partial unique index, `INSERT … ON CONFLICT`, row locks
+//! (`SELECT … FOR UPDATE`) and per-environment advisory locks for key
+//! lifecycle changes. Commits are durable (`synchronous_commit` as the server
+//! is configured; PostgreSQL's default is on). A lost database surfaces as
+//! [`StoreError::Unavailable`]; the pool reconnects when it returns.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use zeroize::Zeroizing;
+
+use crate::{
+    ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
+    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, SpentTokenStore, StoreError,
+    StoredResponse,
+};
+
+/// Schema migrations, applied in order under an advisory lock.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT,
+    environment TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
+    permissions TEXT NOT NULL,
+    lookup      TEXT NOT NULL UNIQUE,
+    secret_hash BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL,
+    revoked_at  BIGINT
+);
+CREATE TABLE issuer_keys (
+    id            TEXT PRIMARY KEY,
+    environment   TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'active', 'verify-only', 'retired')),
+    private_pkcs8 BYTEA NOT NULL,
+    not_before    BIGINT NOT NULL,
+    rotated_at    BIGINT,
+    retired_at    BIGINT,
+    created_at    BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX issuer_keys_one_active ON issuer_keys (environment) WHERE state = 'active';
+CREATE TABLE idempotency (
+    scope        TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  BYTEA NOT NULL,
+    created_at   BIGINT NOT NULL,
+    status       INTEGER,
+    content_type TEXT,
+    body         BYTEA,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX idempotency_created_at ON idempotency (created_at);
+CREATE TABLE rate_limits (
+    bucket       TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    count        BIGINT NOT NULL,
+    PRIMARY KEY (bucket, window_start)
+);
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE relays (
+    token              TEXT PRIMARY KEY,
+    secret_hash        BYTEA NOT NULL,
+    environment        TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
+    claim_type         TEXT NOT NULL,
+    encryption_key_der BYTEA,
+    created_at         BIGINT NOT NULL,
+    result_passed      BOOLEAN,
+    methodology        TEXT,
+    result_at          BIGINT
+);
+CREATE TABLE spent_tokens (
+    key_id      TEXT NOT NULL,
+    nonce       BYTEA NOT NULL,
+    relay_token TEXT NOT NULL,
+    spent_at    BIGINT NOT NULL,
+    PRIMARY KEY (key_id, nonce)
+);
+"];
+
+/// Advisory lock ids (first half of the pair) used by blindpass.
+const LOCK_MIGRATIONS: i64 = 0x626c_696e_6470_0001;
+const LOCK_KEYS: i64 = 0x626c_696e_6470_0002;
+
+/// Pool settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Maximum connections.
+    pub max_size: usize,
+    /// How long to wait for a connection (pool checkout or connect).
+    pub timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self { max_size: 16, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("status", &self.pool.status()).finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` and applies migrations.
+    pub async fn connect(url: &str, options: PoolOptions) -> Result<Self, StoreError> {
+        let store = Self::connect_without_migrating(url, options)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Builds the pool; connections are made on first use.
+    pub fn connect_without_migrating(url: &str, options: PoolOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
+        config.connect_timeout(options.timeout);
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.max_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .build()
+            .map_err(|e| StoreError::Other(format!("building the connection pool: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations (one node at a time) and returns the
+    /// schema version.
+    pub async fn migrate(&self) -> Result<i64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATIONS]).await.map_err(map_err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(map_err)?;
+        let current: i64 =
+            tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(map_err)?.get(0);
+        if current > MIGRATIONS.len() as i64 {
+            return Err(StoreError::Corrupt(format!("database schema version {current} is newer than this binary")));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).await.map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
+                &[&(index as i64 + 1)],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(MIGRATIONS.len() as i64)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => map_err(e),
+            other => StoreError::Unavailable(other.to_string()),
+        })
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(map_err)?;
+        client.execute(&stmt, params).await.map_err(map_err)
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(map_err)?;
+        client.query(&stmt, params).await.map_err(map_err)
+    }
+}
+
+fn map_err(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(e.to_string()),
+        Some(code)
+            if *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || code.code().starts_with("08") =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        Some(_) => StoreError::Other(e.to_string()),
+        // No SQLSTATE: an I/O or protocol failure talking to the server.
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn corrupt(what: &'static str) -> impl Fn(crate::UnknownName) -> StoreError {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn hash32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{what} length")))
+}
+
+fn permissions_to_text(permissions: &[Permission]) -> String {
+    permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn api_key_from_row(r: &tokio_postgres::Row) -> Result<ApiKey, StoreError> {
+    let permissions: String = r.get(3);
+    Ok(ApiKey {
+        id: r.get(0),
+        name: r.get(1),
+        environment: r.get::<_, String>(2).parse().map_err(corrupt("environment"))?,
+        permissions: permissions
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(corrupt("permission")))
+            .collect::<Result<_, _>>()?,
+        lookup: r.get(4),
+        secret_hash: hash32(r.get(5), "secret hash")?,
+        created_at: r.get(6),
+        revoked_at: r.get(7),
+    })
+}
+
+const API_KEY_COLUMNS: &str = "id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at";
+
+#[async_trait]
+impl ApiKeyStore for PostgresStore {
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO api_keys (id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &key.id,
+                &key.name,
+                &key.environment.as_str(),
+                &permissions_to_text(&key.permissions),
+                &key.lookup,
+                &key.secret_hash.as_slice(),
+                &key.created_at,
+                &key.revoked_at,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn api_key_by_lookup(&self, lookup: &str) -> Result<Option<ApiKey>, StoreError> {
+        let rows = self.query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE lookup = $1"), &[&lookup]).await?;
+        rows.first().map(api_key_from_row).transpose()
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = self.query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"), &[]).await?;
+        rows.iter().map(api_key_from_row).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let n = self
+            .execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1", &[&id, &at])
+            .await?;
+        Ok(n > 0)
+    }
+}
+
+const ISSUER_KEY_COLUMNS: &str =
+    "id, environment, state, private_pkcs8, not_before, rotated_at, retired_at, created_at";
+
+fn issuer_key_from_row(r: &tokio_postgres::Row) -> Result<IssuerKey, StoreError> {
+    Ok(IssuerKey {
+        id: r.get(0),
+        environment: r.get::<_, String>(1).parse().map_err(corrupt("environment"))?,
+        state: r.get::<_, String>(2).parse().map_err(corrupt("key state"))?,
+        private_pkcs8: Zeroizing::new(r.get(3)),
+        not_before: r.get(4),
+        rotated_at: r.get(5),
+        retired_at: r.get(6),
+        created_at: r.get(7),
+    })
+}
+
+async fn insert_issuer_key_tx(tx: &tokio_postgres::Transaction<'_>, key: &IssuerKey) -> Result<(), StoreError> {
+    tx.execute(
+        &format!("INSERT INTO issuer_keys ({ISSUER_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+        &[
+            &key.id,
+            &key.environment.as_str(),
+            &key.state.as_str(),
+            &key.private_pkcs8.as_slice(),
+            &key.not_before,
+            &key.rotated_at,
+            &key.retired_at,
+            &key.created_at,
+        ],
+    )
+    .await
+    .map_err(map_err)
+    .map(drop)
+}
+
+#[async_trait]
+impl IssuerKeyStore for PostgresStore {
+    async fn insert_issuer_key(&self, key: &IssuerKey) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
+        insert_issuer_key_tx(&tx, key).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn insert_first_issuer_key(&self, key: &IssuerKey) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        // Serialises key lifecycle changes across nodes.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
+        let existing: i64 = tx
+            .query_one("SELECT COUNT(*) FROM issuer_keys WHERE environment = $1", &[&key.environment.as_str()])
+            .await
+            .map_err(map_err)?
+            .get(0);
+        if existing > 0 {
+            return Ok(false);
+        }
+        insert_issuer_key_tx(&tx, key).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn issuer_keys(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError> {
+        let env = environment.map(Environment::as_str);
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {ISSUER_KEY_COLUMNS} FROM issuer_keys
+                     WHERE $1::TEXT IS NULL OR environment = $1 ORDER BY created_at, id"
+                ),
+                &[&env],
+            )
+            .await?;
+        rows.iter().map(issuer_key_from_row).collect()
+    }
+
+    async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
+        if new_key.state == KeyState::Active {
+            tx.execute(
+                "UPDATE issuer_keys SET state = 'verify-only', rotated_at = $2 WHERE environment = $1 AND state = 'active'",
+                &[&new_key.environment.as_str(), &at],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        insert_issuer_key_tx(&tx, new_key).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let n = self
+            .execute(
+                "UPDATE issuer_keys SET state = 'retired', retired_at = COALESCE(retired_at, $2) WHERE id = $1",
+                &[&id, &at],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn promote_due_keys(&self, now: i64) -> Result<u64, StoreError> {
+        // Cheap check first: almost always there is nothing to promote.
+        let due = self
+            .query("SELECT 1 FROM issuer_keys WHERE state = 'pending' AND not_before <= $1 LIMIT 1", &[&now])
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
+        let rows = tx
+            .query(
+                "SELECT DISTINCT ON (environment) environment, id FROM issuer_keys
+                 WHERE state = 'pending' AND not_before <= $1
+                 ORDER BY environment, not_before DESC, id DESC",
+                &[&now],
+            )
+            .await
+            .map_err(map_err)?;
+        for row in &rows {
+            let (environment, id): (String, String) = (row.get(0), row.get(1));
+            tx.execute(
+                "UPDATE issuer_keys SET state = 'verify-only', rotated_at = $3
+                 WHERE environment = $1 AND id <> $2
+                   AND (state = 'active' OR (state = 'pending' AND not_before <= $3))",
+                &[&environment, &id, &now],
+            )
+            .await
+            .map_err(map_err)?;
+            tx.execute("UPDATE issuer_keys SET state = 'active' WHERE id = $1", &[&id]).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(rows.len() as u64)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for PostgresStore {
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now: i64,
+        ttl_secs: i64,
+        stale_after_secs: i64,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        let fp = fingerprint.as_slice();
+        let inserted = tx
+            .execute(
+                "INSERT INTO idempotency (scope, key, fingerprint, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (scope, key) DO NOTHING",
+                &[&scope, &key, &fp, &now],
+            )
+            .await
+            .map_err(map_err)?;
+        let outcome = if inserted == 1 {
+            IdempotencyBegin::Started
+        } else {
+            let row = tx
+                .query_one(
+                    "SELECT fingerprint, created_at, status, content_type, body FROM idempotency
+                     WHERE scope = $1 AND key = $2 FOR UPDATE",
+                    &[&scope, &key],
+                )
+                .await
+                .map_err(map_err)?;
+            let (stored_fp, created_at, status): (Vec<u8>, i64, Option<i32>) = (row.get(0), row.get(1), row.get(2));
+            if created_at + ttl_secs <= now {
+                tx.execute(
+                    "UPDATE idempotency SET fingerprint = $3, created_at = $4, status = NULL, content_type = NULL,
+                     body = NULL WHERE scope = $1 AND key = $2",
+                    &[&scope, &key, &fp, &now],
+                )
+                .await
+                .map_err(map_err)?;
+                IdempotencyBegin::Started
+            } else if stored_fp != fp {
+                IdempotencyBegin::Mismatch
+            } else if let Some(status) = status {
+                IdempotencyBegin::Completed(StoredResponse {
+                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status".into()))?,
+                    content_type: row.get::<_, Option<String>>(3).unwrap_or_default(),
+                    body: row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
+                })
+            } else if created_at + stale_after_secs <= now {
+                tx.execute(
+                    "UPDATE idempotency SET created_at = $3 WHERE scope = $1 AND key = $2",
+                    &[&scope, &key, &now],
+                )
+                .await
+                .map_err(map_err)?;
+                IdempotencyBegin::Started
+            } else {
+                IdempotencyBegin::InFlight
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(outcome)
+    }
+
+    async fn idempotency_complete(&self, scope: &str, key: &str, response: &StoredResponse) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE idempotency SET status = $3, content_type = $4, body = $5
+             WHERE scope = $1 AND key = $2 AND status IS NULL",
+            &[&scope, &key, &i32::from(response.status), &response.content_type, &response.body],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM idempotency WHERE scope = $1 AND key = $2 AND status IS NULL", &[&scope, &key])
+            .await
+            .map(drop)
+    }
+
+    async fn idempotency_prune(&self, before: i64) -> Result<u64, StoreError> {
+        self.execute("DELETE FROM idempotency WHERE created_at < $1", &[&before]).await
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for PostgresStore {
+    async fn rate_limit_hit(&self, bucket: &str, window_start: i64) -> Result<u64, StoreError> {
+        let rows = self
+            .query(
+                "INSERT INTO rate_limits (bucket, window_start, count) VALUES ($1, $2, 1)
+                 ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limits.count + 1
+                 RETURNING count",
+                &[&bucket, &window_start],
+            )
+            .await?;
+        let count: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        Ok(count.max(0) as u64)
+    }
+
+    async fn rate_limit_prune(&self, before: i64) -> Result<u64, StoreError> {
+        self.execute("DELETE FROM rate_limits WHERE window_start < $1", &[&before]).await
+    }
+}
+
+#[async_trait]
+impl SettingsStore for PostgresStore {
+    async fn setting_get_or_insert(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.execute(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &value],
+        )
+        .await?;
+        let rows = self.query("SELECT value FROM settings WHERE name = $1", &[&name]).await?;
+        rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))
+    }
+}
+
+fn relay_from_row(r: &tokio_postgres::Row) -> Result<Relay, StoreError> {
+    let passed: Option<bool> = r.get(6);
+    let result_at: Option<i64> = r.get(8);
+    let result = match (passed, result_at) {
+        (Some(passed), Some(recorded_at)) => Some(ClaimResult {
+            passed,
+            methodology_json: r.get::<_, Option<String>>(7).unwrap_or_else(|| "[]".into()),
+            recorded_at,
+        }),
+        _ => None,
+    };
+    Ok(Relay {
+        token: r.get(0),
+        secret_hash: hash32(r.get(1), "relay secret hash")?,
+        environment: r.get::<_, String>(2).parse().map_err(corrupt("environment"))?,
+        claim_type: r.get(3),
+        encryption_key_der: r.get(4),
+        created_at: r.get(5),
+        result,
+    })
+}
+
+#[async_trait]
+impl RelayStore for PostgresStore {
+    async fn insert_relay(&self, relay: &Relay) -> Result<(), StoreError> {
+        let (passed, methodology, at) = match &relay.result {
+            Some(r) => (Some(r.passed), Some(r.methodology_json.clone()), Some(r.recorded_at)),
+            None => (None, None, None),
+        };
+        self.execute(
+            "INSERT INTO relays (token, secret_hash, environment, claim_type, encryption_key_der, created_at,
+                                 result_passed, methodology, result_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &relay.token,
+                &relay.secret_hash.as_slice(),
+                &relay.environment.as_str(),
+                &relay.claim_type,
+                &relay.encryption_key_der,
+                &relay.created_at,
+                &passed,
+                &methodology,
+                &at,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn relay_by_token(&self, token: &str) -> Result<Option<Relay>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT token, secret_hash, environment, claim_type, encryption_key_der, created_at,
+                        result_passed, methodology, result_at FROM relays WHERE token = $1",
+                &[&token],
+            )
+            .await?;
+        rows.first().map(relay_from_row).transpose()
+    }
+
+    async fn record_relay_result(&self, token: &str, result: &ClaimResult) -> Result<RecordOutcome, StoreError> {
+        let n = self
+            .execute(
+                "UPDATE relays SET result_passed = $2, methodology = $3, result_at = $4
+                 WHERE token = $1 AND result_passed IS NULL",
+                &[&token, &result.passed, &result.methodology_json, &result.recorded_at],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(RecordOutcome::Recorded);
+        }
+        let exists = !self.query("SELECT 1 FROM relays WHERE token = $1", &[&token]).await?.is_empty();
+        Ok(if exists { RecordOutcome::AlreadyRecorded } else { RecordOutcome::NotFound })
+    }
+}
+
+#[async_trait]
+impl SpentTokenStore for PostgresStore {
+    async fn spend_token(&self, key_id: &str, nonce: &[u8], relay_token: &str, at: i64) -> Result<bool, StoreError> {
+        let n = self
+            .execute(
+                "INSERT INTO spent_tokens (key_id, nonce, relay_token, spent_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key_id, nonce) DO NOTHING",
+                &[&key_id, &nonce, &relay_token, &at],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn prune_spent_tokens(&self) -> Result<u64, StoreError> {
+        self.execute(
+            "DELETE FROM spent_tokens WHERE key_id IN (SELECT id FROM issuer_keys WHERE state = 'retired')",
+            &[],
+        )
+        .await
+    }
+}
+
+/// A fresh schema name for tests (`bp_test_<random>`).
+pub fn random_schema_name() -> String {
+    use rand::RngExt;
+    let n: u64 = rand::rng().random();
+    format!("bp_test_{n:016x}")
+}
+
+/// `url` with `search_path` set to `schema` (via the `options` startup
+/// parameter), so that several blindpass deployments or test runs can share
+/// one database.
+pub fn url_with_schema(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-csearch_path%3D{schema}")
+}
+
+/// Creates `schema` on the database at `url` (tests and operators).
+pub async fn create_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+    if !schema.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+        return Err(StoreError::Other("schema names are lowercase letters, digits and '_'".into()));
+    }
+    let store = PostgresStore::connect_without_migrating(url, PoolOptions::default())?;
+    store.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"), &[]).await.map(drop)
+}
+
+/// Drops `schema` and everything in it.
+pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+    if !schema.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+        return Err(StoreError::Other("schema names are lowercase letters, digits and '_'".into()));
+    }
+    let store = PostgresStore::connect_without_migrating(url, PoolOptions::default())?;
+    store.execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"), &[]).await.map(drop)
+}
