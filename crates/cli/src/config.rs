@@ -26,6 +26,12 @@ pub(crate) struct StoreArgs {
     /// TOML configuration file; every key can also be set by flag or env.
     #[arg(long, global = true, env = "BLINDPASS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+    /// PostgreSQL: maximum pooled connections.
+    #[arg(long, global = true, env = "BLINDPASS_DB_POOL_SIZE")]
+    pub(crate) db_pool_size: Option<usize>,
+    /// PostgreSQL: seconds to wait for a connection before answering 503.
+    #[arg(long, global = true, env = "BLINDPASS_DB_TIMEOUT_SECS")]
+    pub(crate) db_timeout_secs: Option<u64>,
 }
 
 /// The configuration file. Keys are kebab-case, like the flags.
@@ -45,6 +51,10 @@ pub(crate) struct FileConfig {
     pub(crate) log_format: Option<String>,
     pub(crate) issuer_name: Option<String>,
     pub(crate) key_overlap_secs: Option<i64>,
+    pub(crate) redis_url: Option<String>,
+    pub(crate) redis_key_prefix: Option<String>,
+    pub(crate) db_pool_size: Option<usize>,
+    pub(crate) db_timeout_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -66,10 +76,23 @@ impl StoreArgs {
         format!("sqlite://{}", dir.join(SQLITE_FILE).display())
     }
 
-    /// Opens the store on a fresh runtime-bound handle.
+    /// Opens the store (and applies migrations).
     pub(crate) async fn open(&self, file: &FileConfig) -> anyhow::Result<std::sync::Arc<dyn blindpass_store::Store>> {
         let url = self.database_url(file);
-        blindpass_store::open(&url).await.with_context(|| format!("opening store {}", redact_url(&url)))
+        let context = || format!("opening store {}", redact_url(&url));
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let defaults = blindpass_store::postgres::PoolOptions::default();
+            let options = blindpass_store::postgres::PoolOptions {
+                max_size: self.db_pool_size.or(file.db_pool_size).unwrap_or(defaults.max_size),
+                timeout: self
+                    .db_timeout_secs
+                    .or(file.db_timeout_secs)
+                    .map_or(defaults.timeout, std::time::Duration::from_secs),
+            };
+            let store = blindpass_store::postgres::PostgresStore::connect(&url, options).await.with_context(context)?;
+            return Ok(std::sync::Arc::new(store));
+        }
+        blindpass_store::open(&url).await.with_context(context)
     }
 }
 
@@ -99,7 +122,13 @@ mod tests {
 
     #[test]
     fn data_dir_gives_sqlite_url() {
-        let args = StoreArgs { data_dir: Some("/tmp/d".into()), database_url: None, config: None };
+        let args = StoreArgs {
+            data_dir: Some("/tmp/d".into()),
+            database_url: None,
+            config: None,
+            db_pool_size: None,
+            db_timeout_secs: None,
+        };
         assert_eq!(args.database_url(&FileConfig::default()), "sqlite:///tmp/d/blindpass.db");
         let file = FileConfig { database_url: Some("sqlite://f.db".into()), ..FileConfig::default() };
         assert_eq!(args.database_url(&file), "sqlite://f.db");

@@ -23,13 +23,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage API keys (create, list, revoke).
     #[command(subcommand, name = "api-keys")]
     ApiKeys(admin::ApiKeysCommand),
     /// Manage issuer keys (list, rotate, retire).
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// Apply database migrations (the server also applies them at start).
+    Migrate,
     /// Benchmarks, with ratios against `openssl speed` measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -39,9 +41,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Serve(args) => serve::run(&cli.store, args),
+        Command::Serve(args) => serve::run(&cli.store, *args),
         Command::ApiKeys(cmd) => admin::run_api_keys(&cli.store, cmd),
         Command::Keys(cmd) => admin::run_keys(&cli.store, cmd),
+        Command::Migrate => admin::migrate(&cli.store),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -42,6 +42,13 @@ pub(crate) struct ServeArgs {
     /// Seconds a rotated-out key still verifies tokens.
     #[arg(long, env = "BLINDPASS_KEY_OVERLAP_SECS")]
     key_overlap_secs: Option<i64>,
+    /// Redis URL for rate-limit counters shared by several nodes
+    /// (default: counters in the store).
+    #[arg(long, env = "BLINDPASS_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of the Redis keys (one per deployment sharing a Redis).
+    #[arg(long, env = "BLINDPASS_REDIS_KEY_PREFIX")]
+    redis_key_prefix: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "BLINDPASS_LOG_FORMAT")]
     log_format: Option<String>,
@@ -73,7 +80,18 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     };
     let url = store_args.database_url(&file);
     let store = store_args.open(&file).await?;
-    let service = Service::new(store, Arc::new(SystemClock), config.clone());
+    let service = match args.redis_url.clone().or(file.redis_url.clone()) {
+        Some(redis) => {
+            let prefix =
+                args.redis_key_prefix.clone().or(file.redis_key_prefix.clone()).unwrap_or_else(|| "blindpass".into());
+            let limiter = blindpass_service::RedisLimiter::connect(&redis, &prefix)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(&redis)))?;
+            tracing::info!(redis = %redact_url(&redis), "rate-limit counters in Redis");
+            Service::with_limiter(store, Arc::new(SystemClock), config.clone(), Arc::new(limiter))
+        }
+        None => Service::new(store, Arc::new(SystemClock), config.clone()),
+    };
 
     for key in service.ensure_initial_keys().await.context("creating initial issuer keys")? {
         tracing::info!(environment = %key.environment, token_key_id = %key.id, "created issuer key");

@@ -71,7 +71,8 @@ impl Service {
         }
         let now = self.now();
         let window_start = now - now.rem_euclid(WINDOW_SECS);
-        let count = self.store().rate_limit_hit(&format!("env:{}", environment.as_str()), window_start).await?;
+        let bucket = format!("env:{}", environment.as_str());
+        let count = self.inner.limiter.hit(&bucket, window_start, WINDOW_SECS).await?;
         Ok(Some(RateLimitStatus {
             limit,
             remaining: limit.saturating_sub(count),

@@ -15,6 +15,7 @@ mod clock;
 mod idempotency;
 mod issuer;
 mod keyring;
+mod limiter;
 mod relays;
 mod secrets;
 
@@ -27,6 +28,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use idempotency::IdempotencyOutcome;
 pub use issuer::{IssueError, RateLimitStatus};
 pub use keyring::{KeyError, LoadedKey};
+pub use limiter::{RateLimiter, RedisLimiter, StoreLimiter};
 pub use relays::{
     ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError, RedeemError, Redemption, RelayError, SESSION_SECS,
 };
@@ -67,6 +69,7 @@ pub struct Service {
 
 struct Inner {
     store: Arc<dyn Store>,
+    limiter: Arc<dyn RateLimiter>,
     clock: Arc<dyn Clock>,
     config: Config,
     keyring: keyring::KeyRing,
@@ -80,11 +83,24 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service over `store`.
+    /// A service over `store`, counting rate limits in the store.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
+        let limiter = Arc::new(StoreLimiter::new(Arc::clone(&store)));
+        Self::with_limiter(store, clock, config, limiter)
+    }
+
+    /// A service whose rate-limit counters live in `limiter` (e.g. Redis)
+    /// instead of the store.
+    pub fn with_limiter(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
+                limiter,
                 clock,
                 config,
                 keyring: keyring::KeyRing::default(),

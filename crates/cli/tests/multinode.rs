@@ -1,0 +1,381 @@
+//! Two (and three) `blindpass serve` processes on one PostgreSQL database:
+//! single spend, idempotency, rate limits and key rotation hold across nodes,
+//! and a lost database gives 503s, never 500s or lost spent records.
+//!
+//! Runs when `BLINDPASS_TEST_POSTGRES_URL` is set (`.ci/run` sets it), with
+//! Redis rate limiting when `BLINDPASS_TEST_REDIS_URL` is set too; otherwise
+//! it says loudly that it was skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::{b64, persona};
+use blindpass_store::postgres::{create_schema, drop_schema, random_schema_name, url_with_schema};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
+const CLAIM: &str = "age_over18_verified";
+
+fn env_url(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+struct Node {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start(database_url: &str, extra: &[&str]) -> Node {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "--database-url",
+            database_url,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--key-refresh-secs",
+            "1",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node { child, base: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{}/health", node.base)).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "node did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node
+}
+
+fn cli(database_url: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN).args(["--database-url", database_url]).args(args).output().unwrap();
+    assert!(out.status.success(), "blindpass {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    bearer: Option<&str>,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = http.post(url).json(&body);
+    if let Some(b) = bearer {
+        request = request.bearer_auth(b);
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    assert!(status < 500 || status == 503, "{status}: {}", String::from_utf8_lossy(&bytes));
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Challenge from `a`, issuance on `b`: a sandbox Persona token.
+async fn issue_token(http: &reqwest::Client, a: &Node, b: &Node, api_key: &str) -> String {
+    let (_, offer) = post(
+        http,
+        format!("{}/api/privacy/v1/relays/challenge", a.base),
+        None,
+        json!({"claimType": CLAIM, "sandbox": true}),
+        &[],
+    )
+    .await;
+    let challenge = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
+    let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
+    let key_id = offer["token-key-id"].as_str().unwrap();
+    let (blinded, state) = persona::begin_issuance(&key, key_id, &challenge, &mut rand::rng()).unwrap();
+    let body = json!({"blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id});
+    let (status, reply) = post(http, format!("{}/api/v1/privacy-passes", b.base), Some(api_key), body, &[]).await;
+    assert_eq!(status, 201, "{reply}");
+    let blind_sig = b64::decode(reply["blind-sig"].as_str().unwrap()).unwrap();
+    persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_share_spends_idempotency_rate_limits_and_keys() {
+    let Some(base_url) = env_url("BLINDPASS_TEST_POSTGRES_URL") else {
+        eprintln!("!! SKIPPED: multi-node tests need BLINDPASS_TEST_POSTGRES_URL");
+        return;
+    };
+    let schema = random_schema_name();
+    create_schema(&base_url, &schema).await.unwrap();
+    let url = url_with_schema(&base_url, &schema);
+    cli(&url, &["migrate"]);
+    let mut extra = vec!["--rate-limit".to_owned(), "12".to_owned()];
+    if let Some(redis) = env_url("BLINDPASS_TEST_REDIS_URL") {
+        extra.extend(["--redis-url".to_owned(), redis, "--redis-key-prefix".to_owned(), schema.clone()]);
+    } else {
+        eprintln!("!! BLINDPASS_TEST_REDIS_URL not set: rate limits counted in PostgreSQL only");
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let a = start(&url, &extra).await;
+    let b = start(&url, &extra).await;
+    let http = reqwest::Client::new();
+    let sandbox_key = cli(&url, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+
+    // 64 concurrent redemptions of one token, spread over both nodes.
+    let token = issue_token(&http, &a, &b, &sandbox_key).await;
+    let (status, relay) = post(
+        &http,
+        format!("{}/api/privacy/v1/relays", a.base),
+        None,
+        json!({"claimType": CLAIM, "encryptionKeyPem": null, "sandbox": true}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (relay_token, relay_secret) =
+        (relay["relay-token"].as_str().unwrap().to_owned(), relay["relay-secret"].as_str().unwrap().to_owned());
+    let bases = [a.base.clone(), b.base.clone()];
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (http, url) =
+                (http.clone(), format!("{}/api/privacy/v1/relays/{relay_token}/generate-claim", bases[i % 2]));
+            let (secret, auth) = (relay_secret.clone(), format!("PrivateToken token={token}"));
+            tokio::spawn(async move {
+                post(&http, url, None, json!({}), &[("persona-relay-secret", &secret), ("authorization", &auth)])
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+
+    // An Idempotency-Key replayed on the other node gets the stored response.
+    let (_, offer) = post(
+        &http,
+        format!("{}/api/privacy/v1/relays/challenge", a.base),
+        None,
+        json!({"claimType": CLAIM, "sandbox": true}),
+        &[],
+    )
+    .await;
+    let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
+    let challenge = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
+    let key_id = offer["token-key-id"].as_str().unwrap().to_owned();
+    let (blinded, _) = persona::begin_issuance(&key, &key_id, &challenge, &mut rand::rng()).unwrap();
+    let body = json!({"blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id});
+    let idem = [("idempotency-key", "cross-node-1")];
+    let first = post(&http, format!("{}/api/v1/privacy-passes", a.base), Some(&sandbox_key), body.clone(), &idem).await;
+    let second = post(&http, format!("{}/api/v1/privacy-passes", b.base), Some(&sandbox_key), body, &idem).await;
+    assert_eq!(first.0, 201);
+    assert_eq!(first, second);
+    let other = json!({"blindedToken": b64::encode_unpadded(&blinded[1..]), "keyId": key_id});
+    let mismatch = post(&http, format!("{}/api/v1/privacy-passes", b.base), Some(&sandbox_key), other, &idem).await;
+    assert_eq!((mismatch.0, mismatch.1["errors"][0]["title"].clone()), (400, json!("Idempotency error")));
+
+    // A key rotated through one node's store is used by both within seconds.
+    cli(&url, &["keys", "rotate", "--env", "sandbox"]);
+    let rotated = cli(&url, &["keys", "list", "--env", "sandbox"]);
+    let new_id =
+        rotated.lines().find(|l| l.contains(" active ")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    assert_ne!(new_id, key_id);
+    for node in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, offer) = post(
+                &http,
+                format!("{}/api/privacy/v1/relays/challenge", node.base),
+                None,
+                json!({"claimType": CLAIM, "sandbox": true}),
+                &[],
+            )
+            .await;
+            if offer["token-key-id"] == json!(new_id) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {} never picked up the rotated key", node.base);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    issue_token(&http, &b, &a, &sandbox_key).await;
+
+    // The rate limit counts both nodes' requests (production: an untouched window).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    if now % 60 > 40 {
+        tokio::time::sleep(Duration::from_secs(61 - now % 60)).await;
+    }
+    let production_key = cli(&url, &["api-keys", "create", "--env", "production"]).lines().last().unwrap().to_owned();
+    let mut statuses = Vec::new();
+    for i in 0..13 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let body = json!({"blindedToken": "AAAA", "keyId": "00".repeat(32)});
+        statuses.push(
+            post(&http, format!("{}/api/v1/privacy-passes", node.base), Some(&production_key), body, &[]).await.0,
+        );
+    }
+    assert_eq!(&statuses[..12], &[404; 12], "{statuses:?}");
+    assert_eq!(statuses[12], 429, "the 13th request over both nodes is over the limit of 12: {statuses:?}");
+
+    drop((a, b));
+    drop_schema(&base_url, &schema).await.unwrap();
+}
+
+/// A TCP forwarder to PostgreSQL that the test can cut and restore.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(tx);
+        let (up2, gen2) = (Arc::clone(&up), Arc::clone(&generation));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = gen2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, up, generation }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
+    let Some(base_url) = env_url("BLINDPASS_TEST_POSTGRES_URL") else {
+        eprintln!("!! SKIPPED: database-failure tests need BLINDPASS_TEST_POSTGRES_URL");
+        return;
+    };
+    let parsed: tokio_postgres::Config = base_url.parse().unwrap();
+    let host = match &parsed.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(format!("{host}:{port}")).await;
+    let user = parsed.get_user().unwrap_or("postgres");
+    let db = parsed.get_dbname().unwrap_or("postgres");
+    let schema = random_schema_name();
+    create_schema(&base_url, &schema).await.unwrap();
+    let direct = url_with_schema(&base_url, &schema);
+    let proxied = url_with_schema(&format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port), &schema);
+    cli(&direct, &["migrate"]);
+    let node = start(&proxied, &["--rate-limit", "0", "--db-timeout-secs", "1", "--db-pool-size", "4"]).await;
+    let helper = start(&direct, &["--rate-limit", "0"]).await;
+    let http = reqwest::Client::new();
+    let api_key = cli(&direct, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let token = issue_token(&http, &helper, &node, &api_key).await;
+    let (_, relay) = post(
+        &http,
+        format!("{}/api/privacy/v1/relays", helper.base),
+        None,
+        json!({"claimType": CLAIM, "encryptionKeyPem": null, "sandbox": true}),
+        &[],
+    )
+    .await;
+    let claim_url =
+        format!("{}/api/privacy/v1/relays/{}/generate-claim", node.base, relay["relay-token"].as_str().unwrap());
+    let headers = [
+        ("persona-relay-secret", relay["relay-secret"].as_str().unwrap()),
+        ("authorization", &format!("PrivateToken token={token}")),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, *v)).collect();
+
+    // Database gone: 503 with Retry-After, nothing spent, no 500.
+    proxy.cut();
+    let mut saw_503 = false;
+    for _ in 0..5 {
+        let r = http
+            .post(&claim_url)
+            .json(&json!({}))
+            .header(headers[0].0, headers[0].1)
+            .header(headers[1].0, headers[1].1)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert_ne!(status, 500);
+        assert_ne!(status, 200, "a token must never be accepted without its spent record");
+        if status == 503 {
+            assert!(r.headers().contains_key("retry-after"));
+            let body: Value = r.json().await.unwrap();
+            assert!(body["errors"][0]["title"].is_string());
+            saw_503 = true;
+        }
+    }
+    assert!(saw_503, "the node reports the lost database as 503");
+    let (status, _) = post(
+        &http,
+        format!("{}/api/v1/privacy-passes", node.base),
+        Some(&api_key),
+        json!({"blindedToken": "AAAA", "keyId": "00".repeat(32)}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 503);
+
+    // Database back: the same node recovers without a restart; the token
+    // was not spent by the failed attempts and is spent exactly once now.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (status, body) = post(&http, claim_url.clone(), None, json!({}), &headers).await;
+        if status != 503 {
+            assert_eq!(body["token-consumed"], true, "{body}");
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node did not recover");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(status, 200);
+    assert_eq!(post(&http, claim_url, None, json!({}), &headers).await.0, 401, "spent once, recorded durably");
+
+    drop((node, helper));
+    drop_schema(&base_url, &schema).await.unwrap();
+}
