@@ -174,6 +174,35 @@ pub async fn authenticate(
     Ok((auth, rate))
 }
 
+/// The shape every API-key endpoint shares: authenticate and count the
+/// request (neither is ever stored for idempotency), then the rate limit,
+/// the permission and the Persona headers, then `work`; the response gets
+/// the environment's headers whatever happened.
+pub async fn with_api_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    permission: blindpass_service::Permission,
+    work: impl AsyncFnOnce(&Authenticated, PersonaHeaders) -> Result<Reply, ApiError>,
+) -> Response {
+    let (auth, rate) = match authenticate(state, headers).await {
+        Ok(ok) => ok,
+        Err(e) => return e.into_response(),
+    };
+    let persona = PersonaHeaders::parse(headers);
+    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
+    let outcome = async {
+        enforce_rate_limit(rate)?;
+        if !auth.can(permission) {
+            return Err(ApiError::forbidden(format!("The API key does not have the {permission} permission.")));
+        }
+        work(&auth, persona?).await
+    }
+    .await;
+    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
+    decorate(&mut response, state, Some(auth.key.environment), rate, version.as_ref());
+    response
+}
+
 /// Refuses a request over its environment's rate limit.
 pub fn enforce_rate_limit(rate: Option<RateLimitStatus>) -> Result<(), ApiError> {
     match rate {

@@ -6,54 +6,27 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use blindpass_protocol::b64;
 use blindpass_protocol::keys::TokenKeyId;
 use blindpass_service::{Authenticated, Permission};
 use serde_json::Value;
 
 use crate::AppState;
-use crate::conventions::{
-    PersonaHeaders, Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, parse_fields,
-    read_json_body, required_str,
-};
+use crate::conventions::{Reply, fingerprint, idempotent, parse_fields, read_json_body, required_str, with_api_key};
 use crate::error::ApiError;
 
 const PATH: &str = "/api/v1/privacy-passes";
 
 pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (auth, rate) = match authenticate(&state, &headers).await {
-        Ok(ok) => ok,
-        Err(e) => return e.into_response(),
-    };
-    let persona = PersonaHeaders::parse(&headers);
-    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
-    let reply = match handle(&state, &auth, &headers, persona, body, rate).await {
-        Ok(reply) => reply,
-        Err(e) => Reply::from(e),
-    };
-    let mut response = reply.into_response();
-    decorate(&mut response, &state, Some(auth.key.environment), rate, version.as_ref());
-    response
-}
-
-async fn handle(
-    state: &AppState,
-    auth: &Authenticated,
-    headers: &HeaderMap,
-    persona: Result<PersonaHeaders, ApiError>,
-    body: Body,
-    rate: Option<blindpass_service::RateLimitStatus>,
-) -> Result<Reply, ApiError> {
-    enforce_rate_limit(rate)?;
-    if !auth.can(Permission::PrivacyPassWrite) {
-        return Err(ApiError::forbidden("The API key does not have the privacy_pass.write permission."));
-    }
-    let persona = persona?;
-    let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
-    let scope = format!("api_key:{}", auth.key.id);
-    let work = issue(state, auth, persona.inflection, &bytes);
-    Ok(idempotent(state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", PATH, &bytes), work).await)
+    with_api_key(&state, &headers, Permission::PrivacyPassWrite, async |auth, persona| {
+        let bytes = read_json_body(&headers, body, state.limits.max_body_bytes).await?;
+        let scope = format!("api_key:{}", auth.key.id);
+        let work = issue(&state, auth, persona.inflection, &bytes);
+        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", PATH, &bytes), work)
+            .await)
+    })
+    .await
 }
 
 async fn issue(

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::conventions::{
-    PersonaHeaders, Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, parse_fields,
-    read_body, read_json_body, required_str,
+    PersonaHeaders, Reply, decorate, fingerprint, idempotent, parse_fields, read_body, read_json_body, required_str,
+    with_api_key,
 };
 use crate::error::ApiError;
 
@@ -135,18 +135,7 @@ pub(crate) async fn result(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (auth, rate) = match authenticate(&state, &headers).await {
-        Ok(ok) => ok,
-        Err(e) => return e.into_response(),
-    };
-    let persona = PersonaHeaders::parse(&headers);
-    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
-    let outcome: Result<Reply, ApiError> = async {
-        enforce_rate_limit(rate)?;
-        if !auth.can(Permission::RelayVerify) {
-            return Err(ApiError::forbidden("The API key does not have the relay.verify permission."));
-        }
-        let persona = persona?;
+    with_api_key(&state, &headers, Permission::RelayVerify, async |auth, persona| {
         let bytes = read_json_body(&headers, body, state.limits.max_body_bytes).await?;
         let scope = format!("api_key:{}", auth.key.id);
         let path = format!("/api/privacy/v1/relays/{relay_token}/result");
@@ -176,11 +165,8 @@ pub(crate) async fn result(
         };
         Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, fingerprint("POST", &path, &bytes), work)
             .await)
-    }
-    .await;
-    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
-    decorate(&mut response, &state, Some(auth.key.environment), rate, version.as_ref());
-    response
+    })
+    .await
 }
 
 /// Validates `methodology`: absent, null, or an array of

@@ -12,10 +12,7 @@ use blindpass_service::{Environment, IssueError, Permission};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::conventions::{
-    PersonaHeaders, Reply, authenticate, decorate, enforce_rate_limit, fingerprint, idempotent, read_body,
-    require_content_type,
-};
+use crate::conventions::{Reply, fingerprint, idempotent, read_body, require_content_type, with_api_key};
 use crate::error::ApiError;
 
 /// Path of the issuance endpoint named in the directory.
@@ -62,18 +59,7 @@ pub(crate) async fn directory(
 
 /// `POST /token-request`: RFC 9578 §6 issuance with a Bearer API key.
 pub(crate) async fn token_request(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (auth, rate) = match authenticate(&state, &headers).await {
-        Ok(ok) => ok,
-        Err(e) => return e.into_response(),
-    };
-    let persona = PersonaHeaders::parse(&headers);
-    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
-    let outcome: Result<Reply, ApiError> = async {
-        enforce_rate_limit(rate)?;
-        if !auth.can(Permission::PrivacyPassWrite) {
-            return Err(ApiError::forbidden("The API key does not have the privacy_pass.write permission."));
-        }
-        let persona = persona?;
+    with_api_key(&state, &headers, Permission::PrivacyPassWrite, async |auth, persona| {
         require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST)?;
         let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
         let scope = format!("api_key:{}", auth.key.id);
@@ -92,19 +78,10 @@ pub(crate) async fn token_request(State(state): State<AppState>, headers: Header
                 })?;
             Ok(Reply::with_type(StatusCode::OK, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE), response.encode()))
         };
-        Ok(idempotent(
-            &state,
-            persona.idempotency_key.as_deref(),
-            &scope,
-            fingerprint("POST", TOKEN_REQUEST_PATH, &bytes),
-            work,
-        )
-        .await)
-    }
-    .await;
-    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
-    decorate(&mut response, &state, Some(auth.key.environment), rate, version.as_ref());
-    response
+        let print = fingerprint("POST", TOKEN_REQUEST_PATH, &bytes);
+        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, print, work).await)
+    })
+    .await
 }
 
 /// The well-known path, for the router.
