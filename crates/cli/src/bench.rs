@@ -16,6 +16,10 @@ use clap::{Args, Subcommand};
 pub(crate) enum BenchCommand {
     /// Single-core BlindSign rate (RSA-2048) vs `openssl speed -seconds N rsa2048`.
     Sign(SignArgs),
+    /// HTTP load on POST /api/v1/privacy-passes, with server CPU, RSS and openssl ratios.
+    Issue(crate::load::LoadArgs),
+    /// HTTP load on generate-claim with fresh valid tokens.
+    Redeem(crate::load::LoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -31,6 +35,8 @@ pub(crate) struct SignArgs {
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Sign(args) => sign(&args),
+        BenchCommand::Issue(args) => crate::load::run(crate::load::Workload::Issue, &args),
+        BenchCommand::Redeem(args) => crate::load::run(crate::load::Workload::Redeem, &args),
     }
 }
 
@@ -55,7 +61,7 @@ fn sign(args: &SignArgs) -> anyhow::Result<()> {
     if args.no_openssl {
         return Ok(());
     }
-    let openssl = openssl_speed(args.seconds)?;
+    let openssl = openssl_speed(args.seconds, None)?;
     println!("openssl speed -seconds {} rsa2048 (1 core):            {openssl:>10.1} signs/s", args.seconds);
     println!("ratio blindpass / openssl:                                {:>10.3}", ours / openssl);
     Ok(())
@@ -89,10 +95,15 @@ fn measure<E: std::error::Error + Send + Sync + 'static>(
     Ok(done as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Runs `openssl speed -seconds N rsa2048` and returns its sign/s.
-fn openssl_speed(seconds: u64) -> anyhow::Result<f64> {
+/// Runs `openssl speed -seconds N [-multi M] rsa2048` and returns its sign/s.
+pub(crate) fn openssl_speed(seconds: u64, multi: Option<u32>) -> anyhow::Result<f64> {
+    let mut args = vec!["speed".to_owned(), "-seconds".to_owned(), seconds.to_string()];
+    if let Some(m) = multi {
+        args.extend(["-multi".to_owned(), m.to_string()]);
+    }
+    args.push("rsa2048".to_owned());
     let output = Command::new("openssl")
-        .args(["speed", "-seconds", &seconds.to_string(), "rsa2048"])
+        .args(&args)
         .output()
         .context("running `openssl speed` (is openssl installed?)")?;
     if !output.status.success() {

@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod config;
+mod load;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -90,6 +90,12 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
             tracing::info!(redis = %redact_url(&redis), "rate-limit counters in Redis");
             Service::with_limiter(store, Arc::new(SystemClock), config.clone(), Arc::new(limiter))
         }
+        // One node on SQLite: counters in memory (exact, no write per request).
+        None if url.starts_with("sqlite:") => {
+            let limiter = Arc::new(blindpass_service::LocalLimiter::new());
+            Service::with_limiter(store, Arc::new(SystemClock), config.clone(), limiter)
+        }
+        // Several nodes without Redis: the database counts.
         None => Service::new(store, Arc::new(SystemClock), config.clone()),
     };
 

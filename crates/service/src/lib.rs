@@ -28,7 +28,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use idempotency::IdempotencyOutcome;
 pub use issuer::{IssueError, RateLimitStatus};
 pub use keyring::{KeyError, LoadedKey};
-pub use limiter::{RateLimiter, RedisLimiter, StoreLimiter};
+pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use relays::{
     ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError, RedeemError, Redemption, RelayError, SESSION_SECS,
 };

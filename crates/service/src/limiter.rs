@@ -84,3 +84,44 @@ impl RateLimiter for RedisLimiter {
         Ok(count)
     }
 }
+
+/// Counters in this process's memory: exact for a single node (the embedded
+/// SQLite deployment), and free of a database write per request.
+#[derive(Debug, Default)]
+pub struct LocalLimiter {
+    windows: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+}
+
+impl LocalLimiter {
+    /// An empty set of counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LocalLimiter {
+    async fn hit(&self, bucket: &str, window_start: i64, _window_secs: i64) -> Result<u64, StoreError> {
+        let mut windows = self.windows.lock().map_err(|_| StoreError::Other("rate limiter lock poisoned".into()))?;
+        let entry = windows.entry(bucket.to_owned()).or_insert((window_start, 0));
+        if entry.0 != window_start {
+            *entry = (window_start, 0);
+        }
+        entry.1 += 1;
+        Ok(entry.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_windows_count_and_reset() {
+        let limiter = LocalLimiter::new();
+        assert_eq!(limiter.hit("env:sandbox", 60, 60).await.unwrap(), 1);
+        assert_eq!(limiter.hit("env:sandbox", 60, 60).await.unwrap(), 2);
+        assert_eq!(limiter.hit("env:production", 60, 60).await.unwrap(), 1);
+        assert_eq!(limiter.hit("env:sandbox", 120, 60).await.unwrap(), 1, "a new window starts at 1");
+    }
+}
