@@ -30,6 +30,10 @@ pub(crate) struct SignArgs {
     /// Skip running `openssl speed` (prints our rate only).
     #[arg(long)]
     no_openssl: bool,
+    /// Also measure the pure-Rust `blind-rsa-signatures` crate (builds
+    /// `bench-peers/` from this source tree with cargo).
+    #[arg(long)]
+    peers: bool,
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -64,7 +68,32 @@ fn sign(args: &SignArgs) -> anyhow::Result<()> {
     let openssl = openssl_speed(args.seconds, None)?;
     println!("openssl speed -seconds {} rsa2048 (1 core):            {openssl:>10.1} signs/s", args.seconds);
     println!("ratio blindpass / openssl:                                {:>10.3}", ours / openssl);
+    if args.peers {
+        let peer = peer_speed(args.seconds)?;
+        println!("blind-rsa-signatures 0.15 BlindSign (1 thread):            {peer:>10.1} signs/s");
+        println!("ratio blind-rsa-signatures / openssl:                     {:>10.3}", peer / openssl);
+        println!("ratio blindpass / blind-rsa-signatures:                   {:>10.3}", ours / peer);
+    }
     Ok(())
+}
+
+/// Runs the peer benchmark in `bench-peers/` (outside the workspace).
+fn peer_speed(seconds: u64) -> anyhow::Result<f64> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-peers/Cargo.toml");
+    let output = Command::new("cargo")
+        .args(["run", "--quiet", "--release", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .args(["--", &seconds.to_string()])
+        .output()
+        .context("running the bench-peers crate with cargo")?;
+    if !output.status.success() {
+        bail!("bench-peers failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("unexpected bench-peers output")
 }
 
 /// Blinded messages for real token requests, so the signer sees real inputs.
@@ -102,10 +131,8 @@ pub(crate) fn openssl_speed(seconds: u64, multi: Option<u32>) -> anyhow::Result<
         args.extend(["-multi".to_owned(), m.to_string()]);
     }
     args.push("rsa2048".to_owned());
-    let output = Command::new("openssl")
-        .args(&args)
-        .output()
-        .context("running `openssl speed` (is openssl installed?)")?;
+    let output =
+        Command::new("openssl").args(&args).output().context("running `openssl speed` (is openssl installed?)")?;
     if !output.status.success() {
         bail!("openssl speed failed: {}", String::from_utf8_lossy(&output.stderr));
     }

@@ -100,7 +100,8 @@ async fn drive(workload: Workload, args: &LoadArgs) -> anyhow::Result<Report> {
     let cpu_before = target.pid.and_then(cpu_seconds);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
-    let per_worker_interval = args.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
+    let per_worker_interval =
+        args.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
     let next_index = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
@@ -130,7 +131,14 @@ async fn drive(workload: Workload, args: &LoadArgs) -> anyhow::Result<Report> {
             (latencies, completed, errors)
         }));
     }
-    let mut report = Report { completed: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new(), cpu_secs: None, peak_rss_kib: None };
+    let mut report = Report {
+        completed: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+        cpu_secs: None,
+        peak_rss_kib: None,
+    };
     for worker in workers {
         let (latencies, completed, errors) = worker.await?;
         report.latencies_us.extend(latencies);
@@ -180,8 +188,14 @@ fn client(http2: bool, concurrency: usize) -> anyhow::Result<reqwest::Client> {
 
 async fn target(args: &LoadArgs) -> anyhow::Result<Target> {
     if let Some(base) = &args.base_url {
-        let api_key = args.api_key.clone().context("--base-url needs --api-key (a sandbox key with privacy_pass.write)")?;
-        return Ok(Target { base: base.trim_end_matches('/').to_owned(), api_key, pid: args.server_pid, _server: None });
+        let api_key =
+            args.api_key.clone().context("--base-url needs --api-key (a sandbox key with privacy_pass.write)")?;
+        return Ok(Target {
+            base: base.trim_end_matches('/').to_owned(),
+            api_key,
+            pid: args.server_pid,
+            _server: None,
+        });
     }
     let dir = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
@@ -192,7 +206,8 @@ async fn target(args: &LoadArgs) -> anyhow::Result<Target> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(&exe)
         .args(&store_args)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "0"])
+        // A limit no run reaches: the rate-limit path is measured, not skipped.
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "1000000000"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -213,7 +228,10 @@ async fn target(args: &LoadArgs) -> anyhow::Result<Target> {
     Ok(Target { base, api_key, pid: Some(pid), _server: Some(server) })
 }
 
-async fn challenge(http: &reqwest::Client, base: &str) -> anyhow::Result<(persona::Challenge, IssuerPublicKey, String)> {
+async fn challenge(
+    http: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<(persona::Challenge, IssuerPublicKey, String)> {
     let offer: Value = http
         .post(format!("{base}/api/privacy/v1/relays/challenge"))
         .json(&json!({"claim-type": "bench", "sandbox": true}))
@@ -227,7 +245,11 @@ async fn challenge(http: &reqwest::Client, base: &str) -> anyhow::Result<(person
     Ok((challenge, key, key_id))
 }
 
-async fn issuance_requests(http: &reqwest::Client, target: &Target, count: usize) -> anyhow::Result<Vec<PreparedRequest>> {
+async fn issuance_requests(
+    http: &reqwest::Client,
+    target: &Target,
+    count: usize,
+) -> anyhow::Result<Vec<PreparedRequest>> {
     let (challenge, key, key_id) = challenge(http, &target.base).await?;
     let mut rng = rand::rng();
     (0..count)
@@ -248,7 +270,11 @@ async fn issuance_requests(http: &reqwest::Client, target: &Target, count: usize
 }
 
 /// Enough fresh, valid tokens for the whole run, issued before it starts.
-async fn redemption_requests(http: &reqwest::Client, target: &Target, args: &LoadArgs) -> anyhow::Result<Vec<PreparedRequest>> {
+async fn redemption_requests(
+    http: &reqwest::Client,
+    target: &Target,
+    args: &LoadArgs,
+) -> anyhow::Result<Vec<PreparedRequest>> {
     let count = (args.rate.unwrap_or(6000.0) * args.seconds as f64).clamp(100.0, 200_000.0) as usize;
     let (challenge, key, key_id) = challenge(http, &target.base).await?;
     let relay: Value = http
@@ -263,9 +289,8 @@ async fn redemption_requests(http: &reqwest::Client, target: &Target, args: &Loa
     eprintln!("issuing {count} tokens for the redemption run…");
     let mut tokens = Vec::with_capacity(count);
     let mut rng = rand::rng();
-    let states: Vec<_> = (0..count)
-        .map(|_| persona::begin_issuance(&key, &key_id, &challenge, &mut rng))
-        .collect::<Result<_, _>>()?;
+    let states: Vec<_> =
+        (0..count).map(|_| persona::begin_issuance(&key, &key_id, &challenge, &mut rng)).collect::<Result<_, _>>()?;
     let (http_ref, key_ref, key_id_ref) = (&http, &key, key_id.as_str());
     for chunk in states.chunks(64) {
         let futures = chunk.iter().map(|(blinded, state)| async move {
@@ -345,7 +370,10 @@ fn clock_ticks() -> f64 {
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -362,10 +390,17 @@ fn print_report(workload: Workload, args: &LoadArgs, r: &Report) -> anyhow::Resu
         Workload::Redeem => "redemptions",
     };
     let rate = r.completed as f64 / r.elapsed.as_secs_f64();
-    println!("workload: {what}, {} connections, {}, {:.1} s", args.concurrency, if args.http2 { "HTTP/2" } else { "HTTP/1.1 keep-alive" }, r.elapsed.as_secs_f64());
+    println!(
+        "workload: {what}, {} connections, {}, {:.1} s",
+        args.concurrency,
+        if args.http2 { "HTTP/2" } else { "HTTP/1.1 keep-alive" },
+        r.elapsed.as_secs_f64()
+    );
     println!("{:<34} {:>12.1}", format!("{what}/s"), rate);
     println!("{:<34} {:>12}", "errors", r.errors);
-    for (name, p) in [("latency p50 (ms)", 0.50), ("latency p90 (ms)", 0.90), ("latency p99 (ms)", 0.99), ("latency max (ms)", 1.0)] {
+    for (name, p) in
+        [("latency p50 (ms)", 0.50), ("latency p90 (ms)", 0.90), ("latency p99 (ms)", 0.99), ("latency max (ms)", 1.0)]
+    {
         println!("{:<34} {:>12.3}", name, percentile(&r.latencies_us, p));
     }
     let cpu_per_request_us = r.cpu_secs.filter(|_| r.completed > 0).map(|c| c / r.completed as f64 * 1e6);
