@@ -239,9 +239,9 @@ async fn challenge(
         .await?
         .json()
         .await?;
-    let challenge = persona::Challenge::decode(offer["challenge"].as_str().context("no challenge")?)?;
-    let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().context("no token-key")?)?)?;
-    let key_id = offer["token-key-id"].as_str().context("no token-key-id")?.to_owned();
+    let challenge = persona::Challenge::decode(field(&offer, "challenge").context("no challenge")?)?;
+    let key = IssuerPublicKey::from_spki_der(&b64::decode(field(&offer, "token-key").context("no token-key")?)?)?;
+    let key_id = field(&offer, "token-key-id").context("no token-key-id")?.to_owned();
     Ok((challenge, key, key_id))
 }
 
@@ -284,8 +284,8 @@ async fn redemption_requests(
         .await?
         .json()
         .await?;
-    let relay_token = relay["relay-token"].as_str().context("no relay-token")?.to_owned();
-    let relay_secret = relay["relay-secret"].as_str().context("no relay-secret")?.to_owned();
+    let relay_token = field(&relay, "relay-token").context("no relay-token")?.to_owned();
+    let relay_secret = field(&relay, "relay-secret").context("no relay-secret")?.to_owned();
     eprintln!("issuing {count} tokens for the redemption run…");
     let mut tokens = Vec::with_capacity(count);
     let mut rng = rand::rng();
@@ -303,7 +303,7 @@ async fn redemption_requests(
                 .await?
                 .json()
                 .await?;
-            let blind_sig = b64::decode(r["blind-sig"].as_str().context("issuance failed")?)?;
+            let blind_sig = b64::decode(field(&r, "blind-sig").context("issuance failed")?)?;
             anyhow::Ok(persona::finalize_issuance(key, state, &blind_sig)?.encode())
         });
         for token in join_all(futures).await {
@@ -424,4 +424,9 @@ fn print_report(workload: Workload, args: &LoadArgs, r: &Report) -> anyhow::Resu
     println!("{:<34} {:>12.3}", "throughput / openssl -multi 2", rate / multi);
     println!("{:<34} {:>12.2}", "p99 / one openssl sign", percentile(&r.latencies_us, 0.99) * 1000.0 / (1e6 / single));
     Ok(())
+}
+
+/// A string member of a JSON object.
+fn field<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
+    value.get(name).and_then(Value::as_str)
 }
