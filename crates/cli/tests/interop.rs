@@ -1,0 +1,169 @@
+//! Interoperability with an independent implementation: Cloudflare's
+//! `@cloudflare/privacypass-ts` (installed from npm into `interop/` by this
+//! test) drives the real binary through the RFC flow, and verifies a token
+//! that blindpass's Rust client made.
+//!
+//! Skips loudly when node/npm are missing or the npm registry is unreachable.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blindpass_protocol::b64;
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::wire::{TokenChallenge, TokenResponse};
+use blindpass_protocol::type2;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
+}
+
+/// `npm ci` in `interop/`, once per test binary; `None` (with a loud
+/// message) when Node.js cannot be set up here.
+fn node_ready() -> Option<PathBuf> {
+    static READY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let dir = interop_dir();
+            let installed = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status();
+            match installed {
+                Ok(s) if s.success() => Some(dir),
+                other => {
+                    eprintln!("!! SKIPPED: could not install @cloudflare/privacypass-ts with npm ({other:?})");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn node(dir: &Path, args: &[&str]) -> Value {
+    let out = Command::new("node").arg("interop.mjs").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "node interop.mjs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn cli(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn start(data_dir: &Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(format!("{}/health", server.base)).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+}
+
+async fn relay(http: &reqwest::Client, server: &Server) -> (String, String) {
+    let relay: Value = http
+        .post(format!("{}/api/privacy/v1/relays", server.base))
+        .json(&json!({"claim-type": "age_over18_verified", "encryption-key-pem": null, "sandbox": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (relay["relay-token"].as_str().unwrap().to_owned(), relay["relay-secret"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn privacypass_ts_issues_verifies_and_redeems_against_blindpass() {
+    let Some(dir) = node_ready() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path()).await;
+    let api_key = cli(data.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let (relay_token, relay_secret) = relay(&reqwest::Client::new(), &server).await;
+
+    let out = node(&dir, &["flow", &server.base, &api_key, &relay_token, &relay_secret]);
+    assert_eq!(out["unauthenticatedStatus"], 401, "{out}");
+    assert_eq!(out["directoryKeyMatchesChallengeKey"], true, "{out}");
+    assert_eq!(out["tokenRequestContentType"], "application/private-token-response");
+    assert_eq!(out["verified"], true, "privacypass-ts's Origin.verify accepts the token blindpass signed");
+    assert_eq!(out["redeemStatus"], 200, "blindpass redeems the token privacypass-ts made: {out}");
+    assert_eq!(out["tokenConsumed"], true);
+    // And our own decoder and verifier agree with the TypeScript token bytes.
+    let token = blindpass_protocol::wire::Token::decode(&hex_decode(out["token"].as_str().unwrap())).unwrap();
+    assert_eq!(token.encode().len(), 354);
+}
+
+#[tokio::test]
+async fn a_token_from_the_rust_client_verifies_in_privacypass_ts() {
+    let Some(dir) = node_ready() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path()).await;
+    let api_key = cli(data.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let http = reqwest::Client::new();
+
+    let directory: Value = http
+        .get(format!("{}/.well-known/private-token-issuer-directory?sandbox=true", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token_key = directory["token-keys"][0]["token-key"].as_str().unwrap().to_owned();
+    let key = IssuerPublicKey::from_rfc9578_spki(&b64::decode(&token_key).unwrap()).unwrap();
+    let challenge = TokenChallenge::new(2, "issuer.example", &[], "origin.example").unwrap();
+    let (request, state) = type2::begin_issuance(&key, &challenge, &mut rand::rng()).unwrap();
+    let response = http
+        .post(format!("{}/token-request", server.base))
+        .bearer_auth(&api_key)
+        .header("content-type", "application/private-token-request")
+        .body(request.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    let token = type2::finalize_issuance(&key, &state, &TokenResponse::decode(&body).unwrap()).unwrap();
+
+    let out = node(&dir, &["verify", &hex_encode(&token.encode()), &token_key]);
+    assert_eq!(out["verified"], true, "{out}");
+    // A flipped bit does not verify there either.
+    let mut forged = token.encode();
+    forged[200] ^= 1;
+    assert_eq!(node(&dir, &["verify", &hex_encode(&forged), &token_key])["verified"], false);
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}

@@ -1,0 +1,91 @@
+// Drives blindpass with Cloudflare's privacypass-ts, an implementation nobody
+// on this project wrote. Modes:
+//
+//   flow BASE API_KEY RELAY_TOKEN RELAY_SECRET
+//     Fetches the sandbox issuer directory, takes the RFC 9577 challenge from
+//     generate-claim's 401, makes a TokenRequest with privacypass-ts, gets it
+//     signed by POST /token-request, finalizes, verifies the token with
+//     privacypass-ts's own Origin.verify, and redeems it at generate-claim.
+//
+//   verify TOKEN_HEX TOKEN_KEY_B64URL
+//     Verifies a Token made by blindpass's Rust client with Origin.verify.
+//
+// Prints one JSON object on stdout.
+import { publicVerif, TOKEN_TYPES, WWWAuthenticateHeader, AuthorizationHeader, Token } from '@cloudflare/privacypass-ts';
+
+const { Client, Origin, BlindRSAMode, convertRSASSAPSSToEnc } = publicVerif;
+
+const hex = (bytes) => Buffer.from(bytes).toString('hex');
+const unhex = (text) => new Uint8Array(Buffer.from(text, 'hex'));
+const b64url = (text) => new Uint8Array(Buffer.from(text.replace(/-/g, '+').replace(/_/g, '/'), 'base64'));
+
+async function importIssuerKey(rfc9578Spki) {
+  // WebCrypto imports only the rsaEncryption SPKI; privacypass-ts converts.
+  const spki = convertRSASSAPSSToEnc(rfc9578Spki);
+  return crypto.subtle.importKey('spki', spki, { name: 'RSA-PSS', hash: 'SHA-384' }, true, ['verify']);
+}
+
+async function flow([base, apiKey, relayToken, relaySecret]) {
+  const directory = await (await fetch(`${base}/.well-known/private-token-issuer-directory?sandbox=true`)).json();
+  const directoryKey = b64url(directory['token-keys'][0]['token-key']);
+
+  const claimUrl = `${base}/api/privacy/v1/relays/${relayToken}/generate-claim`;
+  const unauthenticated = await fetch(claimUrl, {
+    method: 'POST',
+    headers: { 'Persona-Relay-Secret': relaySecret, 'Content-Type': 'application/json' },
+    body: '{}',
+  });
+  const [challengeHeader] = WWWAuthenticateHeader.parse(unauthenticated.headers.get('WWW-Authenticate'));
+
+  const client = new Client(BlindRSAMode.PSS);
+  const request = await client.createTokenRequest(challengeHeader.challenge, challengeHeader.tokenKey);
+  const issued = await fetch(new URL(directory['issuer-request-uri'], base), {
+    method: 'POST',
+    headers: {
+      Authorization: `Bearer ${apiKey}`,
+      'Content-Type': 'application/private-token-request',
+      Accept: 'application/private-token-response',
+    },
+    body: request.serialize(),
+  });
+  if (issued.status !== 200) throw new Error(`token-request: ${issued.status} ${await issued.text()}`);
+  const token = await client.finalize(client.deserializeTokenResponse(new Uint8Array(await issued.arrayBuffer())));
+
+  const origin = new Origin(BlindRSAMode.PSS);
+  const verified = await origin.verify(token, await importIssuerKey(challengeHeader.tokenKey));
+
+  const redeemed = await fetch(claimUrl, {
+    method: 'POST',
+    headers: {
+      'Persona-Relay-Secret': relaySecret,
+      'Content-Type': 'application/json',
+      Authorization: new AuthorizationHeader(token).toString(),
+    },
+    body: '{}',
+  });
+  const claim = await redeemed.json();
+  return {
+    unauthenticatedStatus: unauthenticated.status,
+    directoryKeyMatchesChallengeKey: hex(directoryKey) === hex(challengeHeader.tokenKey),
+    tokenRequestContentType: issued.headers.get('Content-Type'),
+    verified,
+    redeemStatus: redeemed.status,
+    tokenConsumed: claim['token-consumed'],
+    token: hex(token.serialize()),
+  };
+}
+
+async function verify([tokenHex, tokenKeyB64url]) {
+  const token = Token.deserialize(TOKEN_TYPES.BLIND_RSA, unhex(tokenHex));
+  const origin = new Origin(BlindRSAMode.PSS);
+  return { verified: await origin.verify(token, await importIssuerKey(b64url(tokenKeyB64url))) };
+}
+
+const [mode, ...args] = process.argv.slice(2);
+const modes = { flow, verify };
+try {
+  console.log(JSON.stringify(await modes[mode](args)));
+} catch (e) {
+  console.error(e?.stack ?? String(e));
+  process.exit(1);
+}
