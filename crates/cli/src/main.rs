@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod client;
 mod config;
 mod load;
 mod serve;
@@ -33,6 +34,8 @@ enum Command {
     Keys(admin::KeysCommand),
     /// Apply database migrations (the server also applies them at start).
     Migrate,
+    /// A Privacy Pass client: challenge, issue, redeem, or the whole flow.
+    Client(Box<client::ClientArgs>),
     /// Benchmarks, with ratios against `openssl speed` measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::ApiKeys(cmd) => admin::run_api_keys(&cli.store, cmd),
         Command::Keys(cmd) => admin::run_keys(&cli.store, cmd),
         Command::Migrate => admin::migrate(&cli.store),
+        Command::Client(args) => client::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

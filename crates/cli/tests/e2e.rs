@@ -164,3 +164,84 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn client_flow_completes_the_sandbox_relay_flow_and_prints_the_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let key = cli(dir.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let out =
+        Command::new(BIN).args(["client", "--base-url", &server.base, "--api-key", &key, "flow"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("4. claim generated, token consumed: true"), "{stdout}");
+    let claim: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(claim["claim_result"], "passed");
+
+    // Scripts: --json, issue --count N into a file, then redeem one.
+    let tokens_file = dir.path().join("tokens.txt");
+    let out = Command::new(BIN)
+        .args(["client", "--base-url", &server.base, "--api-key", &key, "issue", "--count", "3", "--out"])
+        .arg(&tokens_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tokens = std::fs::read_to_string(&tokens_file).unwrap();
+    assert_eq!(tokens.lines().count(), 3);
+    let relay: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/privacy/v1/relays", server.base))
+        .json(&serde_json::json!({"claim-type": "age_over18_verified", "encryption-key-pem": null, "sandbox": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let redeem = |token: &str| {
+        Command::new(BIN)
+            .args(["client", "--base-url", &server.base, "--json", "redeem", "--relay-token"])
+            .arg(relay["relay-token"].as_str().unwrap())
+            .args(["--relay-secret", relay["relay-secret"].as_str().unwrap(), "--token", token])
+            .output()
+            .unwrap()
+    };
+    let first = tokens.lines().next().unwrap();
+    let out = redeem(first);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["token-consumed"], true);
+    let again = redeem(first);
+    assert!(!again.status.success(), "a spent token is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Privacy Pass token required"));
+}
+
+#[tokio::test]
+async fn rust_client_library_runs_both_dialects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let key = cli(dir.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let client = blindpass_client::Client::new(&server.base).unwrap().with_api_key(&key);
+
+    let offer = client.challenge("age_over18_verified", true).await.unwrap();
+    let token = client.issue(&offer).await.unwrap();
+    let relay = client.create_relay("age_over18_verified", None, true).await.unwrap();
+    let claim = client.generate_claim(&relay, &token.encode()).await.unwrap();
+    assert!(claim.token_consumed);
+
+    let challenge = client.rfc_challenge(&relay).await.unwrap();
+    let rfc_token = client.issue_rfc(&challenge, true).await.unwrap();
+    let claim = client.generate_claim(&relay, &b64::encode_padded(&rfc_token.encode())).await.unwrap();
+    assert!(claim.token_consumed);
+    let again = client.generate_claim(&relay, &b64::encode_padded(&rfc_token.encode())).await.unwrap_err();
+    assert_eq!(again.status(), Some(401));
+    match again {
+        blindpass_client::ClientError::Api { title, request_id, .. } => {
+            assert_eq!(title, "Privacy Pass token required");
+            assert!(request_id.unwrap().starts_with("req_"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without an API key, issuance is refused with the server's error.
+    let anonymous = blindpass_client::Client::new(&server.base).unwrap();
+    assert_eq!(anonymous.issue(&offer).await.unwrap_err().status(), Some(401));
+}

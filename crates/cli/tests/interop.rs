@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use blindpass_protocol::b64;
 use blindpass_protocol::keys::IssuerPublicKey;
-use blindpass_protocol::wire::{TokenChallenge, TokenResponse};
 use blindpass_protocol::type2;
+use blindpass_protocol::wire::{TokenChallenge, TokenResponse};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_blindpass");

@@ -346,11 +346,18 @@ impl Service {
     fn claim_payload(&self, relay: &Relay, passed: bool, methodology_json: &str) -> Result<String, RedeemError> {
         let methodology: serde_json::Value =
             serde_json::from_str(methodology_json).unwrap_or(serde_json::Value::Array(Vec::new()));
-        let claim = serde_json::json!({
-            "claim_type": relay.claim_type,
-            "claim_result": if passed { "passed" } else { "failed" },
-            "methodology": methodology,
-        });
+        /// Persona's claim schema, fields in its documented order.
+        #[derive(serde::Serialize)]
+        struct ClaimJson<'a> {
+            claim_type: &'a str,
+            claim_result: &'a str,
+            methodology: serde_json::Value,
+        }
+        let claim = ClaimJson {
+            claim_type: &relay.claim_type,
+            claim_result: if passed { "passed" } else { "failed" },
+            methodology,
+        };
         let json = serde_json::to_string(&claim).map_err(|e| RedeemError::Internal(e.to_string()))?;
         let Some(der) = &relay.encryption_key_der else { return Ok(json) };
         let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;

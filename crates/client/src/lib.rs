@@ -1,0 +1,429 @@
+//! # blindpass-client
+//!
+//! An async client for blindpass, and for any server that speaks Persona's
+//! Relay API or RFC 9578/9577:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), blindpass_client::ClientError> {
+//! let client = blindpass_client::Client::new("http://127.0.0.1:8080")?.with_api_key("persona_sandbox_…");
+//! let offer = client.challenge("age_over18_verified", true).await?;   // Persona dialect
+//! let token = client.issue(&offer).await?;                             // blind, sign, finalize (verifies)
+//! let relay = client.create_relay("age_over18_verified", None, true).await?;
+//! let claim = client.generate_claim(&relay, &token.encode()).await?;
+//! println!("{} (consumed: {})", claim.claim_payload, claim.token_consumed);
+//! # Ok(()) }
+//! ```
+//!
+//! Errors carry the server's Persona error body. POSTs are retried on 429
+//! and 5xx (and 403 for generate-claim, while a claim is pending) with
+//! exponential backoff that honours `Retry-After`, reusing one
+//! `Idempotency-Key` across the retries of a call.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use blindpass_protocol::auth::{self, PrivateTokenChallenge};
+use blindpass_protocol::directory::IssuerDirectory;
+use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::wire::{MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, Token, TokenResponse};
+use blindpass_protocol::{b64, persona, type2};
+use rand::RngExt;
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+/// A client failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error in Persona's shape.
+    #[error("{status} {title}: {details}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// `errors[0].title`.
+        title: String,
+        /// `errors[0].details`.
+        details: String,
+        /// The `Request-Id` of the failed response.
+        request_id: Option<String>,
+    },
+    /// The request could not be sent or the response not read.
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The server's answer is not what the protocol allows (bad key, a
+    /// signature that does not verify, malformed JSON, …).
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A base URL that cannot be used.
+    #[error("invalid base URL: {0}")]
+    BaseUrl(String),
+}
+
+impl ClientError {
+    fn protocol(e: impl std::fmt::Display) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+
+    /// The HTTP status, for API errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How calls are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff; doubles each retry.
+    pub base_delay: Duration,
+    /// Longest wait, whatever `Retry-After` says.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_retries: 3, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(10) }
+    }
+}
+
+/// A Persona challenge with the issuer key it names.
+#[derive(Debug, Clone)]
+pub struct ChallengeOffer {
+    /// The decoded challenge.
+    pub challenge: persona::Challenge,
+    /// The issuer's public key (from `token-key`).
+    pub key: IssuerPublicKey,
+    /// `token-key-id` as given (hex).
+    pub key_id: String,
+}
+
+/// A relay's credentials.
+#[derive(Clone)]
+pub struct RelayCredentials {
+    /// `relay-token`.
+    pub token: String,
+    /// `relay-secret`.
+    pub secret: Zeroizing<String>,
+    /// `relay-session-access-token`.
+    pub session_access_token: String,
+}
+
+impl std::fmt::Debug for RelayCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayCredentials").field("token", &self.token).finish_non_exhaustive()
+    }
+}
+
+/// generate-claim's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The claim JSON, or base64 RSA-OAEP ciphertext of it.
+    pub claim_payload: String,
+    /// True when the token was spent.
+    pub token_consumed: bool,
+}
+
+/// The client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<Zeroizing<String>>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+struct Response {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BaseUrl(base));
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(Self { http, base, api_key: None, retry: RetryPolicy::default() })
+    }
+
+    /// Uses `api_key` as the Bearer token where one is needed.
+    pub fn with_api_key(mut self, api_key: &str) -> Self {
+        self.api_key = Some(Zeroizing::new(api_key.to_owned()));
+        self
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// `POST /api/privacy/v1/relays/challenge`.
+    pub async fn challenge(&self, claim_type: &str, sandbox: bool) -> Result<ChallengeOffer, ClientError> {
+        let body = json!({ "claim-type": claim_type, "sandbox": sandbox });
+        let r = self.send_json(Method::POST, "/api/privacy/v1/relays/challenge", &body, false, &[]).await?;
+        let v = json_body(&r)?;
+        let challenge = persona::Challenge::decode(str_field(&v, "challenge")?).map_err(ClientError::protocol)?;
+        let der = b64::decode(str_field(&v, "token-key")?).map_err(ClientError::protocol)?;
+        let key = IssuerPublicKey::from_spki_der(&der).map_err(ClientError::protocol)?;
+        let key_id = str_field(&v, "token-key-id")?.to_owned();
+        if key_id.to_ascii_lowercase() != key.persona_key_id().to_hex() {
+            return Err(ClientError::Protocol("token-key-id is not the SHA-256 of token-key".into()));
+        }
+        Ok(ChallengeOffer { challenge, key, key_id })
+    }
+
+    /// Blinds a Persona token for `offer`, has it signed by
+    /// `POST /api/v1/privacy-passes`, and finalizes it (which verifies).
+    pub async fn issue(&self, offer: &ChallengeOffer) -> Result<persona::Token, ClientError> {
+        let (blinded, state) = persona::begin_issuance(&offer.key, &offer.key_id, &offer.challenge, &mut rand::rng())
+            .map_err(ClientError::protocol)?;
+        let body = json!({ "blinded-token": b64::encode_unpadded(&blinded), "key-id": offer.key_id });
+        let r = self.send_json(Method::POST, "/api/v1/privacy-passes", &body, true, &[]).await?;
+        let v = json_body(&r)?;
+        let blind_sig = b64::decode(str_field(&v, "blind-sig")?).map_err(ClientError::protocol)?;
+        persona::finalize_issuance(&offer.key, &state, &blind_sig).map_err(ClientError::protocol)
+    }
+
+    /// `POST /api/privacy/v1/relays`.
+    pub async fn create_relay(
+        &self,
+        claim_type: &str,
+        encryption_key_pem: Option<&str>,
+        sandbox: bool,
+    ) -> Result<RelayCredentials, ClientError> {
+        let body = json!({ "claim-type": claim_type, "encryption-key-pem": encryption_key_pem, "sandbox": sandbox });
+        let r = self.send_json(Method::POST, "/api/privacy/v1/relays", &body, false, &[]).await?;
+        let v = json_body(&r)?;
+        Ok(RelayCredentials {
+            token: str_field(&v, "relay-token")?.to_owned(),
+            secret: Zeroizing::new(str_field(&v, "relay-secret")?.to_owned()),
+            session_access_token: str_field(&v, "relay-session-access-token")?.to_owned(),
+        })
+    }
+
+    /// `POST /api/privacy/v1/relays/{token}/result` (API key with `relay.verify`).
+    pub async fn record_result(&self, relay_token: &str, passed: bool) -> Result<(), ClientError> {
+        let body = json!({ "claim-result": if passed { "passed" } else { "failed" } });
+        self.send_json(Method::POST, &format!("/api/privacy/v1/relays/{relay_token}/result"), &body, true, &[]).await?;
+        Ok(())
+    }
+
+    /// Redeems `token` (the `token` parameter: a Persona token, or base64url of
+    /// an RFC 9577 Token) at `relay`.
+    pub async fn generate_claim(&self, relay: &RelayCredentials, token: &str) -> Result<Claim, ClientError> {
+        let authorization = format!("PrivateToken token={token}");
+        let headers = [("persona-relay-secret", relay.secret.as_str()), ("authorization", authorization.as_str())];
+        let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay.token);
+        let r = self.send_json(Method::POST, &path, &json!({}), false, &headers).await?;
+        let v = json_body(&r)?;
+        Ok(Claim {
+            claim_payload: str_field(&v, "claim-payload")?.to_owned(),
+            token_consumed: v
+                .get("token-consumed")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| missing("token-consumed"))?,
+        })
+    }
+
+    /// The RFC 9577 challenge a relay offers in its 401.
+    pub async fn rfc_challenge(&self, relay: &RelayCredentials) -> Result<PrivateTokenChallenge, ClientError> {
+        let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay.token);
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("persona-relay-secret", relay.secret.as_str())
+            .json(&json!({}));
+        let r = read(request.send().await?).await?;
+        if r.status != StatusCode::UNAUTHORIZED {
+            return Err(api_error(&r));
+        }
+        let header = r.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        auth::parse_www_authenticate(header)
+            .map_err(ClientError::protocol)?
+            .into_iter()
+            .find(|c| c.challenge.token_type == blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA)
+            .ok_or_else(|| ClientError::Protocol("no type 2 PrivateToken challenge in WWW-Authenticate".into()))
+    }
+
+    /// `GET /.well-known/private-token-issuer-directory`.
+    pub async fn directory(&self, sandbox: bool) -> Result<IssuerDirectory, ClientError> {
+        let query = if sandbox { "?sandbox=true" } else { "" };
+        let r = read(
+            self.http
+                .get(format!("{}{}{query}", self.base, blindpass_protocol::directory::WELL_KNOWN_PATH))
+                .send()
+                .await?,
+        )
+        .await?;
+        if !r.status.is_success() {
+            return Err(api_error(&r));
+        }
+        IssuerDirectory::from_json(&r.body).map_err(ClientError::protocol)
+    }
+
+    /// RFC 9578 issuance for `challenge`: a TokenRequest to the directory's
+    /// issuer URI, finalized (verified) into a Token.
+    pub async fn issue_rfc(&self, challenge: &PrivateTokenChallenge, sandbox: bool) -> Result<Token, ClientError> {
+        let der =
+            challenge.token_key.as_deref().ok_or_else(|| ClientError::Protocol("challenge has no token-key".into()))?;
+        let key = IssuerPublicKey::from_rfc9578_spki(der).map_err(ClientError::protocol)?;
+        let directory = self.directory(sandbox).await?;
+        if !directory.token_keys.iter().any(|k| k.decode_type2().is_ok_and(|d| d == key)) {
+            return Err(ClientError::Protocol("the challenge's token-key is not in the issuer directory".into()));
+        }
+        let (request, state) =
+            type2::begin_issuance(&key, &challenge.challenge, &mut rand::rng()).map_err(ClientError::protocol)?;
+        let uri = &directory.issuer_request_uri;
+        let path = if uri.starts_with('/') {
+            uri.clone()
+        } else {
+            return Err(ClientError::Protocol("absolute issuer-request-uri is not supported".into()));
+        };
+        let idempotency_key = uuid_v4();
+        let r = self
+            .with_retries(false, || {
+                let mut request_builder = self
+                    .http
+                    .post(format!("{}{path}", self.base))
+                    .header(header::CONTENT_TYPE, MEDIA_TYPE_TOKEN_REQUEST)
+                    .header(header::ACCEPT, MEDIA_TYPE_TOKEN_RESPONSE)
+                    .header("idempotency-key", &idempotency_key)
+                    .body(request.encode());
+                if let Some(key) = &self.api_key {
+                    request_builder = request_builder.bearer_auth(key.as_str());
+                }
+                request_builder
+            })
+            .await?;
+        let response = TokenResponse::decode(&r.body).map_err(ClientError::protocol)?;
+        type2::finalize_issuance(&key, &state, &response).map_err(ClientError::protocol)
+    }
+
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+        with_api_key: bool,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
+        let idempotency_key = uuid_v4();
+        let retry_forbidden = path.ends_with("/generate-claim");
+        self.with_retries(retry_forbidden, || {
+            let mut request = self.http.request(method.clone(), format!("{}{path}", self.base)).json(body);
+            request = request.header("idempotency-key", &idempotency_key);
+            if with_api_key && let Some(key) = &self.api_key {
+                request = request.bearer_auth(key.as_str());
+            }
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            request
+        })
+        .await
+    }
+
+    /// Sends the request `build` makes, retrying 429/5xx (and 403 when
+    /// `retry_forbidden`) with backoff that honours `Retry-After`.
+    async fn with_retries(
+        &self,
+        retry_forbidden: bool,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Response, ClientError> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = match build().send().await {
+                Ok(r) => read(r).await,
+                Err(e) => Err(ClientError::Http(e)),
+            };
+            let retry_after = match &outcome {
+                Ok(r) if r.status.is_success() => return outcome,
+                Ok(r) => {
+                    let retryable = r.status == StatusCode::TOO_MANY_REQUESTS
+                        || r.status.is_server_error()
+                        || (retry_forbidden && r.status == StatusCode::FORBIDDEN);
+                    if !retryable || attempt >= self.retry.max_retries {
+                        return Err(api_error(r));
+                    }
+                    r.headers
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                }
+                Err(ClientError::Http(e)) if (e.is_connect() || e.is_timeout()) && attempt < self.retry.max_retries => {
+                    None
+                }
+                Err(_) => return outcome,
+            };
+            let backoff = self.retry.base_delay.saturating_mul(2u32.saturating_pow(attempt));
+            tokio::time::sleep(retry_after.unwrap_or(backoff).min(self.retry.max_delay)).await;
+            attempt += 1;
+        }
+    }
+}
+
+async fn read(r: reqwest::Response) -> Result<Response, ClientError> {
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = r.bytes().await?.to_vec();
+    Ok(Response { status, headers, body })
+}
+
+fn api_error(r: &Response) -> ClientError {
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    let first = v.get("errors").and_then(|e| e.get(0));
+    let text = |k: &str| first.and_then(|e| e.get(k)).and_then(Value::as_str).unwrap_or_default().to_owned();
+    ClientError::Api {
+        status: r.status.as_u16(),
+        title: text("title"),
+        details: text("details"),
+        request_id: r.headers.get("request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+    }
+}
+
+fn json_body(r: &Response) -> Result<Value, ClientError> {
+    serde_json::from_slice(&r.body).map_err(ClientError::protocol)
+}
+
+fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ClientError> {
+    v.get(name).and_then(Value::as_str).ok_or_else(|| missing(name))
+}
+
+fn missing(name: &str) -> ClientError {
+    ClientError::Protocol(format!("response has no {name:?}"))
+}
+
+/// A UUIDv4, for `Idempotency-Key`.
+fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        h.get(0..8).unwrap_or_default(),
+        h.get(8..12).unwrap_or_default(),
+        h.get(12..16).unwrap_or_default(),
+        h.get(16..20).unwrap_or_default(),
+        h.get(20..32).unwrap_or_default()
+    )
+}
