@@ -3,75 +3,32 @@
 //! protocol crate, signed over HTTP, finalized and verified.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use common::{BIN, cli, start};
 
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 
-const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
-
-/// The server process; killed if the test fails before stopping it.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn cli(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
-    assert!(out.status.success(), "blindpass {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-async fn start(data_dir: &Path) -> Server {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
-            && r.status().is_success()
-        {
-            return server;
-        }
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn cli_key_then_issue_over_http_then_finalize_and_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path()).await;
+    let store = ["--data-dir", dir.path().to_str().unwrap()];
+    let mut server = start(&store, &[]).await;
 
     // An API key made by the CLI on the store the server is using.
-    let out = cli(dir.path(), &["api-keys", "create", "--env", "sandbox", "--name", "e2e"]);
+    let out = cli(&store, &["api-keys", "create", "--env", "sandbox", "--name", "e2e"]);
     let secret = out.lines().last().unwrap().to_owned();
     assert!(secret.starts_with("persona_sandbox_"), "{out}");
-    let listing = cli(dir.path(), &["api-keys", "list"]);
+    let listing = cli(&store, &["api-keys", "list"]);
     assert!(listing.contains("e2e") && !listing.contains(&secret), "secrets are never listed");
 
     // The sandbox issuer key the server created at start.
-    let keys = cli(dir.path(), &["keys", "list", "--env", "sandbox"]);
+    let keys = cli(&store, &["keys", "list", "--env", "sandbox"]);
     let key_id = keys.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().to_owned();
     let key = sandbox_public_key(dir.path(), &key_id).await;
 
@@ -104,7 +61,7 @@ async fn cli_key_then_issue_over_http_then_finalize_and_verify() {
 
     // Revoking with the CLI takes effect on the running server at once.
     let id = out.lines().next().unwrap().trim_start_matches("id: ").to_owned();
-    cli(dir.path(), &["api-keys", "revoke", &id]);
+    cli(&store, &["api-keys", "revoke", &id]);
     let response = reqwest::Client::new()
         .post(format!("{}/api/v1/privacy-passes", server.base))
         .bearer_auth(&secret)
@@ -168,8 +125,9 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
 #[tokio::test]
 async fn client_flow_completes_the_sandbox_relay_flow_and_prints_the_claim() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path()).await;
-    let key = cli(dir.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let store = ["--data-dir", dir.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let key = cli(&store, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
     let out =
         Command::new(BIN).args(["client", "--base-url", &server.base, "--api-key", &key, "flow"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -218,8 +176,9 @@ async fn client_flow_completes_the_sandbox_relay_flow_and_prints_the_claim() {
 #[tokio::test]
 async fn rust_client_library_runs_both_dialects() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path()).await;
-    let key = cli(dir.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let store = ["--data-dir", dir.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let key = cli(&store, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
     let client = blindpass_client::Client::new(&server.base).unwrap().with_api_key(&key);
 
     let offer = client.challenge("age_over18_verified", true).await.unwrap();

@@ -7,28 +7,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+mod common;
 
 use blindpass_protocol::b64;
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::type2;
 use blindpass_protocol::wire::{TokenChallenge, TokenResponse};
+use common::{Server, api_key, start};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
@@ -62,31 +50,6 @@ fn node(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn cli(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-async fn start(data_dir: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("{}/health", server.base)).await.is_ok_and(|r| r.status().is_success()) {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    server
-}
-
 async fn relay(http: &reqwest::Client, server: &Server) -> (String, String) {
     let relay: Value = http
         .post(format!("{}/api/privacy/v1/relays", server.base))
@@ -104,8 +67,9 @@ async fn relay(http: &reqwest::Client, server: &Server) -> (String, String) {
 async fn privacypass_ts_issues_verifies_and_redeems_against_blindpass() {
     let Some(dir) = node_ready() else { return };
     let data = tempfile::tempdir().unwrap();
-    let server = start(data.path()).await;
-    let api_key = cli(data.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let store = ["--data-dir", data.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let api_key = api_key(&store, "sandbox");
     let (relay_token, relay_secret) = relay(&reqwest::Client::new(), &server).await;
 
     let out = node(&dir, &["flow", &server.base, &api_key, &relay_token, &relay_secret]);
@@ -124,8 +88,9 @@ async fn privacypass_ts_issues_verifies_and_redeems_against_blindpass() {
 async fn a_token_from_the_rust_client_verifies_in_privacypass_ts() {
     let Some(dir) = node_ready() else { return };
     let data = tempfile::tempdir().unwrap();
-    let server = start(data.path()).await;
-    let api_key = cli(data.path(), &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let store = ["--data-dir", data.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let api_key = api_key(&store, "sandbox");
     let http = reqwest::Client::new();
 
     let directory: Value = http

@@ -27,7 +27,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use blindpass_service::{Environment, Service};
-use rand::RngExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
@@ -201,13 +200,5 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
 
 /// `prefix` followed by 24 random alphanumeric characters.
 fn random_id(prefix: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let mut id = String::with_capacity(prefix.len() + 24);
-    id.push_str(prefix);
-    for _ in 0..24 {
-        let i = rng.random_range(0..ALPHABET.len());
-        id.push(char::from(ALPHABET.get(i).copied().unwrap_or(b'A')));
-    }
-    id
+    blindpass_service::random_token(prefix, 24)
 }

@@ -71,6 +71,20 @@ pub(crate) fn random_id(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
+/// `prefix` followed by `len` random characters from `[A-Za-z0-9]`, the
+/// shape of Persona's ids (`req_…`, `relay_…`, `org_…`).
+pub fn random_token(prefix: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(prefix.len() + len);
+    id.push_str(prefix);
+    for _ in 0..len {
+        let i = rng.random_range(0..ALPHABET.len());
+        id.push(char::from(ALPHABET.get(i).copied().unwrap_or(b'A')));
+    }
+    id
+}
+
 /// A UUIDv4 string from 16 random bytes.
 pub(crate) fn uuid_v4() -> String {
     let mut b: [u8; 16] = rand::rng().random();

@@ -21,7 +21,7 @@ mod secrets;
 
 use std::sync::Arc;
 
-pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret};
+pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret, random_token};
 pub use blindpass_store::{ApiKey, Environment, IssuerKey, KeyState, Permission, Store, StoreError};
 pub use blindpass_store::{ClaimResult, Relay};
 pub use clock::{Clock, ManualClock, SystemClock};

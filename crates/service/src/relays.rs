@@ -11,7 +11,6 @@ use blindpass_protocol::rsa::RsaPublicKey;
 use blindpass_protocol::type2;
 use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, Token, TokenChallenge, TokenRequest, TokenResponse};
 use blindpass_protocol::{oaep, time};
-use rand::RngExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -438,12 +437,7 @@ impl Service {
 }
 
 fn relay_token() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let suffix: String = (0..27)
-        .map(|_| char::from(ALPHABET.get(rng.random_range(0..ALPHABET.len())).copied().unwrap_or(b'A')))
-        .collect();
-    format!("relay_{suffix}")
+    crate::api_keys::random_token("relay_", 27)
 }
 
 fn jwt_hs256(key: &[u8], signing_input: &[u8]) -> [u8; 32] {
