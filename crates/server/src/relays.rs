@@ -2,6 +2,7 @@
 //! (verifiers), generate-claim (redemption).
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -131,10 +132,13 @@ pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, bo
 /// with `relay.verify`) records the claim result of a production relay.
 pub(crate) async fn result(
     State(state): State<AppState>,
-    Path(relay_token): Path<String>,
+    relay_token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path(relay_token)) = relay_token else {
+        return ApiError::not_found("No relay matches this token.").into_response();
+    };
     with_api_key(&state, &headers, Permission::RelayVerify, async |auth, persona| {
         let bytes = read_json_body(&headers, body, state.limits.max_body_bytes).await?;
         let scope = format!("api_key:{}", auth.key.id);
@@ -196,10 +200,13 @@ fn methodology(value: Option<&Value>) -> Result<String, ApiError> {
 /// `POST /api/privacy/v1/relays/{relay-token}/generate-claim`.
 pub(crate) async fn generate_claim(
     State(state): State<AppState>,
-    Path(relay_token): Path<String>,
+    relay_token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path(relay_token)) = relay_token else {
+        return ApiError::not_found("No relay matches this token and secret.").into_response();
+    };
     let secret = headers.get("persona-relay-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
     let relay = match state.service.relay_for(&relay_token, secret).await {
         Ok(relay) => relay,

@@ -1,7 +1,7 @@
 //! The RFC 9578 dialect: the issuer directory and `/token-request`.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::directory::WELL_KNOWN_PATH;
@@ -18,20 +18,18 @@ use crate::error::ApiError;
 /// Path of the issuance endpoint named in the directory.
 pub(crate) const TOKEN_REQUEST_PATH: &str = "/token-request";
 
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct DirectoryQuery {
-    #[serde(default)]
-    sandbox: bool,
-}
-
 /// `GET /.well-known/private-token-issuer-directory` (production keys;
 /// `?sandbox=true` for the sandbox environment's).
 pub(crate) async fn directory(
     State(state): State<AppState>,
-    Query(query): Query<DirectoryQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let env = if query.sandbox { Environment::Sandbox } else { Environment::Production };
+    let env = match sandbox_flag(query.as_deref()) {
+        Ok(true) => Environment::Sandbox,
+        Ok(false) => Environment::Production,
+        Err(e) => return e.into_response(),
+    };
     let directory = match state.service.directory(env, TOKEN_REQUEST_PATH).await {
         Ok(d) => d,
         Err(e) => return ApiError::internal(&e).into_response(),
@@ -86,3 +84,17 @@ pub(crate) async fn token_request(State(state): State<AppState>, headers: Header
 
 /// The well-known path, for the router.
 pub(crate) const DIRECTORY_PATH: &str = WELL_KNOWN_PATH;
+
+/// `sandbox=true|false` (default false); anything else is a 400.
+fn sandbox_flag(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut sandbox = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("sandbox", "true" | "1") => sandbox = true,
+            ("sandbox", "false" | "0") => sandbox = false,
+            ("sandbox", _) => return Err(ApiError::bad_request("sandbox must be true or false.")),
+            _ => return Err(ApiError::bad_request("The only query parameter is sandbox.")),
+        }
+    }
+    Ok(sandbox)
+}

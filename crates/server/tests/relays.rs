@@ -388,6 +388,12 @@ async fn directory_lists_type2_keys_with_caching_headers() {
     let r =
         h.call(Method::GET, "/.well-known/private-token-issuer-directory", &[("if-none-match", &etag)], vec![]).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    for bad in ["?sandbox=maybe", "?other=1"] {
+        let r = h.call(Method::GET, &format!("/.well-known/private-token-issuer-directory{bad}"), &[], vec![]).await;
+        assert_eq!((r.status, r.error_title().as_str()), (StatusCode::BAD_REQUEST, "Bad Request"), "{bad}");
+    }
+    let r = h.call(Method::POST, "/api/privacy/v1/relays/%FF/generate-claim", &[], b"{}".to_vec()).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::NOT_FOUND, "Record not found"), "undecodable path");
     let r = h.call(Method::GET, "/.well-known/private-token-issuer-directory?sandbox=true", &[], vec![]).await;
     let sandbox = IssuerDirectory::from_json(&r.body).unwrap();
     assert_eq!(sandbox.preferred_type2_key(T0 as u64).unwrap(), h.key(Environment::Sandbox).await);
