@@ -204,3 +204,36 @@ async fn rust_client_library_runs_both_dialects() {
     let anonymous = blindpass_client::Client::new(&server.base).unwrap();
     assert_eq!(anonymous.issue(&offer).await.unwrap_err().status(), Some(401));
 }
+
+/// `serve` on SQLite counts rate limits in memory: exact for one node.
+#[tokio::test]
+async fn the_single_node_rate_limit_counts_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ["--data-dir", dir.path().to_str().unwrap()];
+    let server = start(&store, &["--rate-limit", "2"]).await;
+    let key = common::api_key(&store, "sandbox");
+    let http = reqwest::Client::new();
+    // Keep the three requests inside one minute window.
+    let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 60;
+    if second >= 55 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{}/api/v1/privacy-passes", server.base))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"blinded-token": "AAAA", "key-id": "00".repeat(32)}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push((
+            r.status().as_u16(),
+            r.headers().get("ratelimit-remaining").map(|v| v.to_str().unwrap().to_owned()),
+        ));
+    }
+    // The first two are counted and end in 404 (unknown key id); the third is over the limit.
+    assert_eq!(statuses[0], (404, Some("1".into())), "{statuses:?}");
+    assert_eq!(statuses[1], (404, Some("0".into())), "{statuses:?}");
+    assert_eq!(statuses[2].0, 429, "{statuses:?}");
+}
