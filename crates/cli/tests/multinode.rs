@@ -327,6 +327,43 @@ async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
     ];
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, *v)).collect();
 
+    // Load runs throughout: 8 clients issuing against the node while the
+    // database goes away and comes back. Every answer must be 201 or 503.
+    let (_, offer) = post(
+        &http,
+        format!("{}/api/privacy/v1/relays/challenge", helper.base),
+        None,
+        json!({"claimType": CLAIM, "sandbox": true}),
+        &[],
+    )
+    .await;
+    let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
+    let challenge = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
+    let key_id = offer["token-key-id"].as_str().unwrap().to_owned();
+    let (blinded, _) = persona::begin_issuance(&key, &key_id, &challenge, &mut rand::rng()).unwrap();
+    let load_body = json!({"blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id});
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, key, body, stop) = (
+                http.clone(),
+                format!("{}/api/v1/privacy-passes", node.base),
+                api_key.clone(),
+                load_body.clone(),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let mut seen = std::collections::BTreeMap::<u16, u32>::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let status = post(&http, url.clone(), Some(&key), body.clone(), &[]).await.0;
+                    *seen.entry(status).or_default() += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     // Database gone: 503 with Retry-After, nothing spent, no 500.
     proxy.cut();
     let mut saw_503 = false;
@@ -375,6 +412,18 @@ async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
     };
     assert_eq!(status, 200);
     assert_eq!(post(&http, claim_url, None, json!({}), &headers).await.0, 401, "spent once, recorded durably");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut seen = std::collections::BTreeMap::<u16, u32>::new();
+    for task in load {
+        for (status, n) in task.await.unwrap() {
+            *seen.entry(status).or_default() += n;
+        }
+    }
+    assert!(seen.keys().all(|s| *s == 201 || *s == 503), "only 201 and 503 under load: {seen:?}");
+    assert!(seen.get(&503).is_some_and(|n| *n > 0), "the outage was seen under load: {seen:?}");
+    assert!(seen.get(&201).is_some_and(|n| *n > 0), "{seen:?}");
 
     drop((node, helper));
     drop_schema(&base_url, &schema).await.unwrap();
