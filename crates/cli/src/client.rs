@@ -17,7 +17,7 @@ pub(crate) struct ClientArgs {
     base_url: String,
     /// API key (needed by `issue` and `flow`).
     #[arg(long, env = "BLINDPASS_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    api_key: Option<crate::config::Secret>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -50,7 +50,7 @@ enum ClientCommand {
         relay_token: String,
         /// The relay secret.
         #[arg(long, env = "BLINDPASS_RELAY_SECRET", hide_env_values = true)]
-        relay_secret: String,
+        relay_secret: crate::config::Secret,
         /// The Privacy Pass token.
         #[arg(long)]
         token: String,
@@ -77,7 +77,7 @@ pub(crate) fn run(args: ClientArgs) -> anyhow::Result<()> {
 async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
     let mut client = Client::new(&args.base_url)?;
     if let Some(key) = &args.api_key {
-        client = client.with_api_key(key);
+        client = client.with_api_key(key.as_str());
     }
     let needs_key = matches!(args.command, ClientCommand::Issue { .. } | ClientCommand::Flow(_));
     if needs_key && args.api_key.is_none() {
@@ -118,7 +118,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
         ClientCommand::Redeem { relay_token, relay_secret, token } => {
             let relay = RelayCredentials {
                 token: relay_token,
-                secret: Zeroizing::new(relay_secret),
+                secret: Zeroizing::new(relay_secret.as_str().to_owned()),
                 session_access_token: String::new(),
             };
             let claim = client.generate_claim(&relay, &token).await?;

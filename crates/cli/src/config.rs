@@ -13,6 +13,31 @@ pub(crate) const DEFAULT_DATA_DIR: &str = "./blindpass-data";
 /// File name of the embedded database inside the data directory.
 pub(crate) const SQLITE_FILE: &str = "blindpass.db";
 
+/// A configuration value that may hold a secret (a password inside a URL, an
+/// API key): usable as a string, `<redacted>` in `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 /// Where the store is; shared by every subcommand so the CLI and a running
 /// server use one store.
 #[derive(Debug, Args)]
@@ -21,8 +46,8 @@ pub(crate) struct StoreArgs {
     #[arg(long, global = true, env = "BLINDPASS_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Database URL (`sqlite://PATH`); overrides --data-dir.
-    #[arg(long, global = true, env = "BLINDPASS_DATABASE_URL")]
-    pub(crate) database_url: Option<String>,
+    #[arg(long, global = true, env = "BLINDPASS_DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<Secret>,
     /// TOML configuration file; every key can also be set by flag or env.
     #[arg(long, global = true, env = "BLINDPASS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
@@ -40,7 +65,7 @@ pub(crate) struct StoreArgs {
 pub(crate) struct FileConfig {
     pub(crate) listen: Option<String>,
     pub(crate) data_dir: Option<PathBuf>,
-    pub(crate) database_url: Option<String>,
+    pub(crate) database_url: Option<Secret>,
     pub(crate) rate_limit: Option<u64>,
     pub(crate) request_timeout_secs: Option<u64>,
     pub(crate) max_body_bytes: Option<usize>,
@@ -51,7 +76,7 @@ pub(crate) struct FileConfig {
     pub(crate) log_format: Option<String>,
     pub(crate) issuer_name: Option<String>,
     pub(crate) key_overlap_secs: Option<i64>,
-    pub(crate) redis_url: Option<String>,
+    pub(crate) redis_url: Option<Secret>,
     pub(crate) redis_key_prefix: Option<String>,
     pub(crate) db_pool_size: Option<usize>,
     pub(crate) db_timeout_secs: Option<u64>,
@@ -69,8 +94,8 @@ impl FileConfig {
 impl StoreArgs {
     /// The database URL: flag/env, then file, then the data directory.
     pub(crate) fn database_url(&self, file: &FileConfig) -> String {
-        if let Some(url) = self.database_url.clone().or_else(|| file.database_url.clone()) {
-            return url;
+        if let Some(url) = self.database_url.as_ref().or(file.database_url.as_ref()) {
+            return url.as_str().to_owned();
         }
         let dir = self.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         format!("sqlite://{}", dir.join(SQLITE_FILE).display())
@@ -130,8 +155,22 @@ mod tests {
             db_timeout_secs: None,
         };
         assert_eq!(args.database_url(&FileConfig::default()), "sqlite:///tmp/d/blindpass.db");
-        let file = FileConfig { database_url: Some("sqlite://f.db".into()), ..FileConfig::default() };
+        let file = FileConfig { database_url: Some(Secret("sqlite://f.db".into())), ..FileConfig::default() };
         assert_eq!(args.database_url(&file), "sqlite://f.db");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let args = StoreArgs {
+            data_dir: None,
+            database_url: Some(Secret("postgres://u:hunter2@h/db".into())),
+            config: None,
+            db_pool_size: None,
+            db_timeout_secs: None,
+        };
+        assert!(!format!("{args:?}").contains("hunter2"));
+        let file: FileConfig = toml::from_str("redis-url = \"redis://:hunter2@h\"").unwrap();
+        assert!(!format!("{file:?}").contains("hunter2"));
     }
 
     #[test]

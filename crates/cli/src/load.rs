@@ -20,14 +20,14 @@ pub(crate) struct LoadArgs {
     #[arg(long)]
     base_url: Option<String>,
     /// API key (sandbox) for --base-url.
-    #[arg(long, env = "BLINDPASS_API_KEY")]
-    api_key: Option<String>,
+    #[arg(long, env = "BLINDPASS_API_KEY", hide_env_values = true)]
+    api_key: Option<crate::config::Secret>,
     /// PID of the --base-url server, to read its CPU time and peak RSS.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Database URL for the server this command starts (default: SQLite in a temp dir).
     #[arg(long)]
-    server_database_url: Option<String>,
+    server_database_url: Option<crate::config::Secret>,
     /// Concurrent connections.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -188,8 +188,11 @@ fn client(http2: bool, concurrency: usize) -> anyhow::Result<reqwest::Client> {
 
 async fn target(args: &LoadArgs) -> anyhow::Result<Target> {
     if let Some(base) = &args.base_url {
-        let api_key =
-            args.api_key.clone().context("--base-url needs --api-key (a sandbox key with privacy_pass.write)")?;
+        let api_key = args
+            .api_key
+            .as_ref()
+            .map(|k| k.as_str().to_owned())
+            .context("--base-url needs --api-key (a sandbox key with privacy_pass.write)")?;
         return Ok(Target {
             base: base.trim_end_matches('/').to_owned(),
             api_key,
@@ -200,7 +203,7 @@ async fn target(args: &LoadArgs) -> anyhow::Result<Target> {
     let dir = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
     let store_args: Vec<String> = match &args.server_database_url {
-        Some(url) => vec!["--database-url".into(), url.clone()],
+        Some(url) => vec!["--database-url".into(), url.as_str().to_owned()],
         None => vec!["--data-dir".into(), dir.path().display().to_string()],
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

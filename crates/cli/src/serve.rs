@@ -44,8 +44,8 @@ pub(crate) struct ServeArgs {
     key_overlap_secs: Option<i64>,
     /// Redis URL for rate-limit counters shared by several nodes
     /// (default: counters in the store).
-    #[arg(long, env = "BLINDPASS_REDIS_URL")]
-    redis_url: Option<String>,
+    #[arg(long, env = "BLINDPASS_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<crate::config::Secret>,
     /// Prefix of the Redis keys (one per deployment sharing a Redis).
     #[arg(long, env = "BLINDPASS_REDIS_KEY_PREFIX")]
     redis_key_prefix: Option<String>,
@@ -80,7 +80,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     };
     let url = store_args.database_url(&file);
     let store = store_args.open(&file).await?;
-    let service = match args.redis_url.clone().or(file.redis_url.clone()) {
+    let service = match args.redis_url.as_ref().or(file.redis_url.as_ref()).map(|s| s.as_str().to_owned()) {
         Some(redis) => {
             let prefix =
                 args.redis_key_prefix.clone().or(file.redis_key_prefix.clone()).unwrap_or_else(|| "blindpass".into());
