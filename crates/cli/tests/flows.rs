@@ -3,58 +3,36 @@
 //! meet on the way, and the 64-way single-spend race across connections.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::wire::TokenResponse;
 use blindpass_protocol::{auth, b64, persona, type2};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
 const CLAIM: &str = "age_over18_verified";
 
+/// The server under test and an HTTP client for it.
 struct Server {
-    child: Child,
+    _node: common::Server,
     base: String,
     http: reqwest::Client,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cli(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN).arg("--data-dir").arg(data_dir).args(args).output().unwrap();
-    assert!(out.status.success(), "blindpass {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+fn store(data_dir: &Path) -> [&str; 2] {
+    ["--data-dir", data_dir.to_str().unwrap()]
 }
 
 fn api_key(data_dir: &Path, env: &str, permission: &str) -> String {
-    cli(data_dir, &["api-keys", "create", "--env", env, "--permission", permission]).lines().last().unwrap().to_owned()
+    let out = common::cli(&store(data_dir), &["api-keys", "create", "--env", env, "--permission", permission]);
+    out.lines().last().unwrap().to_owned()
 }
 
 async fn start(data_dir: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.http.get(format!("{}/health", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    server
+    let node = common::start(&store(data_dir), &["--rate-limit", "0"]).await;
+    Server { base: node.base.clone(), _node: node, http: reqwest::Client::new() }
 }
 
 struct Reply {
