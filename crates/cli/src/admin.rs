@@ -150,7 +150,7 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
                 "rotated {environment}: new key {} ({}, issuing from {})",
                 key.id,
                 key.state.as_str(),
-                Service::format_time(key.not_before)
+                blindpass_protocol::time::format_rfc3339(key.not_before.max(0) as u64)
             );
             Ok(())
         }

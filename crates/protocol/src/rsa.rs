@@ -223,14 +223,6 @@ impl RsaPublicKey {
         let skip = full.len().saturating_sub(self.modulus_len());
         full.get(skip..).map(<[u8]>::to_vec).unwrap_or_default()
     }
-
-    /// `x^e mod n == expected`, for the signer's fault check and for tests.
-    pub fn public_op_matches(&self, x: &[u8], expected: &[u8]) -> bool {
-        match (self.uint_below_modulus(x), self.uint_below_modulus(expected)) {
-            (Some(x), Some(expected)) => self.public_op(&x) == expected,
-            _ => false,
-        }
-    }
 }
 
 /// Which AlgorithmIdentifier an SPKI carried.

@@ -35,11 +35,6 @@ impl ManualClock {
     pub fn advance(&self, secs: i64) {
         self.0.fetch_add(secs, Ordering::SeqCst);
     }
-
-    /// Jumps to `now`.
-    pub fn set(&self, now: i64) {
-        self.0.store(now, Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {

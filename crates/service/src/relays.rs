@@ -6,11 +6,11 @@ use std::sync::Arc;
 use blindpass_protocol::b64;
 use blindpass_protocol::directory::{DirectoryKey, IssuerDirectory};
 use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::oaep;
 use blindpass_protocol::persona::{self, ChallengeFields};
 use blindpass_protocol::rsa::RsaPublicKey;
 use blindpass_protocol::type2;
 use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, Token, TokenChallenge, TokenRequest, TokenResponse};
-use blindpass_protocol::{oaep, time};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -428,11 +428,6 @@ impl Service {
         let response = self.issue(environment, &key.public.token_key_id(), request.blinded_msg.to_vec()).await?;
         let blind_sig: [u8; 256] = response.try_into().map_err(|_| IssueError::Internal("signature length".into()))?;
         Ok(TokenResponse { blind_sig: Box::new(blind_sig) })
-    }
-
-    /// RFC `time` helper for callers that show key times.
-    pub fn format_time(unix: i64) -> String {
-        time::format_rfc3339(unix.max(0) as u64)
     }
 }
 
