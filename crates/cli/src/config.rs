@@ -67,6 +67,7 @@ pub(crate) struct FileConfig {
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) database_url: Option<Secret>,
     pub(crate) rate_limit: Option<u64>,
+    pub(crate) public_rate_limit: Option<u64>,
     pub(crate) request_timeout_secs: Option<u64>,
     pub(crate) max_body_bytes: Option<usize>,
     pub(crate) key_refresh_secs: Option<i64>,

@@ -18,6 +18,10 @@ pub(crate) struct ServeArgs {
     /// Requests per minute per environment (0 turns rate limiting off).
     #[arg(long, env = "BLINDPASS_RATE_LIMIT")]
     rate_limit: Option<u64>,
+    /// Requests per minute per environment on the endpoints without an API
+    /// key (challenge, relay creation); 0 turns it off.
+    #[arg(long, env = "BLINDPASS_PUBLIC_RATE_LIMIT")]
+    public_rate_limit: Option<u64>,
     /// Seconds before a request is answered 503.
     #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
     request_timeout_secs: Option<u64>,
@@ -67,6 +71,10 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let defaults = Config::default();
     let config = Config {
         rate_limit_per_minute: args.rate_limit.or(file.rate_limit).unwrap_or(defaults.rate_limit_per_minute),
+        public_rate_limit_per_minute: args
+            .public_rate_limit
+            .or(file.public_rate_limit)
+            .unwrap_or(defaults.public_rate_limit_per_minute),
         key_refresh_secs: args.key_refresh_secs.or(file.key_refresh_secs).unwrap_or(defaults.key_refresh_secs).max(1),
         idempotency_stale_secs: defaults.idempotency_stale_secs,
         key_overlap_secs: args.key_overlap_secs.or(file.key_overlap_secs).unwrap_or(defaults.key_overlap_secs).max(0),

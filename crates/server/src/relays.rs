@@ -63,68 +63,75 @@ async fn public_json(
     headers: &HeaderMap,
     body: Body,
     allowed: &[&str],
-    work: impl AsyncFnOnce(
-        std::collections::HashMap<String, Value>,
-        PersonaHeaders,
-    ) -> Result<(Environment, Reply), ApiError>,
+    work: impl AsyncFnOnce(std::collections::HashMap<String, Value>, PersonaHeaders, Environment) -> Result<Reply, ApiError>,
 ) -> Response {
     let persona = PersonaHeaders::parse(headers);
     let version = persona.as_ref().ok().and_then(|p| p.version.clone());
+    let mut counted = None;
     let outcome = async {
         let persona = persona?;
         let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
         let fields = parse_fields(&bytes, allowed)?;
-        work(fields, persona).await
+        let env = environment(&fields)?;
+        // No API key to count against: these endpoints have their own
+        // per-environment window (`--public-rate-limit`).
+        let rate = state.service.rate_limit_public(env).await?;
+        counted = Some((env, rate));
+        crate::conventions::enforce_rate_limit(rate)?;
+        work(fields, persona, env).await
     }
     .await;
-    let (environment, reply) = match outcome {
-        Ok((env, reply)) => (Some(env), reply),
-        Err(e) => (None, Reply::from(e)),
-    };
-    let mut response = reply.into_response();
-    decorate(&mut response, state, environment, None, version.as_ref());
+    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
+    let (env, rate) = counted.map_or((None, None), |(e, r)| (Some(e), r));
+    decorate(&mut response, state, env, rate, version.as_ref());
     response
 }
 
 /// `POST /api/privacy/v1/relays/challenge`.
 pub(crate) async fn challenge(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    public_json(&state, &headers, body, &["claim-type", "sandbox"], async |fields, persona| {
+    public_json(&state, &headers, body, &["claim-type", "sandbox"], async |fields, persona, env| {
         let claim = claim_type(&fields)?;
-        let env = environment(&fields)?;
         let offer = state.service.challenge(env, &claim).await?;
         let body = persona.inflection.object(&[
             ("challenge", Value::String(offer.challenge)),
             ("token-key", Value::String(offer.token_key)),
             ("token-key-id", Value::String(offer.token_key_id)),
         ]);
-        Ok((env, Reply::json(StatusCode::OK, body)))
+        Ok(Reply::json(StatusCode::OK, body))
     })
     .await
 }
 
 /// `POST /api/privacy/v1/relays`.
 pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    public_json(&state, &headers, body, &["claim-type", "encryption-key-pem", "sandbox"], async |fields, persona| {
-        let claim = claim_type(&fields)?;
-        let env = environment(&fields)?;
-        let pem = match fields.get("encryption-key-pem") {
-            None => {
-                return Err(ApiError::bad_request(
-                    "Missing required parameter \"encryption-key-pem\" (it may be null).",
-                ));
-            }
-            Some(Value::Null) => None,
-            Some(Value::String(pem)) => Some(pem.as_str()),
-            Some(_) => return Err(ApiError::bad_request("Parameter \"encryption-key-pem\" must be a string or null.")),
-        };
-        let created = state.service.create_relay(env, &claim, pem).await?;
-        let body = persona.inflection.object(&[
-            ("relay-token", Value::String(created.relay.token.clone())),
-            ("relay-secret", Value::String(created.secret.to_string())),
-            ("relay-session-access-token", Value::String(created.session_token.clone())),
-        ]);
-        Ok((env, Reply::json(StatusCode::CREATED, body)))
-    })
+    public_json(
+        &state,
+        &headers,
+        body,
+        &["claim-type", "encryption-key-pem", "sandbox"],
+        async |fields, persona, env| {
+            let claim = claim_type(&fields)?;
+            let pem = match fields.get("encryption-key-pem") {
+                None => {
+                    return Err(ApiError::bad_request(
+                        "Missing required parameter \"encryption-key-pem\" (it may be null).",
+                    ));
+                }
+                Some(Value::Null) => None,
+                Some(Value::String(pem)) => Some(pem.as_str()),
+                Some(_) => {
+                    return Err(ApiError::bad_request("Parameter \"encryption-key-pem\" must be a string or null."));
+                }
+            };
+            let created = state.service.create_relay(env, &claim, pem).await?;
+            let body = persona.inflection.object(&[
+                ("relay-token", Value::String(created.relay.token.clone())),
+                ("relay-secret", Value::String(created.secret.to_string())),
+                ("relay-session-access-token", Value::String(created.session_token.clone())),
+            ]);
+            Ok(Reply::json(StatusCode::CREATED, body))
+        },
+    )
     .await
 }
 

@@ -465,6 +465,33 @@ async fn futures_join<T, F: std::future::Future<Output = T>>(n: usize, f: impl F
     out
 }
 
+#[tokio::test]
+async fn endpoints_without_an_api_key_have_their_own_rate_limit() {
+    let config = blindpass_service::Config {
+        public_rate_limit_per_minute: 2,
+        issuer_name: "issuer.example".into(),
+        ..blindpass_service::Config::default()
+    };
+    let h = harness_from(config, blindpass_server::Limits::default()).await;
+    let challenge = json!({"claim-type": CLAIM, "sandbox": true});
+    assert_eq!(h.public_post("/api/privacy/v1/relays/challenge", challenge.clone()).await.status, StatusCode::OK);
+    let r = h
+        .public_post(
+            "/api/privacy/v1/relays",
+            json!({"claim-type": CLAIM, "encryption-key-pem": null, "sandbox": true}),
+        )
+        .await;
+    assert_eq!((r.status, r.header("ratelimit-remaining")), (StatusCode::CREATED, Some("0")));
+    let r = h.public_post("/api/privacy/v1/relays/challenge", challenge.clone()).await;
+    assert_eq!((r.status, r.error_title().as_str()), (StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded"));
+    assert!(r.header("retry-after").is_some());
+    // Production has its own window; the next minute resets it.
+    let production = json!({"claim-type": CLAIM, "sandbox": false});
+    assert_eq!(h.public_post("/api/privacy/v1/relays/challenge", production).await.status, StatusCode::OK);
+    h.clock.advance(60);
+    assert_eq!(h.public_post("/api/privacy/v1/relays/challenge", challenge).await.status, StatusCode::OK);
+}
+
 /// One harness and relay shared by the property test's cases.
 fn shared() -> &'static (tokio::runtime::Runtime, Harness, (String, String)) {
     static SHARED: std::sync::OnceLock<(tokio::runtime::Runtime, Harness, (String, String))> =

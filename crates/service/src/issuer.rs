@@ -65,13 +65,21 @@ impl Service {
     /// Counts one request against `environment`'s fixed one-minute window.
     /// `None` when rate limiting is off.
     pub async fn rate_limit(&self, environment: Environment) -> Result<Option<RateLimitStatus>, StoreError> {
-        let limit = self.config().rate_limit_per_minute;
+        self.count(format!("env:{}", environment.as_str()), self.config().rate_limit_per_minute).await
+    }
+
+    /// Counts one request to an endpoint that takes no API key (challenge,
+    /// relay creation) against `environment`'s public window.
+    pub async fn rate_limit_public(&self, environment: Environment) -> Result<Option<RateLimitStatus>, StoreError> {
+        self.count(format!("public:{}", environment.as_str()), self.config().public_rate_limit_per_minute).await
+    }
+
+    async fn count(&self, bucket: String, limit: u64) -> Result<Option<RateLimitStatus>, StoreError> {
         if limit == 0 {
             return Ok(None);
         }
         let now = self.now();
         let window_start = now - now.rem_euclid(WINDOW_SECS);
-        let bucket = format!("env:{}", environment.as_str());
         let count = self.inner.limiter.hit(&bucket, window_start, WINDOW_SECS).await?;
         Ok(Some(RateLimitStatus {
             limit,

@@ -38,6 +38,9 @@ pub use relays::{
 pub struct Config {
     /// Requests per minute per environment; 0 disables rate limiting.
     pub rate_limit_per_minute: u64,
+    /// Requests per minute per environment on the endpoints that take no API
+    /// key (challenge, relay creation); 0 disables it.
+    pub public_rate_limit_per_minute: u64,
     /// How often the key ring is re-read from the store, in seconds.
     pub key_refresh_secs: i64,
     /// After how many seconds an unfinished idempotent request's claim is
@@ -53,6 +56,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             rate_limit_per_minute: 300,
+            public_rate_limit_per_minute: 6000,
             key_refresh_secs: 5,
             idempotency_stale_secs: 120,
             key_overlap_secs: 7 * 24 * 3600,

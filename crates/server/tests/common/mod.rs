@@ -61,11 +61,15 @@ pub async fn harness(rate_limit: u64) -> Harness {
 }
 
 pub async fn harness_with(rate_limit: u64, limits: Limits) -> Harness {
+    let config =
+        Config { rate_limit_per_minute: rate_limit, issuer_name: "issuer.example".into(), ..Config::default() };
+    harness_from(config, limits).await
+}
+
+pub async fn harness_from(config: Config, limits: Limits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("db")).await.unwrap());
     let clock = Arc::new(ManualClock::new(T0));
-    let config =
-        Config { rate_limit_per_minute: rate_limit, issuer_name: "issuer.example".into(), ..Config::default() };
     let service = Service::new(store, clock.clone(), config);
     service.ensure_initial_keys().await.unwrap();
     let secret = async |env, perms: Vec<Permission>| service.create_api_key(env, perms, None).await.unwrap();
