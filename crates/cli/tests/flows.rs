@@ -264,3 +264,69 @@ async fn expired_token(data_dir: &Path, server: &Server, api_key: &str) -> Strin
     let blind_sig = b64::decode(r.json()["blind-sig"].as_str().unwrap()).unwrap();
     persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode()
 }
+
+/// The requests exactly as Persona's Go SDK (relay-sdk-go v0.1.0, api.go)
+/// sends them: camelCase bodies, no `sandbox` flag (so production), an
+/// unquoted `PrivateToken token=`, and one Idempotency-Key reused across its
+/// retries of generate-claim, which it retries on 403.
+#[tokio::test]
+async fn go_sdk_shaped_requests_complete_the_production_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let production_key = api_key(dir.path(), "production", "privacy_pass.write");
+    let verifier = api_key(dir.path(), "production", "relay.verify");
+    let post = async |path: &str, body: Value, headers: &[(&str, &str)]| {
+        let mut request = server.http.post(format!("{}{path}", server.base)).header("content-type", "application/json");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        server.send(request.body(serde_json::to_vec(&body).unwrap())).await
+    };
+
+    // createRelay, getChallenge, issuePrivacyPass.
+    let relay = post("/api/privacy/v1/relays", json!({"claimType": CLAIM, "encryptionKeyPem": null}), &[]).await.json();
+    let offer = post("/api/privacy/v1/relays/challenge", json!({"claimType": CLAIM}), &[]).await.json();
+    let challenge = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
+    assert_eq!(challenge.environment, "production", "no sandbox flag means production");
+    let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
+    let key_id = offer["token-key-id"].as_str().unwrap();
+    let (blinded, state) = persona::begin_issuance(&key, key_id, &challenge, &mut rand::rng()).unwrap();
+    let bearer = format!("Bearer {production_key}");
+    let issued = post(
+        "/api/v1/privacy-passes",
+        json!({"blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id}),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(issued.status, 201);
+    let blind_sig = b64::decode(issued.json()["blind-sig"].as_str().unwrap()).unwrap();
+    let token = persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode();
+
+    // redeemRelay: pending (403, retried with the same key), then passed.
+    let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay["relay-token"].as_str().unwrap());
+    let authorization = format!("PrivateToken token={token}");
+    let headers = [
+        ("authorization", authorization.as_str()),
+        ("persona-relay-secret", relay["relay-secret"].as_str().unwrap()),
+        ("idempotency-key", "3b241101-e2bb-4255-8caf-4136c566a962"),
+    ];
+    assert_eq!(post(&path, json!({}), &headers).await.status, 403);
+    let result = server
+        .send(
+            server
+                .http
+                .post(format!(
+                    "{}/api/privacy/v1/relays/{}/result",
+                    server.base,
+                    relay["relay-token"].as_str().unwrap()
+                ))
+                .bearer_auth(&verifier)
+                .json(&json!({"claim-result": "passed"})),
+        )
+        .await;
+    assert_eq!(result.status, 200);
+    let claimed = post(&path, json!({}), &headers).await;
+    assert_eq!((claimed.status, claimed.json()["token-consumed"].clone()), (200, json!(true)));
+    let retried = post(&path, json!({}), &headers).await;
+    assert_eq!((retried.status, retried.body.clone()), (200, claimed.body.clone()), "a retry replays the 200");
+}
