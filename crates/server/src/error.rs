@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use blindpass_service::{AuthError, IssueError, StoreError};
+use blindpass_service::{AuthError, IssueError, RecordError, RelayError, StoreError};
 
 /// An error response in Persona's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +154,31 @@ impl From<IssueError> for ApiError {
             }
             IssueError::Store(s) => s.into(),
             IssueError::Internal(cause) => ApiError::internal(&cause),
+        }
+    }
+}
+
+impl From<RelayError> for ApiError {
+    fn from(e: RelayError) -> Self {
+        match e {
+            RelayError::NotFound => ApiError::not_found("No relay matches this token and secret."),
+            RelayError::BadEncryptionKey => ApiError::unprocessable(
+                "encryption-key-pem must be a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY) of 2048 to 4096 bits.",
+            ),
+            RelayError::NoKey => ApiError::unavailable(),
+            RelayError::Store(s) => s.into(),
+            RelayError::Internal(cause) => ApiError::internal(&cause),
+        }
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::NotFound => ApiError::not_found("No relay with this token in the API key's environment."),
+            RecordError::Sandbox => ApiError::unprocessable("Sandbox relays always pass; they take no result."),
+            RecordError::AlreadyRecorded => ApiError::conflict("A result was already recorded for this relay."),
+            RecordError::Store(s) => s.into(),
         }
     }
 }

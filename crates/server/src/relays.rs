@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::auth;
-use blindpass_service::{Environment, Permission, RecordError, RedeemError, RelayError};
+use blindpass_service::{Environment, Permission, RedeemError};
 use serde_json::Value;
 
 use crate::AppState;
@@ -19,20 +19,6 @@ use crate::error::ApiError;
 
 /// Longest accepted claim type.
 const MAX_CLAIM_TYPE_LEN: usize = 128;
-
-impl From<RelayError> for ApiError {
-    fn from(e: RelayError) -> Self {
-        match e {
-            RelayError::NotFound => ApiError::not_found("No relay matches this token and secret."),
-            RelayError::BadEncryptionKey => ApiError::unprocessable(
-                "encryption-key-pem must be a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY) of 2048 to 4096 bits.",
-            ),
-            RelayError::NoKey => ApiError::unavailable(),
-            RelayError::Store(s) => s.into(),
-            RelayError::Internal(cause) => ApiError::internal(&cause),
-        }
-    }
-}
 
 /// `claim-type`: a non-empty identifier.
 fn claim_type(fields: &std::collections::HashMap<String, Value>) -> Result<String, ApiError> {
@@ -158,16 +144,7 @@ pub(crate) async fn result(
                 _ => return Err(ApiError::bad_request("claim-result must be \"passed\" or \"failed\".")),
             };
             let methodology = methodology(fields.get("methodology"))?;
-            state.service.record_result(auth.key.environment, &relay_token, passed, methodology).await.map_err(
-                |e| match e {
-                    RecordError::NotFound => {
-                        ApiError::not_found("No relay with this token in the API key's environment.")
-                    }
-                    RecordError::Sandbox => ApiError::unprocessable("Sandbox relays always pass; they take no result."),
-                    RecordError::AlreadyRecorded => ApiError::conflict("A result was already recorded for this relay."),
-                    RecordError::Store(s) => s.into(),
-                },
-            )?;
+            state.service.record_result(auth.key.environment, &relay_token, passed, methodology).await?;
             let body = persona.inflection.object(&[
                 ("relay-token", Value::String(relay_token.clone())),
                 ("claim-result", Value::String(if passed { "passed" } else { "failed" }.into())),
