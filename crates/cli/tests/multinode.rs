@@ -7,7 +7,8 @@
 //! it says loudly that it was skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,61 +16,35 @@ use std::time::{Duration, Instant};
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 use blindpass_store::postgres::{create_schema, drop_schema, random_schema_name, url_with_schema};
+use common::Server as Node;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_blindpass");
 const CLAIM: &str = "age_over18_verified";
 
 fn env_url(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// A node on `database_url` that re-reads keys every second.
 async fn start(database_url: &str, extra: &[&str]) -> Node {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args([
-            "--database-url",
-            database_url,
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--key-refresh-secs",
-            "1",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let node = Node { child, base: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reqwest::get(format!("{}/health", node.base)).await.is_ok_and(|r| r.status().is_success()) {
-        assert!(Instant::now() < deadline, "node did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    node
+    let serve_args: Vec<&str> = ["--key-refresh-secs", "1"].into_iter().chain(extra.iter().copied()).collect();
+    common::start(&["--database-url", database_url], &serve_args).await
 }
 
 fn cli(database_url: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN).args(["--database-url", database_url]).args(args).output().unwrap();
-    assert!(out.status.success(), "blindpass {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    common::cli(&["--database-url", database_url], args)
+}
+
+fn api_key(database_url: &str, env: &str) -> String {
+    common::api_key(&["--database-url", database_url], env)
+}
+
+/// A sandbox relay created on `node`, as the JSON the server returned.
+async fn sandbox_relay(http: &reqwest::Client, node: &Node) -> Value {
+    let body = json!({"claimType": CLAIM, "encryptionKeyPem": null, "sandbox": true});
+    let (status, relay) = post(http, format!("{}/api/privacy/v1/relays", node.base), None, body, &[]).await;
+    assert_eq!(status, 201);
+    relay
 }
 
 async fn post(
@@ -134,19 +109,11 @@ async fn two_nodes_share_spends_idempotency_rate_limits_and_keys() {
     let a = start(&url, &extra).await;
     let b = start(&url, &extra).await;
     let http = reqwest::Client::new();
-    let sandbox_key = cli(&url, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let sandbox_key = api_key(&url, "sandbox");
 
     // 64 concurrent redemptions of one token, spread over both nodes.
     let token = issue_token(&http, &a, &b, &sandbox_key).await;
-    let (status, relay) = post(
-        &http,
-        format!("{}/api/privacy/v1/relays", a.base),
-        None,
-        json!({"claimType": CLAIM, "encryptionKeyPem": null, "sandbox": true}),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 201);
+    let relay = sandbox_relay(&http, &a).await;
     let (relay_token, relay_secret) =
         (relay["relay-token"].as_str().unwrap().to_owned(), relay["relay-secret"].as_str().unwrap().to_owned());
     let bases = [a.base.clone(), b.base.clone()];
@@ -223,7 +190,7 @@ async fn two_nodes_share_spends_idempotency_rate_limits_and_keys() {
     if now % 60 > 40 {
         tokio::time::sleep(Duration::from_secs(61 - now % 60)).await;
     }
-    let production_key = cli(&url, &["api-keys", "create", "--env", "production"]).lines().last().unwrap().to_owned();
+    let production_key = api_key(&url, "production");
     let mut statuses = Vec::new();
     for i in 0..13 {
         let node = if i % 2 == 0 { &a } else { &b };
@@ -309,16 +276,9 @@ async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
     let node = start(&proxied, &["--rate-limit", "0", "--db-timeout-secs", "1", "--db-pool-size", "4"]).await;
     let helper = start(&direct, &["--rate-limit", "0"]).await;
     let http = reqwest::Client::new();
-    let api_key = cli(&direct, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    let api_key = api_key(&direct, "sandbox");
     let token = issue_token(&http, &helper, &node, &api_key).await;
-    let (_, relay) = post(
-        &http,
-        format!("{}/api/privacy/v1/relays", helper.base),
-        None,
-        json!({"claimType": CLAIM, "encryptionKeyPem": null, "sandbox": true}),
-        &[],
-    )
-    .await;
+    let relay = sandbox_relay(&http, &helper).await;
     let claim_url =
         format!("{}/api/privacy/v1/relays/{}/generate-claim", node.base, relay["relay-token"].as_str().unwrap());
     let headers = [
