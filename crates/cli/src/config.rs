@@ -81,6 +81,7 @@ pub(crate) struct FileConfig {
     pub(crate) redis_key_prefix: Option<String>,
     pub(crate) db_pool_size: Option<usize>,
     pub(crate) db_timeout_secs: Option<u64>,
+    pub(crate) relay_lifetime_secs: Option<i64>,
 }
 
 impl FileConfig {

@@ -46,6 +46,11 @@ pub(crate) struct ServeArgs {
     /// Seconds a rotated-out key still verifies tokens.
     #[arg(long, env = "BLINDPASS_KEY_OVERLAP_SECS")]
     key_overlap_secs: Option<i64>,
+    /// Seconds a relay lives after its creation (default 86400: a day covers
+    /// a verification flow that pauses overnight; after it the relay answers
+    /// like an unknown one and is pruned).
+    #[arg(long, env = "BLINDPASS_RELAY_LIFETIME_SECS")]
+    relay_lifetime_secs: Option<i64>,
     /// Redis URL for rate-limit counters shared by several nodes
     /// (default: counters in the store).
     #[arg(long, env = "BLINDPASS_REDIS_URL", hide_env_values = true)]
@@ -69,6 +74,7 @@ pub(crate) fn run(store_args: &StoreArgs, args: ServeArgs) -> anyhow::Result<()>
 async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> anyhow::Result<()> {
     let listen = args.listen.or(file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
     let defaults = Config::default();
+    let request_timeout_secs = args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(30).max(1);
     let config = Config {
         rate_limit_per_minute: args.rate_limit.or(file.rate_limit).unwrap_or(defaults.rate_limit_per_minute),
         public_rate_limit_per_minute: args
@@ -76,15 +82,20 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
             .or(file.public_rate_limit)
             .unwrap_or(defaults.public_rate_limit_per_minute),
         key_refresh_secs: args.key_refresh_secs.or(file.key_refresh_secs).unwrap_or(defaults.key_refresh_secs).max(1),
-        idempotency_stale_secs: defaults.idempotency_stale_secs,
+        // Past the request timeout no request is still being answered, so an
+        // unfinished idempotency claim belongs to a request that died.
+        idempotency_stale_secs: i64::try_from(request_timeout_secs).unwrap_or(i64::MAX),
+        relay_lifetime_secs: args
+            .relay_lifetime_secs
+            .or(file.relay_lifetime_secs)
+            .unwrap_or(defaults.relay_lifetime_secs)
+            .max(60),
         key_overlap_secs: args.key_overlap_secs.or(file.key_overlap_secs).unwrap_or(defaults.key_overlap_secs).max(0),
         issuer_name: args.issuer_name.clone().or(file.issuer_name.clone()).unwrap_or_else(|| listen.clone()),
     };
     let limits = Limits {
         max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(Limits::default().max_body_bytes),
-        request_timeout: Duration::from_secs(
-            args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(30).max(1),
-        ),
+        request_timeout: Duration::from_secs(request_timeout_secs),
     };
     let url = store_args.database_url(&file);
     let store = store_args.open(&file).await?;

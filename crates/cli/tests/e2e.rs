@@ -168,9 +168,29 @@ async fn client_flow_completes_the_sandbox_relay_flow_and_prints_the_claim() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["token-consumed"], true);
+    // The same token at the same relay: the same claim (a lost answer can
+    // be retried); at another relay it is refused as spent.
     let again = redeem(first);
-    assert!(!again.status.success(), "a spent token is refused");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("Privacy Pass token required"));
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let retried: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(retried["claim-payload"], reply["claim-payload"]);
+    let other: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/privacy/v1/relays", server.base))
+        .json(&serde_json::json!({"claim-type": "age_over18_verified", "encryption-key-pem": null, "sandbox": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let elsewhere = Command::new(BIN)
+        .args(["client", "--base-url", &server.base, "--json", "redeem", "--relay-token"])
+        .arg(other["relay-token"].as_str().unwrap())
+        .args(["--relay-secret", other["relay-secret"].as_str().unwrap(), "--token", first])
+        .output()
+        .unwrap();
+    assert!(!elsewhere.status.success(), "a spent token is refused at another relay");
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("Privacy Pass token required"));
 }
 
 #[tokio::test]
@@ -191,7 +211,10 @@ async fn rust_client_library_runs_both_dialects() {
     let rfc_token = client.issue_rfc(&challenge, true).await.unwrap();
     let claim = client.generate_claim(&relay, &b64::encode_padded(&rfc_token.encode())).await.unwrap();
     assert!(claim.token_consumed);
-    let again = client.generate_claim(&relay, &b64::encode_padded(&rfc_token.encode())).await.unwrap_err();
+    let retried = client.generate_claim(&relay, &b64::encode_padded(&rfc_token.encode())).await.unwrap();
+    assert_eq!(retried, claim, "a retry at the same relay returns the same claim");
+    let other = client.create_relay("age_over18_verified", None, true).await.unwrap();
+    let again = client.generate_claim(&other, &b64::encode_padded(&rfc_token.encode())).await.unwrap_err();
     assert_eq!(again.status(), Some(401));
     match again {
         blindpass_client::ClientError::Api { title, request_id, .. } => {

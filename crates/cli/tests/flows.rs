@@ -145,7 +145,14 @@ async fn persona_flow_over_http_with_its_rejections() {
     assert_eq!(r.json()["token-consumed"], true);
     let claim: Value = serde_json::from_str(r.json()["claim-payload"].as_str().unwrap()).unwrap();
     assert_eq!(claim["claim_result"], "passed");
-    token_required(&server.claim(&relay, Some(&format!("PrivateToken token={token}"))).await); // reused
+    // Reused: the same relay answers with the same claim (a lost answer can
+    // be retried), any other relay refuses it.
+    let again = server.claim(&relay, Some(&format!("PrivateToken token={token}"))).await;
+    assert_eq!((again.status, again.body.clone()), (200, r.body.clone()));
+    let other = server.relay(true).await;
+    let refused = server.claim(&other, Some(&format!("PrivateToken token={token}"))).await;
+    token_required(&refused);
+    assert!(refused.json()["errors"][0]["details"].as_str().unwrap().contains("already been used"));
 
     // Bad MAC (tampered expiry), wrong environment.
     let mut tampered = persona::Token::decode(&server.persona_token(&sandbox_key, true).await).unwrap().token;
@@ -210,22 +217,37 @@ async fn rfc_flow_over_http_and_a_64_way_race() {
 
     let r = server.claim(&relay, Some(&tokens[0])).await;
     assert_eq!((r.status, r.json()["token-consumed"].clone()), (200, json!(true)));
-    token_required(&server.claim(&relay, Some(&tokens[0])).await);
+    let retried = server.claim(&relay, Some(&tokens[0])).await;
+    assert_eq!((retried.status, retried.body.clone()), (200, r.body.clone()), "a retry gets the same claim");
+    token_required(&server.claim(&server.relay(true).await, Some(&tokens[0])).await);
 
-    // 64 concurrent redemptions of one token: exactly one succeeds.
+    // 64 concurrent redemptions of one token at four relays: one relay
+    // redeems it (its retries see the same claim), the others are refused.
+    let mut relays = vec![relay];
+    for _ in 0..3 {
+        relays.push(server.relay(true).await);
+    }
     let server = std::sync::Arc::new(server);
     let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let (server, relay, auth) = (std::sync::Arc::clone(&server), relay.clone(), tokens[1].clone());
-            tokio::spawn(async move { server.claim(&relay, Some(&auth)).await.status })
+        .map(|i| {
+            let (server, relay, auth) = (std::sync::Arc::clone(&server), relays[i % 4].clone(), tokens[1].clone());
+            tokio::spawn(async move {
+                let r = server.claim(&relay, Some(&auth)).await;
+                (i % 4, r.status, r.body)
+            })
         })
         .collect();
-    let mut statuses = Vec::new();
+    let mut winners = std::collections::HashSet::new();
+    let mut bodies = std::collections::HashSet::new();
     for t in tasks {
-        statuses.push(t.await.unwrap());
+        let (relay, status, body) = t.await.unwrap();
+        assert!(status == 200 || status == 401, "{status}");
+        if status == 200 {
+            winners.insert(relay);
+            bodies.insert(body);
+        }
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+    assert_eq!((winners.len(), bodies.len()), (1, 1), "one relay, one claim");
 }
 
 /// A token whose challenge carries this server's MAC but expired an hour ago.

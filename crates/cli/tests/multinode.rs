@@ -111,30 +111,49 @@ async fn two_nodes_share_spends_idempotency_rate_limits_and_keys() {
     let http = reqwest::Client::new();
     let sandbox_key = api_key(&url, "sandbox");
 
-    // 64 concurrent redemptions of one token, spread over both nodes.
+    // 64 concurrent redemptions of one token at four relays, spread over
+    // both nodes: one relay redeems it (retries there see the same claim),
+    // every other relay refuses it.
     let token = issue_token(&http, &a, &b, &sandbox_key).await;
-    let relay = sandbox_relay(&http, &a).await;
-    let (relay_token, relay_secret) =
-        (relay["relay-token"].as_str().unwrap().to_owned(), relay["relay-secret"].as_str().unwrap().to_owned());
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        let relay = sandbox_relay(&http, &a).await;
+        relays.push((
+            relay["relay-token"].as_str().unwrap().to_owned(),
+            relay["relay-secret"].as_str().unwrap().to_owned(),
+        ));
+    }
     let bases = [a.base.clone(), b.base.clone()];
     let tasks: Vec<_> = (0..64)
         .map(|i| {
+            let (relay_token, relay_secret) = relays[i % 4].clone();
             let (http, url) =
                 (http.clone(), format!("{}/api/privacy/v1/relays/{relay_token}/generate-claim", bases[i % 2]));
-            let (secret, auth) = (relay_secret.clone(), format!("PrivateToken token={token}"));
+            let auth = format!("PrivateToken token={token}");
             tokio::spawn(async move {
-                post(&http, url, None, json!({}), &[("persona-relay-secret", &secret), ("authorization", &auth)])
-                    .await
-                    .0
+                let (status, body) = post(
+                    &http,
+                    url,
+                    None,
+                    json!({}),
+                    &[("persona-relay-secret", &relay_secret), ("authorization", &auth)],
+                )
+                .await;
+                (i % 4, status, body["claim-payload"].clone())
             })
         })
         .collect();
-    let mut statuses = Vec::new();
+    let mut winners = std::collections::HashSet::new();
+    let mut payloads = std::collections::HashSet::new();
     for t in tasks {
-        statuses.push(t.await.unwrap());
+        let (relay, status, payload) = t.await.unwrap();
+        assert!(status == 200 || status == 401, "{status}");
+        if status == 200 {
+            winners.insert(relay);
+            payloads.insert(payload.to_string());
+        }
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+    assert_eq!((winners.len(), payloads.len()), (1, 1), "one relay redeems, with one claim");
 
     // An Idempotency-Key replayed on the other node gets the stored response.
     let (_, offer) = post(
@@ -371,7 +390,14 @@ async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(status, 200);
-    assert_eq!(post(&http, claim_url, None, json!({}), &headers).await.0, 401, "spent once, recorded durably");
+    let (status, again) = post(&http, claim_url, None, json!({}), &headers).await;
+    assert_eq!((status, &again["token-consumed"]), (200, &json!(true)), "a retry at the same relay: the same claim");
+    let other = sandbox_relay(&http, &helper).await;
+    let other_url =
+        format!("{}/api/privacy/v1/relays/{}/generate-claim", node.base, other["relay-token"].as_str().unwrap());
+    let auth = format!("PrivateToken token={token}");
+    let other_headers = [("persona-relay-secret", other["relay-secret"].as_str().unwrap()), ("authorization", &auth)];
+    assert_eq!(post(&http, other_url, None, json!({}), &other_headers).await.0, 401, "spent once, recorded durably");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);

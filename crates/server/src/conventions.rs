@@ -50,6 +50,9 @@ pub struct Reply {
     pub retry_after: Option<u64>,
     /// Other headers (e.g. `WWW-Authenticate`); never stored.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The work already stored this reply as the idempotent response, in
+    /// the transaction of its own write (a redemption's spend).
+    pub already_stored: bool,
 }
 
 impl Reply {
@@ -60,7 +63,7 @@ impl Reply {
 
     /// A reply with another content type.
     pub fn with_type(status: StatusCode, content_type: HeaderValue, body: Vec<u8>) -> Self {
-        Self { status, content_type, body, retry_after: None, headers: Vec::new() }
+        Self { status, content_type, body, retry_after: None, headers: Vec::new(), already_stored: false }
     }
 
     /// Whether idempotency may keep this reply. Replies a retry must not get
@@ -293,8 +296,12 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
 
 /// Runs `work` under an `Idempotency-Key` (if given) in `scope`: the first
 /// reply (errors included, except those [`Reply::storable`] refuses) is stored and
-/// replayed byte for byte; other parameters give 400 `Idempotency error`; a
-/// concurrent duplicate gives 409.
+/// replayed byte for byte with its media type; other parameters give 400
+/// `Idempotency error`; a concurrent duplicate gives 409.
+///
+/// If this future is dropped while `work` runs (the client hung up, or the
+/// request timed out), the claim is released at once so that a retry can
+/// run; a claim whose process died is taken over after the request timeout.
 pub async fn idempotent<F>(state: &AppState, key: Option<&str>, scope: &str, fingerprint: [u8; 32], work: F) -> Reply
 where
     F: std::future::Future<Output = Result<Reply, ApiError>>,
@@ -305,7 +312,9 @@ where
     match state.service.idempotency_begin(scope, key, &fingerprint, IDEMPOTENCY_TTL_SECS).await {
         Err(e) => Reply::from(ApiError::from(e)),
         Ok(IdempotencyOutcome::Replay(stored)) => {
-            Reply::json(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), stored.body)
+            let content_type = HeaderValue::from_str(&stored.content_type).unwrap_or(HeaderValue::from_static(JSON));
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Reply::with_type(status, content_type, stored.body)
         }
         Ok(IdempotencyOutcome::Mismatch) => Reply::from(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -314,12 +323,20 @@ where
                 "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
             ),
         )),
-        Ok(IdempotencyOutcome::InFlight) => Reply::from(ApiError::conflict(
-            "A request with this Idempotency-Key is still being processed. Retry after it completes.",
-        )),
+        Ok(IdempotencyOutcome::InFlight) => {
+            let mut e = ApiError::conflict(
+                "A request with this Idempotency-Key is still being processed. Retry after it completes.",
+            );
+            e.retry_after = Some(1);
+            Reply::from(e)
+        }
         Ok(IdempotencyOutcome::Run) => {
+            let mut claim = ClaimGuard { state: Some(state.clone()), scope: scope.to_owned(), key: key.to_owned() };
             let reply = work.await.unwrap_or_else(Reply::from);
-            let stored = if reply.storable() {
+            claim.state = None;
+            let stored = if reply.already_stored {
+                Ok(())
+            } else if reply.storable() {
                 let content_type = reply.content_type.to_str().unwrap_or(JSON);
                 state.service.idempotency_complete(scope, key, reply.status.as_u16(), content_type, &reply.body).await
             } else {
@@ -330,6 +347,26 @@ where
                 Err(e) => Reply::from(ApiError::from(e)),
             }
         }
+    }
+}
+
+/// Releases an idempotency claim whose work was cancelled.
+struct ClaimGuard {
+    state: Option<AppState>,
+    scope: String,
+    key: String,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (scope, key) = (std::mem::take(&mut self.scope), std::mem::take(&mut self.key));
+        runtime.spawn(async move {
+            if let Err(e) = state.service.idempotency_abandon(&scope, &key).await {
+                tracing::warn!(error = %e, "could not release an abandoned idempotency claim");
+            }
+        });
     }
 }
 

@@ -139,7 +139,13 @@ pub async fn serve(
         loop {
             tick.tick().await;
             match service.prune(conventions::IDEMPOTENCY_TTL_SECS).await {
-                Ok((records, windows)) => tracing::debug!(records, windows, "pruned expired records"),
+                Ok(p) => tracing::debug!(
+                    idempotency = p.idempotency,
+                    windows = p.windows,
+                    relays = p.relays,
+                    spent_tokens = p.spent_tokens,
+                    "pruned expired records"
+                ),
                 Err(e) => tracing::warn!(error = %e, "pruning failed"),
             }
         }
@@ -174,12 +180,13 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
             Ok(response) => response,
             Err(_) => {
                 tracing::warn!("request timed out");
-                ApiError::new(
+                let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Request timeout",
                     "The request took too long. Please retry.",
-                )
-                .into_response()
+                );
+                e.retry_after = Some(1);
+                e.into_response()
             }
         }
     }

@@ -7,15 +7,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::auth;
-use blindpass_service::{Environment, Permission, RedeemError};
+use blindpass_service::{Environment, IdempotencyCompletion, Permission, RedeemError, Redemption, StoredResponse};
 use serde_json::Value;
 
 use crate::AppState;
 use crate::conventions::{
-    PersonaHeaders, Reply, decorate, fingerprint, idempotent, parse_fields, read_body, read_json_body, required_str,
-    with_api_key,
+    JSON, PersonaHeaders, Reply, decorate, fingerprint, idempotent, parse_fields, read_body, read_json_body,
+    required_str, with_api_key,
 };
 use crate::error::ApiError;
+use crate::inflection::Inflection;
 
 /// Longest accepted claim type.
 const MAX_CLAIM_TYPE_LEN: usize = 128;
@@ -215,34 +216,63 @@ pub(crate) async fn generate_claim(
             &format!("/api/privacy/v1/relays/{}/generate-claim", relay.token),
             &[bytes.as_ref(), token.as_bytes()].concat(),
         );
-        let work = async {
-            match state.service.redeem(&relay, &token).await {
-                Ok(redemption) => Ok(Reply::json(
-                    StatusCode::OK,
-                    persona.inflection.object(&[
-                        ("claim-payload", Value::String(redemption.claim_payload)),
-                        ("token-consumed", Value::Bool(redemption.token_consumed)),
-                    ]),
-                )),
-                Err(RedeemError::InvalidToken(why)) => Ok(token_required(&state, &relay, why).await),
-                Err(RedeemError::Pending) => {
-                    let mut e = ApiError::forbidden("The claim result is not available yet. Retry later.");
-                    e.retry_after = Some(5);
-                    Err(e)
+        // A redemption is one unit: it runs in its own task, so neither the
+        // request timeout nor a client hanging up can cut it between its
+        // commit and its answer. A client that lost the answer retries and
+        // gets the same claim back.
+        let inflection = persona.inflection;
+        let idempotency_key = persona.idempotency_key;
+        let task_state = state.clone();
+        let task_relay = relay.clone();
+        let task = tokio::spawn(async move {
+            let (state, relay) = (task_state, task_relay);
+            let work = async {
+                let respond = |r: &Redemption| {
+                    idempotency_key.as_ref().map(|key| IdempotencyCompletion {
+                        scope: scope.clone(),
+                        key: key.clone(),
+                        response: StoredResponse {
+                            status: StatusCode::OK.as_u16(),
+                            content_type: JSON.to_owned(),
+                            body: claim_body(inflection, r),
+                        },
+                    })
+                };
+                match state.service.redeem(&relay, &token, respond).await {
+                    Ok(redemption) => {
+                        let mut reply = Reply::json(StatusCode::OK, claim_body(inflection, &redemption));
+                        reply.already_stored = redemption.response_stored;
+                        Ok(reply)
+                    }
+                    Err(RedeemError::InvalidToken(why)) => Ok(token_required(&state, &relay, why).await),
+                    Err(RedeemError::Pending) => {
+                        let mut e = ApiError::forbidden("The claim result is not available yet. Retry later.");
+                        e.retry_after = Some(5);
+                        Err(e)
+                    }
+                    Err(RedeemError::PayloadTooLarge) => Err(ApiError::unprocessable(
+                        "The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.",
+                    )),
+                    Err(RedeemError::Store(s)) => Err(s.into()),
+                    Err(RedeemError::Internal(cause)) => Err(ApiError::internal(&cause)),
                 }
-                Err(RedeemError::PayloadTooLarge) => Err(ApiError::unprocessable(
-                    "The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.",
-                )),
-                Err(RedeemError::Store(s)) => Err(s.into()),
-                Err(RedeemError::Internal(cause)) => Err(ApiError::internal(&cause)),
-            }
-        };
-        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, print, work).await)
+            };
+            idempotent(&state, idempotency_key.as_deref(), &scope, print, work).await
+        });
+        task.await.map_err(|e| ApiError::internal(&e))
     }
     .await;
     let mut response = outcome.unwrap_or_else(Reply::from).into_response();
     decorate(&mut response, &state, Some(relay.environment), None, version.as_ref());
     response
+}
+
+/// The 200 body of a redemption.
+fn claim_body(inflection: Inflection, redemption: &Redemption) -> Vec<u8> {
+    inflection.object(&[
+        ("claim-payload", Value::String(redemption.claim_payload.clone())),
+        ("token-consumed", Value::Bool(redemption.token_consumed)),
+    ])
 }
 
 /// The `token` of `Authorization: PrivateToken token=…`, if present.

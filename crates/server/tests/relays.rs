@@ -173,12 +173,15 @@ async fn persona_flow_sandbox_claim_spends_the_token_once() {
     let payload: Value = serde_json::from_str(r.json()["claim-payload"].as_str().unwrap()).unwrap();
     assert_eq!(payload, json!({"claim_type": CLAIM, "claim_result": "passed", "methodology": []}));
 
-    // Spent: any relay refuses it now.
+    // Spent. The same relay (with its secret) answers a retry with the same
+    // claim, for a client that lost the first answer; any other relay
+    // refuses it as already used.
     let again = h.claim(&relay, Some(&token), &[]).await;
-    assert_token_required(&again);
-    assert!(again.json()["errors"][0]["details"].as_str().unwrap().contains("already been used"));
+    assert_eq!((again.status, again.body.clone()), (StatusCode::OK, r.body.clone()), "retry at the same relay");
     let other = h.relay(Environment::Sandbox, CLAIM, None).await;
-    assert_token_required(&h.claim(&other, Some(&token), &[]).await);
+    let refused = h.claim(&other, Some(&token), &[]).await;
+    assert_token_required(&refused);
+    assert!(refused.json()["errors"][0]["details"].as_str().unwrap().contains("already been used"));
 }
 
 #[tokio::test]
@@ -247,8 +250,16 @@ async fn production_claims_wait_for_the_verifier_and_failed_claims_spend_nothing
     // A retried redemption with the same key replays its 200.
     let replay = h.claim(&pending, Some(&token), &[("idempotency-key", "retry-me")]).await;
     assert_eq!((replay.status, replay.body.clone()), (StatusCode::OK, r.body.clone()));
-    // Without the key, the spent token is refused.
-    assert_token_required(&h.claim(&pending, Some(&token), &[]).await);
+    // Without the key, the same relay returns the same claim; another relay
+    // refuses the spent token.
+    let retried = h.claim(&pending, Some(&token), &[]).await;
+    assert_eq!(
+        (retried.status, retried.json()["claim-payload"].clone()),
+        (StatusCode::OK, r.json()["claim-payload"].clone())
+    );
+    let other = h.relay(Environment::Production, CLAIM, None).await;
+    assert_eq!(h.record(&other.0, "passed").await.status, StatusCode::OK);
+    assert_token_required(&h.claim(&other, Some(&token), &[]).await);
 }
 
 #[tokio::test]
@@ -330,7 +341,10 @@ async fn rfc_flow_401_challenge_then_token_request_then_redeem() {
     let redeemed = h.claim(&relay, Some(&format!("\"{token_param}\"")), &[]).await;
     assert_eq!(redeemed.status, StatusCode::OK, "{}", String::from_utf8_lossy(&redeemed.body));
     assert_eq!(redeemed.json()["token-consumed"], true);
-    assert_token_required(&h.claim(&relay, Some(&token_param), &[]).await);
+    let retried = h.claim(&relay, Some(&token_param), &[]).await;
+    assert_eq!((retried.status, retried.body.clone()), (StatusCode::OK, redeemed.body.clone()));
+    let other = h.relay(Environment::Sandbox, CLAIM, None).await;
+    assert_token_required(&h.claim(&other, Some(&token_param), &[]).await);
 
     // A token for a challenge this server never issued.
     let foreign = blindpass_protocol::wire::TokenChallenge::new(2, "issuer.example", &[1; 32], "").unwrap();
@@ -442,19 +456,26 @@ async fn sixty_four_concurrent_redemptions_of_one_token_succeed_once() {
             tokio::spawn(async move { h.claim(&relay, Some(&token), &[]).await })
         })
         .collect();
-    let mut consumed = 0;
-    for t in tasks {
+    let mut winners = std::collections::HashSet::new();
+    let mut payloads = std::collections::HashSet::new();
+    for (i, t) in tasks.into_iter().enumerate() {
         let r = t.await.unwrap();
         match r.status {
             StatusCode::OK => {
                 assert_eq!(r.json()["token-consumed"], true);
-                consumed += 1;
+                winners.insert(i % relays.len());
+                payloads.insert(r.json()["claim-payload"].as_str().unwrap().to_owned());
             }
-            StatusCode::UNAUTHORIZED => {}
+            StatusCode::UNAUTHORIZED => {
+                assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("already been used"));
+            }
             other => panic!("unexpected {other}"),
         }
     }
-    assert_eq!(consumed, 1, "exactly one of 64 concurrent redemptions succeeds");
+    // One relay spent it; retries at that relay see the same claim, every
+    // other relay was refused.
+    assert_eq!(winners.len(), 1, "exactly one relay of four redeems the token");
+    assert_eq!(payloads.len(), 1, "one claim");
 }
 
 async fn futures_join<T, F: std::future::Future<Output = T>>(n: usize, f: impl Fn(usize) -> F) -> Vec<T> {
@@ -531,4 +552,42 @@ proptest::proptest! {
         });
         proptest::prop_assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&r.body));
     }
+}
+
+#[tokio::test]
+async fn an_expired_relay_answers_like_an_unknown_one_and_is_pruned() {
+    let h = harness(300).await;
+    let relay = h.relay(Environment::Sandbox, CLAIM, None).await;
+    let token = h.persona_token(Environment::Sandbox, CLAIM).await;
+    let lifetime = blindpass_service::Config::default().relay_lifetime_secs;
+    h.clock.advance(lifetime - 1);
+    assert_ne!(h.claim(&relay, None, &[]).await.status, StatusCode::NOT_FOUND, "alive until its lifetime ends");
+    h.clock.advance(1);
+    let gone = h.claim(&relay, Some(&token), &[]).await;
+    let unknown = h.claim(&("relay_unknown".to_owned(), relay.1.clone()), Some(&token), &[]).await;
+    assert_eq!((gone.status, gone.body.clone()), (unknown.status, unknown.body.clone()), "expired = unknown");
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let pruned = h.service.prune(24 * 3600).await.unwrap();
+    assert_eq!(pruned.relays, 1);
+    assert!(h.service.store().relay_by_token(&relay.0).await.unwrap().is_none(), "gone from the store");
+}
+
+#[tokio::test]
+async fn a_replayed_token_request_keeps_its_media_type() {
+    let h = harness(300).await;
+    let relay = h.relay(Environment::Sandbox, CLAIM, None).await;
+    let offered = assert_token_required(&h.claim(&relay, None, &[]).await);
+    let key = IssuerPublicKey::from_rfc9578_spki(offered.token_key.as_ref().unwrap()).unwrap();
+    let (request, _) = type2::begin_issuance(&key, &offered.challenge, &mut rand::rng()).unwrap();
+    let auth_header = format!("Bearer {}", h.sandbox_key);
+    let headers = [
+        ("authorization", auth_header.as_str()),
+        ("content-type", "application/private-token-request"),
+        ("idempotency-key", "replay-media-type"),
+    ];
+    let first = h.call(Method::POST, "/token-request", &headers, request.encode()).await;
+    let replay = h.call(Method::POST, "/token-request", &headers, request.encode()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!((replay.status, &replay.body), (first.status, &first.body));
+    assert_eq!(replay.header("content-type"), Some("application/private-token-response"));
 }

@@ -23,14 +23,16 @@ use std::sync::Arc;
 
 pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret, random_token};
 pub use blindpass_store::{ApiKey, Environment, IssuerKey, KeyState, Permission, Store, StoreError};
-pub use blindpass_store::{ClaimResult, Relay};
+pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcome, StoredResponse};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use idempotency::IdempotencyOutcome;
+pub use idempotency::CLOCK_SKEW_MARGIN_SECS;
+pub use idempotency::{IdempotencyOutcome, Pruned};
 pub use issuer::{IssueError, RateLimitStatus};
 pub use keyring::{KeyError, LoadedKey};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use relays::{
-    ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError, RedeemError, Redemption, RelayError, SESSION_SECS,
+    CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError,
+    RedeemError, Redemption, RelayError, SESSION_SECS,
 };
 
 /// Tunables of the service layer.
@@ -44,8 +46,11 @@ pub struct Config {
     /// How often the key ring is re-read from the store, in seconds.
     pub key_refresh_secs: i64,
     /// After how many seconds an unfinished idempotent request's claim is
-    /// considered abandoned (its process died) and may be taken over.
+    /// considered abandoned (its process died) and may be taken over: the
+    /// request timeout, past which no request is still being answered.
     pub idempotency_stale_secs: i64,
+    /// How long a relay lives after its creation.
+    pub relay_lifetime_secs: i64,
     /// How long a rotated-out (verify-only) key still verifies tokens.
     pub key_overlap_secs: i64,
     /// The issuer name put in challenges (Persona JSON and RFC 9577).
@@ -58,7 +63,8 @@ impl Default for Config {
             rate_limit_per_minute: 300,
             public_rate_limit_per_minute: 6000,
             key_refresh_secs: 5,
-            idempotency_stale_secs: 120,
+            idempotency_stale_secs: 30,
+            relay_lifetime_secs: 24 * 3600,
             key_overlap_secs: 7 * 24 * 3600,
             issuer_name: "localhost".into(),
         }

@@ -16,15 +16,22 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::secrets::hmac;
-use crate::{ClaimResult, Environment, IssueError, KeyError, KeyState, LoadedKey, Relay, Service, StoreError};
+use crate::{
+    ClaimResult, Environment, IdempotencyCompletion, IssueError, KeyError, KeyState, LoadedKey, Relay, Service,
+    SpendOutcome, StoreError,
+};
 
 /// Persona's `origin_info` for relay challenges.
 pub const PERSONA_ORIGIN_INFO: &str = "/api/privacy/v1/relays";
 /// Lifetime of a relay session access token.
 pub const SESSION_SECS: i64 = 30 * 60;
 /// RFC challenges rotate their redemption context every hour; the current
-/// and the previous hour's challenges are accepted.
-const CONTEXT_WINDOW_SECS: i64 = 3600;
+/// and the previous hour's challenges are accepted, so a token answering
+/// window `w` is accepted until `(w + 2) * CONTEXT_WINDOW_SECS`.
+pub const CONTEXT_WINDOW_SECS: i64 = 3600;
+/// Persona challenges are valid for at least this long, and expire on the
+/// next full hour after it (so at most two hours).
+pub const CHALLENGE_VALIDITY_SECS: u64 = 3600;
 
 /// What the challenge endpoint returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +143,17 @@ pub struct Redemption {
     pub claim_payload: String,
     /// True when the claim passed and the token is now spent.
     pub token_consumed: bool,
+    /// True when the idempotent response built by the caller's `respond`
+    /// was stored in the spend's own transaction.
+    pub response_stored: bool,
+}
+
+/// A verified token: who signed it, its double-spend key, and the last
+/// moment any node could accept it.
+struct Verified {
+    key: Arc<LoadedKey>,
+    nonce: Vec<u8>,
+    expires_at: i64,
 }
 
 impl Service {
@@ -149,7 +167,7 @@ impl Service {
             &ChallengeFields {
                 issuer_name: &self.config().issuer_name,
                 origin_info: PERSONA_ORIGIN_INFO,
-                expires_at: persona::expiry_for(self.now().max(0) as u64, 3600),
+                expires_at: persona::expiry_for(self.now().max(0) as u64, CHALLENGE_VALIDITY_SECS),
                 claim_type,
                 environment: environment.as_str(),
             },
@@ -184,6 +202,7 @@ impl Service {
             claim_type: claim_type.to_owned(),
             encryption_key_der,
             created_at: self.now(),
+            expires_at: self.now().saturating_add(self.config().relay_lifetime_secs),
             result: None,
         };
         self.store().insert_relay(&relay).await?;
@@ -192,14 +211,20 @@ impl Service {
     }
 
     /// The relay `token` if `secret` is its secret (constant-time); a wrong
-    /// secret looks exactly like a missing relay.
+    /// secret, and an expired relay, look exactly like a missing relay.
     pub async fn relay_for(&self, token: &str, secret: &str) -> Result<Relay, RelayError> {
-        let relay = self.store().relay_by_token(token).await?.ok_or(RelayError::NotFound)?;
+        let relay = self.live_relay(token).await?.ok_or(RelayError::NotFound)?;
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         if !bool::from(relay.secret_hash.ct_eq(&presented)) {
             return Err(RelayError::NotFound);
         }
         Ok(relay)
+    }
+
+    /// The relay `token` unless it does not exist or has expired.
+    async fn live_relay(&self, token: &str) -> Result<Option<Relay>, StoreError> {
+        let now = self.now();
+        Ok(self.store().relay_by_token(token).await?.filter(|r| now < r.expires_at))
     }
 
     /// Records a verifier's result for a production relay of `environment`.
@@ -210,7 +235,7 @@ impl Service {
         passed: bool,
         methodology_json: String,
     ) -> Result<(), RecordError> {
-        let relay = self.store().relay_by_token(token).await?.ok_or(RecordError::NotFound)?;
+        let relay = self.live_relay(token).await?.ok_or(RecordError::NotFound)?;
         if relay.environment != environment {
             return Err(RecordError::NotFound);
         }
@@ -251,8 +276,21 @@ impl Service {
     /// Redeems `presented` (the `token` parameter of `Authorization:
     /// PrivateToken`) at `relay`: verifies it, takes the claim result, and
     /// spends the token only when the claim passed.
-    pub async fn redeem(&self, relay: &Relay, presented: &str) -> Result<Redemption, RedeemError> {
-        let (key, nonce) = self.verify_presented(relay, presented).await?;
+    ///
+    /// The spend, the claim payload and the idempotent response that
+    /// `respond` builds from the successful redemption commit in one
+    /// transaction. Presenting the same token at the same relay again
+    /// returns the stored claim (for a client whose answer was lost); at any
+    /// other relay it is "already used". Callers must not cancel this future
+    /// once started (run it in its own task): cancellation cannot undo a
+    /// commit, only lose its answer.
+    pub async fn redeem(
+        &self,
+        relay: &Relay,
+        presented: &str,
+        respond: impl FnOnce(&Redemption) -> Option<IdempotencyCompletion>,
+    ) -> Result<Redemption, RedeemError> {
+        let verified = self.verify_presented(relay, presented).await?;
         let (passed, methodology_json) = match (relay.environment, &relay.result) {
             (Environment::Sandbox, _) => (true, "[]".to_owned()),
             (Environment::Production, None) => return Err(RedeemError::Pending),
@@ -260,17 +298,34 @@ impl Service {
         };
         let claim_payload = self.claim_payload(relay, passed, &methodology_json)?;
         if !passed {
-            return Ok(Redemption { claim_payload, token_consumed: false });
+            return Ok(Redemption { claim_payload, token_consumed: false, response_stored: false });
         }
-        if !self.store().spend_token(&key.record.id, &nonce, &relay.token, self.now()).await? {
-            return Err(RedeemError::InvalidToken("This Privacy Pass token has already been used."));
+        let mut redemption = Redemption { claim_payload, token_consumed: true, response_stored: false };
+        let idempotency = respond(&redemption);
+        redemption.response_stored = idempotency.is_some();
+        let spend = blindpass_store::Spend {
+            key_id: verified.key.record.id.clone(),
+            nonce: verified.nonce,
+            relay_token: relay.token.clone(),
+            spent_at: self.now(),
+            expires_at: verified.expires_at,
+            claim_payload: redemption.claim_payload.clone(),
+            idempotency,
+        };
+        match self.store().spend_token(&spend).await? {
+            SpendOutcome::Spent => Ok(redemption),
+            SpendOutcome::SpentHere { claim_payload } => {
+                Ok(Redemption { claim_payload, token_consumed: true, response_stored: false })
+            }
+            SpendOutcome::SpentElsewhere => {
+                Err(RedeemError::InvalidToken("This Privacy Pass token has already been used."))
+            }
         }
-        Ok(Redemption { claim_payload, token_consumed: true })
     }
 
-    /// Checks a presented token of either format and returns the key that
-    /// signed it and its nonce (the double-spend key).
-    async fn verify_presented(&self, relay: &Relay, presented: &str) -> Result<(Arc<LoadedKey>, Vec<u8>), RedeemError> {
+    /// Checks a presented token of either format: its challenge first (a
+    /// MAC or digest check, no key lookup), then its key and signature.
+    async fn verify_presented(&self, relay: &Relay, presented: &str) -> Result<Verified, RedeemError> {
         let bytes = b64::decode(presented).map_err(|_| RedeemError::InvalidToken("The token is not base64url."))?;
         if bytes.first() == Some(&b'{') {
             self.verify_persona(relay, presented).await
@@ -279,12 +334,12 @@ impl Service {
         }
     }
 
-    async fn verify_persona(&self, relay: &Relay, presented: &str) -> Result<(Arc<LoadedKey>, Vec<u8>), RedeemError> {
+    async fn verify_persona(&self, relay: &Relay, presented: &str) -> Result<Verified, RedeemError> {
         let parsed = persona::Token::decode(presented)
             .map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
         let challenge = &parsed.token.challenge;
         let secrets = self.secrets().await?;
-        challenge.verify(&secrets.challenge, self.now().max(0) as u64).map_err(|e| match e {
+        let expires_at = challenge.verify(&secrets.challenge, self.now().max(0) as u64).map_err(|e| match e {
             persona::PersonaError::Expired => RedeemError::InvalidToken("The token's challenge has expired."),
             _ => RedeemError::InvalidToken("The token's challenge was not issued by this server."),
         })?;
@@ -300,26 +355,29 @@ impl Service {
         parsed
             .verify_signature(&key.public)
             .map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
-        Ok((key, parsed.nonce.to_vec()))
+        let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
+        Ok(Verified { key, nonce: parsed.nonce.to_vec(), expires_at })
     }
 
-    async fn verify_rfc(&self, relay: &Relay, bytes: &[u8]) -> Result<(Arc<LoadedKey>, Vec<u8>), RedeemError> {
+    async fn verify_rfc(&self, relay: &Relay, bytes: &[u8]) -> Result<Verified, RedeemError> {
         let token = Token::decode(bytes)
             .map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
-        let key = self.verifying_key(relay, &token.token_key_id).await?;
         let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
-        let mut known = false;
+        let mut matched = None;
         for w in [window, window - 1] {
-            known |= self.rfc_challenge_for(relay, w).await?.digest() == token.challenge_digest;
+            if self.rfc_challenge_for(relay, w).await?.digest() == token.challenge_digest {
+                matched = Some(w);
+            }
         }
-        if !known {
+        let Some(w) = matched else {
             return Err(RedeemError::InvalidToken(
                 "The token answers a challenge this relay did not issue, or one that expired.",
             ));
-        }
+        };
+        let key = self.verifying_key(relay, &token.token_key_id).await?;
         type2::verify_token(&key.public, &token)
             .map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
-        Ok((key, token.nonce.to_vec()))
+        Ok(Verified { key, nonce: token.nonce.to_vec(), expires_at: (w + 2) * CONTEXT_WINDOW_SECS })
     }
 
     /// The key named `id` if it may verify tokens for `relay` now: same

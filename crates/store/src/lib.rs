@@ -15,6 +15,8 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(debug_assertions)]
+mod fault;
 mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -87,18 +89,26 @@ pub trait RelayStore: Send + Sync {
     async fn relay_by_token(&self, token: &str) -> Result<Option<Relay>, StoreError>;
     /// Records the verifier's result once; a second result is refused.
     async fn record_relay_result(&self, token: &str, result: &ClaimResult) -> Result<RecordOutcome, StoreError>;
+    /// Deletes relays expired at `now` (`expires_at <= now`, by an index on
+    /// expiry). Returns how many.
+    async fn prune_relays(&self, now: i64) -> Result<u64, StoreError>;
 }
 
 /// The double-spend record.
 #[async_trait]
 pub trait SpentTokenStore: Send + Sync {
-    /// Marks the token `(key_id, nonce)` spent. Returns true for exactly one
+    /// Marks the token `(key_id, nonce)` spent at `relay_token`, storing its
+    /// claim payload and (if given) completing the idempotent response, all
+    /// in one transaction. [`SpendOutcome::Spent`] goes to exactly one
     /// caller, ever, across every process sharing the store: the decision is
     /// one atomic `INSERT` against a primary key, and it is durable when this
-    /// returns.
-    async fn spend_token(&self, key_id: &str, nonce: &[u8], relay_token: &str, at: i64) -> Result<bool, StoreError>;
-    /// Deletes spent records of retired keys (their tokens no longer verify).
-    async fn prune_spent_tokens(&self) -> Result<u64, StoreError>;
+    /// returns. A later call for the same token and relay gets
+    /// [`SpendOutcome::SpentHere`] with the stored payload.
+    async fn spend_token(&self, spend: &Spend) -> Result<SpendOutcome, StoreError>;
+    /// Deletes spent records of tokens that expired before `expired_before`
+    /// (no node can accept them any more). Never keyed on key state: a
+    /// retired key's records stay until their tokens expire.
+    async fn prune_spent_tokens(&self, expired_before: i64) -> Result<u64, StoreError>;
 }
 
 /// Idempotency records: the first response to an `Idempotency-Key` is kept

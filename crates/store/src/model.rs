@@ -231,6 +231,9 @@ pub struct Relay {
     pub encryption_key_der: Option<Vec<u8>>,
     /// UNIX seconds.
     pub created_at: i64,
+    /// UNIX seconds from which the relay is gone (answers like an unknown
+    /// one, and is pruned).
+    pub expires_at: i64,
     /// The verifier's result, once recorded.
     pub result: Option<ClaimResult>,
 }
@@ -256,4 +259,52 @@ pub enum RecordOutcome {
     AlreadyRecorded,
     /// No such relay.
     NotFound,
+}
+
+/// A token to spend, with what a retry at the same relay gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spend {
+    /// The key that signed the token (its RFC `token_key_id`, hex).
+    pub key_id: String,
+    /// The token's nonce.
+    pub nonce: Vec<u8>,
+    /// The relay it is spent at.
+    pub relay_token: String,
+    /// UNIX seconds.
+    pub spent_at: i64,
+    /// The last moment (UNIX seconds) at which any node could still accept
+    /// this token: the expiry of the challenge it answers. The record is kept
+    /// past it by the prune margin.
+    pub expires_at: i64,
+    /// The claim payload the redemption answered with; a retry of the same
+    /// token at the same relay gets exactly this back.
+    pub claim_payload: String,
+    /// An idempotent response to complete in the same transaction.
+    pub idempotency: Option<IdempotencyCompletion>,
+}
+
+/// An `Idempotency-Key` claim to complete with `response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyCompletion {
+    /// The claim's scope.
+    pub scope: String,
+    /// The `Idempotency-Key`.
+    pub key: String,
+    /// The response to store.
+    pub response: StoredResponse,
+}
+
+/// Outcome of [`crate::SpentTokenStore::spend_token`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpendOutcome {
+    /// This call spent the token (and stored its payload and response).
+    Spent,
+    /// The token was already spent at the same relay: the stored payload of
+    /// that redemption, for a client whose answer was lost.
+    SpentHere {
+        /// The claim payload stored with the first redemption.
+        claim_payload: String,
+    },
+    /// The token was spent at another relay.
+    SpentElsewhere,
 }

@@ -19,12 +19,13 @@ use zeroize::Zeroizing;
 
 use crate::{
     ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
-    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, SpentTokenStore, StoreError,
-    StoredResponse,
+    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, Spend, SpendOutcome,
+    SpentTokenStore, StoreError, StoredResponse,
 };
 
 /// Schema migrations, applied in order under an advisory lock.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE api_keys (
     id          TEXT PRIMARY KEY,
     name        TEXT,
@@ -85,11 +86,41 @@ CREATE TABLE spent_tokens (
     spent_at    BIGINT NOT NULL,
     PRIMARY KEY (key_id, nonce)
 );
-"];
+",
+    r"
+-- Spent records are partitioned by day of the token's expiry (a function of
+-- the token, so part of the key without weakening single spend): pruning
+-- drops whole partitions instead of running large DELETEs. Rows whose day has
+-- no partition yet land in the default partition and are deleted row-wise.
+ALTER TABLE spent_tokens RENAME TO spent_tokens_v1;
+CREATE TABLE spent_tokens (
+    key_id        TEXT NOT NULL,
+    nonce         BYTEA NOT NULL,
+    expires_at    BIGINT NOT NULL,
+    relay_token   TEXT NOT NULL,
+    spent_at      BIGINT NOT NULL,
+    claim_payload TEXT,
+    PRIMARY KEY (key_id, nonce, expires_at)
+) PARTITION BY RANGE (expires_at);
+CREATE TABLE spent_tokens_default PARTITION OF spent_tokens DEFAULT;
+INSERT INTO spent_tokens (key_id, nonce, expires_at, relay_token, spent_at)
+    SELECT key_id, nonce, spent_at + 7200, relay_token, spent_at FROM spent_tokens_v1;
+DROP TABLE spent_tokens_v1;
+CREATE INDEX spent_tokens_default_expires_at ON spent_tokens_default (expires_at);
+ALTER TABLE relays ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0;
+UPDATE relays SET expires_at = created_at + 86400;
+CREATE INDEX relays_expires_at ON relays (expires_at);
+",
+];
 
 /// Advisory lock ids (first half of the pair) used by blindpass.
 const LOCK_MIGRATIONS: i64 = 0x626c_696e_6470_0001;
 const LOCK_KEYS: i64 = 0x626c_696e_6470_0002;
+const LOCK_PARTITIONS: i64 = 0x626c_696e_6470_0003;
+/// One spent-token partition per day of token expiry.
+const PARTITION_SECS: i64 = 86_400;
+/// Partitions made ahead of the prune horizon (tokens live at most hours).
+const PARTITIONS_AHEAD: i64 = 4;
 
 /// Pool settings.
 #[derive(Debug, Clone, Copy)]
@@ -560,6 +591,7 @@ fn relay_from_row(r: &tokio_postgres::Row) -> Result<Relay, StoreError> {
         claim_type: r.get(3),
         encryption_key_der: r.get(4),
         created_at: r.get(5),
+        expires_at: r.get(9),
         result,
     })
 }
@@ -573,8 +605,8 @@ impl RelayStore for PostgresStore {
         };
         self.execute(
             "INSERT INTO relays (token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                                 result_passed, methodology, result_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                 result_passed, methodology, result_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &relay.token,
                 &relay.secret_hash.as_slice(),
@@ -585,6 +617,7 @@ impl RelayStore for PostgresStore {
                 &passed,
                 &methodology,
                 &at,
+                &relay.expires_at,
             ],
         )
         .await
@@ -595,7 +628,7 @@ impl RelayStore for PostgresStore {
         let rows = self
             .query(
                 "SELECT token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                        result_passed, methodology, result_at FROM relays WHERE token = $1",
+                        result_passed, methodology, result_at, expires_at FROM relays WHERE token = $1",
                 &[&token],
             )
             .await?;
@@ -616,27 +649,137 @@ impl RelayStore for PostgresStore {
         let exists = !self.query("SELECT 1 FROM relays WHERE token = $1", &[&token]).await?.is_empty();
         Ok(if exists { RecordOutcome::AlreadyRecorded } else { RecordOutcome::NotFound })
     }
+
+    async fn prune_relays(&self, now: i64) -> Result<u64, StoreError> {
+        self.execute("DELETE FROM relays WHERE expires_at <= $1", &[&now]).await
+    }
 }
 
 #[async_trait]
 impl SpentTokenStore for PostgresStore {
-    async fn spend_token(&self, key_id: &str, nonce: &[u8], relay_token: &str, at: i64) -> Result<bool, StoreError> {
-        let n = self
-            .execute(
-                "INSERT INTO spent_tokens (key_id, nonce, relay_token, spent_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (key_id, nonce) DO NOTHING",
-                &[&key_id, &nonce, &relay_token, &at],
+    async fn spend_token(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO spent_tokens (key_id, nonce, expires_at, relay_token, spent_at, claim_payload)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (key_id, nonce, expires_at) DO NOTHING",
             )
-            .await?;
-        Ok(n == 1)
+            .await
+            .map_err(map_err)?;
+        let inserted = tx
+            .execute(
+                &insert,
+                &[
+                    &spend.key_id,
+                    &spend.nonce,
+                    &spend.expires_at,
+                    &spend.relay_token,
+                    &spend.spent_at,
+                    &spend.claim_payload,
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        let outcome = if inserted == 1 {
+            if let Some(done) = &spend.idempotency {
+                tx.execute(
+                    "UPDATE idempotency SET status = $3, content_type = $4, body = $5
+                     WHERE scope = $1 AND key = $2 AND status IS NULL",
+                    &[
+                        &done.scope,
+                        &done.key,
+                        &i32::from(done.response.status),
+                        &done.response.content_type,
+                        &done.response.body,
+                    ],
+                )
+                .await
+                .map_err(map_err)?;
+            }
+            SpendOutcome::Spent
+        } else {
+            let row = tx
+                .query_one(
+                    "SELECT relay_token, claim_payload FROM spent_tokens
+                     WHERE key_id = $1 AND nonce = $2 AND expires_at = $3",
+                    &[&spend.key_id, &spend.nonce, &spend.expires_at],
+                )
+                .await
+                .map_err(map_err)?;
+            let relay: String = row.get(0);
+            match row.get::<_, Option<String>>(1) {
+                Some(claim_payload) if relay == spend.relay_token => SpendOutcome::SpentHere { claim_payload },
+                _ => SpendOutcome::SpentElsewhere,
+            }
+        };
+        #[cfg(debug_assertions)]
+        crate::fault::before_commit("spend");
+        tx.commit().await.map_err(map_err)?;
+        #[cfg(debug_assertions)]
+        crate::fault::after_commit("spend");
+        Ok(outcome)
     }
 
-    async fn prune_spent_tokens(&self) -> Result<u64, StoreError> {
-        self.execute(
-            "DELETE FROM spent_tokens WHERE key_id IN (SELECT id FROM issuer_keys WHERE state = 'retired')",
-            &[],
-        )
-        .await
+    async fn prune_spent_tokens(&self, expired_before: i64) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_PARTITIONS]).await.map_err(map_err)?;
+        // Partitions ahead, so that new spends land in a partition that can
+        // later be dropped whole.
+        let first = expired_before.div_euclid(PARTITION_SECS);
+        for day in first..=first + PARTITIONS_AHEAD {
+            let (from, to) = (day * PARTITION_SECS, (day + 1) * PARTITION_SECS);
+            let name = format!("spent_tokens_d{day}");
+            let exists: bool =
+                tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.map_err(map_err)?.get(0);
+            if exists {
+                continue;
+            }
+            // A partition cannot be attached over rows the default partition
+            // already holds for its range; those days stay in the default.
+            let clash: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM spent_tokens_default WHERE expires_at >= $1 AND expires_at < $2)",
+                    &[&from, &to],
+                )
+                .await
+                .map_err(map_err)?
+                .get(0);
+            if !clash {
+                tx.batch_execute(&format!(
+                    "CREATE TABLE {name} PARTITION OF spent_tokens FOR VALUES FROM ({from}) TO ({to})"
+                ))
+                .await
+                .map_err(map_err)?;
+            }
+        }
+        // Whole partitions whose every token expired before the horizon.
+        let partitions = tx
+            .query(
+                "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'spent_tokens'::regclass AND c.relname::TEXT LIKE 'spent_tokens_d%'",
+                &[],
+            )
+            .await
+            .map_err(map_err)?;
+        let mut pruned = 0u64;
+        for row in partitions {
+            let name: String = row.get(0);
+            let Some(day) = name.strip_prefix("spent_tokens_d").and_then(|d| d.parse::<i64>().ok()) else { continue };
+            if (day + 1) * PARTITION_SECS <= expired_before {
+                let count: i64 =
+                    tx.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await.map_err(map_err)?.get(0);
+                tx.batch_execute(&format!("DROP TABLE {name}")).await.map_err(map_err)?;
+                pruned += count.max(0) as u64;
+            }
+        }
+        // Rows of days that had no partition, and the partial day.
+        pruned +=
+            tx.execute("DELETE FROM spent_tokens WHERE expires_at < $1", &[&expired_before]).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(pruned)
     }
 }
 

@@ -15,12 +15,13 @@ use zeroize::Zeroizing;
 
 use crate::{
     ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
-    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, SpentTokenStore, StoreError,
-    StoredResponse,
+    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, Spend, SpendOutcome,
+    SpentTokenStore, StoreError, StoredResponse,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE api_keys (
     id          TEXT PRIMARY KEY,
     name        TEXT,
@@ -83,7 +84,33 @@ CREATE TABLE spent_tokens (
     spent_at    INTEGER NOT NULL,
     PRIMARY KEY (key_id, nonce)
 );
-"];
+",
+    r"
+-- A spent record lives until its token can no longer be accepted anywhere
+-- (expires_at, the expiry of the challenge the token answers, plus the prune
+-- margin), never shorter. expires_at is a function of the token itself, so
+-- it is part of the key without weakening single spend. The record keeps the
+-- claim payload so that a redemption whose answer was lost can be retried.
+CREATE TABLE spent_tokens_v2 (
+    key_id        TEXT NOT NULL,
+    nonce         BLOB NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    relay_token   TEXT NOT NULL,
+    spent_at      INTEGER NOT NULL,
+    claim_payload TEXT,
+    PRIMARY KEY (key_id, nonce, expires_at)
+);
+INSERT INTO spent_tokens_v2 (key_id, nonce, expires_at, relay_token, spent_at)
+    SELECT key_id, nonce, spent_at + 7200, relay_token, spent_at FROM spent_tokens;
+DROP TABLE spent_tokens;
+ALTER TABLE spent_tokens_v2 RENAME TO spent_tokens;
+CREATE INDEX spent_tokens_expires_at ON spent_tokens (expires_at);
+-- Relays expire; an expired relay answers like an unknown one and is pruned.
+ALTER TABLE relays ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+UPDATE relays SET expires_at = created_at + 86400;
+CREATE INDEX relays_expires_at ON relays (expires_at);
+",
+];
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -502,16 +529,7 @@ impl IdempotencyStore for SqliteStore {
 
     async fn idempotency_complete(&self, scope: &str, key: &str, response: &StoredResponse) -> Result<(), StoreError> {
         let (scope, key, response) = (scope.to_owned(), key.to_owned(), response.clone());
-        self.with(move |c| {
-            c.execute(
-                "UPDATE idempotency SET status = ?3, content_type = ?4, body = ?5
-                 WHERE scope = ?1 AND key = ?2 AND status IS NULL",
-                params![scope, key, response.status, response.content_type, response.body],
-            )
-            .map_err(map_err)?;
-            Ok(())
-        })
-        .await
+        self.with(move |c| complete_idempotency(c, &scope, &key, &response)).await
     }
 
     async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
@@ -582,10 +600,10 @@ impl SettingsStore for SqliteStore {
     }
 }
 
-type RelayRow = (String, Vec<u8>, String, String, Option<Vec<u8>>, i64, Option<bool>, Option<String>, Option<i64>);
+type RelayRow = (String, Vec<u8>, String, String, Option<Vec<u8>>, i64, Option<bool>, Option<String>, Option<i64>, i64);
 
 fn relay_from_row(row: RelayRow) -> Result<Relay, StoreError> {
-    let (token, hash, environment, claim_type, key, created_at, passed, methodology, result_at) = row;
+    let (token, hash, environment, claim_type, key, created_at, passed, methodology, result_at, expires_at) = row;
     let result = match (passed, result_at) {
         (Some(passed), Some(recorded_at)) => {
             Some(ClaimResult { passed, methodology_json: methodology.unwrap_or_else(|| "[]".into()), recorded_at })
@@ -599,6 +617,7 @@ fn relay_from_row(row: RelayRow) -> Result<Relay, StoreError> {
         claim_type,
         encryption_key_der: key,
         created_at,
+        expires_at,
         result,
     })
 }
@@ -614,8 +633,8 @@ impl RelayStore for SqliteStore {
             };
             c.execute(
                 "INSERT INTO relays (token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                                     result_passed, methodology, result_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                     result_passed, methodology, result_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     relay.token,
                     relay.secret_hash.to_vec(),
@@ -625,7 +644,8 @@ impl RelayStore for SqliteStore {
                     relay.created_at,
                     passed,
                     methodology,
-                    at
+                    at,
+                    relay.expires_at
                 ],
             )
             .map_err(map_err)?;
@@ -640,7 +660,7 @@ impl RelayStore for SqliteStore {
             let row = c
                 .prepare_cached(
                     "SELECT token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                            result_passed, methodology, result_at
+                            result_passed, methodology, result_at, expires_at
                      FROM relays WHERE token = ?1",
                 )
                 .map_err(map_err)?
@@ -655,6 +675,7 @@ impl RelayStore for SqliteStore {
                         r.get(6)?,
                         r.get(7)?,
                         r.get(8)?,
+                        r.get(9)?,
                     ))
                 })
                 .optional()
@@ -689,36 +710,84 @@ impl RelayStore for SqliteStore {
         })
         .await
     }
+
+    async fn prune_relays(&self, now: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let n = c.execute("DELETE FROM relays WHERE expires_at <= ?1", params![now]).map_err(map_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }
 
 #[async_trait]
 impl SpentTokenStore for SqliteStore {
-    async fn spend_token(&self, key_id: &str, nonce: &[u8], relay_token: &str, at: i64) -> Result<bool, StoreError> {
-        let (key_id, nonce, relay_token) = (key_id.to_owned(), nonce.to_vec(), relay_token.to_owned());
+    async fn spend_token(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+        let spend = spend.clone();
         self.with(move |c| {
-            let inserted = c
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            let inserted = tx
                 .prepare_cached(
-                    "INSERT INTO spent_tokens (key_id, nonce, relay_token, spent_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (key_id, nonce) DO NOTHING",
+                    "INSERT INTO spent_tokens (key_id, nonce, relay_token, spent_at, expires_at, claim_payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (key_id, nonce, expires_at) DO NOTHING",
                 )
                 .map_err(map_err)?
-                .execute(params![key_id, nonce, relay_token, at])
+                .execute(params![
+                    spend.key_id,
+                    spend.nonce,
+                    spend.relay_token,
+                    spend.spent_at,
+                    spend.expires_at,
+                    spend.claim_payload
+                ])
                 .map_err(map_err)?;
-            Ok(inserted == 1)
+            let outcome = if inserted == 1 {
+                if let Some(done) = &spend.idempotency {
+                    complete_idempotency(&tx, &done.scope, &done.key, &done.response)?;
+                }
+                SpendOutcome::Spent
+            } else {
+                let (relay, payload): (String, Option<String>) = tx
+                    .query_row(
+                        "SELECT relay_token, claim_payload FROM spent_tokens
+                         WHERE key_id = ?1 AND nonce = ?2 AND expires_at = ?3",
+                        params![spend.key_id, spend.nonce, spend.expires_at],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .map_err(map_err)?;
+                match payload {
+                    Some(claim_payload) if relay == spend.relay_token => SpendOutcome::SpentHere { claim_payload },
+                    _ => SpendOutcome::SpentElsewhere,
+                }
+            };
+            #[cfg(debug_assertions)]
+            crate::fault::before_commit("spend");
+            tx.commit().map_err(map_err)?;
+            #[cfg(debug_assertions)]
+            crate::fault::after_commit("spend");
+            Ok(outcome)
         })
         .await
     }
 
-    async fn prune_spent_tokens(&self) -> Result<u64, StoreError> {
-        self.with(|c| {
+    async fn prune_spent_tokens(&self, expired_before: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
             let n = c
-                .execute(
-                    "DELETE FROM spent_tokens WHERE key_id IN (SELECT id FROM issuer_keys WHERE state = 'retired')",
-                    [],
-                )
+                .execute("DELETE FROM spent_tokens WHERE expires_at < ?1", params![expired_before])
                 .map_err(map_err)?;
             Ok(n as u64)
         })
         .await
     }
+}
+
+fn complete_idempotency(c: &Connection, scope: &str, key: &str, response: &StoredResponse) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE idempotency SET status = ?3, content_type = ?4, body = ?5
+         WHERE scope = ?1 AND key = ?2 AND status IS NULL",
+        params![scope, key, response.status, response.content_type, response.body],
+    )
+    .map_err(map_err)?;
+    Ok(())
 }

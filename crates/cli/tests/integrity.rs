@@ -1,0 +1,265 @@
+//! Regression tests for the integrity defects of issue 10, each named after
+//! the attack it replays, through the real `blindpass` binary on the
+//! embedded SQLite store:
+//!
+//! - retire a key, start another node (its prune used to delete the retired
+//!   key's spent records), and redeem the token again at a node whose key
+//!   cache is stale: it must stay "already used";
+//! - a redemption whose answer is lost to the request timeout (the SQLite
+//!   write lock held by someone else) or to a client hanging up: the retry
+//!   returns the claim, and an `Idempotency-Key` is never stuck in 409;
+//! - a crash between the spend's commit and the response (fault injected in
+//!   debug builds): after a restart the retry returns the claim.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blindpass_client::{Client, RelayCredentials, RetryPolicy};
+use serde_json::Value;
+
+const CLAIM: &str = "age_over18_verified";
+
+fn store(data_dir: &Path) -> [&str; 2] {
+    ["--data-dir", data_dir.to_str().unwrap()]
+}
+
+fn no_retries() -> RetryPolicy {
+    RetryPolicy { max_retries: 0, ..RetryPolicy::default() }
+}
+
+/// A sandbox Persona token issued by `node`.
+async fn token(node: &common::Server, api_key: &str) -> String {
+    let client = Client::new(&node.base).unwrap().with_api_key(api_key).with_retry(no_retries());
+    let offer = client.challenge(CLAIM, true).await.unwrap();
+    client.issue(&offer).await.unwrap().encode()
+}
+
+async fn relay(node: &common::Server) -> RelayCredentials {
+    Client::new(&node.base).unwrap().with_retry(no_retries()).create_relay(CLAIM, None, true).await.unwrap()
+}
+
+/// One generate-claim, raw: status, body, and the `Retry-After` header.
+async fn claim(
+    http: &reqwest::Client,
+    base: &str,
+    relay: &RelayCredentials,
+    token: &str,
+    idempotency_key: Option<&str>,
+) -> reqwest::Result<(u16, Value, Option<String>)> {
+    let mut request = http
+        .post(format!("{base}/api/privacy/v1/relays/{}/generate-claim", relay.token))
+        .header("persona-relay-secret", relay.secret.as_str())
+        .header("authorization", format!("PrivateToken token={token}"))
+        .json(&serde_json::json!({}));
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let r = request.send().await?;
+    let status = r.status().as_u16();
+    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = r.bytes().await?;
+    assert!(status < 500 || status == 503, "{status}: {}", String::from_utf8_lossy(&body));
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null), retry_after))
+}
+
+/// Holds SQLite's write lock on the store in `data_dir` for `secs`, from
+/// another connection, as a long writer (a backup, a migration) would.
+fn hold_write_lock(data_dir: &Path, secs: f64) -> std::thread::JoinHandle<()> {
+    let path = data_dir.join("blindpass.db");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        ready_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    ready_rx.recv().unwrap();
+    handle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_then_prune_on_another_node_with_a_stale_key_cache_keeps_the_token_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let api_key = common::api_key(&s, "sandbox");
+    // Node A keeps its key cache for an hour: it still believes the key is
+    // active after the retirement.
+    let a = common::start(&s, &["--key-refresh-secs", "3600"]).await;
+    let http = reqwest::Client::new();
+    let t = token(&a, &api_key).await;
+    let first = relay(&a).await;
+    let (status, body, _) = claim(&http, &a.base, &first, &t, None).await.unwrap();
+    assert_eq!((status, body["token-consumed"].as_bool()), (200, Some(true)), "{body}");
+
+    let keys = common::cli(&s, &["keys", "list", "--env", "sandbox"]);
+    let key_id = keys.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    common::cli(&s, &["keys", "rotate", "--env", "sandbox"]);
+    common::cli(&s, &["keys", "retire", &key_id]);
+    // Node B starts on the same store: its first prune runs at start.
+    let b = common::start(&s, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let second = relay(&a).await;
+    let (status, body, _) = claim(&http, &a.base, &second, &t, None).await.unwrap();
+    assert_eq!(status, 401, "a spent token stays spent after its key is retired: {body}");
+    assert!(body["errors"][0]["details"].as_str().unwrap().contains("already been used"), "{body}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_write_lock_times_the_request_out_and_the_retry_returns_the_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let api_key = common::api_key(&s, "sandbox");
+    let node = common::start(&s, &["--request-timeout-secs", "1", "--rate-limit", "0"]).await;
+    let http = reqwest::Client::new();
+    let t = token(&node, &api_key).await;
+    let r = relay(&node).await;
+
+    let lock = hold_write_lock(dir.path(), 3.0);
+    let (status, body, retry_after) = claim(&http, &node.base, &r, &t, None).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errors"][0]["title"], "Request timeout");
+    assert!(retry_after.is_some(), "a timeout says when to retry");
+    lock.join().unwrap();
+
+    // The redemption went on after the 503; the retry gets its claim.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body, _) = claim(&http, &node.base, &r, &t, None).await.unwrap();
+        if status != 503 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 200, "the claim is not lost: {body}");
+    assert_eq!(body["token-consumed"], true);
+    let payload: Value = serde_json::from_str(body["claim-payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["claim_result"], "passed");
+    // And only at this relay.
+    let other = relay(&node).await;
+    assert_eq!(claim(&http, &node.base, &other, &t, None).await.unwrap().0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_with_an_idempotency_key_is_not_stuck_in_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let api_key = common::api_key(&s, "sandbox");
+    let node = common::start(&s, &["--request-timeout-secs", "2", "--rate-limit", "0"]).await;
+    let t = token(&node, &api_key).await;
+    let r = relay(&node).await;
+
+    // The client gives up after 300 ms while the store is locked.
+    let lock = hold_write_lock(dir.path(), 1.5);
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    assert!(claim(&impatient, &node.base, &r, &t, Some("hang-up")).await.is_err(), "the client hung up");
+    lock.join().unwrap();
+
+    // Within the request timeout the same key answers: 409 while the
+    // redemption still runs, then the stored 200, never a 409 for minutes.
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let (status, body) = loop {
+        let (status, body, retry_after) = claim(&http, &node.base, &r, &t, Some("hang-up")).await.unwrap();
+        if status == 409 {
+            assert!(retry_after.is_some());
+            assert!(started.elapsed() < Duration::from_secs(4), "409 past the request timeout");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        break (status, body);
+    };
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token-consumed"], true);
+    // Replayed, and the same claim without the key.
+    let (_, again, _) = claim(&http, &node.base, &r, &t, Some("hang-up")).await.unwrap();
+    assert_eq!(again, body);
+    let (status, plain, _) = claim(&http, &node.base, &r, &t, None).await.unwrap();
+    assert_eq!((status, &plain["claim-payload"]), (200, &body["claim-payload"]));
+
+    // An issuance whose client hung up: its key is answered within the
+    // request timeout too (released by the cancelled request, or taken over
+    // as stale), never 409 for minutes.
+    let client = Client::new(&node.base).unwrap().with_retry(no_retries());
+    let offer = client.challenge(CLAIM, true).await.unwrap();
+    let (blinded, _) =
+        blindpass_protocol::persona::begin_issuance(&offer.key, &offer.key_id, &offer.challenge, &mut rand::rng())
+            .unwrap();
+    let body = serde_json::json!({
+        "blinded-token": blindpass_protocol::b64::encode_unpadded(&blinded),
+        "key-id": offer.key_id,
+    });
+    let issue = async |http: &reqwest::Client| {
+        http.post(format!("{}/api/v1/privacy-passes", node.base))
+            .bearer_auth(&api_key)
+            .header("idempotency-key", "issue-hang-up")
+            .json(&body)
+            .send()
+            .await
+    };
+    let lock = hold_write_lock(dir.path(), 1.0);
+    assert!(issue(&impatient).await.is_err(), "the client hung up");
+    lock.join().unwrap();
+    let started = Instant::now();
+    loop {
+        let status = issue(&http).await.unwrap().status().as_u16();
+        if status == 409 {
+            assert!(started.elapsed() < Duration::from_secs(4), "409 past the request timeout");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(status, 201);
+        break;
+    }
+}
+
+/// A crash between the spend's commit and the answer: the fault is compiled
+/// into debug builds only.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_commit_and_response_then_the_retry_returns_the_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let api_key = common::api_key(&s, "sandbox");
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let spawn = |fault: Option<&str>| {
+        let mut command = Command::new(common::BIN);
+        command.args(s).args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        match fault {
+            Some(f) => command.env("BLINDPASS_FAULT", f),
+            None => command.env_remove("BLINDPASS_FAULT"),
+        };
+        common::Server { child: command.spawn().unwrap(), base: base.clone() }
+    };
+    let wait_up = async |node: &common::Server| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reqwest::get(format!("{}/health", node.base)).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "server did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut node = spawn(Some("abort-after-commit:spend"));
+    wait_up(&node).await;
+    let t = token(&node, &api_key).await;
+    let r = relay(&node).await;
+    let http = reqwest::Client::new();
+    assert!(claim(&http, &base, &r, &t, None).await.is_err(), "the process died before answering");
+    let exit = node.child.wait().unwrap();
+    assert!(!exit.success(), "aborted: {exit:?}");
+
+    let node = spawn(None);
+    wait_up(&node).await;
+    let (status, body, _) = claim(&http, &base, &r, &t, None).await.unwrap();
+    assert_eq!(status, 200, "the committed claim survives the crash: {body}");
+    assert_eq!(body["token-consumed"], true);
+    let other = relay(&node).await;
+    assert_eq!(claim(&http, &base, &other, &t, None).await.unwrap().0, 401, "and stays spent elsewhere");
+}
