@@ -82,6 +82,13 @@ pub(crate) struct FileConfig {
     pub(crate) db_pool_size: Option<usize>,
     pub(crate) db_timeout_secs: Option<u64>,
     pub(crate) relay_lifetime_secs: Option<i64>,
+    pub(crate) header_read_timeout_secs: Option<u64>,
+    pub(crate) max_header_bytes: Option<usize>,
+    pub(crate) max_headers: Option<usize>,
+    pub(crate) max_uri_bytes: Option<usize>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_in_flight: Option<usize>,
+    pub(crate) shutdown_deadline_secs: Option<u64>,
 }
 
 impl FileConfig {

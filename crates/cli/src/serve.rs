@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use blindpass_server::transport::ConnectionLimits;
 use blindpass_server::{AppState, IdOverrides, Limits};
 use blindpass_service::{Config, Service, SystemClock};
 use clap::Args;
@@ -51,6 +52,33 @@ pub(crate) struct ServeArgs {
     /// like an unknown one and is pruned).
     #[arg(long, env = "BLINDPASS_RELAY_LIFETIME_SECS")]
     relay_lifetime_secs: Option<i64>,
+    /// Seconds a client has to send a request's headers; also how long an idle
+    /// keep-alive connection stays open (default 10).
+    #[arg(long, env = "BLINDPASS_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Largest request head (request line and headers) in bytes; larger is 431
+    /// (default 16384).
+    #[arg(long, env = "BLINDPASS_MAX_HEADER_BYTES")]
+    max_header_bytes: Option<usize>,
+    /// Most header fields in one request; more is 431 (default 100).
+    #[arg(long, env = "BLINDPASS_MAX_HEADERS")]
+    max_headers: Option<usize>,
+    /// Longest request target (path and query) in bytes; longer is 414
+    /// (default 2048).
+    #[arg(long, env = "BLINDPASS_MAX_URI_BYTES")]
+    max_uri_bytes: Option<usize>,
+    /// Most open connections; past it a new connection gets 503 and is closed
+    /// (default 4096).
+    #[arg(long, env = "BLINDPASS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most requests answered at once; past it a request gets 503 with
+    /// Retry-After at once (default 1024).
+    #[arg(long, env = "BLINDPASS_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
+    /// Seconds in-flight requests get after SIGTERM before their connections are
+    /// dropped (default 10).
+    #[arg(long, env = "BLINDPASS_SHUTDOWN_DEADLINE_SECS")]
+    shutdown_deadline_secs: Option<u64>,
     /// Redis URL for rate-limit counters shared by several nodes
     /// (default: counters in the store).
     #[arg(long, env = "BLINDPASS_REDIS_URL", hide_env_values = true)]
@@ -93,9 +121,33 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         key_overlap_secs: args.key_overlap_secs.or(file.key_overlap_secs).unwrap_or(defaults.key_overlap_secs).max(0),
         issuer_name: args.issuer_name.clone().or(file.issuer_name.clone()).unwrap_or_else(|| listen.clone()),
     };
+    let d = Limits::default();
     let limits = Limits {
-        max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(Limits::default().max_body_bytes),
+        max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(d.max_body_bytes),
         request_timeout: Duration::from_secs(request_timeout_secs),
+        max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight).max(1),
+        max_uri_bytes: args.max_uri_bytes.or(file.max_uri_bytes).unwrap_or(d.max_uri_bytes).max(64),
+        connections: ConnectionLimits {
+            header_read_timeout: args
+                .header_read_timeout_secs
+                .or(file.header_read_timeout_secs)
+                .map_or(d.connections.header_read_timeout, |s| Duration::from_secs(s.max(1))),
+            max_header_bytes: args
+                .max_header_bytes
+                .or(file.max_header_bytes)
+                .unwrap_or(d.connections.max_header_bytes)
+                .max(1024),
+            max_headers: args.max_headers.or(file.max_headers).unwrap_or(d.connections.max_headers).max(8),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.connections.max_connections)
+                .max(1),
+            shutdown_deadline: args
+                .shutdown_deadline_secs
+                .or(file.shutdown_deadline_secs)
+                .map_or(d.connections.shutdown_deadline, Duration::from_secs),
+        },
     };
     let url = store_args.database_url(&file);
     let store = store_args.open(&file).await?;

@@ -16,8 +16,9 @@ pub mod inflection;
 mod privacy_passes;
 mod relays;
 mod rfc;
+pub mod transport;
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,6 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use blindpass_service::{Environment, Service};
+use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
@@ -60,13 +62,29 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Time after which a request is answered 503.
     pub request_timeout: Duration,
+    /// Most requests being answered at once; past it a request gets 503 with
+    /// `Retry-After` at once instead of queueing into the timeout.
+    pub max_in_flight: usize,
+    /// Longest accepted request target (path and query), in bytes (414).
+    pub max_uri_bytes: usize,
+    /// Connection-level limits (see [`transport`]).
+    pub connections: transport::ConnectionLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(30) }
+        Self {
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
+            max_uri_bytes: 2048,
+            connections: transport::ConnectionLimits::default(),
+        }
     }
 }
+
+/// Longest path logged (the rest is cut, with its length noted).
+const MAX_LOGGED_PATH: usize = 256;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -81,6 +99,7 @@ pub struct AppState {
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight.max(1)));
     Router::new()
         .route("/health", get(health))
         .route("/api/v1/privacy-passes", post(privacy_passes::create))
@@ -94,7 +113,28 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            shed_load(Arc::clone(&in_flight), request, next)
+        }))
         .with_state(state)
+}
+
+/// Outermost: a request past the in-flight cap is answered 503 at once.
+async fn shed_load(in_flight: Arc<Semaphore>, request: Request, next: Next) -> Response {
+    let Ok(_slot) = in_flight.try_acquire_owned() else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            "The server is answering too many requests. Please retry.",
+        );
+        e.retry_after = Some(1);
+        let mut response = e.into_response();
+        if let Ok(v) = HeaderValue::from_str(&random_id("req_")) {
+            response.headers_mut().insert("request-id", v);
+        }
+        return response;
+    };
+    next.run(request).await
 }
 
 /// Loads (creating on first start) the organization and environment ids,
@@ -150,8 +190,8 @@ pub async fn serve(
             }
         }
     });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let connections = state.limits.connections;
+    let result = transport::serve_connections(listener, router(state), connections, shutdown).await;
     pruner.abort();
     result
 }
@@ -172,10 +212,25 @@ async fn method_not_allowed() -> ApiError {
 /// the request timeout, and one access log line.
 async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = random_id("req_");
-    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %loggable(request.uri().path(), MAX_LOGGED_PATH),
+    );
     let started = Instant::now();
     let timeout = state.limits.request_timeout;
+    let uri_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let max_uri = state.limits.max_uri_bytes;
     let mut response = async move {
+        if uri_len > max_uri {
+            return ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "URI Too Long",
+                format!("The request target must be at most {max_uri} bytes."),
+            )
+            .into_response();
+        }
         match tokio::time::timeout(timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => {
@@ -203,6 +258,19 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         );
     });
     response
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), with the
+/// original length noted, for logs.
+fn loggable(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &text[..end], text.len()).into()
 }
 
 /// `prefix` followed by 24 random alphanumeric characters.

@@ -1,0 +1,171 @@
+//! The server's own defences below the router: how connections are
+//! accepted, read and closed.
+//!
+//! `axum::serve` runs hyper without a timer, which silently disables hyper's
+//! header-read timeout (a client trickling one header line every few seconds
+//! holds a connection for as long as it likes), and it has no connection cap
+//! and no shutdown deadline. This module runs hyper itself:
+//!
+//! - a **header-read timeout** (with a timer), which also bounds how long an
+//!   idle keep-alive connection waits for its next request;
+//! - **header limits**: total header bytes (431), header count (431);
+//! - a **connection cap**: past it a new connection is answered 503 with
+//!   `Retry-After` at once and closed, instead of queueing;
+//! - a **graceful-shutdown deadline**: after the signal, no new connection is
+//!   accepted, in-flight requests may finish, and whatever is left when the
+//!   deadline passes is dropped.
+//!
+//! The in-flight request cap and the URI length limit live in the router's
+//! outermost middleware (`lib.rs`), where they can answer in Persona's error
+//! shape.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+/// Connection-level limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time a client has to send a request's whole head; also the longest an
+    /// idle keep-alive connection is kept open.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Most open connections; past it new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// After the shutdown signal, how long in-flight requests may take before
+    /// their connections are dropped.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_connections: 4096,
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a connection over the cap is told before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 113\r\n\r\n{\"errors\":[{\"title\":\"Service unavailable\",\"details\":\"The server has too many open connections. Please retry.\"}]}";
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains
+/// connections for at most `limits.shutdown_deadline`.
+pub async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers.max(1));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(128)
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead
+                    // of spinning; the listener recovers by itself.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(max_connections = limits.max_connections, "connection cap reached: shedding");
+            connections.spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(move |mut request: axum::http::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection.into_owned());
+        connections.spawn(async move {
+            let _slot = slot;
+            if let Err(e) = connection.await {
+                tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = connections.len();
+    tracing::info!(open, deadline_secs = limits.shutdown_deadline.as_secs(), "draining connections");
+    if tokio::time::timeout(limits.shutdown_deadline, graceful.shutdown()).await.is_err() {
+        tracing::warn!(remaining = connections.len(), "shutdown deadline passed: dropping the remaining connections");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Answers a connection over the cap with a 503 and closes it, spending at
+/// most a second on it.
+async fn refuse(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(OVER_CAPACITY).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// The peer address of a request served by [`serve_connections`].
+pub fn peer(request: &axum::http::Request<axum::body::Body>) -> Option<SocketAddr> {
+    request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_over_capacity_answer_is_well_formed() {
+        let text = std::str::from_utf8(OVER_CAPACITY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared: usize =
+            head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).and_then(|v| v.parse().ok()).unwrap();
+        assert_eq!(declared, body.len());
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["errors"][0]["title"], "Service unavailable");
+    }
+}
