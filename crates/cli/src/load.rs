@@ -209,8 +209,9 @@ async fn target(args: &LoadArgs) -> anyhow::Result<Target> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(&exe)
         .args(&store_args)
-        // A limit no run reaches: the rate-limit path is measured, not skipped.
+        // Limits no run reaches: the rate-limit path is measured, not skipped.
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "1000000000"])
+        .args(["--client-rate-limit", "1000000000", "--relay-rate-limit", "1000000000"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

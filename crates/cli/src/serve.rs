@@ -19,10 +19,29 @@ pub(crate) struct ServeArgs {
     /// Requests per minute per environment (0 turns rate limiting off).
     #[arg(long, env = "BLINDPASS_RATE_LIMIT")]
     rate_limit: Option<u64>,
-    /// Requests per minute per environment on the endpoints without an API
-    /// key (challenge, relay creation); 0 turns it off.
+    /// Optional ceiling on anonymous requests (no API key) per minute per
+    /// environment, all clients together (default 0: off, since one client
+    /// could exhaust it for everyone).
     #[arg(long, env = "BLINDPASS_PUBLIC_RATE_LIMIT")]
     public_rate_limit: Option<u64>,
+    /// Anonymous requests (challenge, relay creation, generate-claim,
+    /// directory) per minute per client address, IPv6 by /64 (default 600;
+    /// 0 turns it off).
+    #[arg(long, env = "BLINDPASS_CLIENT_RATE_LIMIT")]
+    client_rate_limit: Option<u64>,
+    /// generate-claim requests per minute per relay (default 60; 0 turns it
+    /// off).
+    #[arg(long, env = "BLINDPASS_RELAY_RATE_LIMIT")]
+    relay_rate_limit: Option<u64>,
+    /// Failed authentications per minute per client address before answers
+    /// turn from 401 to 429 (default 60; 0 turns it off).
+    #[arg(long, env = "BLINDPASS_AUTH_FAILURE_LIMIT")]
+    auth_failure_limit: Option<u64>,
+    /// Reverse proxies (comma-separated addresses or CIDR blocks) whose
+    /// `Forwarded` / `X-Forwarded-For` headers name the client; from any
+    /// other peer these headers are ignored (default: none).
+    #[arg(long, env = "BLINDPASS_TRUSTED_PROXIES")]
+    trusted_proxies: Option<String>,
     /// Seconds before a request is answered 503.
     #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
     request_timeout_secs: Option<u64>,
@@ -109,6 +128,18 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
             .public_rate_limit
             .or(file.public_rate_limit)
             .unwrap_or(defaults.public_rate_limit_per_minute),
+        client_rate_limit_per_minute: args
+            .client_rate_limit
+            .or(file.client_rate_limit)
+            .unwrap_or(defaults.client_rate_limit_per_minute),
+        relay_rate_limit_per_minute: args
+            .relay_rate_limit
+            .or(file.relay_rate_limit)
+            .unwrap_or(defaults.relay_rate_limit_per_minute),
+        auth_failure_limit_per_minute: args
+            .auth_failure_limit
+            .or(file.auth_failure_limit)
+            .unwrap_or(defaults.auth_failure_limit_per_minute),
         key_refresh_secs: args.key_refresh_secs.or(file.key_refresh_secs).unwrap_or(defaults.key_refresh_secs).max(1),
         // Past the request timeout no request is still being answered, so an
         // unfinished idempotency claim belongs to a request that died.
@@ -198,7 +229,10 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         rate_limit = config.rate_limit_per_minute,
         "blindpass listening"
     );
-    let state = AppState { service, ids, limits };
+    let trusted_proxies = args.trusted_proxies.clone().or(file.trusted_proxies.clone()).unwrap_or_default();
+    let trusted_proxies = blindpass_server::client_addr::TrustedProxies::parse(&trusted_proxies)
+        .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?;
+    let state = AppState { service, ids, limits, trusted_proxies: Arc::new(trusted_proxies) };
     blindpass_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())

@@ -199,7 +199,8 @@ async fn two_thousand_concurrent_connections_get_only_2xx_429_503_and_the_server
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(&["--data-dir", dir.path().to_str().unwrap()], &["--header-read-timeout-secs", "1"]).await;
+    let server =
+        common::start(&["--data-dir", dir.path().to_str().unwrap()], &["--header-read-timeout-secs", "1"]).await;
     let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -217,4 +218,113 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
     .await;
     assert!(closed.is_ok(), "an idle keep-alive connection stayed open 10 s");
     assert!(started.elapsed() < Duration::from_secs(4), "closed after {:?}", started.elapsed());
+}
+
+/// An HTTP client whose connections come from `local` (any 127/8 address
+/// reaches the loopback listener).
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+}
+
+async fn challenge(http: &reqwest::Client, base: &str, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut request = http
+        .post(format!("{base}/api/privacy/v1/relays/challenge"))
+        .json(&serde_json::json!({"claim-type": "age_over18_verified", "sandbox": true}));
+    if let Some(f) = forwarded_for {
+        request = request.header("x-forwarded-for", f);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(
+        &["--data-dir", dir.path().to_str().unwrap()],
+        &["--client-rate-limit", "20", "--trusted-proxies", "127.0.0.4"],
+    )
+    .await;
+    let base = server.base.clone();
+    let flooder = client_from("127.0.0.2");
+    let mut sent = 0;
+    loop {
+        let r = challenge(&flooder, &base, None).await;
+        sent += 1;
+        assert!(r.headers().contains_key("ratelimit-remaining"), "anonymous responses carry RateLimit-*");
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(sent <= 21, "never limited");
+    }
+    assert_eq!(sent, 21, "the limit is 20 per minute");
+    // Every anonymous endpoint refuses the flooder now...
+    let relay = flooder
+        .post(format!("{base}/api/privacy/v1/relays"))
+        .json(&serde_json::json!({"claim-type": "age_over18_verified", "encryption-key-pem": null, "sandbox": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relay.status(), 429);
+    let directory = flooder.get(format!("{base}/.well-known/private-token-issuer-directory")).send().await.unwrap();
+    assert_eq!(directory.status(), 429);
+    let claim = flooder
+        .post(format!("{base}/api/privacy/v1/relays/relay_x/generate-claim"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claim.status(), 429);
+
+    // ...while another address is served on the same endpoints.
+    let neighbour = client_from("127.0.0.3");
+    assert_eq!(challenge(&neighbour, &base, None).await.status(), 200);
+    let created = neighbour
+        .post(format!("{base}/api/privacy/v1/relays"))
+        .json(&serde_json::json!({"claim-type": "age_over18_verified", "encryption-key-pem": null, "sandbox": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let directory = neighbour.get(format!("{base}/.well-known/private-token-issuer-directory")).send().await.unwrap();
+    assert_eq!(directory.status(), 200);
+
+    // Through the trusted proxy, the forwarded address is the client: the
+    // flooder stays limited, someone else behind the proxy is served.
+    let proxy = client_from("127.0.0.4");
+    assert_eq!(challenge(&proxy, &base, Some("127.0.0.2")).await.status(), 429);
+    assert_eq!(challenge(&proxy, &base, Some("198.51.100.9")).await.status(), 200);
+    // A client-written address left of the proxy's own entry is ignored.
+    assert_eq!(challenge(&proxy, &base, Some("198.51.100.9, 127.0.0.2")).await.status(), 429);
+
+    // An untrusted peer cannot escape its bucket by writing the header.
+    let spoofer = client_from("127.0.0.5");
+    let mut limited = false;
+    for i in 0..25 {
+        if challenge(&spoofer, &base, Some(&format!("203.0.113.{i}"))).await.status() == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "a spoofed X-Forwarded-For escaped the limit");
+}
+
+#[tokio::test]
+async fn failed_authentications_turn_into_429_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(&["--data-dir", dir.path().to_str().unwrap()], &["--auth-failure-limit", "5"]).await;
+    let guesser = client_from("127.0.0.6");
+    let guess = |http: &reqwest::Client| {
+        http.post(format!("{}/api/v1/privacy-passes", server.base))
+            .bearer_auth("persona_sandbox_guess")
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(guess(&guesser).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+    assert_eq!(guess(&client_from("127.0.0.7")).await.unwrap().status(), 401, "another address is not affected");
 }

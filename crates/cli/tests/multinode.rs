@@ -414,3 +414,43 @@ async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
     drop((node, helper));
     drop_schema(&base_url, &schema).await.unwrap();
 }
+
+/// The per-client anonymous limit holds across nodes: counted in Redis (or,
+/// without it, in PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_limits_hold_across_nodes() {
+    let Some(base_url) = env_url("BLINDPASS_TEST_POSTGRES_URL") else {
+        eprintln!("!! SKIPPED: multi-node tests need BLINDPASS_TEST_POSTGRES_URL");
+        return;
+    };
+    let schema = random_schema_name();
+    create_schema(&base_url, &schema).await.unwrap();
+    let url = url_with_schema(&base_url, &schema);
+    cli(&url, &["migrate"]);
+    let mut extra = vec!["--client-rate-limit".to_owned(), "10".to_owned()];
+    if let Some(redis) = env_url("BLINDPASS_TEST_REDIS_URL") {
+        extra.extend(["--redis-url".to_owned(), redis, "--redis-key-prefix".to_owned(), schema.clone()]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let a = start(&url, &extra).await;
+    let b = start(&url, &extra).await;
+    let http =
+        reqwest::Client::builder().local_address("127.0.0.8".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (status, _) = post(
+            &http,
+            format!("{}/api/privacy/v1/relays/challenge", node.base),
+            None,
+            json!({"claimType": CLAIM, "sandbox": true}),
+            &[],
+        )
+        .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+    assert_eq!(statuses[10..], [429, 429], "{statuses:?}");
+    drop((a, b));
+    drop_schema(&base_url, &schema).await.unwrap();
+}

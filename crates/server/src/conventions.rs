@@ -12,6 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
+use crate::client_addr::Client;
 use crate::error::ApiError;
 use crate::inflection::{Inflection, to_kebab};
 
@@ -166,13 +167,28 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 /// Authentication then rate limiting: the steps that run before anything is
 /// stored for idempotency. The outcome's rate-limit status goes on every
-/// response, errors included.
+/// response, errors included. Failed authentications count against the
+/// client's address; past that limit the answer is 429, not 401.
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    client: &Client,
 ) -> Result<(Authenticated, Option<RateLimitStatus>), ApiError> {
-    let secret = bearer(headers)?;
-    let auth = state.service.authenticate(secret).await?;
+    let authenticated = async { state.service.authenticate(bearer(headers)?).await.map_err(ApiError::from) }.await;
+    let auth = match authenticated {
+        Ok(auth) => auth,
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            let failures = state.service.rate_limit_auth_failure(&client.0).await?;
+            return Err(match failures {
+                Some(r) if !r.allowed => {
+                    tracing::warn!(client = %client.0, "too many failed authentications");
+                    ApiError::rate_limited(r.limit, r.reset_secs.max(1) as u64)
+                }
+                _ => e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let rate = state.service.rate_limit(auth.key.environment).await?;
     Ok((auth, rate))
 }
@@ -184,10 +200,11 @@ pub async fn authenticate(
 pub async fn with_api_key(
     state: &AppState,
     headers: &HeaderMap,
+    client: &Client,
     permission: blindpass_service::Permission,
     work: impl AsyncFnOnce(&Authenticated, PersonaHeaders) -> Result<Reply, ApiError>,
 ) -> Response {
-    let (auth, rate) = match authenticate(state, headers).await {
+    let (auth, rate) = match authenticate(state, headers, client).await {
         Ok(ok) => ok,
         Err(e) => return e.into_response(),
     };
@@ -206,7 +223,7 @@ pub async fn with_api_key(
     response
 }
 
-/// Refuses a request over its environment's rate limit.
+/// Refuses a request over its rate limit.
 pub fn enforce_rate_limit(rate: Option<RateLimitStatus>) -> Result<(), ApiError> {
     match rate {
         Some(r) if !r.allowed => Err(ApiError::rate_limited(r.limit, r.reset_secs.max(1) as u64)),
@@ -370,6 +387,15 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` for `rate`, if counted.
+pub fn rate_limit_headers(headers: &mut HeaderMap, rate: Option<RateLimitStatus>) {
+    if let Some(r) = rate {
+        headers.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(r.limit));
+        headers.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(r.remaining));
+        headers.insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(r.reset_secs.max(0)));
+    }
+}
+
 /// Adds the headers every response of an endpoint that knows its
 /// environment carries.
 pub fn decorate(
@@ -380,11 +406,7 @@ pub fn decorate(
     version: Option<&HeaderValue>,
 ) {
     let headers = response.headers_mut();
-    if let Some(r) = rate {
-        headers.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(r.limit));
-        headers.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(r.remaining));
-        headers.insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(r.reset_secs.max(0)));
-    }
+    rate_limit_headers(headers, rate);
     if let Some(env) = environment {
         if let Ok(v) = HeaderValue::from_str(state.ids.environment(env)) {
             headers.insert(HeaderName::from_static("persona-environment-id"), v);

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client_addr;
 pub mod conventions;
 pub mod error;
 pub mod inflection;
@@ -95,6 +96,8 @@ pub struct AppState {
     pub ids: Ids,
     /// Request limits.
     pub limits: Limits,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: Arc<client_addr::TrustedProxies>,
 }
 
 /// The whole HTTP API.

@@ -13,13 +13,14 @@ use blindpass_service::{Authenticated, Permission};
 use serde_json::Value;
 
 use crate::AppState;
+use crate::client_addr::Client;
 use crate::conventions::{Reply, fingerprint, idempotent, parse_fields, read_json_body, required_str, with_api_key};
 use crate::error::ApiError;
 
 const PATH: &str = "/api/v1/privacy-passes";
 
-pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    with_api_key(&state, &headers, Permission::PrivacyPassWrite, async |auth, persona| {
+pub(crate) async fn create(State(state): State<AppState>, client: Client, headers: HeaderMap, body: Body) -> Response {
+    with_api_key(&state, &headers, &client, Permission::PrivacyPassWrite, async |auth, persona| {
         let bytes = read_json_body(&headers, body, state.limits.max_body_bytes).await?;
         let scope = format!("api_key:{}", auth.key.id);
         let work = issue(&state, auth, persona.inflection, &bytes);

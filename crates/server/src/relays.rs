@@ -7,13 +7,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::auth;
-use blindpass_service::{Environment, IdempotencyCompletion, Permission, RedeemError, Redemption, StoredResponse};
+use blindpass_service::{
+    Environment, IdempotencyCompletion, Permission, RateLimitStatus, RedeemError, Redemption, StoredResponse,
+};
 use serde_json::Value;
 
 use crate::AppState;
+use crate::client_addr::Client;
 use crate::conventions::{
-    JSON, PersonaHeaders, Reply, decorate, fingerprint, idempotent, parse_fields, read_body, read_json_body,
-    required_str, with_api_key,
+    JSON, PersonaHeaders, Reply, decorate, enforce_rate_limit, fingerprint, idempotent, parse_fields,
+    rate_limit_headers, read_body, read_json_body, required_str, with_api_key,
 };
 use crate::error::ApiError;
 use crate::inflection::Inflection;
@@ -47,6 +50,7 @@ fn environment(fields: &std::collections::HashMap<String, Value>) -> Result<Envi
 /// Shared shape of the two unauthenticated JSON endpoints.
 async fn public_json(
     state: &AppState,
+    client: &Client,
     headers: &HeaderMap,
     body: Body,
     allowed: &[&str],
@@ -60,9 +64,9 @@ async fn public_json(
         let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
         let fields = parse_fields(&bytes, allowed)?;
         let env = environment(&fields)?;
-        // No API key to count against: these endpoints have their own
-        // per-environment window (`--public-rate-limit`).
-        let rate = state.service.rate_limit_public(env).await?;
+        // No API key to count against: the client's address is counted
+        // (and the environment's anonymous ceiling, if the operator set one).
+        let rate = state.service.rate_limit_anonymous(&client.0, Some(env)).await?;
         counted = Some((env, rate));
         crate::conventions::enforce_rate_limit(rate)?;
         work(fields, persona, env).await
@@ -75,8 +79,13 @@ async fn public_json(
 }
 
 /// `POST /api/privacy/v1/relays/challenge`.
-pub(crate) async fn challenge(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    public_json(&state, &headers, body, &["claim-type", "sandbox"], async |fields, persona, env| {
+pub(crate) async fn challenge(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    public_json(&state, &client, &headers, body, &["claim-type", "sandbox"], async |fields, persona, env| {
         let claim = claim_type(&fields)?;
         let offer = state.service.challenge(env, &claim).await?;
         let body = persona.inflection.object(&[
@@ -90,9 +99,10 @@ pub(crate) async fn challenge(State(state): State<AppState>, headers: HeaderMap,
 }
 
 /// `POST /api/privacy/v1/relays`.
-pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn create(State(state): State<AppState>, client: Client, headers: HeaderMap, body: Body) -> Response {
     public_json(
         &state,
+        &client,
         &headers,
         body,
         &["claim-type", "encryption-key-pem", "sandbox"],
@@ -126,6 +136,7 @@ pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, bo
 /// with `relay.verify`) records the claim result of a production relay.
 pub(crate) async fn result(
     State(state): State<AppState>,
+    client: Client,
     relay_token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -133,7 +144,7 @@ pub(crate) async fn result(
     let Ok(Path(relay_token)) = relay_token else {
         return ApiError::not_found("No relay matches this token.").into_response();
     };
-    with_api_key(&state, &headers, Permission::RelayVerify, async |auth, persona| {
+    with_api_key(&state, &headers, &client, Permission::RelayVerify, async |auth, persona| {
         let bytes = read_json_body(&headers, body, state.limits.max_body_bytes).await?;
         let scope = format!("api_key:{}", auth.key.id);
         let path = format!("/api/privacy/v1/relays/{relay_token}/result");
@@ -185,18 +196,43 @@ fn methodology(value: Option<&Value>) -> Result<String, ApiError> {
 /// `POST /api/privacy/v1/relays/{relay-token}/generate-claim`.
 pub(crate) async fn generate_claim(
     State(state): State<AppState>,
+    client: Client,
     relay_token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Counted per client before the relay is even looked up, then per relay.
+    let client_rate = match state.service.rate_limit_anonymous(&client.0, None).await {
+        Ok(rate) => rate,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let refuse = |rate: Option<RateLimitStatus>| {
+        let mut response = Reply::from(enforce_rate_limit(rate).err()?).into_response();
+        rate_limit_headers(response.headers_mut(), rate);
+        Some(response)
+    };
+    if let Some(refused) = refuse(client_rate) {
+        return refused;
+    }
     let Ok(Path(relay_token)) = relay_token else {
         return ApiError::not_found("No relay matches this token and secret.").into_response();
     };
     let secret = headers.get("persona-relay-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
     let relay = match state.service.relay_for(&relay_token, secret).await {
         Ok(relay) => relay,
+        Err(e) => {
+            let mut response = ApiError::from(e).into_response();
+            rate_limit_headers(response.headers_mut(), client_rate);
+            return response;
+        }
+    };
+    let rate = match state.service.rate_limit_relay(&relay.token).await {
+        Ok(relay_rate) => RateLimitStatus::tightest(client_rate, relay_rate),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if let Some(refused) = refuse(rate) {
+        return refused;
+    }
     let persona = PersonaHeaders::parse(&headers);
     let version = persona.as_ref().ok().and_then(|p| p.version.clone());
     let outcome: Result<Reply, ApiError> = async {
@@ -263,7 +299,7 @@ pub(crate) async fn generate_claim(
     }
     .await;
     let mut response = outcome.unwrap_or_else(Reply::from).into_response();
-    decorate(&mut response, &state, Some(relay.environment), None, version.as_ref());
+    decorate(&mut response, &state, Some(relay.environment), rate, version.as_ref());
     response
 }
 

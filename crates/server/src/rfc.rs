@@ -12,7 +12,11 @@ use blindpass_service::{Environment, IssueError, Permission};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::conventions::{Reply, fingerprint, idempotent, read_body, require_content_type, with_api_key};
+use crate::client_addr::Client;
+use crate::conventions::{
+    Reply, enforce_rate_limit, fingerprint, idempotent, rate_limit_headers, read_body, require_content_type,
+    with_api_key,
+};
 use crate::error::ApiError;
 
 /// Path of the issuance endpoint named in the directory.
@@ -22,16 +26,37 @@ pub(crate) const TOKEN_REQUEST_PATH: &str = "/token-request";
 /// `?sandbox=true` for the sandbox environment's).
 pub(crate) async fn directory(
     State(state): State<AppState>,
+    client: Client,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let env = match sandbox_flag(query.as_deref()) {
+    let rate = match state.service.rate_limit_anonymous(&client.0, None).await {
+        Ok(rate) => rate,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut response = directory_response(&state, query.as_deref(), &headers, rate).await;
+    rate_limit_headers(response.headers_mut(), rate);
+    response
+}
+
+async fn directory_response(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    rate: Option<blindpass_service::RateLimitStatus>,
+) -> Response {
+    if let Err(e) = enforce_rate_limit(rate) {
+        return e.into_response();
+    }
+    let env = match sandbox_flag(query) {
         Ok(true) => Environment::Sandbox,
         Ok(false) => Environment::Production,
         Err(e) => return e.into_response(),
     };
     let directory = match state.service.directory(env, TOKEN_REQUEST_PATH).await {
         Ok(d) => d,
+        // The store is unavailable: 503 + Retry-After, never 500.
+        Err(blindpass_service::KeyError::Store(e)) => return ApiError::from(e).into_response(),
         Err(e) => return ApiError::internal(&e).into_response(),
     };
     let body = directory.to_json();
@@ -56,8 +81,13 @@ pub(crate) async fn directory(
 }
 
 /// `POST /token-request`: RFC 9578 §6 issuance with a Bearer API key.
-pub(crate) async fn token_request(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    with_api_key(&state, &headers, Permission::PrivacyPassWrite, async |auth, persona| {
+pub(crate) async fn token_request(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    with_api_key(&state, &headers, &client, Permission::PrivacyPassWrite, async |auth, persona| {
         require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST)?;
         let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
         let scope = format!("api_key:{}", auth.key.id);

@@ -66,7 +66,7 @@ impl Default for ConnectionLimits {
 }
 
 /// What a connection over the cap is told before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 113\r\n\r\n{\"errors\":[{\"title\":\"Service unavailable\",\"details\":\"The server has too many open connections. Please retry.\"}]}";
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 112\r\n\r\n{\"errors\":[{\"title\":\"Service unavailable\",\"details\":\"The server has too many open connections. Please retry.\"}]}";
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains
 /// connections for at most `limits.shutdown_deadline`.

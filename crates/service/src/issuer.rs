@@ -21,6 +21,35 @@ pub struct RateLimitStatus {
     pub allowed: bool,
 }
 
+impl RateLimitStatus {
+    /// The status closer to refusing: a refusal first, then the fewer
+    /// requests remaining.
+    pub fn tightest(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            // `false < true`: a refusal sorts first, then fewer remaining.
+            (Some(a), Some(b)) => Some(if (a.allowed, a.remaining) <= (b.allowed, b.remaining) { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The rate-limit bucket of a client address: an IPv4 address as is, an
+/// IPv6 address by its /64 (one subscriber's prefix: a host can use any
+/// address in it), an IPv4-mapped IPv6 address as its IPv4 address.
+pub fn client_bucket(address: std::net::IpAddr) -> String {
+    use std::net::IpAddr;
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// Why an issuance was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -68,10 +97,35 @@ impl Service {
         self.count(format!("env:{}", environment.as_str()), self.config().rate_limit_per_minute).await
     }
 
-    /// Counts one request to an endpoint that takes no API key (challenge,
-    /// relay creation) against `environment`'s public window.
-    pub async fn rate_limit_public(&self, environment: Environment) -> Result<Option<RateLimitStatus>, StoreError> {
-        self.count(format!("public:{}", environment.as_str()), self.config().public_rate_limit_per_minute).await
+    /// Counts one anonymous request (no API key: challenge, relay creation,
+    /// generate-claim, directory) from `client` (see [`client_bucket`]), and,
+    /// when the operator set one, against `environment`'s anonymous ceiling.
+    /// Returns the tighter of the two.
+    pub async fn rate_limit_anonymous(
+        &self,
+        client: &str,
+        environment: Option<Environment>,
+    ) -> Result<Option<RateLimitStatus>, StoreError> {
+        let per_client = self.count(format!("client:{client}"), self.config().client_rate_limit_per_minute).await?;
+        let ceiling = match environment {
+            Some(env) => {
+                self.count(format!("public:{}", env.as_str()), self.config().public_rate_limit_per_minute).await?
+            }
+            None => None,
+        };
+        Ok(RateLimitStatus::tightest(per_client, ceiling))
+    }
+
+    /// Counts one redemption attempt at `relay_token` (generate-claim),
+    /// whoever makes it.
+    pub async fn rate_limit_relay(&self, relay_token: &str) -> Result<Option<RateLimitStatus>, StoreError> {
+        self.count(format!("relay:{relay_token}"), self.config().relay_rate_limit_per_minute).await
+    }
+
+    /// Counts one failed authentication from `client`. Past the limit the
+    /// client is answered 429 instead of 401.
+    pub async fn rate_limit_auth_failure(&self, client: &str) -> Result<Option<RateLimitStatus>, StoreError> {
+        self.count(format!("authfail:{client}"), self.config().auth_failure_limit_per_minute).await
     }
 
     async fn count(&self, bucket: String, limit: u64) -> Result<Option<RateLimitStatus>, StoreError> {

@@ -27,7 +27,7 @@ pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcom
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use idempotency::CLOCK_SKEW_MARGIN_SECS;
 pub use idempotency::{IdempotencyOutcome, Pruned};
-pub use issuer::{IssueError, RateLimitStatus};
+pub use issuer::{IssueError, RateLimitStatus, client_bucket};
 pub use keyring::{KeyError, LoadedKey};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use relays::{
@@ -40,9 +40,18 @@ pub use relays::{
 pub struct Config {
     /// Requests per minute per environment; 0 disables rate limiting.
     pub rate_limit_per_minute: u64,
-    /// Requests per minute per environment on the endpoints that take no API
-    /// key (challenge, relay creation); 0 disables it.
+    /// Optional ceiling: anonymous requests (no API key) per minute per
+    /// environment, all clients together; 0 (the default) disables it, since
+    /// one client could exhaust it for everyone.
     pub public_rate_limit_per_minute: u64,
+    /// Anonymous requests per minute per client address (IPv6 by /64);
+    /// 0 disables it.
+    pub client_rate_limit_per_minute: u64,
+    /// generate-claim requests per minute per relay; 0 disables it.
+    pub relay_rate_limit_per_minute: u64,
+    /// Failed authentications per minute per client address before 429;
+    /// 0 disables it.
+    pub auth_failure_limit_per_minute: u64,
     /// How often the key ring is re-read from the store, in seconds.
     pub key_refresh_secs: i64,
     /// After how many seconds an unfinished idempotent request's claim is
@@ -61,7 +70,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             rate_limit_per_minute: 300,
-            public_rate_limit_per_minute: 6000,
+            public_rate_limit_per_minute: 0,
+            client_rate_limit_per_minute: 600,
+            relay_rate_limit_per_minute: 60,
+            auth_failure_limit_per_minute: 60,
             key_refresh_secs: 5,
             idempotency_stale_secs: 30,
             relay_lifetime_secs: 24 * 3600,

@@ -87,9 +87,27 @@ impl RateLimiter for RedisLimiter {
 
 /// Counters in this process's memory: exact for a single node (the embedded
 /// SQLite deployment), and free of a database write per request.
-#[derive(Debug, Default)]
+///
+/// Buckets are keyed by client input (addresses, relay tokens), so the map is
+/// bounded: past `max_buckets`, buckets of past windows are dropped; if the
+/// current window alone fills it (a flood from very many addresses), new
+/// buckets share one overflow counter, so they are limited together rather
+/// than not at all.
+#[derive(Debug)]
 pub struct LocalLimiter {
     windows: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    max_buckets: usize,
+}
+
+/// Default cap on in-memory rate-limit buckets.
+pub(crate) const DEFAULT_MAX_BUCKETS: usize = 100_000;
+/// The bucket that counts new buckets once the map is full.
+const OVERFLOW_BUCKET: &str = "overflow";
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_MAX_BUCKETS)
+    }
 }
 
 impl LocalLimiter {
@@ -97,12 +115,34 @@ impl LocalLimiter {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// An empty set of at most `max_buckets` counters.
+    pub fn with_capacity(max_buckets: usize) -> Self {
+        Self { windows: std::sync::Mutex::default(), max_buckets: max_buckets.max(1) }
+    }
+
+    /// How many buckets are held.
+    pub fn len(&self) -> usize {
+        self.windows.lock().map_or(0, |w| w.len())
+    }
+
+    /// True when no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[async_trait]
 impl RateLimiter for LocalLimiter {
     async fn hit(&self, bucket: &str, window_start: i64, _window_secs: i64) -> Result<u64, StoreError> {
         let mut windows = self.windows.lock().map_err(|_| StoreError::Other("rate limiter lock poisoned".into()))?;
+        let mut bucket = bucket;
+        if !windows.contains_key(bucket) && windows.len() >= self.max_buckets {
+            windows.retain(|_, (start, _)| *start == window_start);
+            if windows.len() >= self.max_buckets {
+                bucket = OVERFLOW_BUCKET;
+            }
+        }
         let entry = windows.entry(bucket.to_owned()).or_insert((window_start, 0));
         if entry.0 != window_start {
             *entry = (window_start, 0);
@@ -123,5 +163,21 @@ mod tests {
         assert_eq!(limiter.hit("env:sandbox", 60, 60).await.unwrap(), 2);
         assert_eq!(limiter.hit("env:production", 60, 60).await.unwrap(), 1);
         assert_eq!(limiter.hit("env:sandbox", 120, 60).await.unwrap(), 1, "a new window starts at 1");
+    }
+
+    #[tokio::test]
+    async fn local_buckets_are_capped() {
+        let limiter = LocalLimiter::with_capacity(3);
+        for i in 0..3 {
+            limiter.hit(&format!("client:{i}"), 60, 60).await.unwrap();
+        }
+        // Full with this window's buckets: newcomers share the overflow.
+        assert_eq!(limiter.hit("client:a", 60, 60).await.unwrap(), 1);
+        assert_eq!(limiter.hit("client:b", 60, 60).await.unwrap(), 2, "counted together");
+        assert!(limiter.len() <= 4);
+        // A new window drops the old buckets.
+        assert_eq!(limiter.hit("client:c", 120, 60).await.unwrap(), 1);
+        assert_eq!(limiter.hit("client:d", 120, 60).await.unwrap(), 1);
+        assert!(limiter.len() <= 4, "{}", limiter.len());
     }
 }

@@ -60,9 +60,16 @@ pub async fn harness(rate_limit: u64) -> Harness {
     harness_with(rate_limit, Limits::default()).await
 }
 
+/// A harness whose environment limit is `rate_limit`; 0 turns every rate
+/// limit off (per client, per relay, failed authentications too).
 pub async fn harness_with(rate_limit: u64, limits: Limits) -> Harness {
-    let config =
+    let mut config =
         Config { rate_limit_per_minute: rate_limit, issuer_name: "issuer.example".into(), ..Config::default() };
+    if rate_limit == 0 {
+        config.client_rate_limit_per_minute = 0;
+        config.relay_rate_limit_per_minute = 0;
+        config.auth_failure_limit_per_minute = 0;
+    }
     harness_from(config, limits).await
 }
 
@@ -79,7 +86,12 @@ pub async fn harness_from(config: Config, limits: Limits) -> Harness {
     let revoked = secret(Environment::Sandbox, vec![Permission::PrivacyPassWrite]).await;
     service.revoke_api_key(&revoked.key.id).await.unwrap();
     let ids = blindpass_server::load_ids(&service, &IdOverrides::default()).await.unwrap();
-    let router = blindpass_server::router(AppState { service: service.clone(), ids, limits });
+    let router = blindpass_server::router(AppState {
+        service: service.clone(),
+        ids,
+        limits,
+        trusted_proxies: Default::default(),
+    });
     Harness {
         _dir: dir,
         router,

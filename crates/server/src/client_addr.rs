@@ -1,0 +1,249 @@
+//! Who is calling: the client address that anonymous rate limits are keyed
+//! by.
+//!
+//! The TCP peer is the client unless it is one of the operator's
+//! `--trusted-proxies`. Only then are `Forwarded` (RFC 7239) or, without it,
+//! `X-Forwarded-For` read, from the right: each hop appends the address it
+//! received from, so the rightmost address that is not a trusted proxy is
+//! the first one no trusted proxy can vouch for — the client. Anything a
+//! client writes further left is ignored, so it cannot choose its own bucket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+
+use crate::AppState;
+
+/// An address block, `ADDR/PREFIX` or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network = IpAddr::from_str(addr).map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let masked = |bits: u128, width: u32| -> u128 {
+            if self.prefix == 0 { 0 } else { bits >> (width - u32::from(self.prefix)) }
+        };
+        match (self.network, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => masked(u32::from(n).into(), 32) == masked(u32::from(a).into(), 32),
+            (IpAddr::V6(n), IpAddr::V6(a)) => masked(u128::from(n), 128) == masked(u128::from(a), 128),
+            _ => false,
+        }
+    }
+}
+
+/// The proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<Cidr>);
+
+impl TrustedProxies {
+    /// Parses `CIDR,CIDR,…` (empty: none).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        list.split(',').filter(|s| !s.trim().is_empty()).map(Cidr::from_str).collect::<Result<_, _>>().map(Self)
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+
+    /// True when no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// An IPv4-mapped IPv6 address as IPv4; everything else as is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Most forwarded hops read from the headers.
+const MAX_HOPS: usize = 32;
+
+/// The client address of a request from `peer`.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let peer = canonical(peer);
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let hops = if headers.contains_key("forwarded") { forwarded_for(headers) } else { x_forwarded_for(headers) };
+    let mut client = peer;
+    for hop in hops.into_iter().rev().take(MAX_HOPS) {
+        // A hop that does not parse cannot be vouched for: the last trusted
+        // hop's own address is the best answer.
+        let Some(ip) = hop.map(canonical) else { break };
+        client = ip;
+        if !trusted.contains(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// The addresses of `X-Forwarded-For` (every instance, in order).
+fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(|s| parse_node(s.trim()))
+        .collect()
+}
+
+/// The `for=` addresses of `Forwarded` (RFC 7239, every instance, in order).
+fn forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all("forwarded")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(|element| {
+            element.split(';').find_map(|pair| {
+                let (name, value) = pair.trim().split_once('=')?;
+                name.trim().eq_ignore_ascii_case("for").then(|| parse_node(value.trim().trim_matches('"')))?
+            })
+        })
+        .collect()
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80` or a bare
+/// IPv6 address; `unknown` and obfuscated identifiers are `None`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = IpAddr::from_str(s) {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return IpAddr::from_str(rest.split(']').next()?).ok();
+    }
+    SocketAddr::from_str(s).ok().map(|a| a.ip())
+}
+
+/// The rate-limit bucket of the calling client (see
+/// [`blindpass_service::client_bucket`]); `unknown` when the request did not
+/// come through a socket (router tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client(pub String);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Ok(Self("unknown".into()));
+        };
+        let ip = client_address(peer.ip(), &parts.headers, &state.trusted_proxies);
+        Ok(Self(blindpass_service::client_bucket(ip)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains(ip("10.1.2.3")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        assert!(c.contains(ip("::ffff:10.0.0.1")), "IPv4-mapped");
+        let c: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(c.contains(ip("2001:db8:1::1")));
+        assert!(!c.contains(ip("2001:db9::1")));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("8.8.8.8")));
+        assert!("127.0.0.1".parse::<Cidr>().unwrap().contains(ip("127.0.0.1")));
+        for bad in ["10.0.0.0/33", "nonsense", "::/129", "1.2.3.4/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        assert_eq!(TrustedProxies::parse("").unwrap(), TrustedProxies::default());
+        assert!(TrustedProxies::parse("10.0.0.0/8, ::1").unwrap().contains(ip("::1")));
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_spoof_its_address() {
+        let trusted = TrustedProxies::parse("10.0.0.1").unwrap();
+        let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
+        assert_eq!(client_address(ip("127.0.0.9"), &h, &trusted), ip("127.0.0.9"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_read_from_the_right() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        // The client wrote "6.6.6.6" itself; the proxy appended the real one.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.7"));
+        // Two trusted hops.
+        let h = headers(&[("x-forwarded-for", "203.0.113.7, 10.0.0.2")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.7"));
+        // Several header instances are one list.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.8")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.8"));
+        // Forwarded wins over X-Forwarded-For, with quoted IPv6 and ports.
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https"),
+        ]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("2001:db8:cafe::17"));
+        // Garbage stops the walk at the last trusted hop.
+        let h = headers(&[("x-forwarded-for", "203.0.113.7, garbage")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+        let h = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+        // No header: the proxy itself.
+        assert_eq!(client_address(ip("10.0.0.1"), &HeaderMap::new(), &trusted), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let a = blindpass_service::client_bucket(ip("2001:db8:1:2:aaaa::1"));
+        let b = blindpass_service::client_bucket(ip("2001:db8:1:2:bbbb::2"));
+        let c = blindpass_service::client_bucket(ip("2001:db8:1:3::1"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(blindpass_service::client_bucket(ip("::ffff:127.0.0.2")), "127.0.0.2");
+    }
+}
