@@ -44,6 +44,10 @@ pub enum KeyError {
     /// A stored key could not be parsed, or a key could not be generated.
     #[error("issuer key error: {0}")]
     Key(String),
+    /// Key material could not be opened with the configured key-encryption
+    /// key (missing, wrong, or the value was tampered with).
+    #[error(transparent)]
+    Kek(#[from] crate::kek::KekError),
     /// No key with that id.
     #[error("no issuer key {0}")]
     NotFound(String),
@@ -105,24 +109,40 @@ impl Service {
         self.inner.keyring.state.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Re-reads all issuer keys. Keys already parsed are reused; only new
-    /// ones pay for PKCS#8 parsing.
+    /// Re-reads the issuer keys' metadata (state, times). A key id already
+    /// loaded keeps its parsed key pair (a key id is the hash of the public
+    /// key, so its private key never changes); only a new key id fetches,
+    /// opens and parses its private key, once. A key that cannot be read is
+    /// skipped and logged rather than failing every request, except when the
+    /// key-encryption key is missing or wrong: that is a configuration error.
     pub async fn reload_keys(&self) -> Result<Arc<HashMap<TokenKeyId, Arc<LoadedKey>>>, KeyError> {
         let promoted = self.store().promote_due_keys(self.now()).await?;
         if promoted > 0 {
             tracing::info!(promoted, "announced issuer keys became active");
         }
-        let records = self.store().issuer_keys(None).await?;
+        let records = self.store().issuer_key_metadata(None).await?;
         let previous = self.snapshot().by_id;
         let mut by_id = HashMap::with_capacity(records.len() * 2);
         for record in records {
-            let id =
-                TokenKeyId::from_hex(&record.id).map_err(|_| KeyError::Key(format!("bad key id {}", record.id)))?;
+            let Ok(id) = TokenKeyId::from_hex(&record.id) else {
+                tracing::error!(key = %record.id, "skipping an issuer key with a malformed id");
+                continue;
+            };
             let loaded = match previous.get(&id) {
-                Some(old) if old.record.private_pkcs8 == record.private_pkcs8 => {
+                Some(old) => {
                     Arc::new(LoadedKey { record, public: old.public.clone(), signer: Arc::clone(&old.signer) })
                 }
-                _ => Arc::new(load(record)?),
+                None => match self.load_private(record).await {
+                    Ok(loaded) => Arc::new(loaded),
+                    Err(
+                        e @ (KeyError::Kek(crate::kek::KekError::Missing(_) | crate::kek::KekError::WrongKey { .. })
+                        | KeyError::Store(_)),
+                    ) => return Err(e),
+                    Err(e) => {
+                        tracing::error!(key = %id.to_hex(), error = %e, "skipping an unreadable issuer key");
+                        continue;
+                    }
+                },
             };
             by_id.insert(loaded.public.token_key_id(), Arc::clone(&loaded));
             by_id.insert(loaded.public.persona_key_id(), loaded);
@@ -132,6 +152,14 @@ impl Service {
             *state = Snapshot { by_id: Arc::clone(&by_id), loaded_at: Some(self.now()) };
         }
         Ok(by_id)
+    }
+
+    /// Fetches, opens and parses the private key of `record`.
+    async fn load_private(&self, record: IssuerKey) -> Result<LoadedKey, KeyError> {
+        let sealed =
+            self.store().issuer_key_private(&record.id).await?.ok_or_else(|| KeyError::NotFound(record.id.clone()))?;
+        let pkcs8 = crate::kek::open(self.kek(), &sealed, &crate::kek::issuer_key_aad(&record.id))?;
+        load(record, &pkcs8)
     }
 
     /// Creates one active key per environment that has none (first start).
@@ -186,14 +214,21 @@ impl Service {
 
     async fn generate_key_record(&self, environment: Environment) -> Result<IssuerKey, KeyError> {
         let now = self.now();
+        let kek = self.config().key_encryption_key.clone();
         tokio::task::spawn_blocking(move || {
             let key = RsaPrivateKey::generate_2048().map_err(|e| KeyError::Key(e.to_string()))?;
             let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| KeyError::Key(e.to_string()))?;
+            let id = public.token_key_id().to_hex();
+            let pkcs8 = Zeroizing::new(key.to_pkcs8_der().to_vec());
+            let stored = match &kek {
+                Some(kek) => Zeroizing::new(kek.seal(&pkcs8, &crate::kek::issuer_key_aad(&id))),
+                None => pkcs8,
+            };
             Ok(IssuerKey {
-                id: public.token_key_id().to_hex(),
+                id,
                 environment,
                 state: KeyState::Active,
-                private_pkcs8: Zeroizing::new(key.to_pkcs8_der().to_vec()),
+                private_pkcs8: stored,
                 not_before: now,
                 rotated_at: None,
                 retired_at: None,
@@ -205,9 +240,9 @@ impl Service {
     }
 }
 
-fn load(record: IssuerKey) -> Result<LoadedKey, KeyError> {
-    let signer = RsaPrivateKey::from_pkcs8_der(&record.private_pkcs8)
-        .map_err(|e| KeyError::Key(format!("stored key {}: {e}", record.id)))?;
+fn load(record: IssuerKey, pkcs8: &[u8]) -> Result<LoadedKey, KeyError> {
+    let signer =
+        RsaPrivateKey::from_pkcs8_der(pkcs8).map_err(|e| KeyError::Key(format!("stored key {}: {e}", record.id)))?;
     let public = IssuerPublicKey::new(signer.public_key().clone())
         .map_err(|e| KeyError::Key(format!("stored key {}: {e}", record.id)))?;
     if public.token_key_id().to_hex() != record.id {

@@ -14,6 +14,7 @@ mod api_keys;
 mod clock;
 mod idempotency;
 mod issuer;
+pub mod kek;
 mod keyring;
 mod limiter;
 mod relays;
@@ -64,6 +65,9 @@ pub struct Config {
     pub key_overlap_secs: i64,
     /// The issuer name put in challenges (Persona JSON and RFC 9577).
     pub issuer_name: String,
+    /// Seals issuer private keys and server secrets at rest; `None` stores
+    /// them in plaintext (and `serve` says so loudly).
+    pub key_encryption_key: Option<Arc<kek::KeyEncryptionKey>>,
 }
 
 impl Default for Config {
@@ -79,6 +83,7 @@ impl Default for Config {
             relay_lifetime_secs: 24 * 3600,
             key_overlap_secs: 7 * 24 * 3600,
             issuer_name: "localhost".into(),
+            key_encryption_key: None,
         }
     }
 }
@@ -144,5 +149,53 @@ impl Service {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The key-encryption key, if configured.
+    pub(crate) fn kek(&self) -> Option<&kek::KeyEncryptionKey> {
+        self.inner.config.key_encryption_key.as_deref()
+    }
+
+    /// Re-encrypts every issuer private key and server secret from the
+    /// configured key-encryption key (or plaintext) to `new` (or plaintext),
+    /// in one transaction. Returns how many values were rewritten.
+    pub async fn rewrap_key_material(&self, new: Option<&kek::KeyEncryptionKey>) -> Result<usize, KeyError> {
+        let mut changes = Vec::new();
+        for key in self.store().issuer_keys(None).await? {
+            let aad = kek::issuer_key_aad(&key.id);
+            let plain = kek::open(self.kek(), &key.private_pkcs8, &aad)?;
+            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad));
+            let target = blindpass_store::RewrapTarget::IssuerKey(key.id.clone());
+            changes.push(blindpass_store::Rewrap { target, old: key.private_pkcs8.to_vec(), new: new_value });
+        }
+        for (name, value) in self.store().settings_with_prefix(secrets::SECRET_PREFIX).await? {
+            let aad = kek::setting_aad(&name);
+            let plain = kek::open(self.kek(), &value, &aad)?;
+            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad));
+            changes.push(blindpass_store::Rewrap {
+                target: blindpass_store::RewrapTarget::Setting(name),
+                old: value,
+                new: new_value,
+            });
+        }
+        self.store().rewrap(&changes).await?;
+        Ok(changes.len())
+    }
+
+    /// Opens every issuer key and server secret with the configured
+    /// key-encryption key: fails, naming the KEK needed, when the store holds
+    /// material sealed under a KEK that is missing or different. Returns how
+    /// many values are stored in plaintext.
+    pub async fn check_key_material(&self) -> Result<usize, KeyError> {
+        let mut plaintext = 0;
+        for key in self.store().issuer_keys(None).await? {
+            plaintext += usize::from(!kek::is_sealed(&key.private_pkcs8));
+            kek::open(self.kek(), &key.private_pkcs8, &kek::issuer_key_aad(&key.id))?;
+        }
+        for (name, value) in self.store().settings_with_prefix(secrets::SECRET_PREFIX).await? {
+            plaintext += usize::from(!kek::is_sealed(&value));
+            kek::open(self.kek(), &value, &kek::setting_aad(&name))?;
+        }
+        Ok(plaintext)
     }
 }

@@ -16,6 +16,9 @@ pub(crate) struct Secrets {
     pub(crate) session: Zeroizing<Vec<u8>>,
 }
 
+/// Prefix of the settings that hold server secrets.
+pub(crate) const SECRET_PREFIX: &str = "secret.";
+
 impl Service {
     pub(crate) async fn secrets(&self) -> Result<&Secrets, StoreError> {
         self.inner
@@ -23,7 +26,13 @@ impl Service {
             .get_or_try_init(|| async {
                 let get = async |name: &str| -> Result<Zeroizing<Vec<u8>>, StoreError> {
                     let fresh: Zeroizing<[u8; 32]> = Zeroizing::new(rand::rng().random());
-                    Ok(Zeroizing::new(self.store().setting_get_or_insert(name, &fresh[..]).await?))
+                    let aad = crate::kek::setting_aad(name);
+                    let fresh = match self.kek() {
+                        Some(kek) => Zeroizing::new(kek.seal(&fresh[..], &aad)),
+                        None => Zeroizing::new(fresh.to_vec()),
+                    };
+                    let stored = Zeroizing::new(self.store().setting_get_or_insert(name, &fresh).await?);
+                    crate::kek::open(self.kek(), &stored, &aad).map_err(|e| StoreError::Corrupt(e.to_string()))
                 };
                 let challenge = get("secret.challenge_mac").await?;
                 let challenge = ChallengeSecret::new(challenge.to_vec())

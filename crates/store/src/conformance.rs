@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     ApiKey, ClaimResult, Environment, IdempotencyBegin, IdempotencyCompletion, IssuerKey, KeyState, Permission,
-    RecordOutcome, Relay, Spend, SpendOutcome, Store, StoredResponse,
+    RecordOutcome, Relay, Rewrap, RewrapTarget, Spend, SpendOutcome, Store, StoreError, StoredResponse,
 };
 
 /// Runs every check against `store`, which must start empty.
@@ -26,6 +26,42 @@ pub async fn run_all(store: Arc<dyn Store>) {
     spending_has_one_winner(Arc::clone(&store)).await;
     spent_records_outlive_their_tokens(&*store).await;
     spend_completes_idempotency_in_one_transaction(&*store).await;
+    key_material_is_read_and_rewrapped_apart(&*store).await;
+}
+
+async fn key_material_is_read_and_rewrapped_apart(store: &dyn Store) {
+    let key = issuer_key("kw", Environment::Sandbox, KeyState::Retired, 30);
+    store.insert_issuer_key(&key).await.unwrap();
+    let metadata = store.issuer_key_metadata(Some(Environment::Sandbox)).await.unwrap();
+    let listed = metadata.iter().find(|k| k.id == "kw").unwrap();
+    assert!(listed.private_pkcs8.is_empty(), "metadata carries no private key");
+    assert_eq!((listed.state, listed.created_at), (KeyState::Retired, 30));
+    let full = store.issuer_keys(Some(Environment::Sandbox)).await.unwrap();
+    assert_eq!(metadata.len(), full.len());
+    assert_eq!(store.issuer_key_private("kw").await.unwrap().as_deref(), Some(&key.private_pkcs8[..]));
+    assert_eq!(store.issuer_key_private("missing").await.unwrap(), None);
+
+    store.setting_get_or_insert("secret.w1", b"one").await.unwrap();
+    store.setting_get_or_insert("secret.w2", b"two").await.unwrap();
+    store.setting_get_or_insert("other", b"x").await.unwrap();
+    let secrets = store.settings_with_prefix("secret.w").await.unwrap();
+    assert_eq!(secrets, vec![("secret.w1".to_owned(), b"one".to_vec()), ("secret.w2".to_owned(), b"two".to_vec())]);
+
+    let change = |target, old: &[u8], new: &[u8]| Rewrap { target, old: old.to_vec(), new: new.to_vec() };
+    // One stale expectation rolls the whole rewrap back.
+    let stale = [
+        change(RewrapTarget::Setting("secret.w1".into()), b"one", b"ONE"),
+        change(RewrapTarget::Setting("secret.w2".into()), b"stale", b"TWO"),
+    ];
+    assert!(matches!(store.rewrap(&stale).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.setting_get_or_insert("secret.w1", b"-").await.unwrap(), b"one", "rolled back");
+    let good = [
+        change(RewrapTarget::Setting("secret.w1".into()), b"one", b"ONE"),
+        change(RewrapTarget::IssuerKey("kw".into()), &key.private_pkcs8, b"sealed"),
+    ];
+    store.rewrap(&good).await.unwrap();
+    assert_eq!(store.setting_get_or_insert("secret.w1", b"-").await.unwrap(), b"ONE");
+    assert_eq!(store.issuer_key_private("kw").await.unwrap().as_deref(), Some(&b"sealed"[..]));
 }
 
 pub fn spend(key_id: &str, nonce: &[u8], relay: &str, expires_at: i64) -> Spend {

@@ -78,6 +78,13 @@ pub trait IssuerKeyStore: Send + Sync {
     /// node at once (a second run finds nothing to do). Returns how many
     /// keys were promoted.
     async fn promote_due_keys(&self, now: i64) -> Result<u64, StoreError>;
+    /// Keys of `environment` (or all), oldest first, **without** their
+    /// private keys (`private_pkcs8` is empty): what a node re-reads every
+    /// few seconds. It fetches a private key once, by id, when a new key id
+    /// appears ([`IssuerKeyStore::issuer_key_private`]).
+    async fn issuer_key_metadata(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError>;
+    /// The stored (possibly sealed) private key of `id`.
+    async fn issuer_key_private(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Relays and their claim results.
@@ -155,6 +162,13 @@ pub trait SettingsStore: Send + Sync {
     /// Returns the value of `name`, storing `value` first if it has none.
     /// Concurrent callers all get the same, first-stored value.
     async fn setting_get_or_insert(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// Every setting whose name starts with `prefix`, by name.
+    async fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Replaces stored key material (issuer private keys and settings) in
+    /// one transaction, each only if it still holds its `old` value; any
+    /// mismatch rolls everything back with [`StoreError::Conflict`]. Used to
+    /// change the key-encryption key.
+    async fn rewrap(&self, changes: &[Rewrap]) -> Result<(), StoreError>;
 }
 
 /// Everything a blindpass node needs from its store.

@@ -308,3 +308,29 @@ pub enum SpendOutcome {
     /// The token was spent at another relay.
     SpentElsewhere,
 }
+
+/// One value to re-encrypt in [`crate::SettingsStore::rewrap`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rewrap {
+    /// Where the value lives.
+    pub target: RewrapTarget,
+    /// The value expected there now.
+    pub old: Vec<u8>,
+    /// The value to store.
+    pub new: Vec<u8>,
+}
+
+impl std::fmt::Debug for Rewrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewrap").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+/// The row of a [`Rewrap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewrapTarget {
+    /// The private key of the issuer key with this id.
+    IssuerKey(String),
+    /// The setting with this name.
+    Setting(String),
+}

@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
-    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, Spend, SpendOutcome,
-    SpentTokenStore, StoreError, StoredResponse,
+    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget, SettingsStore, Spend,
+    SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
 };
 
 /// Schema migrations, applied in order under an advisory lock.
@@ -389,6 +389,23 @@ impl IssuerKeyStore for PostgresStore {
         rows.iter().map(issuer_key_from_row).collect()
     }
 
+    async fn issuer_key_metadata(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError> {
+        let env = environment.map(Environment::as_str);
+        let rows = self
+            .query(
+                "SELECT id, environment, state, ''::BYTEA, not_before, rotated_at, retired_at, created_at
+                 FROM issuer_keys WHERE $1::TEXT IS NULL OR environment = $1 ORDER BY created_at, id",
+                &[&env],
+            )
+            .await?;
+        rows.iter().map(issuer_key_from_row).collect()
+    }
+
+    async fn issuer_key_private(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self.query("SELECT private_pkcs8 FROM issuer_keys WHERE id = $1", &[&id]).await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
     async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(map_err)?;
@@ -570,6 +587,44 @@ impl SettingsStore for PostgresStore {
         .await?;
         let rows = self.query("SELECT value FROM settings WHERE name = $1", &[&name]).await?;
         rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))
+    }
+
+    async fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self.query("SELECT name, value FROM settings ORDER BY name", &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+            .filter(|(name, _)| name.starts_with(prefix))
+            .collect())
+    }
+
+    async fn rewrap(&self, changes: &[Rewrap]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
+        for change in changes {
+            let updated = match &change.target {
+                RewrapTarget::IssuerKey(id) => {
+                    tx.execute(
+                        "UPDATE issuer_keys SET private_pkcs8 = $3 WHERE id = $1 AND private_pkcs8 = $2",
+                        &[id, &change.old, &change.new],
+                    )
+                    .await
+                }
+                RewrapTarget::Setting(name) => {
+                    tx.execute(
+                        "UPDATE settings SET value = $3 WHERE name = $1 AND value = $2",
+                        &[name, &change.old, &change.new],
+                    )
+                    .await
+                }
+            }
+            .map_err(map_err)?;
+            if updated != 1 {
+                return Err(StoreError::Conflict(format!("{:?} changed during the rewrap", change.target)));
+            }
+        }
+        tx.commit().await.map_err(map_err)
     }
 }
 

@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
-    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, SettingsStore, Spend, SpendOutcome,
-    SpentTokenStore, StoreError, StoredResponse,
+    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget, SettingsStore, Spend,
+    SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -391,6 +391,35 @@ impl IssuerKeyStore for SqliteStore {
         .await
     }
 
+    async fn issuer_key_metadata(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError> {
+        self.with(move |c| {
+            let env = environment.map(Environment::as_str);
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, environment, state, X'', not_before, rotated_at, retired_at, created_at
+                     FROM issuer_keys WHERE ?1 IS NULL OR environment = ?1 ORDER BY created_at, id",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![env], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                })
+                .map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err).and_then(issuer_key_from_row)).collect()
+        })
+        .await
+    }
+
+    async fn issuer_key_private(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.query_row("SELECT private_pkcs8 FROM issuer_keys WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()
+                .map_err(map_err)
+        })
+        .await
+    }
+
     async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError> {
         let key = new_key.clone();
         self.with(move |c| {
@@ -595,6 +624,43 @@ impl SettingsStore for SqliteStore {
                 .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(stored)
+        })
+        .await
+    }
+
+    async fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT name, value FROM settings ORDER BY name").map_err(map_err)?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(map_err)?;
+            let all: Vec<_> = rows.collect::<Result<_, _>>().map_err(map_err)?;
+            Ok(all.into_iter().filter(|(name, _)| name.starts_with(&prefix)).collect())
+        })
+        .await
+    }
+
+    async fn rewrap(&self, changes: &[Rewrap]) -> Result<(), StoreError> {
+        let changes = changes.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            for change in &changes {
+                let updated = match &change.target {
+                    RewrapTarget::IssuerKey(id) => tx.execute(
+                        "UPDATE issuer_keys SET private_pkcs8 = ?3 WHERE id = ?1 AND private_pkcs8 = ?2",
+                        params![id, change.old, change.new],
+                    ),
+                    RewrapTarget::Setting(name) => tx.execute(
+                        "UPDATE settings SET value = ?3 WHERE name = ?1 AND value = ?2",
+                        params![name, change.old, change.new],
+                    ),
+                }
+                .map_err(map_err)?;
+                if updated != 1 {
+                    return Err(StoreError::Conflict(format!("{:?} changed during the rewrap", change.target)));
+                }
+            }
+            tx.commit().map_err(map_err)
         })
         .await
     }
