@@ -59,6 +59,19 @@ pub(crate) enum KeysCommand {
         /// The key id (hex).
         id: String,
     },
+    /// Re-encrypt every issuer private key and server secret from the
+    /// current key-encryption key (--key-encryption-key-file, or plaintext)
+    /// to a new one, in one transaction.
+    Rewrap {
+        /// File holding the new key-encryption key.
+        #[arg(long, required_unless_present = "to_plaintext")]
+        new_key_encryption_key_file: Option<std::path::PathBuf>,
+        /// Store the key material unencrypted instead.
+        #[arg(long, conflicts_with = "new_key_encryption_key_file")]
+        to_plaintext: bool,
+    },
+    /// Print a fresh random key-encryption key (64 hex digits).
+    GenerateKek,
 }
 
 fn parse_environment(s: &str) -> Result<Environment, String> {
@@ -74,7 +87,8 @@ fn with_service<T>(store_args: &StoreArgs, f: impl AsyncFnOnce(Service) -> anyho
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let store = store_args.open(&file).await?;
-        f(Service::new(store, Arc::new(SystemClock), Config::default())).await
+        let config = Config { key_encryption_key: store_args.kek(&file)?, ..Config::default() };
+        f(Service::new(store, Arc::new(SystemClock), config)).await
     })
 }
 
@@ -121,7 +135,21 @@ pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyho
 }
 
 pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Result<()> {
+    if matches!(cmd, KeysCommand::GenerateKek) {
+        println!("{}", blindpass_service::kek::KeyEncryptionKey::generate_hex().as_str());
+        return Ok(());
+    }
     with_service(store_args, async move |service| match cmd {
+        KeysCommand::GenerateKek => Ok(()),
+        KeysCommand::Rewrap { new_key_encryption_key_file, to_plaintext: _ } => {
+            let new = new_key_encryption_key_file.as_deref().map(crate::config::read_kek).transpose()?;
+            let n = service.rewrap_key_material(new.as_ref()).await?;
+            match &new {
+                Some(k) => println!("rewrapped {n} values under key-encryption key {}", k.id()),
+                None => println!("stored {n} values unencrypted"),
+            }
+            Ok(())
+        }
         KeysCommand::List { environment } => {
             println!(
                 "{:<64} {:<64} {:<11} {:<11} NOT-BEFORE",

@@ -51,6 +51,10 @@ pub(crate) struct StoreArgs {
     /// TOML configuration file; every key can also be set by flag or env.
     #[arg(long, global = true, env = "BLINDPASS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+    /// File holding the key-encryption key (64 hex digits or base64 of 32
+    /// bytes) that seals issuer private keys and server secrets at rest.
+    #[arg(long, global = true, env = "BLINDPASS_KEY_ENCRYPTION_KEY_FILE")]
+    pub(crate) key_encryption_key_file: Option<PathBuf>,
     /// PostgreSQL: maximum pooled connections.
     #[arg(long, global = true, env = "BLINDPASS_DB_POOL_SIZE")]
     pub(crate) db_pool_size: Option<usize>,
@@ -82,6 +86,7 @@ pub(crate) struct FileConfig {
     pub(crate) db_pool_size: Option<usize>,
     pub(crate) db_timeout_secs: Option<u64>,
     pub(crate) relay_lifetime_secs: Option<i64>,
+    pub(crate) key_encryption_key_file: Option<PathBuf>,
     pub(crate) client_rate_limit: Option<u64>,
     pub(crate) relay_rate_limit: Option<u64>,
     pub(crate) auth_failure_limit: Option<u64>,
@@ -114,6 +119,17 @@ impl StoreArgs {
         format!("sqlite://{}", dir.join(SQLITE_FILE).display())
     }
 
+    /// The key-encryption key named by `--key-encryption-key-file`, if any.
+    pub(crate) fn kek(
+        &self,
+        file: &FileConfig,
+    ) -> anyhow::Result<Option<std::sync::Arc<blindpass_service::kek::KeyEncryptionKey>>> {
+        let Some(path) = self.key_encryption_key_file.clone().or_else(|| file.key_encryption_key_file.clone()) else {
+            return Ok(None);
+        };
+        read_kek(&path).map(|k| Some(std::sync::Arc::new(k)))
+    }
+
     /// Opens the store (and applies migrations).
     pub(crate) async fn open(&self, file: &FileConfig) -> anyhow::Result<std::sync::Arc<dyn blindpass_store::Store>> {
         let url = self.database_url(file);
@@ -132,6 +148,14 @@ impl StoreArgs {
         }
         blindpass_store::open(&url).await.with_context(context)
     }
+}
+
+/// Reads a key-encryption key file.
+pub(crate) fn read_kek(path: &Path) -> anyhow::Result<blindpass_service::kek::KeyEncryptionKey> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading the key-encryption key {}", path.display()))?,
+    );
+    blindpass_service::kek::KeyEncryptionKey::from_text(&text).with_context(|| format!("{}", path.display()))
 }
 
 /// A URL with any password replaced by `***`, for messages and logs.
@@ -164,6 +188,7 @@ mod tests {
             data_dir: Some("/tmp/d".into()),
             database_url: None,
             config: None,
+            key_encryption_key_file: None,
             db_pool_size: None,
             db_timeout_secs: None,
         };
@@ -178,6 +203,7 @@ mod tests {
             data_dir: None,
             database_url: Some(Secret("postgres://u:hunter2@h/db".into())),
             config: None,
+            key_encryption_key_file: None,
             db_pool_size: None,
             db_timeout_secs: None,
         };

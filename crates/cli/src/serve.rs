@@ -151,7 +151,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
             .max(60),
         key_overlap_secs: args.key_overlap_secs.or(file.key_overlap_secs).unwrap_or(defaults.key_overlap_secs).max(0),
         issuer_name: args.issuer_name.clone().or(file.issuer_name.clone()).unwrap_or_else(|| listen.clone()),
-        key_encryption_key: None,
+        key_encryption_key: store_args.kek(&file)?,
     };
     let d = Limits::default();
     let limits = Limits {
@@ -202,6 +202,19 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         None => Service::new(store, Arc::new(SystemClock), config.clone()),
     };
 
+    let plaintext = service.check_key_material().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    match &config.key_encryption_key {
+        None => tracing::warn!(
+            "NO KEY-ENCRYPTION KEY: issuer private keys and server secrets are stored UNENCRYPTED; \
+             anyone who can read the store can mint tokens (see --key-encryption-key-file)"
+        ),
+        Some(kek) if plaintext > 0 => tracing::warn!(
+            kek = %kek.id(),
+            plaintext,
+            "some key material is still stored unencrypted: run `blindpass keys rewrap --new-key-encryption-key-file …`"
+        ),
+        Some(kek) => tracing::info!(kek = %kek.id(), "key material sealed under the key-encryption key"),
+    }
     for key in service.ensure_initial_keys().await.context("creating initial issuer keys")? {
         tracing::info!(environment = %key.environment, token_key_id = %key.id, "created issuer key");
     }

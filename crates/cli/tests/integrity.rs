@@ -263,3 +263,54 @@ async fn crash_between_commit_and_response_then_the_retry_returns_the_claim() {
     let other = relay(&node).await;
     assert_eq!(claim(&http, &base, &other, &t, None).await.unwrap().0, 401, "and stays spent elsewhere");
 }
+
+/// `0x02 0x01 0x00` (version 0) then the rsaEncryption AlgorithmIdentifier:
+/// the start of every RSA PKCS#8 PrivateKeyInfo body.
+const PKCS8_RSA: &[u8] =
+    &[0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+
+/// Every byte of the store's files (database, WAL, shared memory).
+fn store_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["blindpass.db", "blindpass.db-wal"] {
+        all.extend(std::fs::read(dir.join(name)).unwrap_or_default());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek_file = dir.path().join("kek");
+    std::fs::write(&kek_file, common::cli(&[], &["keys", "generate-kek"])).unwrap();
+    let data = dir.path().join("data");
+    let with_kek = ["--data-dir", data.to_str().unwrap(), "--key-encryption-key-file", kek_file.to_str().unwrap()];
+    let node = common::start(&with_kek, &[]).await;
+    let api_key = common::api_key(&with_kek, "sandbox");
+    let t = token(&node, &api_key).await;
+    let r = relay(&node).await;
+    let (status, _, _) = claim(&reqwest::Client::new(), &node.base, &r, &t, None).await.unwrap();
+    assert_eq!(status, 200, "issues and redeems with sealed keys");
+    drop(node);
+    assert!(!store_bytes(&data).windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA), "a PKCS#8 key in the store");
+
+    // Without the KEK the server refuses to start, with a one-line reason.
+    let out = Command::new(common::BIN)
+        .args(["--data-dir", data.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0"])
+        .env_remove("BLINDPASS_KEY_ENCRYPTION_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.contains("key-encryption key"), "{stderr}");
+
+    // Rewrapped to plaintext (the control: the pattern finds real keys).
+    common::cli(&with_kek, &["keys", "rewrap", "--to-plaintext"]);
+    let plain = ["--data-dir", data.to_str().unwrap()];
+    let node = common::start(&plain, &[]).await;
+    drop(node);
+    let db = rusqlite::Connection::open(data.join("blindpass.db")).unwrap();
+    let key: Vec<u8> = db.query_row("SELECT private_pkcs8 FROM issuer_keys LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert!(key.windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA), "plaintext PKCS#8 after rewrap --to-plaintext");
+}
