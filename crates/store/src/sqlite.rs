@@ -305,6 +305,29 @@ type IssuerKeyRow = (String, String, String, Vec<u8>, i64, Option<i64>, Option<i
 const ISSUER_KEY_COLUMNS: &str =
     "id, environment, state, private_pkcs8, not_before, rotated_at, retired_at, created_at";
 
+/// [`ISSUER_KEY_COLUMNS`] with an empty private key.
+const ISSUER_KEY_METADATA_COLUMNS: &str = "id, environment, state, X'', not_before, rotated_at, retired_at, created_at";
+
+/// Keys of `environment` (or all), oldest first, selecting `columns`.
+fn select_issuer_keys(
+    c: &Connection,
+    environment: Option<Environment>,
+    columns: &str,
+) -> Result<Vec<IssuerKey>, StoreError> {
+    let env = environment.map(Environment::as_str);
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {columns} FROM issuer_keys WHERE ?1 IS NULL OR environment = ?1 ORDER BY created_at, id"
+        ))
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map(params![env], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+        })
+        .map_err(map_err)?;
+    rows.map(|r| r.map_err(map_err).and_then(issuer_key_from_row)).collect()
+}
+
 fn issuer_key_from_row(row: IssuerKeyRow) -> Result<IssuerKey, StoreError> {
     let (id, environment, state, pkcs8, not_before, rotated_at, retired_at, created_at) = row;
     Ok(IssuerKey {
@@ -373,41 +396,11 @@ impl IssuerKeyStore for SqliteStore {
     }
 
     async fn issuer_keys(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError> {
-        self.with(move |c| {
-            let env = environment.map(Environment::as_str);
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {ISSUER_KEY_COLUMNS} FROM issuer_keys
-                     WHERE ?1 IS NULL OR environment = ?1 ORDER BY created_at, id"
-                ))
-                .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![env], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
-                })
-                .map_err(map_err)?;
-            rows.map(|r| r.map_err(map_err).and_then(issuer_key_from_row)).collect()
-        })
-        .await
+        self.with(move |c| select_issuer_keys(c, environment, ISSUER_KEY_COLUMNS)).await
     }
 
     async fn issuer_key_metadata(&self, environment: Option<Environment>) -> Result<Vec<IssuerKey>, StoreError> {
-        self.with(move |c| {
-            let env = environment.map(Environment::as_str);
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, environment, state, X'', not_before, rotated_at, retired_at, created_at
-                     FROM issuer_keys WHERE ?1 IS NULL OR environment = ?1 ORDER BY created_at, id",
-                )
-                .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![env], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
-                })
-                .map_err(map_err)?;
-            rows.map(|r| r.map_err(map_err).and_then(issuer_key_from_row)).collect()
-        })
-        .await
+        self.with(move |c| select_issuer_keys(c, environment, ISSUER_KEY_METADATA_COLUMNS)).await
     }
 
     async fn issuer_key_private(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
