@@ -146,8 +146,36 @@ impl StoreArgs {
             let store = blindpass_store::postgres::PostgresStore::connect(&url, options).await.with_context(context)?;
             return Ok(std::sync::Arc::new(store));
         }
+        if let Some(dir) = self.data_dir_in_use(file) {
+            secure_data_dir(&dir)?;
+        }
         blindpass_store::open(&url).await.with_context(context)
     }
+
+    /// The data directory, when the store lives in it (no explicit URL).
+    fn data_dir_in_use(&self, file: &FileConfig) -> Option<PathBuf> {
+        if self.database_url.is_some() || file.database_url.is_some() {
+            return None;
+        }
+        Some(self.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
+    }
+}
+
+/// Creates the data directory with mode 0700, or tightens an existing one to
+/// 0700: it holds the database, which holds the keys. Whatever the umask.
+pub(crate) fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    blindpass_store::sqlite::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to mode 0700", dir.display()))?;
+            tracing::warn!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "data directory tightened to mode 0700");
+        }
+    }
+    Ok(())
 }
 
 /// Reads a key-encryption key file.

@@ -314,3 +314,75 @@ async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
     let key: Vec<u8> = db.query_row("SELECT private_pkcs8 FROM issuer_keys LIMIT 1", [], |r| r.get(0)).unwrap();
     assert!(key.windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA), "plaintext PKCS#8 after rewrap --to-plaintext");
 }
+
+/// Runs `blindpass <args>` under umask 000 (the most permissive), in the
+/// background; the caller waits for it.
+fn spawn_with_open_umask(args: &[&str]) -> std::process::Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" \"$@\"")
+        .arg(common::BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_is_0700_and_database_files_0600_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A fresh data directory, created by a server running under umask 000.
+    let data = dir.path().join("fresh").join("data");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let base = format!("http://{listen}");
+    let serve = ["--data-dir", data.to_str().unwrap(), "serve", "--listen", &listen];
+    let node = common::Server { child: spawn_with_open_umask(&serve), base: base.clone() };
+    wait_healthy(&base).await;
+    // Traffic that writes: the WAL and shared-memory files exist now.
+    let api_key = common::api_key(&["--data-dir", data.to_str().unwrap()], "sandbox");
+    let _ = token(&node, &api_key).await;
+    assert_eq!(mode(&data), 0o700, "created data directory");
+    for name in ["blindpass.db", "blindpass.db-wal", "blindpass.db-shm"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    assert_eq!(mode(&dir.path().join("fresh")), 0o700, "created parent");
+    drop(node);
+
+    // An existing store from an older version, left world-readable: tightened at start.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["blindpass.db", "blindpass.db-wal", "blindpass.db-shm"] {
+        let file = data.join(name);
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let node = common::Server { child: spawn_with_open_umask(&serve), base: base.clone() };
+    wait_healthy(&base).await;
+    drop(node);
+    assert_eq!(mode(&data), 0o700, "existing data directory");
+    for name in ["blindpass.db", "blindpass.db-wal", "blindpass.db-shm"] {
+        let file = data.join(name);
+        if file.exists() {
+            assert_eq!(mode(&file), 0o600, "existing {name}");
+        }
+    }
+}
+
+async fn wait_healthy(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{base}/health")).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

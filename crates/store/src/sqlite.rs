@@ -159,9 +159,9 @@ impl SqliteStore {
 
 fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", parent.display())))?;
+        create_private_dir(parent)?;
     }
+    restrict_database_files(path)?;
     let mut conn = Connection::open(path).map_err(map_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(map_err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(map_err)?;
@@ -169,6 +169,63 @@ fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON").map_err(map_err)?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, whatever the umask.
+/// An existing directory is left as it is: it may be shared (a home directory,
+/// `/tmp`); the files in it are what [`restrict_database_files`] protects.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let unavailable = |e: std::io::Error| StoreError::Unavailable(format!("creating {}: {e}", dir.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(unavailable)?;
+        // The umask can only remove bits from 0700, but be explicit.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(unavailable)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Makes the database file exist with mode 0600 and forces 0600 on it and on
+/// any `-wal`, `-shm` or `-journal` beside it, whatever the umask. SQLite
+/// creates its `-wal` and `-shm` files with the database file's mode, so a
+/// 0600 database keeps them 0600 too.
+fn restrict_database_files(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let unavailable = |p: &Path, e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", p.display()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unavailable(path, e)),
+        }
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(name.into());
+        }
+        for file in files {
+            match std::fs::metadata(&file) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| unavailable(&file, e))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(unavailable(&file, e)),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
