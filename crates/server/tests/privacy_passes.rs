@@ -117,6 +117,7 @@ async fn malformed_requests_are_400() {
     let h = harness(300).await;
     let (_, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
     let token = b64::encode_unpadded(&blinded);
+    assert_eq!(blinded.len() % 3, 1, "canonical padding of this token is ==");
     let auth = format!("Bearer {}", h.sandbox_key);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("not JSON", b"{".to_vec()),
@@ -134,6 +135,17 @@ async fn malformed_requests_are_400() {
             .unwrap(),
         ),
         ("bad base64", serde_json::to_vec(&json!({"blinded-token": "!!!", "key-id": key_id})).unwrap()),
+        (
+            "one = where two are needed",
+            serde_json::to_vec(&json!({"blinded-token": format!("{token}="), "key-id": key_id})).unwrap(),
+        ),
+        (
+            "= inside the value",
+            serde_json::to_vec(
+                &json!({"blinded-token": format!("{}=={}", &token[..4], &token[4..]), "key-id": key_id}),
+            )
+            .unwrap(),
+        ),
         ("short key id", serde_json::to_vec(&json!({"blinded-token": token, "key-id": "abcd"})).unwrap()),
         ("non-hex key id", serde_json::to_vec(&json!({"blinded-token": token, "key-id": "z".repeat(64)})).unwrap()),
         (
