@@ -165,6 +165,7 @@ impl From<RelayError> for ApiError {
             RelayError::BadEncryptionKey => ApiError::unprocessable(
                 "encryption-key-pem must be a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY) of 2048 to 4096 bits.",
             ),
+            e @ RelayError::KeyTooSmallForClaim { .. } => ApiError::unprocessable(format!("{e}.")),
             RelayError::NoKey => ApiError::unavailable(),
             RelayError::Store(s) => s.into(),
             RelayError::Internal(cause) => ApiError::internal(&cause),
@@ -178,6 +179,9 @@ impl From<RecordError> for ApiError {
             RecordError::NotFound => ApiError::not_found("No relay with this token in the API key's environment."),
             RecordError::Sandbox => ApiError::unprocessable("Sandbox relays always pass; they take no result."),
             RecordError::AlreadyRecorded => ApiError::conflict("A result was already recorded for this relay."),
+            RecordError::ClaimTooLarge { needed, max } => ApiError::unprocessable(format!(
+                "The claim with this methodology is {needed} bytes; the relay's encryption key holds at most {max}. Nothing was recorded."
+            )),
             RecordError::Store(s) => s.into(),
         }
     }

@@ -69,10 +69,17 @@ impl Harness {
     }
 
     async fn record(&self, relay: &str, result: &str) -> Reply {
+        self.record_body(
+            relay,
+            json!({"claim-result": result, "methodology": [{"method": "live_selfie", "result": result}]}),
+        )
+        .await
+    }
+
+    async fn record_body(&self, relay: &str, body: Value) -> Reply {
         let verifier =
             self.service.create_api_key(Environment::Production, vec![Permission::RelayVerify], None).await.unwrap();
         let auth = format!("Bearer {}", verifier.secret.as_str());
-        let body = json!({"claim-result": result, "methodology": [{"method": "live_selfie", "result": result}]});
         self.call(
             Method::POST,
             &format!("/api/privacy/v1/relays/{relay}/result"),
@@ -297,6 +304,44 @@ async fn result_endpoint_checks_permission_environment_and_relay() {
     let r = call(&verifier.secret, &path, body).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["claim-result"], "passed");
+}
+
+#[tokio::test]
+async fn a_result_that_would_not_fit_the_relay_key_is_422_and_the_relay_stays_usable() {
+    let h = harness(300).await;
+    let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
+    let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
+    let pem = blindpass_protocol::pem::encode("PUBLIC KEY", &public.to_rsa_encryption_spki());
+    let relay = h.relay(Environment::Production, CLAIM, Some(&pem)).await;
+    // 2048-bit RSA-OAEP-SHA256 holds 190 bytes: this methodology cannot fit.
+    let step = json!({"method": "government_id_verification", "result": "passed"});
+    let long = json!({"claim-result": "passed", "methodology": vec![step; 4]});
+    let r = h.record_body(&relay.0, long).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&r.body));
+    // Nothing was recorded: a result that fits is still accepted, and the
+    // token redeems into a claim that decrypts.
+    assert_eq!(h.record(&relay.0, "passed").await.status, StatusCode::OK);
+    let token = h.persona_token(Environment::Production, CLAIM).await;
+    let r = h.claim(&relay, Some(&token), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let ciphertext = b64::decode_standard(r.json()["claim-payload"].as_str().unwrap()).unwrap();
+    let em = blindpass_protocol::blind_rsa::RawSigner::rsasp1(&key, &ciphertext).unwrap();
+    let claim: Value = serde_json::from_slice(&oaep::decode(&em).unwrap()).unwrap();
+    assert_eq!(claim["claim_result"], "passed");
+}
+
+#[tokio::test]
+async fn relay_creation_refuses_a_key_too_small_for_any_claim_of_its_type() {
+    // Over HTTP claim types are at most 128 bytes, which every 2048-bit key
+    // holds; the service still guards callers that are not the HTTP edge.
+    let h = harness(300).await;
+    let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
+    let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
+    let pem = blindpass_protocol::pem::encode("PUBLIC KEY", &public.to_rsa_encryption_spki());
+    let long_type = "c".repeat(200);
+    let e = h.service.create_relay(Environment::Production, &long_type, Some(&pem)).await.unwrap_err();
+    assert!(matches!(e, blindpass_service::RelayError::KeyTooSmallForClaim { max: 190, .. }), "{e}");
+    assert!(h.service.create_relay(Environment::Production, CLAIM, Some(&pem)).await.is_ok());
 }
 
 #[tokio::test]

@@ -70,6 +70,17 @@ pub enum RelayError {
     /// The encryption key is not an RSA public key of 2048–4096 bits.
     #[error("encryption-key-pem is not an RSA public key of 2048 to 4096 bits")]
     BadEncryptionKey,
+    /// The encryption key cannot hold even the smallest claim of this type
+    /// in one RSA-OAEP block, so the relay could never deliver a claim.
+    #[error("encryption-key-pem is too small for a {claim_type} claim ({needed} bytes; the key holds {max})")]
+    KeyTooSmallForClaim {
+        /// The relay's claim type.
+        claim_type: String,
+        /// The smallest claim's length in bytes.
+        needed: usize,
+        /// The longest message the key can encrypt.
+        max: usize,
+    },
     /// No active issuer key.
     #[error("no active issuer key")]
     NoKey,
@@ -102,6 +113,15 @@ pub enum RecordError {
     /// A result was already recorded.
     #[error("a result was already recorded for this relay")]
     AlreadyRecorded,
+    /// The claim with this methodology would not fit in one RSA-OAEP block
+    /// of the relay's encryption key; nothing was recorded.
+    #[error("the claim is {needed} bytes; the relay's encryption key holds at most {max}")]
+    ClaimTooLarge {
+        /// The claim's length in bytes.
+        needed: usize,
+        /// The longest message the key can encrypt.
+        max: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -191,6 +211,12 @@ impl Service {
             None => None,
             Some(pem) => {
                 let key = RsaPublicKey::from_pem(pem).map_err(|_| RelayError::BadEncryptionKey)?;
+                // The smallest claim this relay can deliver: empty methodology.
+                let needed = claim_json(claim_type, true, "[]").len();
+                let max = oaep::max_message_len(&key);
+                if needed > max {
+                    return Err(RelayError::KeyTooSmallForClaim { claim_type: claim_type.to_owned(), needed, max });
+                }
                 Some(key.to_rsa_encryption_spki())
             }
         };
@@ -241,6 +267,15 @@ impl Service {
         }
         if environment == Environment::Sandbox {
             return Err(RecordError::Sandbox);
+        }
+        if let Some(der) = &relay.encryption_key_der {
+            let key = RsaPublicKey::from_spki_der(der)
+                .map_err(|e| RecordError::Store(StoreError::Corrupt(format!("relay encryption key: {e}"))))?;
+            let needed = claim_json(&relay.claim_type, passed, &methodology_json).len();
+            let max = oaep::max_message_len(&key);
+            if needed > max {
+                return Err(RecordError::ClaimTooLarge { needed, max });
+            }
         }
         let result = ClaimResult { passed, methodology_json, recorded_at: self.now() };
         match self.store().record_relay_result(token, &result).await? {
@@ -401,21 +436,7 @@ impl Service {
     }
 
     fn claim_payload(&self, relay: &Relay, passed: bool, methodology_json: &str) -> Result<String, RedeemError> {
-        let methodology: serde_json::Value =
-            serde_json::from_str(methodology_json).unwrap_or(serde_json::Value::Array(Vec::new()));
-        /// Persona's claim schema, fields in its documented order.
-        #[derive(serde::Serialize)]
-        struct ClaimJson<'a> {
-            claim_type: &'a str,
-            claim_result: &'a str,
-            methodology: serde_json::Value,
-        }
-        let claim = ClaimJson {
-            claim_type: &relay.claim_type,
-            claim_result: if passed { "passed" } else { "failed" },
-            methodology,
-        };
-        let json = serde_json::to_string(&claim).map_err(|e| RedeemError::Internal(e.to_string()))?;
+        let json = claim_json(&relay.claim_type, passed, methodology_json);
         let Some(der) = &relay.encryption_key_der else { return Ok(json) };
         let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;
         let ciphertext =
@@ -487,6 +508,23 @@ impl Service {
         let blind_sig: [u8; 256] = response.try_into().map_err(|_| IssueError::Internal("signature length".into()))?;
         Ok(TokenResponse { blind_sig: Box::new(blind_sig) })
     }
+}
+
+/// The claim JSON a redemption delivers: Persona's claim schema, fields in
+/// its documented order. A stored methodology that is not JSON (never written
+/// by this server) becomes `[]`.
+fn claim_json(claim_type: &str, passed: bool, methodology_json: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct ClaimJson<'a> {
+        claim_type: &'a str,
+        claim_result: &'a str,
+        methodology: serde_json::Value,
+    }
+    let methodology: serde_json::Value =
+        serde_json::from_str(methodology_json).unwrap_or(serde_json::Value::Array(Vec::new()));
+    let claim = ClaimJson { claim_type, claim_result: if passed { "passed" } else { "failed" }, methodology };
+    // Serializing strings and an already-parsed JSON value cannot fail.
+    serde_json::to_string(&claim).unwrap_or_default()
 }
 
 fn relay_token() -> String {
