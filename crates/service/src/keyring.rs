@@ -3,6 +3,7 @@
 //! `key_refresh_secs`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use blindpass_protocol::blind_rsa::RawSigner;
@@ -56,12 +57,31 @@ pub enum KeyError {
 #[derive(Default)]
 pub(crate) struct KeyRing {
     state: RwLock<Snapshot>,
+    /// Held by the one reload in flight: callers that find the ring stale
+    /// wait for it and use its result instead of reloading again.
+    reloading: tokio::sync::Mutex<()>,
+    reloads: AtomicU64,
+    unreadable_skips: AtomicU64,
+    unreadable_now: AtomicU64,
 }
 
 #[derive(Default, Clone)]
 struct Snapshot {
     by_id: Arc<HashMap<TokenKeyId, Arc<LoadedKey>>>,
     loaded_at: Option<i64>,
+    /// Bumped by every reload, so a waiter can tell that one happened.
+    generation: u64,
+}
+
+/// Counters of the node's key ring, for operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyRingStats {
+    /// Reloads of key metadata from the store since start.
+    pub reloads: u64,
+    /// Keys skipped because they could not be read, summed over reloads.
+    pub unreadable_key_skips: u64,
+    /// Keys skipped by the latest reload.
+    pub unreadable_keys: u64,
 }
 
 impl Service {
@@ -80,7 +100,7 @@ impl Service {
                 return Ok(None);
             }
         }
-        let by_id = self.reload_keys().await?;
+        let by_id = self.reload_once(snapshot.generation).await?;
         Ok(by_id.get(id).cloned())
     }
 
@@ -90,7 +110,7 @@ impl Service {
         let snapshot = self.snapshot();
         let by_id = match snapshot.loaded_at {
             Some(t) if now - t < self.config().key_refresh_secs => snapshot.by_id,
-            _ => self.reload_keys().await?,
+            _ => self.reload_once(snapshot.generation).await?,
         };
         let mut keys: Vec<_> =
             by_id.values().filter(|k| k.record.environment == environment).map(Arc::clone).collect::<Vec<_>>();
@@ -103,6 +123,30 @@ impl Service {
     pub async fn active_key(&self, environment: Environment) -> Result<Option<Arc<LoadedKey>>, KeyError> {
         let now = self.now();
         Ok(self.keys_of(environment).await?.into_iter().find(|k| k.issues_at(now)))
+    }
+
+    /// The key ring's counters.
+    pub fn key_ring_stats(&self) -> KeyRingStats {
+        let ring = &self.inner.keyring;
+        KeyRingStats {
+            reloads: ring.reloads.load(Ordering::Relaxed),
+            unreadable_key_skips: ring.unreadable_skips.load(Ordering::Relaxed),
+            unreadable_keys: ring.unreadable_now.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Single-flight reload: the caller saw the ring at `seen_generation`
+    /// and found it stale. If another reload finished meanwhile (or finishes
+    /// while this caller waits for it), its result is used; otherwise this
+    /// caller reloads. However many requests find the ring stale, or present
+    /// unknown key ids, at the same moment, the store sees one reload.
+    async fn reload_once(&self, seen_generation: u64) -> Result<Arc<HashMap<TokenKeyId, Arc<LoadedKey>>>, KeyError> {
+        let _flight = self.inner.keyring.reloading.lock().await;
+        let current = self.snapshot();
+        if current.generation != seen_generation {
+            return Ok(current.by_id);
+        }
+        self.reload_keys().await
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -123,9 +167,11 @@ impl Service {
         let records = self.store().issuer_key_metadata(None).await?;
         let previous = self.snapshot().by_id;
         let mut by_id = HashMap::with_capacity(records.len() * 2);
+        let mut unreadable = 0_u64;
         for record in records {
             let Ok(id) = TokenKeyId::from_hex(&record.id) else {
                 tracing::error!(key = %record.id, "skipping an issuer key with a malformed id");
+                unreadable += 1;
                 continue;
             };
             let loaded = match previous.get(&id) {
@@ -140,6 +186,7 @@ impl Service {
                     ) => return Err(e),
                     Err(e) => {
                         tracing::error!(key = %id.to_hex(), error = %e, "skipping an unreadable issuer key");
+                        unreadable += 1;
                         continue;
                     }
                 },
@@ -148,8 +195,13 @@ impl Service {
             by_id.insert(loaded.public.persona_key_id(), loaded);
         }
         let by_id = Arc::new(by_id);
-        if let Ok(mut state) = self.inner.keyring.state.write() {
-            *state = Snapshot { by_id: Arc::clone(&by_id), loaded_at: Some(self.now()) };
+        let ring = &self.inner.keyring;
+        ring.reloads.fetch_add(1, Ordering::Relaxed);
+        ring.unreadable_skips.fetch_add(unreadable, Ordering::Relaxed);
+        ring.unreadable_now.store(unreadable, Ordering::Relaxed);
+        if let Ok(mut state) = ring.state.write() {
+            let generation = state.generation.wrapping_add(1);
+            *state = Snapshot { by_id: Arc::clone(&by_id), loaded_at: Some(self.now()), generation };
         }
         Ok(by_id)
     }

@@ -29,7 +29,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use idempotency::CLOCK_SKEW_MARGIN_SECS;
 pub use idempotency::{IdempotencyOutcome, Pruned};
 pub use issuer::{IssueError, RateLimitStatus, client_bucket};
-pub use keyring::{KeyError, LoadedKey};
+pub use keyring::{KeyError, KeyRingStats, LoadedKey};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use relays::{
     CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError,

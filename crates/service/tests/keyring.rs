@@ -1,0 +1,66 @@
+//! Key-ring robustness (issue 10.5): reloads are single-flight, so a burst of
+//! unknown key ids or a stale ring costs the store one reload; an unreadable
+//! key row is skipped and counted while the other keys keep working.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use blindpass_protocol::keys::TokenKeyId;
+use blindpass_service::{Config, Environment, ManualClock, Service};
+use blindpass_store::sqlite::SqliteStore;
+
+const START: i64 = 1_800_000_000;
+
+async fn node(path: &std::path::Path, clock: Arc<ManualClock>) -> Service {
+    let store = Arc::new(SqliteStore::open(path).await.unwrap());
+    let service = Service::new(store, clock, Config { issuer_name: "issuer.example".into(), ..Config::default() });
+    service.ensure_initial_keys().await.unwrap();
+    service.reload_keys().await.unwrap();
+    service
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_unknown_key_ids_on_a_stale_ring_costs_one_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let service = node(&dir.path().join("db"), Arc::clone(&clock)).await;
+    clock.advance(Config::default().key_refresh_secs + 1);
+    let before = service.key_ring_stats().reloads;
+    let lookups = (0..64u8).map(|i| {
+        let service = service.clone();
+        tokio::spawn(async move { service.key_by_id(&TokenKeyId([i; 32])).await.unwrap() })
+    });
+    for lookup in lookups {
+        assert!(lookup.await.unwrap().is_none());
+    }
+    assert_eq!(service.key_ring_stats().reloads - before, 1, "64 concurrent lookups, one reload");
+    // Within the same second, more unknown ids do not reload again.
+    for i in 64..128u8 {
+        assert!(service.key_by_id(&TokenKeyId([i; 32])).await.unwrap().is_none());
+    }
+    assert_eq!(service.key_ring_stats().reloads - before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_key_row_is_skipped_and_counted_and_the_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Arc::new(ManualClock::new(START));
+    let a = node(&path, Arc::clone(&clock)).await;
+    let active = a.active_key(Environment::Sandbox).await.unwrap().unwrap();
+    // Another node rotates; the new key's private bytes are then damaged.
+    let b = node(&path, Arc::clone(&clock)).await;
+    let rotated = b.rotate_key(Environment::Production, None).await.unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let changed = db.execute("UPDATE issuer_keys SET private_pkcs8 = x'3000' WHERE id = ?1", [&rotated.id]).unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+
+    clock.advance(Config::default().key_refresh_secs + 1);
+    let found = a.key_by_id(&active.public.token_key_id()).await.unwrap();
+    assert!(found.is_some(), "the readable key still answers");
+    let stats = a.key_ring_stats();
+    assert_eq!(stats.unreadable_keys, 1, "{stats:?}");
+    assert_eq!(stats.unreadable_key_skips, 1, "{stats:?}");
+    assert!(a.key_by_id(&TokenKeyId::from_hex(&rotated.id).unwrap()).await.unwrap().is_none());
+}
