@@ -21,6 +21,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     rate_limits_count_every_hit(Arc::clone(&store)).await;
     settings(&*store).await;
     pending_keys_are_promoted_once(&*store).await;
+    a_retired_pending_key_is_never_promoted(&*store).await;
     relays(&*store).await;
     relays_expire(&*store).await;
     spending_has_one_winner(Arc::clone(&store)).await;
@@ -274,6 +275,25 @@ async fn pending_keys_are_promoted_once(store: &dyn Store) {
     let after = states(store.issuer_keys(Some(env)).await.unwrap());
     assert!(after.contains(&("k2".into(), KeyState::VerifyOnly)), "{after:?}");
     assert!(after.contains(&("k3".into(), KeyState::Active)), "{after:?}");
+}
+
+/// Retirement racing a promotion: whichever runs first, the retired key ends
+/// retired (promotion moves only keys still pending, under one lock).
+async fn a_retired_pending_key_is_never_promoted(store: &dyn Store) {
+    let env = Environment::Production;
+    for round in 0..8_i64 {
+        let id = format!("k-race-{round}");
+        let due = 200 + round;
+        let mut pending = issuer_key(&id, env, KeyState::Pending, due - 1);
+        pending.not_before = due;
+        store.rotate_issuer_key(&pending, due - 1).await.unwrap();
+        let (retired, promoted) = tokio::join!(store.retire_issuer_key(&id, due), store.promote_due_keys(due));
+        assert!(retired.unwrap());
+        promoted.unwrap();
+        let state = store.issuer_keys(Some(env)).await.unwrap().into_iter().find(|k| k.id == id).unwrap().state;
+        assert_eq!(state, KeyState::Retired, "round {round}");
+    }
+    assert_eq!(store.promote_due_keys(1_000).await.unwrap(), 0, "nothing pending is left");
 }
 
 pub fn relay(token: &str, env: Environment) -> Relay {

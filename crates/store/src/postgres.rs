@@ -423,12 +423,19 @@ impl IssuerKeyStore for PostgresStore {
     }
 
     async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
-        let n = self
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        // The same lock as rotation and promotion: a promotion in flight
+        // cannot turn a key retired meanwhile back into the active one.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
+        let n = tx
             .execute(
                 "UPDATE issuer_keys SET state = 'retired', retired_at = COALESCE(retired_at, $2) WHERE id = $1",
                 &[&id, &at],
             )
-            .await?;
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
         Ok(n > 0)
     }
 
@@ -452,20 +459,27 @@ impl IssuerKeyStore for PostgresStore {
             )
             .await
             .map_err(map_err)?;
+        let mut promoted = 0;
         for row in &rows {
             let (environment, id): (String, String) = (row.get(0), row.get(1));
+            // Only a key still pending moves, never a retired one; the
+            // current active key steps down first (one active per environment).
             tx.execute(
                 "UPDATE issuer_keys SET state = 'verify-only', rotated_at = $3
                  WHERE environment = $1 AND id <> $2
-                   AND (state = 'active' OR (state = 'pending' AND not_before <= $3))",
+                   AND (state = 'active' OR (state = 'pending' AND not_before <= $3))
+                   AND EXISTS (SELECT 1 FROM issuer_keys p WHERE p.id = $2 AND p.state = 'pending')",
                 &[&environment, &id, &now],
             )
             .await
             .map_err(map_err)?;
-            tx.execute("UPDATE issuer_keys SET state = 'active' WHERE id = $1", &[&id]).await.map_err(map_err)?;
+            promoted += tx
+                .execute("UPDATE issuer_keys SET state = 'active' WHERE id = $1 AND state = 'pending'", &[&id])
+                .await
+                .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(rows.len() as u64)
+        Ok(promoted)
     }
 }
 

@@ -505,19 +505,24 @@ impl IssuerKeyStore for SqliteStore {
                 let rows = stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
                 rows.collect::<Result<_, _>>().map_err(map_err)?
             };
+            let mut promoted = 0;
             for (environment, id) in &due {
-                // Older due pending keys and the current active key step down.
+                // Only a key still pending moves, never a retired one; older
+                // due pending keys and the current active key step down first.
                 tx.execute(
                     "UPDATE issuer_keys SET state = 'verify-only', rotated_at = ?3
                      WHERE environment = ?1 AND id != ?2
-                       AND (state = 'active' OR (state = 'pending' AND not_before <= ?3))",
+                       AND (state = 'active' OR (state = 'pending' AND not_before <= ?3))
+                       AND EXISTS (SELECT 1 FROM issuer_keys p WHERE p.id = ?2 AND p.state = 'pending')",
                     params![environment, id, now],
                 )
                 .map_err(map_err)?;
-                tx.execute("UPDATE issuer_keys SET state = 'active' WHERE id = ?1", params![id]).map_err(map_err)?;
+                promoted += tx
+                    .execute("UPDATE issuer_keys SET state = 'active' WHERE id = ?1 AND state = 'pending'", params![id])
+                    .map_err(map_err)? as u64;
             }
             tx.commit().map_err(map_err)?;
-            Ok(due.len() as u64)
+            Ok(promoted)
         })
         .await
     }
