@@ -92,6 +92,16 @@ fn with_service<T>(store_args: &StoreArgs, f: impl AsyncFnOnce(Service) -> anyho
     })
 }
 
+/// Runs `f` on the store alone (no service: nothing is loaded or created).
+fn with_store<T>(
+    store_args: &StoreArgs,
+    f: impl AsyncFnOnce(Arc<dyn blindpass_store::Store>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let file = FileConfig::load(store_args.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async { f(store_args.open(&file).await?).await })
+}
+
 pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyhow::Result<()> {
     with_service(store_args, async move |service| match cmd {
         ApiKeysCommand::Create(args) => {
@@ -192,6 +202,37 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
 
 fn join(permissions: &[Permission]) -> String {
     permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// `blindpass issuer-name …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum IssuerNameCommand {
+    /// Print the stored issuer name (nothing if no node has started yet).
+    Show,
+    /// Change the issuer name for every node; restart them all afterwards.
+    /// Tokens already issued under the old name stop redeeming.
+    Set {
+        /// The new name, e.g. the public host name clients reach.
+        name: String,
+    },
+}
+
+pub(crate) fn run_issuer_name(store_args: &StoreArgs, cmd: IssuerNameCommand) -> anyhow::Result<()> {
+    with_store(store_args, async move |store| {
+        use blindpass_service::identity::{set_issuer_name, stored_issuer_name};
+        match cmd {
+            IssuerNameCommand::Show => {
+                if let Some(name) = stored_issuer_name(&*store).await? {
+                    println!("{name}");
+                }
+            }
+            IssuerNameCommand::Set { name } => {
+                let old = set_issuer_name(&*store, &name).await?;
+                println!("issuer name {old:?} -> {name:?}; restart every node");
+            }
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn migrate(store_args: &StoreArgs) -> anyhow::Result<()> {

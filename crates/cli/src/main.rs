@@ -32,6 +32,9 @@ enum Command {
     /// Manage issuer keys (list, rotate, retire).
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// Show or change the issuer name shared by every node on the store.
+    #[command(subcommand, name = "issuer-name")]
+    IssuerName(admin::IssuerNameCommand),
     /// Apply database migrations (the server also applies them at start).
     Migrate,
     /// A Privacy Pass client: challenge, issue, redeem, or the whole flow.
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(&cli.store, *args),
         Command::ApiKeys(cmd) => admin::run_api_keys(&cli.store, cmd),
         Command::Keys(cmd) => admin::run_keys(&cli.store, cmd),
+        Command::IssuerName(cmd) => admin::run_issuer_name(&cli.store, cmd),
         Command::Migrate => admin::migrate(&cli.store),
         Command::Client(args) => client::run(*args),
     };

@@ -60,7 +60,9 @@ pub(crate) struct ServeArgs {
     /// `Persona-Environment-Id` of the production environment.
     #[arg(long, env = "BLINDPASS_PRODUCTION_ENVIRONMENT_ID")]
     production_environment_id: Option<String>,
-    /// Issuer name put in challenges (default: the listen address).
+    /// Issuer name put in RFC 9577 challenges. Stored once per store: the first
+    /// node writes it (this flag, or else its listen address) and every other
+    /// node adopts it; a node given a different name refuses to start.
     #[arg(long, env = "BLINDPASS_ISSUER_NAME")]
     issuer_name: Option<String>,
     /// Seconds a rotated-out key still verifies tokens.
@@ -122,7 +124,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let listen = args.listen.or(file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
     let defaults = Config::default();
     let request_timeout_secs = args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(30).max(1);
-    let config = Config {
+    let mut config = Config {
         rate_limit_per_minute: args.rate_limit.or(file.rate_limit).unwrap_or(defaults.rate_limit_per_minute),
         public_rate_limit_per_minute: args
             .public_rate_limit
@@ -150,7 +152,8 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
             .unwrap_or(defaults.relay_lifetime_secs)
             .max(60),
         key_overlap_secs: args.key_overlap_secs.or(file.key_overlap_secs).unwrap_or(defaults.key_overlap_secs).max(0),
-        issuer_name: args.issuer_name.clone().or(file.issuer_name.clone()).unwrap_or_else(|| listen.clone()),
+        // Replaced below by the name agreed with the store.
+        issuer_name: String::new(),
         key_encryption_key: store_args.kek(&file)?,
     };
     let d = Limits::default();
@@ -183,6 +186,11 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     };
     let url = store_args.database_url(&file);
     let store = store_args.open(&file).await?;
+    let configured_name = args.issuer_name.clone().or(file.issuer_name.clone());
+    config.issuer_name = blindpass_service::identity::agree_issuer_name(&*store, configured_name.as_deref(), &listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(issuer_name = %config.issuer_name, "issuer name (shared by every node on this store)");
     let service = match args.redis_url.as_ref().or(file.redis_url.as_ref()).map(|s| s.as_str().to_owned()) {
         Some(redis) => {
             let prefix =

@@ -386,3 +386,43 @@ async fn wait_healthy(base: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_different_addresses_share_one_issuer_name_and_accept_each_others_rfc_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    // Neither node names itself: the first writes its listen address, the
+    // second adopts it.
+    let a = common::start(&s, &[]).await;
+    let b = common::start(&s, &[]).await;
+    let relay = Client::new(&b.base).unwrap().with_retry(no_retries()).create_relay(CLAIM, None, true).await.unwrap();
+    let api_key = common::api_key(&s, "sandbox");
+    let at_a = Client::new(&a.base).unwrap().with_api_key(&api_key).with_retry(no_retries());
+    let at_b = Client::new(&b.base).unwrap().with_retry(no_retries());
+    let challenge = at_b.rfc_challenge(&relay).await.unwrap();
+    assert_eq!(challenge.challenge.issuer_name, a.base.trim_start_matches("http://"), "the first node's name");
+    // Issued through A, redeemed at B.
+    let token = at_a.issue_rfc(&challenge, true).await.unwrap();
+    let encoded = blindpass_protocol::b64::encode_padded(&token.encode());
+    let claim = at_b.generate_claim(&relay, &encoded).await.unwrap();
+    assert!(claim.token_consumed);
+
+    // A node configured with another name refuses to start, saying why.
+    let out = Command::new(common::BIN)
+        .args(s)
+        .args(["serve", "--listen", "127.0.0.1:0", "--issuer-name", "other.example"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().last().unwrap_or("").contains("issuer name"), "{stderr}");
+
+    // `issuer-name set` changes it for every node (after a restart).
+    drop((a, b));
+    common::cli(&s, &["issuer-name", "set", "pp.example"]);
+    assert_eq!(common::cli(&s, &["issuer-name", "show"]).trim(), "pp.example");
+    let c = common::start(&s, &["--issuer-name", "pp.example"]).await;
+    let relay = Client::new(&c.base).unwrap().create_relay(CLAIM, None, true).await.unwrap();
+    let challenge = Client::new(&c.base).unwrap().rfc_challenge(&relay).await.unwrap();
+    assert_eq!(challenge.challenge.issuer_name, "pp.example");
+}

@@ -13,6 +13,7 @@
 mod api_keys;
 mod clock;
 mod idempotency;
+pub mod identity;
 mod issuer;
 pub mod kek;
 mod keyring;
