@@ -375,6 +375,12 @@ async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
     )
     .await;
     assert_eq!(status, 503);
+    // The issuer directory too (its key ring is stale after a second): 503
+    // with Retry-After, never 500.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = http.get(format!("{}/.well-known/private-token-issuer-directory", node.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503, "directory without its database");
+    assert!(r.headers().contains_key("retry-after"));
 
     // Database back: the same node recovers without a restart; the token
     // was not spent by the failed attempts and is spent exactly once now.

@@ -22,8 +22,8 @@ use crate::error::ApiError;
 /// Path of the issuance endpoint named in the directory.
 pub(crate) const TOKEN_REQUEST_PATH: &str = "/token-request";
 
-/// `GET /.well-known/private-token-issuer-directory` (production keys;
-/// `?sandbox=true` for the sandbox environment's).
+/// `GET /.well-known/private-token-issuer-directory`: the keys of both
+/// environments; `?sandbox=true` (or `false`) for one environment's.
 pub(crate) async fn directory(
     State(state): State<AppState>,
     client: Client,
@@ -48,12 +48,18 @@ async fn directory_response(
     if let Err(e) = enforce_rate_limit(rate) {
         return e.into_response();
     }
-    let env = match sandbox_flag(query) {
-        Ok(true) => Environment::Sandbox,
-        Ok(false) => Environment::Production,
+    // A standard RFC client knows only the challenge's issuer name, shared
+    // by both environments, and fetches the bare well-known path: it lists
+    // every environment's keys (production first), so the challenge's
+    // token-key is found whichever environment issued it. Issuance picks the
+    // environment from the API key. `?sandbox=true|false` narrows to one.
+    let environments: &[Environment] = match sandbox_flag(query) {
+        Ok(None) => &[Environment::Production, Environment::Sandbox],
+        Ok(Some(true)) => &[Environment::Sandbox],
+        Ok(Some(false)) => &[Environment::Production],
         Err(e) => return e.into_response(),
     };
-    let directory = match state.service.directory(env, TOKEN_REQUEST_PATH).await {
+    let directory = match state.service.directory(environments, TOKEN_REQUEST_PATH).await {
         Ok(d) => d,
         // The store is unavailable: 503 + Retry-After, never 500.
         Err(blindpass_service::KeyError::Store(e)) => return ApiError::from(e).into_response(),
@@ -115,13 +121,13 @@ pub(crate) async fn token_request(
 /// The well-known path, for the router.
 pub(crate) const DIRECTORY_PATH: &str = WELL_KNOWN_PATH;
 
-/// `sandbox=true|false` (default false); anything else is a 400.
-fn sandbox_flag(query: Option<&str>) -> Result<bool, ApiError> {
-    let mut sandbox = false;
+/// `sandbox=true|false`, or absent (`None`); anything else is a 400.
+fn sandbox_flag(query: Option<&str>) -> Result<Option<bool>, ApiError> {
+    let mut sandbox = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=').unwrap_or((pair, "")) {
-            ("sandbox", "true" | "1") => sandbox = true,
-            ("sandbox", "false" | "0") => sandbox = false,
+            ("sandbox", "true" | "1") => sandbox = Some(true),
+            ("sandbox", "false" | "0") => sandbox = Some(false),
             ("sandbox", _) => return Err(ApiError::bad_request("sandbox must be true or false.")),
             _ => return Err(ApiError::bad_request("The only query parameter is sandbox.")),
         }

@@ -429,9 +429,28 @@ async fn rfc_flow_401_challenge_then_token_request_then_redeem() {
 }
 
 #[tokio::test]
-async fn directory_lists_type2_keys_with_caching_headers() {
+async fn a_client_knowing_only_the_issuer_name_finds_either_environments_token_key() {
+    // A standard RFC client fetches the bare well-known path of the
+    // challenge's issuer_name, shared by both environments.
     let h = harness(300).await;
     let r = h.call(Method::GET, "/.well-known/private-token-issuer-directory", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let directory = IssuerDirectory::from_json(&r.body).unwrap();
+    let listed: Vec<&str> = directory.token_keys.iter().map(|k| k.token_key.as_str()).collect();
+    for env in [Environment::Sandbox, Environment::Production] {
+        let relay = h.relay(env, CLAIM, None).await;
+        let challenge = assert_token_required(&h.claim(&relay, None, &[]).await);
+        let token_key = b64::encode_padded(challenge.token_key.as_deref().unwrap());
+        assert!(listed.contains(&token_key.as_str()), "{env:?} challenge's token-key in the bare directory");
+    }
+    // Production keys come first.
+    assert_eq!(listed[0], b64::encode_padded(h.key(Environment::Production).await.rfc9578_spki()));
+}
+
+#[tokio::test]
+async fn directory_lists_type2_keys_with_caching_headers() {
+    let h = harness(300).await;
+    let r = h.call(Method::GET, "/.well-known/private-token-issuer-directory?sandbox=false", &[], vec![]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), Some("application/private-token-issuer-directory"));
     assert!(r.header("cache-control").unwrap().contains("max-age"));
@@ -444,8 +463,14 @@ async fn directory_lists_type2_keys_with_caching_headers() {
     assert_eq!(directory.token_keys[0].token_key, b64::encode_padded(production.rfc9578_spki()), "the RSASSA-PSS SPKI");
     assert_eq!(directory.preferred_type2_key(T0 as u64).unwrap(), h.key(Environment::Production).await);
 
-    let r =
-        h.call(Method::GET, "/.well-known/private-token-issuer-directory", &[("if-none-match", &etag)], vec![]).await;
+    let r = h
+        .call(
+            Method::GET,
+            "/.well-known/private-token-issuer-directory?sandbox=false",
+            &[("if-none-match", &etag)],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
     for bad in ["?sandbox=maybe", "?other=1"] {
         let r = h.call(Method::GET, &format!("/.well-known/private-token-issuer-directory{bad}"), &[], vec![]).await;
@@ -460,7 +485,7 @@ async fn directory_lists_type2_keys_with_caching_headers() {
     // An announced key appears first with its future not-before; clients keep
     // using the current one until then; then it takes over.
     let announced = h.service.rotate_key(Environment::Production, Some(600)).await.unwrap();
-    let r = h.call(Method::GET, "/.well-known/private-token-issuer-directory", &[], vec![]).await;
+    let r = h.call(Method::GET, "/.well-known/private-token-issuer-directory?sandbox=false", &[], vec![]).await;
     let directory = IssuerDirectory::from_json(&r.body).unwrap();
     assert_eq!(directory.token_keys.len(), 2);
     assert_eq!(directory.token_keys[0].not_before, Some((T0 + 600) as u64));

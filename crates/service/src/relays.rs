@@ -463,12 +463,20 @@ impl Service {
         Ok(format!("{signing_input}.{}", b64::encode_unpadded(&signature)))
     }
 
-    /// The RFC 9578 directory of `environment`: pending keys first (announced
-    /// with their future `not-before`), then the active key, then keys that
-    /// still verify.
-    pub async fn directory(&self, environment: Environment, request_uri: &str) -> Result<IssuerDirectory, KeyError> {
+    /// The RFC 9578 directory of `environments`, in that order; within each,
+    /// pending keys first (announced with their future `not-before`), then
+    /// the active key, then keys that still verify.
+    pub async fn directory(
+        &self,
+        environments: &[Environment],
+        request_uri: &str,
+    ) -> Result<IssuerDirectory, KeyError> {
         let now = self.now();
-        let mut keys = self.keys_of(environment).await?;
+        let mut keys = Vec::new();
+        for environment in environments {
+            keys.extend(self.keys_of(*environment).await?);
+        }
+        let position = |k: &LoadedKey| environments.iter().position(|e| *e == k.record.environment);
         let rank = |k: &LoadedKey| match k.record.state {
             KeyState::Pending => 0,
             KeyState::Active => 1,
@@ -480,7 +488,8 @@ impl Service {
             KeyState::VerifyOnly => k.record.rotated_at.is_none_or(|t| now < t + self.config().key_overlap_secs),
             _ => true,
         });
-        keys.sort_by_key(|k| rank(k));
+        // Stable: environments in the order asked, then lifecycle order.
+        keys.sort_by_key(|k| (position(k), rank(k)));
         Ok(IssuerDirectory {
             issuer_request_uri: request_uri.to_owned(),
             token_keys: keys
