@@ -7,7 +7,6 @@
 //! SQLite's locking and a busy timeout serialise their writes.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
@@ -112,10 +111,21 @@ CREATE INDEX relays_expires_at ON relays (expires_at);
 ",
 ];
 
-/// The SQLite store.
+/// How many store calls may wait for the connection thread. A burst beyond
+/// this is refused at once (`StoreError::Unavailable`, a 503 with
+/// `Retry-After` at the edge) instead of queueing into request timeouts.
+pub const QUEUE_CAPACITY: usize = 256;
+
+/// One store call, run on the connection thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The SQLite store: one connection owned by one thread, fed through a
+/// bounded queue. SQLite has a single writer anyway; one thread means a burst
+/// costs no threads (the old design parked one blocking-pool thread per
+/// waiting call, up to hundreds), and the bound sheds load early.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     path: PathBuf,
 }
 
@@ -131,10 +141,22 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
-        let conn = tokio::task::spawn_blocking(move || open_blocking(&opened))
+        let mut conn = tokio::task::spawn_blocking(move || open_blocking(&opened))
             .await
             .map_err(|e| StoreError::Other(format!("open task failed: {e}")))??;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("blindpass-sqlite".into())
+            .spawn(move || {
+                // Ends when the last handle to the store is dropped.
+                for job in queue {
+                    // A panicking job must not take the connection thread
+                    // down with it: its caller sees a dropped reply.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                }
+            })
+            .map_err(|e| StoreError::Other(format!("starting the SQLite thread: {e}")))?;
+        Ok(Self { jobs, path })
     }
 
     /// The database file.
@@ -142,18 +164,24 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` on the connection thread. Once queued, `f` runs to the end
+    /// even if the caller stops waiting (a client hanging up cannot cut a
+    /// transaction in half).
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Other("connection lock poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                StoreError::Unavailable(format!("more than {QUEUE_CAPACITY} store calls waiting"))
+            }
+            std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Other("the SQLite thread stopped".into()),
+        })?;
+        answer.await.map_err(|_| StoreError::Other("a store call panicked".into()))?
     }
 }
 

@@ -29,3 +29,53 @@ async fn data_survives_reopen_and_migrations_are_idempotent() {
 async fn open_rejects_unknown_schemes() {
     assert!(blindpass_store::open("mysql://x").await.is_err());
 }
+
+/// Threads of this process (Linux), or 0 where `/proc` is missing.
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|n| n.trim().parse().unwrap_or(0))))
+        .unwrap_or(0)
+}
+
+/// A burst of writes while another process holds the write lock: the calls
+/// beyond the bounded queue are refused at once as `Unavailable` (a 503 at
+/// the edge), no thread is spent per waiting call, and everything queued
+/// completes once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_under_a_held_write_lock_is_shed_without_a_thread_per_call() {
+    use blindpass_store::{RateLimitStore, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blindpass.db");
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    store.rate_limit_hit("warm", 0).await.unwrap();
+    let before = threads();
+
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE; INSERT INTO settings (name, value) VALUES ('lock', x'00');").unwrap();
+    let burst = 1_000;
+    let calls: Vec<_> = (0..burst)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.rate_limit_hit(&format!("b{i}"), 0).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let during = threads();
+    locker.execute_batch("COMMIT").unwrap();
+
+    let (mut ok, mut shed) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Unavailable(_)) => shed += 1,
+            Err(e) => panic!("neither done nor shed: {e}"),
+        }
+    }
+    assert_eq!(ok + shed, burst);
+    assert!(shed >= burst - blindpass_store::sqlite::QUEUE_CAPACITY - 1, "ok {ok}, shed {shed}");
+    assert!(ok >= 1, "the queued calls completed after the lock was released");
+    if before > 0 {
+        assert!(during <= before + 4, "threads grew from {before} to {during} during the burst");
+    }
+}
