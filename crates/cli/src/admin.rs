@@ -84,10 +84,9 @@ fn parse_permission(s: &str) -> Result<Permission, String> {
 
 fn with_service<T>(store_args: &StoreArgs, f: impl AsyncFnOnce(Service) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let file = FileConfig::load(store_args.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async {
-        let store = store_args.open(&file).await?;
-        let config = Config { key_encryption_key: store_args.kek(&file)?, ..Config::default() };
+    let key_encryption_key = store_args.kek(&file)?;
+    with_store(store_args, async move |store| {
+        let config = Config { key_encryption_key, ..Config::default() };
         f(Service::new(store, Arc::new(SystemClock), config)).await
     })
 }

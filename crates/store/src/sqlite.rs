@@ -2,7 +2,8 @@
 //!
 //! One connection in WAL mode with `synchronous = FULL`: a write is on disk
 //! before the call returns, so a response sent after it is backed by durable
-//! state. Calls run on the blocking thread pool, never on async workers.
+//! state. The connection lives on its own thread behind a bounded queue, so
+//! calls never block async workers and a burst never costs a thread per call.
 //! Several processes (a server and the CLI) may share one database file;
 //! SQLite's locking and a busy timeout serialise their writes.
 
