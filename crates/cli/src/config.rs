@@ -55,6 +55,11 @@ pub(crate) struct StoreArgs {
     /// bytes) that seals issuer private keys and server secrets at rest.
     #[arg(long, global = true, env = "BLINDPASS_KEY_ENCRYPTION_KEY_FILE")]
     pub(crate) key_encryption_key_file: Option<PathBuf>,
+    /// PostgreSQL: PEM file of the CA that signs the server's certificate
+    /// (as `sslrootcert=` in the URL); with it the chain is always checked,
+    /// and `sslmode=verify-full` checks the host name too.
+    #[arg(long, global = true, env = "BLINDPASS_DATABASE_CA_FILE")]
+    pub(crate) database_ca_file: Option<PathBuf>,
     /// PostgreSQL: maximum pooled connections.
     #[arg(long, global = true, env = "BLINDPASS_DB_POOL_SIZE")]
     pub(crate) db_pool_size: Option<usize>,
@@ -83,6 +88,8 @@ pub(crate) struct FileConfig {
     pub(crate) key_overlap_secs: Option<i64>,
     pub(crate) redis_url: Option<Secret>,
     pub(crate) redis_key_prefix: Option<String>,
+    pub(crate) redis_ca_file: Option<PathBuf>,
+    pub(crate) database_ca_file: Option<PathBuf>,
     pub(crate) db_pool_size: Option<usize>,
     pub(crate) db_timeout_secs: Option<u64>,
     pub(crate) relay_lifetime_secs: Option<i64>,
@@ -142,8 +149,10 @@ impl StoreArgs {
                     .db_timeout_secs
                     .or(file.db_timeout_secs)
                     .map_or(defaults.timeout, std::time::Duration::from_secs),
+                ca_file: self.database_ca_file.clone().or_else(|| file.database_ca_file.clone()),
             };
             let store = blindpass_store::postgres::PostgresStore::connect(&url, options).await.with_context(context)?;
+            warn_unless_verified(&store);
             return Ok(std::sync::Arc::new(store));
         }
         if let Some(dir) = self.data_dir_in_use(file) {
@@ -158,6 +167,22 @@ impl StoreArgs {
             return None;
         }
         Some(self.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
+    }
+}
+
+/// Logs the PostgreSQL TLS mode, and warns when the connection to a host
+/// that is not this machine is not fully verified.
+fn warn_unless_verified(store: &blindpass_store::postgres::PostgresStore) {
+    use blindpass_store::postgres::tls::SslMode;
+    let (mode, remote) = (store.ssl_mode(), store.connects_to_another_host());
+    if remote && mode != SslMode::VerifyFull {
+        tracing::warn!(
+            sslmode = mode.as_str(),
+            "PostgreSQL is on another host and its certificate is not fully checked; use sslmode=verify-full with \
+             --database-ca-file"
+        );
+    } else {
+        tracing::info!(sslmode = mode.as_str(), "PostgreSQL connection security");
     }
 }
 
@@ -217,6 +242,7 @@ mod tests {
             database_url: None,
             config: None,
             key_encryption_key_file: None,
+            database_ca_file: None,
             db_pool_size: None,
             db_timeout_secs: None,
         };
@@ -232,6 +258,7 @@ mod tests {
             database_url: Some(Secret("postgres://u:hunter2@h/db".into())),
             config: None,
             key_encryption_key_file: None,
+            database_ca_file: None,
             db_pool_size: None,
             db_timeout_secs: None,
         };

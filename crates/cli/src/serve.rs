@@ -104,6 +104,10 @@ pub(crate) struct ServeArgs {
     /// (default: counters in the store).
     #[arg(long, env = "BLINDPASS_REDIS_URL", hide_env_values = true)]
     redis_url: Option<crate::config::Secret>,
+    /// PEM file of the CA that signs the Redis server's certificate, for a
+    /// `rediss://` URL (default: the system's trust store).
+    #[arg(long, env = "BLINDPASS_REDIS_CA_FILE")]
+    redis_ca_file: Option<std::path::PathBuf>,
     /// Prefix of the Redis keys (one per deployment sharing a Redis).
     #[arg(long, env = "BLINDPASS_REDIS_KEY_PREFIX")]
     redis_key_prefix: Option<String>,
@@ -195,7 +199,13 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         Some(redis) => {
             let prefix =
                 args.redis_key_prefix.clone().or(file.redis_key_prefix.clone()).unwrap_or_else(|| "blindpass".into());
-            let limiter = blindpass_service::RedisLimiter::connect(&redis, &prefix)
+            let ca = match args.redis_ca_file.clone().or(file.redis_ca_file.clone()) {
+                Some(path) => {
+                    Some(std::fs::read(&path).with_context(|| format!("reading the Redis CA file {}", path.display()))?)
+                }
+                None => None,
+            };
+            let limiter = blindpass_service::RedisLimiter::connect(&redis, &prefix, ca)
                 .await
                 .with_context(|| format!("connecting to Redis at {}", redact_url(&redis)))?;
             tracing::info!(redis = %redact_url(&redis), "rate-limit counters in Redis");

@@ -56,11 +56,23 @@ impl std::fmt::Debug for RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// Connects to `url` (`redis://host:port/db`); keys start with `prefix`
-    /// (one prefix per deployment sharing a Redis). The connection manager
-    /// reconnects by itself after Redis restarts.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Other(format!("invalid Redis URL: {e}")))?;
+    /// Connects to `url` (`redis://host:port/db`, or `rediss://` for TLS,
+    /// verified against `ca_pem` when given, else the system's trust
+    /// store); keys start with `prefix` (one prefix per deployment sharing a
+    /// Redis). The connection manager reconnects by itself after Redis
+    /// restarts.
+    pub async fn connect(url: &str, prefix: &str, ca_pem: Option<Vec<u8>>) -> Result<Self, StoreError> {
+        let client = match ca_pem {
+            None => redis::Client::open(url),
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(StoreError::Other("a Redis CA file needs a rediss:// URL".into()));
+            }
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
+            ),
+        }
+        .map_err(|e| StoreError::Other(format!("invalid Redis URL or CA: {e}")))?;
         let connection = client
             .get_connection_manager()
             .await

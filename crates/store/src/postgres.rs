@@ -8,11 +8,13 @@
 //! is configured; PostgreSQL's default is on). A lost database surfaces as
 //! [`StoreError::Unavailable`]; the pool reconnects when it returns.
 
+pub mod tls;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use zeroize::Zeroizing;
@@ -122,18 +124,21 @@ const PARTITION_SECS: i64 = 86_400;
 /// Partitions made ahead of the prune horizon (tokens live at most hours).
 const PARTITIONS_AHEAD: i64 = 4;
 
-/// Pool settings.
-#[derive(Debug, Clone, Copy)]
+/// Pool and connection settings.
+#[derive(Debug, Clone)]
 pub struct PoolOptions {
     /// Maximum connections.
     pub max_size: usize,
     /// How long to wait for a connection (pool checkout or connect).
     pub timeout: Duration,
+    /// PEM file of the CA that signs the server's certificate (the same as
+    /// `sslrootcert=` in the URL; see [`tls`]).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { max_size: 16, timeout: Duration::from_secs(5) }
+        Self { max_size: 16, timeout: Duration::from_secs(5), ca_file: None }
     }
 }
 
@@ -141,11 +146,16 @@ impl Default for PoolOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    ssl_mode: tls::SslMode,
+    another_host: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").field("status", &self.pool.status()).finish()
+        f.debug_struct("PostgresStore")
+            .field("status", &self.pool.status())
+            .field("ssl_mode", &self.ssl_mode)
+            .finish()
     }
 }
 
@@ -157,12 +167,19 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Builds the pool; connections are made on first use.
+    /// Builds the pool; connections are made on first use. The URL's
+    /// `sslmode` and `sslrootcert` are honoured as libpq does (see [`tls`]).
     pub fn connect_without_migrating(url: &str, options: PoolOptions) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
+        let tls::Prepared { mut config, mode, tls } = tls::prepare(url, options.ca_file.as_deref())?;
         config.connect_timeout(options.timeout);
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let another_host = config.get_hosts().iter().any(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name != "localhost" && !name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => false,
+        });
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.max_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -171,7 +188,18 @@ impl PostgresStore {
             .recycle_timeout(Some(options.timeout))
             .build()
             .map_err(|e| StoreError::Other(format!("building the connection pool: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self { pool, ssl_mode: mode, another_host })
+    }
+
+    /// The TLS mode connections use.
+    pub fn ssl_mode(&self) -> tls::SslMode {
+        self.ssl_mode
+    }
+
+    /// Whether any host in the URL is reached over the network (not a Unix
+    /// socket, `localhost` or a loopback address).
+    pub fn connects_to_another_host(&self) -> bool {
+        self.another_host
     }
 
     /// Applies pending migrations (one node at a time) and returns the

@@ -38,7 +38,7 @@ async fn postgres_conforms() {
 async fn an_unreachable_database_is_unavailable_not_an_error() {
     let store = PostgresStore::connect_without_migrating(
         "postgres://nobody@127.0.0.1:1/none",
-        PoolOptions { max_size: 1, timeout: std::time::Duration::from_millis(500) },
+        PoolOptions { max_size: 1, timeout: std::time::Duration::from_millis(500), ca_file: None },
     )
     .unwrap();
     let err = blindpass_store::ApiKeyStore::list_api_keys(&store).await.unwrap_err();
