@@ -200,9 +200,9 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
             let prefix =
                 args.redis_key_prefix.clone().or(file.redis_key_prefix.clone()).unwrap_or_else(|| "blindpass".into());
             let ca = match args.redis_ca_file.clone().or(file.redis_ca_file.clone()) {
-                Some(path) => {
-                    Some(std::fs::read(&path).with_context(|| format!("reading the Redis CA file {}", path.display()))?)
-                }
+                Some(path) => Some(
+                    std::fs::read(&path).with_context(|| format!("reading the Redis CA file {}", path.display()))?,
+                ),
                 None => None,
             };
             let limiter = blindpass_service::RedisLimiter::connect(&redis, &prefix, ca)

@@ -67,10 +67,9 @@ impl RedisLimiter {
             Some(_) if !url.starts_with("rediss://") => {
                 return Err(StoreError::Other("a Redis CA file needs a rediss:// URL".into()));
             }
-            Some(pem) => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
-            ),
+            Some(pem) => {
+                redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
+            }
         }
         .map_err(|e| StoreError::Other(format!("invalid Redis URL or CA: {e}")))?;
         let connection = client

@@ -152,10 +152,7 @@ pub struct PostgresStore {
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("status", &self.pool.status())
-            .field("ssl_mode", &self.ssl_mode)
-            .finish()
+        f.debug_struct("PostgresStore").field("status", &self.pool.status()).field("ssl_mode", &self.ssl_mode).finish()
     }
 }
 
@@ -264,9 +261,26 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
             StoreError::Unavailable(e.to_string())
         }
         Some(_) => StoreError::Other(e.to_string()),
-        // No SQLSTATE: an I/O or protocol failure talking to the server.
-        None => StoreError::Unavailable(e.to_string()),
+        // No SQLSTATE: an I/O, TLS or protocol failure talking to the
+        // server; the cause (e.g. which certificate check failed) is in the
+        // source chain.
+        None => StoreError::Unavailable(with_sources(&e)),
     }
+}
+
+/// An error and its sources, `: `-separated.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn corrupt(what: &'static str) -> impl Fn(crate::UnknownName) -> StoreError {

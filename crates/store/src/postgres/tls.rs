@@ -187,22 +187,23 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn load_roots(roots: &Roots) -> Result<Option<RootCertStore>, StoreError> {
-    let certs: Vec<CertificateDer<'static>> = match roots {
-        Roots::None => return Ok(None),
-        Roots::File(path) => CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| StoreError::Other(format!("reading the PostgreSQL CA file {}: {e}", path.display())))?,
-        Roots::System => {
-            let found = rustls_native_certs::load_native_certs();
-            if found.certs.is_empty() {
-                return Err(StoreError::Other(format!(
-                    "sslrootcert=system: no certificates in the system trust store ({} errors)",
-                    found.errors.len()
-                )));
+    let certs: Vec<CertificateDer<'static>> =
+        match roots {
+            Roots::None => return Ok(None),
+            Roots::File(path) => CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| StoreError::Other(format!("reading the PostgreSQL CA file {}: {e}", path.display())))?,
+            Roots::System => {
+                let found = rustls_native_certs::load_native_certs();
+                if found.certs.is_empty() {
+                    return Err(StoreError::Other(format!(
+                        "sslrootcert=system: no certificates in the system trust store ({} errors)",
+                        found.errors.len()
+                    )));
+                }
+                found.certs
             }
-            found.certs
-        }
-    };
+        };
     let mut store = RootCertStore::empty();
     let (added, _ignored) = store.add_parsable_certificates(certs);
     if added == 0 {
