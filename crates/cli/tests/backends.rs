@@ -321,11 +321,11 @@ async fn postgres_and_redis_over_tls_and_no_private_key_bytes_in_the_cluster_wit
     let url_ca = format!("sslmode=verify-full&sslrootcert={}", ca.display());
     connect(&cluster.url("localhost", &url_ca), None).await.expect("verify-full with sslrootcert in the URL");
     let wrong_name = connect(&cluster.url("127.0.0.1", "sslmode=verify-full"), Some(&ca)).await;
-    let why = wrong_name.err().expect("the certificate names localhost only, not 127.0.0.1");
+    let why = wrong_name.expect_err("the certificate names localhost only, not 127.0.0.1");
     assert!(why.to_lowercase().contains("certificate"), "the reason names the certificate: {why}");
     connect(&cluster.url("127.0.0.1", "sslmode=verify-ca"), Some(&ca)).await.expect("verify-ca ignores the name");
     let wrong_ca = connect(&cluster.url("localhost", "sslmode=verify-ca"), Some(&other_ca)).await;
-    let why = wrong_ca.err().expect("a certificate from another CA must be refused");
+    let why = wrong_ca.expect_err("a certificate from another CA must be refused");
     assert!(why.to_lowercase().contains("certificate"), "the reason names the certificate: {why}");
     let wrong_ca = connect(&cluster.url("localhost", "sslmode=require"), Some(&other_ca)).await;
     assert!(wrong_ca.is_err(), "a CA given with require is checked, as in libpq");

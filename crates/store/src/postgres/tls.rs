@@ -87,9 +87,9 @@ impl SslMode {
     /// optional; the verifier does the rest.
     fn for_tokio_postgres(self) -> &'static str {
         match self {
-            Self::Disable => "disable",
-            Self::Prefer => "prefer",
-            Self::Require | Self::VerifyCa | Self::VerifyFull => "require",
+            Self::Disable => "sslmode=disable",
+            Self::Prefer => "sslmode=prefer",
+            Self::Require | Self::VerifyCa | Self::VerifyFull => "sslmode=require",
         }
     }
 }
@@ -118,32 +118,64 @@ pub(crate) fn prepare(url: &str, ca_file: Option<&Path>) -> Result<Prepared, Sto
         Some(at) => (&url[..at], &url[at + 1..]),
         None => (url, ""),
     };
-    let mut mode = None;
-    let mut root_param = None;
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |v: &str| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8()
-                .map(|s| s.into_owned())
-                .map_err(|_| StoreError::Other(format!("invalid percent-encoding in the {key} parameter")))
-        };
-        match key {
-            "sslmode" => {
-                if mode.replace(SslMode::parse(&decode(value)?)?).is_some() {
-                    return Err(StoreError::Other("sslmode is given twice in the database URL".into()));
-                }
-            }
-            "sslrootcert" => {
-                if root_param.replace(decode(value)?).is_some() {
-                    return Err(StoreError::Other("sslrootcert is given twice in the database URL".into()));
-                }
-            }
-            _ => kept.push(pair),
-        }
+    let TlsParams { mode, root_param, mut kept } = TlsParams::take(query)?;
+    let roots = roots_for(root_param.as_deref(), ca_file)?;
+    let mode = mode.unwrap_or(SslMode::Prefer);
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && roots == Roots::None {
+        return Err(StoreError::Other(format!(
+            "sslmode={} needs a CA: the database CA file option, sslrootcert=/path/to/ca.pem or sslrootcert=system",
+            mode.as_str()
+        )));
     }
-    let roots = match (root_param.as_deref(), ca_file) {
+    kept.push(mode.for_tokio_postgres());
+    let config: tokio_postgres::Config = format!("{base}?{}", kept.join("&"))
+        .parse()
+        .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
+    let tls = MakeRustlsConnect::new(client_config(mode, &roots)?);
+    Ok(Prepared { config, mode, tls })
+}
+
+/// A URL's query split into the TLS parameters and the rest (kept as given).
+struct TlsParams<'a> {
+    mode: Option<SslMode>,
+    root_param: Option<String>,
+    kept: Vec<&'a str>,
+}
+
+impl<'a> TlsParams<'a> {
+    fn take(query: &'a str) -> Result<Self, StoreError> {
+        let mut params = Self { mode: None, root_param: None, kept: Vec::new() };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let twice = || StoreError::Other(format!("{key} is given twice in the database URL"));
+            match key {
+                "sslmode" => {
+                    if params.mode.replace(SslMode::parse(&decode(key, value)?)?).is_some() {
+                        return Err(twice());
+                    }
+                }
+                "sslrootcert" => {
+                    if params.root_param.replace(decode(key, value)?).is_some() {
+                        return Err(twice());
+                    }
+                }
+                _ => params.kept.push(pair),
+            }
+        }
+        Ok(params)
+    }
+}
+
+fn decode(key: &str, value: &str) -> Result<String, StoreError> {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| StoreError::Other(format!("invalid percent-encoding in the {key} parameter")))
+}
+
+/// The trust anchors named by `sslrootcert` or the CA file option (not both).
+fn roots_for(root_param: Option<&str>, ca_file: Option<&Path>) -> Result<Roots, StoreError> {
+    Ok(match (root_param, ca_file) {
         (Some(_), Some(_)) => {
             return Err(StoreError::Other(
                 "the PostgreSQL CA is given twice (sslrootcert in the URL and the CA file option); give it once".into(),
@@ -154,24 +186,7 @@ pub(crate) fn prepare(url: &str, ca_file: Option<&Path>) -> Result<Prepared, Sto
         (Some(path), None) => Roots::File(PathBuf::from(path)),
         (None, Some(path)) => Roots::File(path.to_owned()),
         (None, None) => Roots::None,
-    };
-    let mode = mode.unwrap_or(SslMode::Prefer);
-    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && roots == Roots::None {
-        return Err(StoreError::Other(format!(
-            "sslmode={} needs a CA: the database CA file option, sslrootcert=/path/to/ca.pem or sslrootcert=system",
-            mode.as_str()
-        )));
-    }
-    kept.push(match mode.for_tokio_postgres() {
-        "disable" => "sslmode=disable",
-        "prefer" => "sslmode=prefer",
-        _ => "sslmode=require",
-    });
-    let rebuilt = format!("{base}?{}", kept.join("&"));
-    let config: tokio_postgres::Config =
-        rebuilt.parse().map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
-    let tls = MakeRustlsConnect::new(client_config(mode, &roots)?);
-    Ok(Prepared { config, mode, tls })
+    })
 }
 
 /// Where the query string starts: the first `?` after the authority (a
@@ -221,8 +236,7 @@ fn client_config(mode: SslMode, roots: &Roots) -> Result<Arc<ClientConfig>, Stor
                 .build()
                 .map_err(|e| StoreError::Other(format!("building the PostgreSQL certificate verifier: {e}")))?
         }
-        (_, Some(store)) => Arc::new(ChainOnly { roots: Arc::new(store), algorithms }),
-        (_, None) => Arc::new(EncryptionOnly { algorithms }),
+        (_, roots) => Arc::new(ChainVerifier { roots: roots.map(Arc::new), algorithms }),
     };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -233,16 +247,18 @@ fn client_config(mode: SslMode, roots: &Roots) -> Result<Arc<ClientConfig>, Stor
     Ok(Arc::new(config))
 }
 
-/// `verify-ca` (and `prefer`/`require` with a CA): the chain must lead to a
-/// trusted root; the host name is not compared. Handshake signatures are
-/// still verified, so the peer holds the certificate's key.
+/// The certificate check short of the host name: with `roots`, the chain
+/// must lead to one of them (`verify-ca`, and `prefer`/`require` with a CA);
+/// without, any certificate is taken (`prefer`/`require` alone, libpq's
+/// behaviour; a start-up warning says so). Handshake signatures are always
+/// verified, so the peer holds the certificate's key.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct ChainVerifier {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -251,56 +267,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `prefer`/`require` without a CA: encrypted, but any certificate is taken
-/// (libpq's behaviour; a start-up warning says so).
-#[derive(Debug)]
-struct EncryptionOnly {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for EncryptionOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
