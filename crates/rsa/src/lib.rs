@@ -7,7 +7,7 @@
 //!
 //! Also: key generation (FIPS 186-4, 2048 bits, e = 65537) and PKCS#8
 //! import/export. PKCS#8 is parsed and written in safe Rust; only the key
-//! object and the private operation cross into C, in [`ffi`].
+//! object and the private operation cross into C, in the `ffi` module.
 //!
 //! **Invariant:** `unsafe` exists only in the `ffi` module, each block with a
 //! `// SAFETY:` comment. Private key material is zeroised on drop and never

@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use blindpass_service::lifecycle::NotIssuing;
 use blindpass_service::{AuthError, IssueError, RecordError, RelayError, StoreError};
 
 /// An error response in Persona's shape.
@@ -145,7 +146,11 @@ impl From<IssueError> for ApiError {
             IssueError::WrongEnvironment => {
                 ApiError::forbidden("key-id belongs to a different environment than the API key.")
             }
-            IssueError::KeyNotActive(why) => ApiError::unprocessable(format!("The signing key is {why}.")),
+            IssueError::KeyNotActive(why) => ApiError::unprocessable(match why {
+                NotIssuing::NotYetValid => "The signing key is not yet valid.",
+                NotIssuing::RotatedOut => "The signing key is rotated out.",
+                NotIssuing::Retired => "The signing key is retired.",
+            }),
             IssueError::WrongLength { expected, found } => ApiError::unprocessable(format!(
                 "blinded-token must decode to {expected} bytes (the key's modulus length); found {found}."
             )),

@@ -3,7 +3,7 @@
 use blindpass_protocol::blind_rsa::{self, BlindSignError};
 use blindpass_protocol::keys::TokenKeyId;
 
-use crate::{Environment, KeyError, KeyState, Service, StoreError};
+use crate::{Environment, KeyError, Service, StoreError};
 
 /// Length of a rate-limit window.
 const WINDOW_SECS: i64 = 60;
@@ -60,8 +60,8 @@ pub enum IssueError {
     #[error("key belongs to another environment")]
     WrongEnvironment,
     /// The key exists but does not issue (retired, rotated out, not yet valid).
-    #[error("key is {0} and cannot issue")]
-    KeyNotActive(&'static str),
+    #[error("key cannot issue: {0:?}")]
+    KeyNotActive(crate::lifecycle::NotIssuing),
     /// The blinded message is not the modulus length.
     #[error("blinded token must be {expected} bytes, found {found}")]
     WrongLength {
@@ -155,13 +155,7 @@ impl Service {
         if key.record.environment != environment {
             return Err(IssueError::WrongEnvironment);
         }
-        if !key.issues_at(self.now()) {
-            return Err(IssueError::KeyNotActive(match key.record.state {
-                KeyState::Pending | KeyState::Active => "not yet valid",
-                KeyState::VerifyOnly => "rotated out",
-                KeyState::Retired => "retired",
-            }));
-        }
+        self.lifecycle().can_issue(&key.record, self.now()).map_err(IssueError::KeyNotActive)?;
         let signer = std::sync::Arc::clone(&key.signer);
         let signed = tokio::task::spawn_blocking(move || blind_rsa::blind_sign(&*signer, &blinded_msg))
             .await

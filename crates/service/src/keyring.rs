@@ -30,9 +30,10 @@ impl std::fmt::Debug for LoadedKey {
 }
 
 impl LoadedKey {
-    /// True when the key may issue at `now`.
+    /// True when the key may issue at `now` (see [`crate::lifecycle`]).
     pub fn issues_at(&self, now: i64) -> bool {
-        self.record.state == KeyState::Active && self.record.not_before <= now
+        // The overlap plays no part in issuing.
+        crate::lifecycle::Lifecycle { overlap_secs: 0 }.can_issue(&self.record, now).is_ok()
     }
 }
 

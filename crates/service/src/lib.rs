@@ -17,6 +17,7 @@ pub mod identity;
 mod issuer;
 pub mod kek;
 mod keyring;
+pub mod lifecycle;
 mod limiter;
 mod relays;
 mod secrets;
@@ -150,6 +151,11 @@ impl Service {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The key lifecycle rules with this deployment's overlap.
+    pub fn lifecycle(&self) -> lifecycle::Lifecycle {
+        lifecycle::Lifecycle { overlap_secs: self.inner.config.key_overlap_secs }
     }
 
     /// The key-encryption key, if configured.

@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 
 use crate::secrets::hmac;
 use crate::{
-    ClaimResult, Environment, IdempotencyCompletion, IssueError, KeyError, KeyState, LoadedKey, Relay, Service,
-    SpendOutcome, StoreError,
+    ClaimResult, Environment, IdempotencyCompletion, IssueError, KeyError, LoadedKey, Relay, Service, SpendOutcome,
+    StoreError,
 };
 
 /// Persona's `origin_info` for relay challenges.
@@ -420,13 +420,7 @@ impl Service {
     async fn verifying_key(&self, relay: &Relay, id: &TokenKeyId) -> Result<Arc<LoadedKey>, RedeemError> {
         let unknown = RedeemError::InvalidToken("The token names an unknown or retired key.");
         let key = self.key_by_id(id).await?.ok_or(unknown)?;
-        let now = self.now();
-        let usable = match key.record.state {
-            KeyState::Active => key.record.not_before <= now,
-            KeyState::VerifyOnly => key.record.rotated_at.is_none_or(|t| now < t + self.config().key_overlap_secs),
-            KeyState::Pending | KeyState::Retired => false,
-        };
-        if !usable {
+        if !self.lifecycle().can_verify(&key.record, self.now()) {
             return Err(RedeemError::InvalidToken("The token names an unknown or retired key."));
         }
         if key.record.environment != relay.environment {
@@ -477,19 +471,10 @@ impl Service {
             keys.extend(self.keys_of(*environment).await?);
         }
         let position = |k: &LoadedKey| environments.iter().position(|e| *e == k.record.environment);
-        let rank = |k: &LoadedKey| match k.record.state {
-            KeyState::Pending => 0,
-            KeyState::Active => 1,
-            KeyState::VerifyOnly => 2,
-            KeyState::Retired => 3,
-        };
-        keys.retain(|k| match k.record.state {
-            KeyState::Retired => false,
-            KeyState::VerifyOnly => k.record.rotated_at.is_none_or(|t| now < t + self.config().key_overlap_secs),
-            _ => true,
-        });
+        let lifecycle = self.lifecycle();
+        keys.retain(|k| lifecycle.is_listed(&k.record, now));
         // Stable: environments in the order asked, then lifecycle order.
-        keys.sort_by_key(|k| (position(k), rank(k)));
+        keys.sort_by_key(|k| (position(k), crate::lifecycle::directory_rank(k.record.state)));
         Ok(IssuerDirectory {
             issuer_request_uri: request_uri.to_owned(),
             token_keys: keys

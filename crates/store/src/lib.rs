@@ -6,7 +6,7 @@
 //! constraint, not application logic.
 //!
 //! Backends: [`sqlite::SqliteStore`] (embedded, the default). Every backend
-//! runs the same [`conformance`] suite.
+//! runs the same `conformance` suite (feature `conformance`).
 //!
 //! **Invariant:** API key secrets are never stored, only their SHA-256;
 //! private keys are stored as PKCS#8 and never appear in `Debug` output.

@@ -202,7 +202,7 @@ fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
 
 /// Creates `dir` (and missing parents) with mode 0700, whatever the umask.
 /// An existing directory is left as it is: it may be shared (a home directory,
-/// `/tmp`); the files in it are what [`restrict_database_files`] protects.
+/// `/tmp`); the files in it are what the store restricts to mode 0600.
 pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());

@@ -1,0 +1,18 @@
+//! Turns the `BLINDPASS_TEST_*` variables into cfgs, so that a test needing a
+//! service the environment does not provide is compiled `#[ignore]`d: it shows
+//! as *ignored* in the summary instead of passing without running. `.ci/run`
+//! sets every variable; the build reruns when one changes.
+
+fn main() {
+    for (variable, cfg) in [
+        ("BLINDPASS_TEST_POSTGRES_URL", "blindpass_test_postgres"),
+        ("BLINDPASS_TEST_BACKEND_TLS", "blindpass_test_backend_tls"),
+        ("BLINDPASS_TEST_INTEROP", "blindpass_test_interop"),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo::rerun-if-env-changed={variable}");
+        if std::env::var_os(variable).is_some_and(|v| !v.is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
+}
