@@ -5,7 +5,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_service::lifecycle::NotIssuing;
-use blindpass_service::{AuthError, IssueError, RecordError, RelayError, StoreError};
+use blindpass_service::{AuthError, IssueError, RecordError, RelayError, StoreError, TokenRejection};
 
 /// An error response in Persona's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +136,25 @@ impl From<AuthError> for ApiError {
             AuthError::Revoked => ApiError::forbidden("The API key has been revoked."),
             AuthError::Store(s) => s.into(),
         }
+    }
+}
+
+/// The words a client reads when its token is refused (401).
+pub(crate) fn token_rejection(why: TokenRejection) -> &'static str {
+    match why {
+        TokenRejection::AlreadyUsed => "This Privacy Pass token has already been used.",
+        TokenRejection::NotBase64url => "The token is not base64url.",
+        TokenRejection::Malformed => "The token is not a valid Privacy Pass token.",
+        TokenRejection::ChallengeExpired => "The token's challenge has expired.",
+        TokenRejection::ChallengeNotOurs => "The token's challenge was not issued by this server.",
+        TokenRejection::RfcChallengeUnknown => {
+            "The token answers a challenge this relay did not issue, or one that expired."
+        }
+        TokenRejection::OtherEnvironment => "The token belongs to another environment.",
+        TokenRejection::OtherClaimType => "The token was issued for another claim type.",
+        TokenRejection::UnknownKey => "The token names an unknown key.",
+        TokenRejection::UnknownOrRetiredKey => "The token names an unknown or retired key.",
+        TokenRejection::BadSignature => "The token's signature is invalid.",
     }
 }
 

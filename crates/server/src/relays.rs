@@ -280,7 +280,9 @@ pub(crate) async fn generate_claim(
                         reply.already_stored = redemption.response_stored;
                         Ok(reply)
                     }
-                    Err(RedeemError::InvalidToken(why)) => Ok(token_required(&state, &relay, why).await),
+                    Err(RedeemError::InvalidToken(why)) => {
+                        Ok(token_required(&state, &relay, crate::error::token_rejection(why)).await)
+                    }
                     Err(RedeemError::Pending) => {
                         let mut e = ApiError::forbidden("The claim result is not available yet. Retry later.");
                         e.retry_after = Some(5);

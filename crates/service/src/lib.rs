@@ -35,7 +35,7 @@ pub use keyring::{KeyError, KeyRingStats, LoadedKey};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use relays::{
     CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError,
-    RedeemError, Redemption, RelayError, SESSION_SECS,
+    RedeemError, Redemption, RelayError, SESSION_SECS, TokenRejection,
 };
 
 /// Tunables of the service layer.

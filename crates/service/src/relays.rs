@@ -131,8 +131,8 @@ pub enum RecordError {
 #[derive(Debug, thiserror::Error)]
 pub enum RedeemError {
     /// The token is malformed, forged, expired, for another scope, or spent.
-    #[error("{0}")]
-    InvalidToken(&'static str),
+    #[error("invalid token: {0:?}")]
+    InvalidToken(TokenRejection),
     /// The verifier has not recorded a result yet (retry later).
     #[error("the claim result is not available yet")]
     Pending,
@@ -145,6 +145,35 @@ pub enum RedeemError {
     /// Keys could not be loaded.
     #[error("{0}")]
     Internal(String),
+}
+
+/// Why a presented token is refused (the server words it for the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// Spent before, at another relay (or without this relay's secret).
+    AlreadyUsed,
+    /// The `Authorization` value is not base64url.
+    NotBase64url,
+    /// The bytes are neither a Persona token nor an RFC 9578 token.
+    Malformed,
+    /// The Persona challenge's expiry has passed.
+    ChallengeExpired,
+    /// The Persona challenge's MAC does not verify.
+    ChallengeNotOurs,
+    /// The RFC challenge is not one this relay issued in the current or the
+    /// previous window.
+    RfcChallengeUnknown,
+    /// The token's environment is not the relay's.
+    OtherEnvironment,
+    /// The token was issued for another claim type.
+    OtherClaimType,
+    /// The Persona token's key id is not a key id.
+    UnknownKey,
+    /// No key with that id verifies now (unknown, pending, retired, or past
+    /// its overlap).
+    UnknownOrRetiredKey,
+    /// The signature does not verify.
+    BadSignature,
 }
 
 impl From<KeyError> for RedeemError {
@@ -352,16 +381,14 @@ impl Service {
             SpendOutcome::SpentHere { claim_payload } => {
                 Ok(Redemption { claim_payload, token_consumed: true, response_stored: false })
             }
-            SpendOutcome::SpentElsewhere => {
-                Err(RedeemError::InvalidToken("This Privacy Pass token has already been used."))
-            }
+            SpendOutcome::SpentElsewhere => Err(RedeemError::InvalidToken(TokenRejection::AlreadyUsed)),
         }
     }
 
     /// Checks a presented token of either format: its challenge first (a
     /// MAC or digest check, no key lookup), then its key and signature.
     async fn verify_presented(&self, relay: &Relay, presented: &str) -> Result<Verified, RedeemError> {
-        let bytes = b64::decode(presented).map_err(|_| RedeemError::InvalidToken("The token is not base64url."))?;
+        let bytes = b64::decode(presented).map_err(|_| RedeemError::InvalidToken(TokenRejection::NotBase64url))?;
         if bytes.first() == Some(&b'{') {
             self.verify_persona(relay, presented).await
         } else {
@@ -370,33 +397,30 @@ impl Service {
     }
 
     async fn verify_persona(&self, relay: &Relay, presented: &str) -> Result<Verified, RedeemError> {
-        let parsed = persona::Token::decode(presented)
-            .map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
+        let parsed =
+            persona::Token::decode(presented).map_err(|_| RedeemError::InvalidToken(TokenRejection::Malformed))?;
         let challenge = &parsed.token.challenge;
         let secrets = self.secrets().await?;
         let expires_at = challenge.verify(&secrets.challenge, self.now().max(0) as u64).map_err(|e| match e {
-            persona::PersonaError::Expired => RedeemError::InvalidToken("The token's challenge has expired."),
-            _ => RedeemError::InvalidToken("The token's challenge was not issued by this server."),
+            persona::PersonaError::Expired => RedeemError::InvalidToken(TokenRejection::ChallengeExpired),
+            _ => RedeemError::InvalidToken(TokenRejection::ChallengeNotOurs),
         })?;
         if challenge.environment != relay.environment.as_str() {
-            return Err(RedeemError::InvalidToken("The token belongs to another environment."));
+            return Err(RedeemError::InvalidToken(TokenRejection::OtherEnvironment));
         }
         if challenge.claim_type != relay.claim_type {
-            return Err(RedeemError::InvalidToken("The token was issued for another claim type."));
+            return Err(RedeemError::InvalidToken(TokenRejection::OtherClaimType));
         }
         let id = TokenKeyId::from_hex(&parsed.token.key_id)
-            .map_err(|_| RedeemError::InvalidToken("The token names an unknown key."))?;
+            .map_err(|_| RedeemError::InvalidToken(TokenRejection::UnknownKey))?;
         let key = self.verifying_key(relay, &id).await?;
-        parsed
-            .verify_signature(&key.public)
-            .map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
+        parsed.verify_signature(&key.public).map_err(|_| RedeemError::InvalidToken(TokenRejection::BadSignature))?;
         let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
         Ok(Verified { key, nonce: parsed.nonce.to_vec(), expires_at })
     }
 
     async fn verify_rfc(&self, relay: &Relay, bytes: &[u8]) -> Result<Verified, RedeemError> {
-        let token = Token::decode(bytes)
-            .map_err(|_| RedeemError::InvalidToken("The token is not a valid Privacy Pass token."))?;
+        let token = Token::decode(bytes).map_err(|_| RedeemError::InvalidToken(TokenRejection::Malformed))?;
         let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
         let mut matched = None;
         for w in [window, window - 1] {
@@ -405,26 +429,24 @@ impl Service {
             }
         }
         let Some(w) = matched else {
-            return Err(RedeemError::InvalidToken(
-                "The token answers a challenge this relay did not issue, or one that expired.",
-            ));
+            return Err(RedeemError::InvalidToken(TokenRejection::RfcChallengeUnknown));
         };
         let key = self.verifying_key(relay, &token.token_key_id).await?;
         type2::verify_token(&key.public, &token)
-            .map_err(|_| RedeemError::InvalidToken("The token's signature is invalid."))?;
+            .map_err(|_| RedeemError::InvalidToken(TokenRejection::BadSignature))?;
         Ok(Verified { key, nonce: token.nonce.to_vec(), expires_at: (w + 2) * CONTEXT_WINDOW_SECS })
     }
 
     /// The key named `id` if it may verify tokens for `relay` now: same
     /// environment, active, or rotated out less than `key_overlap_secs` ago.
     async fn verifying_key(&self, relay: &Relay, id: &TokenKeyId) -> Result<Arc<LoadedKey>, RedeemError> {
-        let unknown = RedeemError::InvalidToken("The token names an unknown or retired key.");
+        let unknown = RedeemError::InvalidToken(TokenRejection::UnknownOrRetiredKey);
         let key = self.key_by_id(id).await?.ok_or(unknown)?;
         if !self.lifecycle().can_verify(&key.record, self.now()) {
-            return Err(RedeemError::InvalidToken("The token names an unknown or retired key."));
+            return Err(RedeemError::InvalidToken(TokenRejection::UnknownOrRetiredKey));
         }
         if key.record.environment != relay.environment {
-            return Err(RedeemError::InvalidToken("The token belongs to another environment."));
+            return Err(RedeemError::InvalidToken(TokenRejection::OtherEnvironment));
         }
         Ok(key)
     }

@@ -1,0 +1,138 @@
+//! The service's use cases on their own (no HTTP), with a manual clock,
+//! asserting on typed errors: issue, redeem, and the key lifecycle as issuing
+//! and redeeming see it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::{b64, persona};
+use blindpass_service::lifecycle::NotIssuing;
+use blindpass_service::{
+    ChallengeOffer, Config, Environment, IssueError, ManualClock, RedeemError, Relay, Service, TokenRejection,
+};
+use blindpass_store::sqlite::SqliteStore;
+
+const START: i64 = 1_800_000_000;
+const CLAIM: &str = "age_over18_verified";
+/// Shorter than a challenge's validity (at least an hour), so a token
+/// outlives its key's overlap.
+const OVERLAP: i64 = 600;
+
+struct Node {
+    service: Service,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+async fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let config = Config { issuer_name: "issuer.example".into(), key_overlap_secs: OVERLAP, ..Config::default() };
+    let service = Service::new(store, Arc::clone(&clock) as _, config);
+    service.ensure_initial_keys().await.unwrap();
+    service.reload_keys().await.unwrap();
+    Node { service, clock, _dir: dir }
+}
+
+/// The client's half: blind a token for `offer`, have `environment` sign it,
+/// finalize. Returns the encoded token or the issuance error.
+async fn issue(service: &Service, environment: Environment, offer: &ChallengeOffer) -> Result<String, IssueError> {
+    let key = IssuerPublicKey::from_spki_der(&b64::decode(&offer.token_key).unwrap()).unwrap();
+    let challenge = persona::Challenge::decode(&offer.challenge).unwrap();
+    let (blinded, state) = persona::begin_issuance(&key, &offer.token_key_id, &challenge, &mut rand::rng()).unwrap();
+    let key_id = TokenKeyId::from_hex(&offer.token_key_id).unwrap();
+    let blind_sig = service.issue(environment, &key_id, blinded).await?;
+    Ok(persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode())
+}
+
+async fn sandbox_token(service: &Service) -> String {
+    let offer = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    issue(service, Environment::Sandbox, &offer).await.unwrap()
+}
+
+async fn relay(service: &Service) -> Relay {
+    service.create_relay(Environment::Sandbox, CLAIM, None).await.unwrap().relay
+}
+
+fn rejection(result: Result<blindpass_service::Redemption, RedeemError>) -> TokenRejection {
+    match result {
+        Err(RedeemError::InvalidToken(why)) => why,
+        other => panic!("expected a token rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_redeems_once_and_again_only_at_the_same_relay() {
+    let Node { service, .. } = node().await;
+    let token = sandbox_token(&service).await;
+    let (here, elsewhere) = (relay(&service).await, relay(&service).await);
+    let first = service.redeem(&here, &token, |_| None).await.unwrap();
+    assert!(first.token_consumed);
+    let again = service.redeem(&here, &token, |_| None).await.unwrap();
+    assert_eq!(again.claim_payload, first.claim_payload, "a lost answer is recovered at the same relay");
+    assert_eq!(rejection(service.redeem(&elsewhere, &token, |_| None).await), TokenRejection::AlreadyUsed);
+}
+
+#[tokio::test]
+async fn hostile_and_stale_tokens_are_rejected_with_their_reason() {
+    let Node { service, clock, .. } = node().await;
+    let r = relay(&service).await;
+    assert_eq!(rejection(service.redeem(&r, "not base64url!", |_| None).await), TokenRejection::NotBase64url);
+    assert_eq!(rejection(service.redeem(&r, "AAAA", |_| None).await), TokenRejection::Malformed);
+    // A real token from another deployment: its challenge's MAC is not ours.
+    let foreign = sandbox_token(&node().await.service).await;
+    assert_eq!(rejection(service.redeem(&r, &foreign, |_| None).await), TokenRejection::ChallengeNotOurs);
+
+    let other_claim = service.create_relay(Environment::Sandbox, "age_over21_verified", None).await.unwrap().relay;
+    let token = sandbox_token(&service).await;
+    assert_eq!(rejection(service.redeem(&other_claim, &token, |_| None).await), TokenRejection::OtherClaimType);
+
+    clock.advance(3 * 3600);
+    let fresh_relay = relay(&service).await;
+    assert_eq!(rejection(service.redeem(&fresh_relay, &token, |_| None).await), TokenRejection::ChallengeExpired);
+}
+
+#[tokio::test]
+async fn issuance_checks_the_environment_and_the_key_state() {
+    let Node { service, clock, .. } = node().await;
+    let offer = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    assert!(matches!(issue(&service, Environment::Production, &offer).await, Err(IssueError::WrongEnvironment)));
+    let unknown = service.issue(Environment::Sandbox, &TokenKeyId([7; 32]), vec![0; 256]).await;
+    assert!(matches!(unknown, Err(IssueError::UnknownKey)));
+    let short = service.issue(Environment::Sandbox, &TokenKeyId::from_hex(&offer.token_key_id).unwrap(), vec![1]).await;
+    assert!(matches!(short, Err(IssueError::WrongLength { expected: 256, found: 1 })));
+
+    // A token issued before a rotation redeems through the overlap, not after.
+    let (during, after) = (
+        issue(&service, Environment::Sandbox, &offer).await.unwrap(),
+        issue(&service, Environment::Sandbox, &offer).await.unwrap(),
+    );
+    service.rotate_key(Environment::Sandbox, None).await.unwrap();
+    let rotated = issue(&service, Environment::Sandbox, &offer).await;
+    assert!(matches!(rotated, Err(IssueError::KeyNotActive(NotIssuing::RotatedOut))), "{rotated:?}");
+    let r = relay(&service).await;
+    clock.advance(OVERLAP - 1);
+    assert!(service.redeem(&r, &during, |_| None).await.unwrap().token_consumed, "within the overlap");
+    clock.advance(1);
+    assert_eq!(rejection(service.redeem(&r, &after, |_| None).await), TokenRejection::UnknownOrRetiredKey);
+
+    // An announced key does not sign before its time, and takes over after.
+    let pending = service.rotate_key(Environment::Sandbox, Some(600)).await.unwrap();
+    let pending_id = TokenKeyId::from_hex(&pending.id).unwrap();
+    let early = service.issue(Environment::Sandbox, &pending_id, vec![0; 256]).await;
+    assert!(matches!(early, Err(IssueError::KeyNotActive(NotIssuing::NotYetValid))), "{early:?}");
+    clock.advance(600 + Config::default().key_refresh_secs + 1);
+    let later = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    let now_active = service.key_by_id(&TokenKeyId::from_hex(&later.token_key_id).unwrap()).await.unwrap().unwrap();
+    assert_eq!(now_active.record.id, pending.id, "the announced key is the active one after its not-before");
+
+    // A retired key neither issues nor verifies.
+    let active = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    let token = issue(&service, Environment::Sandbox, &active).await.unwrap();
+    service.retire_key(&active.token_key_id).await.unwrap();
+    let retired = issue(&service, Environment::Sandbox, &active).await;
+    assert!(matches!(retired, Err(IssueError::KeyNotActive(NotIssuing::Retired))), "{retired:?}");
+    assert_eq!(rejection(service.redeem(&r, &token, |_| None).await), TokenRejection::UnknownOrRetiredKey);
+}
