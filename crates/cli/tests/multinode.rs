@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
-use blindpass_store::postgres::{create_schema, drop_schema, random_schema_name, url_with_schema};
+use blindpass_store::postgres::testing::{create_schema, drop_schema, random_schema_name, url_with_schema};
 use common::Server as Node;
 use serde_json::{Value, json};
 

@@ -1,5 +1,6 @@
 //! The storage conformance suite: one set of behaviours every backend must
-//! show. Each backend's tests call [`run_all`] with a fresh, empty store.
+//! show. Each backend's tests expand [`conformance_tests!`](crate::conformance_tests)
+//! into one test per behaviour, each on a fresh, empty store.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
 use std::sync::Arc;
@@ -11,26 +12,39 @@ use crate::{
     RecordOutcome, Relay, Rewrap, RewrapTarget, Spend, SpendOutcome, Store, StoreError, StoredResponse,
 };
 
-/// Runs every check against `store`, which must start empty.
-pub async fn run_all(store: Arc<dyn Store>) {
-    api_keys(&*store).await;
-    issuer_keys(&*store).await;
-    first_issuer_key_has_one_winner(Arc::clone(&store)).await;
-    idempotency(&*store).await;
-    idempotency_has_one_winner(Arc::clone(&store)).await;
-    rate_limits_count_every_hit(Arc::clone(&store)).await;
-    settings(&*store).await;
-    pending_keys_are_promoted_once(&*store).await;
-    a_retired_pending_key_is_never_promoted(&*store).await;
-    relays(&*store).await;
-    relays_expire(&*store).await;
-    spending_has_one_winner(Arc::clone(&store)).await;
-    spent_records_outlive_their_tokens(&*store).await;
-    spend_completes_idempotency_in_one_transaction(&*store).await;
-    key_material_is_read_and_rewrapped_apart(&*store).await;
+/// Generates one `#[tokio::test]` per behaviour of the suite, each on a
+/// fresh store: `$make` is an async function returning the store and a guard
+/// that lives as long as the test (a temporary directory, a schema). Any
+/// attributes given first (e.g. a conditional `#[ignore]`) go on every test.
+///
+/// ```text
+/// blindpass_store::conformance_tests!(make = fresh_store);
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($(#[$attr:meta])* make = $make:path) => {
+        $crate::conformance_tests!(@each [$(#[$attr])*] $make;
+            api_keys, issuer_keys, first_issuer_key_has_one_winner, idempotency, idempotency_has_one_winner,
+            rate_limits_count_every_hit, settings, pending_keys_are_promoted_once,
+            a_retired_pending_key_is_never_promoted, relays, relays_expire, spending_has_one_winner,
+            spent_records_outlive_their_tokens, spend_completes_idempotency_in_one_transaction,
+            key_material_is_read_and_rewrapped_apart);
+    };
+    (@each $attrs:tt $make:path; $($name:ident),*) => {
+        $($crate::conformance_tests!(@one $attrs $make, $name);)*
+    };
+    (@one [$($attr:tt)*] $make:path, $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $($attr)*
+        async fn $name() {
+            let (store, _guard) = $make().await;
+            $crate::conformance::$name(store).await;
+        }
+    };
 }
 
-async fn key_material_is_read_and_rewrapped_apart(store: &dyn Store) {
+pub async fn key_material_is_read_and_rewrapped_apart(store: Arc<dyn Store>) {
+    let store = &*store;
     let key = issuer_key("kw", Environment::Sandbox, KeyState::Retired, 30);
     store.insert_issuer_key(&key).await.unwrap();
     let metadata = store.issuer_key_metadata(Some(Environment::Sandbox)).await.unwrap();
@@ -103,7 +117,8 @@ pub fn issuer_key(id: &str, env: Environment, state: KeyState, created_at: i64) 
     }
 }
 
-async fn api_keys(store: &dyn Store) {
+pub async fn api_keys(store: Arc<dyn Store>) {
+    let store = &*store;
     let a = api_key("api_a", Environment::Sandbox, "lookupa");
     store.insert_api_key(&a).await.unwrap();
     assert!(store.insert_api_key(&a).await.is_err(), "duplicate id must be refused");
@@ -127,7 +142,8 @@ async fn api_keys(store: &dyn Store) {
     assert_eq!(revoked.revoked_at, Some(3_000), "the first revocation time is kept");
 }
 
-async fn issuer_keys(store: &dyn Store) {
+pub async fn issuer_keys(store: Arc<dyn Store>) {
+    let store = &*store;
     let env = Environment::Production;
     let k1 = issuer_key("k1", env, KeyState::Active, 10);
     store.insert_issuer_key(&k1).await.unwrap();
@@ -151,7 +167,7 @@ async fn issuer_keys(store: &dyn Store) {
     assert!(!format!("{:?}", keys[0]).contains("[1, 2, 3"), "private key in Debug output");
 }
 
-async fn first_issuer_key_has_one_winner(store: Arc<dyn Store>) {
+pub async fn first_issuer_key_has_one_winner(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -169,7 +185,8 @@ async fn first_issuer_key_has_one_winner(store: Arc<dyn Store>) {
     assert_eq!(store.issuer_keys(Some(Environment::Sandbox)).await.unwrap().len(), 1);
 }
 
-async fn idempotency(store: &dyn Store) {
+pub async fn idempotency(store: Arc<dyn Store>) {
+    let store = &*store;
     let fp = [7u8; 32];
     let other = [8u8; 32];
     let (ttl, stale) = (86_400, 60);
@@ -217,7 +234,7 @@ async fn idempotency(store: &dyn Store) {
     assert_eq!(store.idempotency_begin("t", "k", &fp, 1_001, ttl, stale).await.unwrap(), IdempotencyBegin::Started);
 }
 
-async fn idempotency_has_one_winner(store: Arc<dyn Store>) {
+pub async fn idempotency_has_one_winner(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let store = Arc::clone(&store);
@@ -237,7 +254,7 @@ async fn idempotency_has_one_winner(store: Arc<dyn Store>) {
     assert_eq!(started, 1, "exactly one request owns an idempotency key");
 }
 
-async fn rate_limits_count_every_hit(store: Arc<dyn Store>) {
+pub async fn rate_limits_count_every_hit(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let store = Arc::clone(&store);
@@ -256,14 +273,16 @@ async fn rate_limits_count_every_hit(store: Arc<dyn Store>) {
     assert_eq!(store.rate_limit_hit("env:sandbox", 660).await.unwrap(), 2);
 }
 
-async fn settings(store: &dyn Store) {
+pub async fn settings(store: Arc<dyn Store>) {
+    let store = &*store;
     assert_eq!(store.setting_get_or_insert("org", b"one").await.unwrap(), b"one");
     assert_eq!(store.setting_get_or_insert("org", b"two").await.unwrap(), b"one");
 }
 
-async fn pending_keys_are_promoted_once(store: &dyn Store) {
-    // Production already has k2 active (see issuer_keys).
+pub async fn pending_keys_are_promoted_once(store: Arc<dyn Store>) {
+    let store = &*store;
     let env = Environment::Production;
+    store.insert_issuer_key(&issuer_key("k2", env, KeyState::Active, 20)).await.unwrap();
     let mut pending = issuer_key("k3", env, KeyState::Pending, 40);
     pending.not_before = 100;
     store.rotate_issuer_key(&pending, 40).await.unwrap();
@@ -279,7 +298,8 @@ async fn pending_keys_are_promoted_once(store: &dyn Store) {
 
 /// Retirement racing a promotion: whichever runs first, the retired key ends
 /// retired (promotion moves only keys still pending, under one lock).
-async fn a_retired_pending_key_is_never_promoted(store: &dyn Store) {
+pub async fn a_retired_pending_key_is_never_promoted(store: Arc<dyn Store>) {
+    let store = &*store;
     let env = Environment::Production;
     for round in 0..8_i64 {
         let id = format!("k-race-{round}");
@@ -309,7 +329,8 @@ pub fn relay(token: &str, env: Environment) -> Relay {
     }
 }
 
-async fn relays(store: &dyn Store) {
+pub async fn relays(store: Arc<dyn Store>) {
+    let store = &*store;
     let r = relay("relay_a", Environment::Production);
     store.insert_relay(&r).await.unwrap();
     assert!(store.insert_relay(&r).await.is_err(), "duplicate relay token");
@@ -331,7 +352,8 @@ async fn relays(store: &dyn Store) {
     assert_eq!(store.relay_by_token("relay_plain").await.unwrap(), Some(plain));
 }
 
-async fn relays_expire(store: &dyn Store) {
+pub async fn relays_expire(store: Arc<dyn Store>) {
+    let store = &*store;
     let mut old = relay("relay_old", Environment::Sandbox);
     old.expires_at = 1_000;
     let mut young = relay("relay_young", Environment::Sandbox);
@@ -344,7 +366,7 @@ async fn relays_expire(store: &dyn Store) {
     assert_eq!(store.relay_by_token("relay_young").await.unwrap(), Some(young));
 }
 
-async fn spending_has_one_winner(store: Arc<dyn Store>) {
+pub async fn spending_has_one_winner(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -374,7 +396,8 @@ async fn spending_has_one_winner(store: Arc<dyn Store>) {
     );
 }
 
-async fn spent_records_outlive_their_tokens(store: &dyn Store) {
+pub async fn spent_records_outlive_their_tokens(store: Arc<dyn Store>) {
+    let store = &*store;
     // A retired key's records are not pruned for being retired.
     store.insert_issuer_key(&issuer_key("kr", Environment::Sandbox, KeyState::Retired, 10)).await.unwrap();
     let day = 86_400;
@@ -411,7 +434,8 @@ async fn spent_records_outlive_their_tokens(store: &dyn Store) {
     );
 }
 
-async fn spend_completes_idempotency_in_one_transaction(store: &dyn Store) {
+pub async fn spend_completes_idempotency_in_one_transaction(store: Arc<dyn Store>) {
+    let store = &*store;
     let fp = [5u8; 32];
     assert_eq!(
         store.idempotency_begin("relay:relay_i", "idem-1", &fp, 100, 86_400, 30).await.unwrap(),

@@ -6,14 +6,14 @@
 //! constraint, not application logic.
 //!
 //! Backends: [`sqlite::SqliteStore`] (embedded, the default). Every backend
-//! runs the same `conformance` suite (feature `conformance`).
+//! runs the same `conformance` suite (feature `testing`).
 //!
 //! **Invariant:** API key secrets are never stored, only their SHA-256;
 //! private keys are stored as PKCS#8 and never appear in `Debug` output.
 
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "conformance")]
+#[cfg(feature = "testing")]
 pub mod conformance;
 #[cfg(debug_assertions)]
 mod fault;

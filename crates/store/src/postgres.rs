@@ -27,92 +27,8 @@ use crate::{
 
 /// Schema migrations, applied in order under an advisory lock.
 const MIGRATIONS: &[&str] = &[
-    r"
-CREATE TABLE api_keys (
-    id          TEXT PRIMARY KEY,
-    name        TEXT,
-    environment TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
-    permissions TEXT NOT NULL,
-    lookup      TEXT NOT NULL UNIQUE,
-    secret_hash BYTEA NOT NULL,
-    created_at  BIGINT NOT NULL,
-    revoked_at  BIGINT
-);
-CREATE TABLE issuer_keys (
-    id            TEXT PRIMARY KEY,
-    environment   TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
-    state         TEXT NOT NULL CHECK (state IN ('pending', 'active', 'verify-only', 'retired')),
-    private_pkcs8 BYTEA NOT NULL,
-    not_before    BIGINT NOT NULL,
-    rotated_at    BIGINT,
-    retired_at    BIGINT,
-    created_at    BIGINT NOT NULL
-);
-CREATE UNIQUE INDEX issuer_keys_one_active ON issuer_keys (environment) WHERE state = 'active';
-CREATE TABLE idempotency (
-    scope        TEXT NOT NULL,
-    key          TEXT NOT NULL,
-    fingerprint  BYTEA NOT NULL,
-    created_at   BIGINT NOT NULL,
-    status       INTEGER,
-    content_type TEXT,
-    body         BYTEA,
-    PRIMARY KEY (scope, key)
-);
-CREATE INDEX idempotency_created_at ON idempotency (created_at);
-CREATE TABLE rate_limits (
-    bucket       TEXT NOT NULL,
-    window_start BIGINT NOT NULL,
-    count        BIGINT NOT NULL,
-    PRIMARY KEY (bucket, window_start)
-);
-CREATE TABLE settings (
-    name  TEXT PRIMARY KEY,
-    value BYTEA NOT NULL
-);
-CREATE TABLE relays (
-    token              TEXT PRIMARY KEY,
-    secret_hash        BYTEA NOT NULL,
-    environment        TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
-    claim_type         TEXT NOT NULL,
-    encryption_key_der BYTEA,
-    created_at         BIGINT NOT NULL,
-    result_passed      BOOLEAN,
-    methodology        TEXT,
-    result_at          BIGINT
-);
-CREATE TABLE spent_tokens (
-    key_id      TEXT NOT NULL,
-    nonce       BYTEA NOT NULL,
-    relay_token TEXT NOT NULL,
-    spent_at    BIGINT NOT NULL,
-    PRIMARY KEY (key_id, nonce)
-);
-",
-    r"
--- Spent records are partitioned by day of the token's expiry (a function of
--- the token, so part of the key without weakening single spend): pruning
--- drops whole partitions instead of running large DELETEs. Rows whose day has
--- no partition yet land in the default partition and are deleted row-wise.
-ALTER TABLE spent_tokens RENAME TO spent_tokens_v1;
-CREATE TABLE spent_tokens (
-    key_id        TEXT NOT NULL,
-    nonce         BYTEA NOT NULL,
-    expires_at    BIGINT NOT NULL,
-    relay_token   TEXT NOT NULL,
-    spent_at      BIGINT NOT NULL,
-    claim_payload TEXT,
-    PRIMARY KEY (key_id, nonce, expires_at)
-) PARTITION BY RANGE (expires_at);
-CREATE TABLE spent_tokens_default PARTITION OF spent_tokens DEFAULT;
-INSERT INTO spent_tokens (key_id, nonce, expires_at, relay_token, spent_at)
-    SELECT key_id, nonce, spent_at + 7200, relay_token, spent_at FROM spent_tokens_v1;
-DROP TABLE spent_tokens_v1;
-CREATE INDEX spent_tokens_default_expires_at ON spent_tokens_default (expires_at);
-ALTER TABLE relays ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0;
-UPDATE relays SET expires_at = created_at + 86400;
-CREATE INDEX relays_expires_at ON relays (expires_at);
-",
+    include_str!("../migrations/postgres/0001_initial.sql"),
+    include_str!("../migrations/postgres/0002_spent_token_expiry_and_relay_expiry.sql"),
 ];
 
 /// Advisory lock ids (first half of the pair) used by blindpass.
@@ -894,35 +810,42 @@ impl SpentTokenStore for PostgresStore {
     }
 }
 
-/// A fresh schema name for tests (`bp_test_<random>`).
-pub fn random_schema_name() -> String {
-    use rand::RngExt;
-    let n: u64 = rand::rng().random();
-    format!("bp_test_{n:016x}")
-}
+/// Schema helpers for tests (feature `testing`): each test run gets a
+/// schema of its own on a shared database.
+#[cfg(feature = "testing")]
+pub mod testing {
+    use crate::StoreError;
 
-/// `url` with `search_path` set to `schema` (via the `options` startup
-/// parameter), so that several blindpass deployments or test runs can share
-/// one database.
-pub fn url_with_schema(url: &str, schema: &str) -> String {
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options=-csearch_path%3D{schema}")
-}
-
-/// Creates `schema` on the database at `url` (tests and operators).
-pub async fn create_schema(url: &str, schema: &str) -> Result<(), StoreError> {
-    if !schema.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
-        return Err(StoreError::Other("schema names are lowercase letters, digits and '_'".into()));
+    /// A fresh schema name for tests (`bp_test_<random>`).
+    pub fn random_schema_name() -> String {
+        use rand::RngExt;
+        let n: u64 = rand::rng().random();
+        format!("bp_test_{n:016x}")
     }
-    let store = PostgresStore::connect_without_migrating(url, PoolOptions::default())?;
-    store.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"), &[]).await.map(drop)
-}
 
-/// Drops `schema` and everything in it.
-pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
-    if !schema.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
-        return Err(StoreError::Other("schema names are lowercase letters, digits and '_'".into()));
+    /// `url` with `search_path` set to `schema` (via the `options` startup
+    /// parameter), so that several blindpass deployments or test runs can share
+    /// one database.
+    pub fn url_with_schema(url: &str, schema: &str) -> String {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options=-csearch_path%3D{schema}")
     }
-    let store = PostgresStore::connect_without_migrating(url, PoolOptions::default())?;
-    store.execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"), &[]).await.map(drop)
+
+    /// Creates `schema` on the database at `url` (tests and operators).
+    pub async fn create_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        if !schema.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+            return Err(StoreError::Other("schema names are lowercase letters, digits and '_'".into()));
+        }
+        let store = super::PostgresStore::connect_without_migrating(url, super::PoolOptions::default())?;
+        store.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"), &[]).await.map(drop)
+    }
+
+    /// Drops `schema` and everything in it.
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        if !schema.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+            return Err(StoreError::Other("schema names are lowercase letters, digits and '_'".into()));
+        }
+        let store = super::PostgresStore::connect_without_migrating(url, super::PoolOptions::default())?;
+        store.execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"), &[]).await.map(drop)
+    }
 }

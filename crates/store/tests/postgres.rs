@@ -5,10 +5,8 @@
 
 use std::sync::Arc;
 
-use blindpass_store::conformance;
-use blindpass_store::postgres::{
-    PoolOptions, PostgresStore, create_schema, drop_schema, random_schema_name, url_with_schema,
-};
+use blindpass_store::postgres::testing::{create_schema, drop_schema, random_schema_name, url_with_schema};
+use blindpass_store::postgres::{PoolOptions, PostgresStore};
 
 fn postgres_url() -> String {
     std::env::var("BLINDPASS_TEST_POSTGRES_URL")
@@ -17,18 +15,53 @@ fn postgres_url() -> String {
         .expect("BLINDPASS_TEST_POSTGRES_URL was set when this test was built; set it to run it")
 }
 
+/// A schema of its own on the test database; dropped with the guard.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: drop the schema from a thread
+        // with a runtime of its own.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(drop_schema(&url, &name)).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// A fresh, migrated store in a new schema.
+async fn fresh_store() -> (Arc<dyn blindpass_store::Store>, Schema) {
+    let url = postgres_url();
+    let name = random_schema_name();
+    create_schema(&url, &name).await.unwrap();
+    let store = PostgresStore::connect(&url_with_schema(&url, &name), PoolOptions::default()).await.unwrap();
+    (Arc::new(store), Schema { url, name })
+}
+
+mod conforms {
+    blindpass_store::conformance_tests!(
+        #[cfg_attr(not(blindpass_test_postgres), ignore = "needs BLINDPASS_TEST_POSTGRES_URL (.ci/run sets it)")]
+        make = super::fresh_store
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(blindpass_test_postgres), ignore = "needs BLINDPASS_TEST_POSTGRES_URL (.ci/run sets it)")]
-async fn postgres_conforms() {
+async fn migrating_again_is_a_no_op() {
+    let (store, _schema) = fresh_store().await;
+    drop(store);
     let url = postgres_url();
-    let schema = random_schema_name();
-    create_schema(&url, &schema).await.unwrap();
-    let scoped = url_with_schema(&url, &schema);
-    let store = PostgresStore::connect(&scoped, PoolOptions::default()).await.unwrap();
-    // Migrating again is a no-op.
+    let name = random_schema_name();
+    create_schema(&url, &name).await.unwrap();
+    let _guard = Schema { url: url.clone(), name: name.clone() };
+    let store = PostgresStore::connect(&url_with_schema(&url, &name), PoolOptions::default()).await.unwrap();
     assert_eq!(store.migrate().await.unwrap(), 2, "the schema version");
-    conformance::run_all(Arc::new(store)).await;
-    drop_schema(&url, &schema).await.unwrap();
 }
 
 #[tokio::test]

@@ -1,15 +1,21 @@
 //! The conformance suite against the embedded SQLite backend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use blindpass_store::sqlite::SqliteStore;
 use blindpass_store::{Environment, IssuerKeyStore, conformance};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_conforms() {
+/// A fresh store in a temporary directory (deleted with the guard).
+async fn fresh_store() -> (Arc<dyn blindpass_store::Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("blindpass.db")).await.unwrap();
-    conformance::run_all(Arc::new(store)).await;
+    (Arc::new(store), dir)
+}
+
+mod conforms {
+    blindpass_store::conformance_tests!(make = super::fresh_store);
 }
 
 #[tokio::test]
