@@ -145,7 +145,10 @@ pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyho
 
 pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Result<()> {
     if matches!(cmd, KeysCommand::GenerateKek) {
-        println!("{}", blindpass_service::kek::KeyEncryptionKey::generate_hex().as_str());
+        println!(
+            "{}",
+            blindpass_service::kek::KeyEncryptionKey::generate_hex(&blindpass_service::SystemEntropy).as_str()
+        );
         return Ok(());
     }
     with_service(store_args, async move |service| match cmd {

@@ -99,7 +99,8 @@ fn peer_speed(seconds: u64) -> anyhow::Result<f64> {
 /// Blinded messages for real token requests, so the signer sees real inputs.
 fn blinded_requests(public: &IssuerPublicKey, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let challenge = TokenChallenge::new(2, "issuer.example", &[], "origin.example")?;
-    let mut rng = rand::rng();
+    let entropy: &dyn blindpass_service::Entropy = &blindpass_service::SystemEntropy;
+    let mut rng = entropy.rng();
     (0..count)
         .map(|_| {
             let (request, _) = type2::begin_issuance(public, &challenge, &mut rng).context("blinding")?;

@@ -255,7 +255,8 @@ async fn issuance_requests(
     count: usize,
 ) -> anyhow::Result<Vec<PreparedRequest>> {
     let (challenge, key, key_id) = challenge(http, &target.base).await?;
-    let mut rng = rand::rng();
+    let entropy: &dyn blindpass_service::Entropy = &blindpass_service::SystemEntropy;
+    let mut rng = entropy.rng();
     (0..count)
         .map(|_| {
             let (blinded, _) = persona::begin_issuance(&key, &key_id, &challenge, &mut rng)?;
@@ -292,7 +293,8 @@ async fn redemption_requests(
     let relay_secret = field(&relay, "relay-secret").context("no relay-secret")?.to_owned();
     eprintln!("issuing {count} tokens for the redemption run…");
     let mut tokens = Vec::with_capacity(count);
-    let mut rng = rand::rng();
+    let entropy: &dyn blindpass_service::Entropy = &blindpass_service::SystemEntropy;
+    let mut rng = entropy.rng();
     let states: Vec<_> =
         (0..count).map(|_| persona::begin_issuance(&key, &key_id, &challenge, &mut rng)).collect::<Result<_, _>>()?;
     let (http_ref, key_ref, key_id_ref) = (&http, &key, key_id.as_str());

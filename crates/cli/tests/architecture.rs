@@ -69,6 +69,7 @@ fn dependencies_point_one_way() {
             "protocol",
             &["blindpass-rsa", "blindpass-store", "blindpass-service", "blindpass-server", "blindpass-client"],
         ),
+        ("entropy", &["blindpass-protocol", "blindpass-rsa", "blindpass-store", "blindpass-service", "tokio"]),
         ("rsa", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-client"]),
         ("store", &["blindpass-service", "blindpass-server", "blindpass-client", "axum", "hyper"]),
         ("service", &["blindpass-server", "blindpass-client", "axum", "hyper", "tower", "tower-http"]),
@@ -119,7 +120,7 @@ fn unsafe_lives_only_in_the_ffi_module() {
     }
     for root_file in ["protocol/src/lib.rs", "store/src/lib.rs", "service/src/lib.rs", "server/src/lib.rs"]
         .iter()
-        .chain(&["client/src/lib.rs", "cli/src/main.rs"])
+        .chain(&["client/src/lib.rs", "cli/src/main.rs", "entropy/src/lib.rs"])
     {
         let text = std::fs::read_to_string(root().join("crates").join(root_file)).unwrap();
         assert!(text.contains("#![forbid(unsafe_code)]"), "crates/{root_file} must forbid unsafe code");

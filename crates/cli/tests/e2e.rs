@@ -1,7 +1,7 @@
 //! End to end: the real `blindpass` binary on a free port with a temporary
 //! data directory; an API key made with the CLI; a token blinded with the
 //! protocol crate, signed over HTTP, finalized and verified.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The whole Persona relay flow and the whole RFC 9578/9577 flow over HTTP
 //! against the real `blindpass` binary, with the rejections a client can
 //! meet on the way, and the 64-way single-spend race across connections.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
 

@@ -10,7 +10,7 @@
 //!   returns the claim, and an `Idempotency-Key` is never stuck in 409;
 //! - a crash between the spend's commit and the response (fault injected in
 //!   debug builds): after a restart the retry returns the claim.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
 

@@ -6,7 +6,7 @@
 //! Runs when `BLINDPASS_TEST_INTEROP` is set at build time (`.ci/run` sets
 //! it; it needs Node.js, npm and the npm registry); otherwise the tests are
 //! ignored and the summary says so.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! Runs when `BLINDPASS_TEST_POSTGRES_URL` is set at build time (`.ci/run`
 //! sets it), with Redis rate limiting when `BLINDPASS_TEST_REDIS_URL` is set
 //! too; otherwise the tests are ignored and the summary says so.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
 

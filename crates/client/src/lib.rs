@@ -23,14 +23,15 @@
 
 use std::time::Duration;
 
+use blindpass_entropy::{Entropy, SystemEntropy};
 use blindpass_protocol::auth::{self, PrivateTokenChallenge};
 use blindpass_protocol::directory::IssuerDirectory;
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::wire::{MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, Token, TokenResponse};
 use blindpass_protocol::{b64, persona, type2};
-use rand::RngExt;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// A client failure.
@@ -135,6 +136,7 @@ pub struct Client {
     base: String,
     api_key: Option<Zeroizing<String>>,
     retry: RetryPolicy,
+    entropy: Arc<dyn Entropy>,
 }
 
 impl std::fmt::Debug for Client {
@@ -160,7 +162,7 @@ impl Client {
             return Err(ClientError::BaseUrl(base));
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        Ok(Self { http, base, api_key: None, retry: RetryPolicy::default() })
+        Ok(Self { http, base, api_key: None, retry: RetryPolicy::default(), entropy: Arc::new(SystemEntropy) })
     }
 
     /// Uses `api_key` as the Bearer token where one is needed.
@@ -172,6 +174,13 @@ impl Client {
     /// Replaces the retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Draws blinding factors, nonces and idempotency keys from `entropy`
+    /// (the system's by default; a seeded source makes tests repeatable).
+    pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        self.entropy = entropy;
         self
     }
 
@@ -193,8 +202,9 @@ impl Client {
     /// Blinds a Persona token for `offer`, has it signed by
     /// `POST /api/v1/privacy-passes`, and finalizes it (which verifies).
     pub async fn issue(&self, offer: &ChallengeOffer) -> Result<persona::Token, ClientError> {
-        let (blinded, state) = persona::begin_issuance(&offer.key, &offer.key_id, &offer.challenge, &mut rand::rng())
-            .map_err(ClientError::protocol)?;
+        let (blinded, state) =
+            persona::begin_issuance(&offer.key, &offer.key_id, &offer.challenge, &mut self.entropy.rng())
+                .map_err(ClientError::protocol)?;
         let body = json!({ "blinded-token": b64::encode_unpadded(&blinded), "key-id": offer.key_id });
         let r = self.send_json(Method::POST, "/api/v1/privacy-passes", &body, true, &[]).await?;
         let v = json_body(&r)?;
@@ -289,15 +299,15 @@ impl Client {
         if !directory.token_keys.iter().any(|k| k.decode_type2().is_ok_and(|d| d == key)) {
             return Err(ClientError::Protocol("the challenge's token-key is not in the issuer directory".into()));
         }
-        let (request, state) =
-            type2::begin_issuance(&key, &challenge.challenge, &mut rand::rng()).map_err(ClientError::protocol)?;
+        let (request, state) = type2::begin_issuance(&key, &challenge.challenge, &mut self.entropy.rng())
+            .map_err(ClientError::protocol)?;
         let uri = &directory.issuer_request_uri;
         let path = if uri.starts_with('/') {
             uri.clone()
         } else {
             return Err(ClientError::Protocol("absolute issuer-request-uri is not supported".into()));
         };
-        let idempotency_key = uuid_v4();
+        let idempotency_key = blindpass_entropy::uuid_v4(&*self.entropy);
         let r = self
             .with_retries(false, || {
                 let mut request_builder = self
@@ -325,7 +335,7 @@ impl Client {
         with_api_key: bool,
         headers: &[(&str, &str)],
     ) -> Result<Response, ClientError> {
-        let idempotency_key = uuid_v4();
+        let idempotency_key = blindpass_entropy::uuid_v4(&*self.entropy);
         let retry_forbidden = path.ends_with("/generate-claim");
         self.with_retries(retry_forbidden, || {
             let mut request = self.http.request(method.clone(), format!("{}{path}", self.base)).json(body);
@@ -410,20 +420,4 @@ fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ClientError> {
 
 fn missing(name: &str) -> ClientError {
     ClientError::Protocol(format!("response has no {name:?}"))
-}
-
-/// A UUIDv4, for `Idempotency-Key`.
-fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(0..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..32).unwrap_or_default()
-    )
 }

@@ -103,6 +103,7 @@ pub struct AppState {
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight.max(1)));
+    let entropy = state.service.entropy_handle();
     Router::new()
         .route("/health", get(health))
         .route("/api/v1/privacy-passes", post(privacy_passes::create))
@@ -117,13 +118,18 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            shed_load(Arc::clone(&in_flight), request, next)
+            shed_load(Arc::clone(&in_flight), Arc::clone(&entropy), request, next)
         }))
         .with_state(state)
 }
 
 /// Outermost: a request past the in-flight cap is answered 503 at once.
-async fn shed_load(in_flight: Arc<Semaphore>, request: Request, next: Next) -> Response {
+async fn shed_load(
+    in_flight: Arc<Semaphore>,
+    entropy: Arc<dyn blindpass_service::Entropy>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Ok(_slot) = in_flight.try_acquire_owned() else {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -132,7 +138,7 @@ async fn shed_load(in_flight: Arc<Semaphore>, request: Request, next: Next) -> R
         );
         e.retry_after = Some(1);
         let mut response = e.into_response();
-        if let Ok(v) = HeaderValue::from_str(&random_id("req_")) {
+        if let Ok(v) = HeaderValue::from_str(&random_id(&*entropy, "req_")) {
             response.headers_mut().insert("request-id", v);
         }
         return response;
@@ -147,7 +153,7 @@ pub async fn load_ids(service: &Service, configured: &IdOverrides) -> Result<Ids
         if let Some(v) = given {
             return Ok::<_, blindpass_service::StoreError>(v.clone());
         }
-        let fresh = random_id(prefix);
+        let fresh = random_id(service.entropy(), prefix);
         let stored = service.store().setting_get_or_insert(name, fresh.as_bytes()).await?;
         Ok(String::from_utf8_lossy(&stored).into_owned())
     };
@@ -214,7 +220,7 @@ async fn method_not_allowed() -> ApiError {
 /// Outermost middleware: a request id on the response and on every log line,
 /// the request timeout, and one access log line.
 async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let request_id = random_id("req_");
+    let request_id = random_id(state.service.entropy(), "req_");
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -276,7 +282,8 @@ fn loggable(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…({} bytes)", &text[..end], text.len()).into()
 }
 
-/// `prefix` followed by 24 random alphanumeric characters.
-fn random_id(prefix: &str) -> String {
-    blindpass_service::random_token(prefix, 24)
+/// `prefix` followed by 24 random alphanumeric characters (Persona's id
+/// shape: `req_…`, `org_…`).
+fn random_id(entropy: &dyn blindpass_service::Entropy, prefix: &str) -> String {
+    blindpass_entropy::token(entropy, prefix, 24)
 }

@@ -1,7 +1,7 @@
 //! Router-level tests of the relay flow and the RFC dialect: challenge →
 //! issue → finalize → relay → claim, the RFC 401 → /token-request → Token →
 //! claim flow, every rejection, and single spend under a 64-way race.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
 

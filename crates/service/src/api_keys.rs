@@ -1,7 +1,6 @@
 //! API keys: creation (secret shown once), authentication (constant-time
 //! hash comparison), revocation.
 
-use rand::RngExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -65,35 +64,6 @@ fn lookup_of(hash: &[u8; 32]) -> String {
     hex
 }
 
-/// A random id with `prefix`, e.g. `api_3fa85f6457174562b3fc2c963f66afa6`.
-pub(crate) fn random_id(prefix: &str) -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    format!("{prefix}{}", hex::encode(bytes))
-}
-
-/// `prefix` followed by `len` random characters from `[A-Za-z0-9]`, the
-/// shape of Persona's ids (`req_…`, `relay_…`, `org_…`).
-pub fn random_token(prefix: &str, len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let mut id = String::with_capacity(prefix.len() + len);
-    id.push_str(prefix);
-    for _ in 0..len {
-        let i = rng.random_range(0..ALPHABET.len());
-        id.push(char::from(ALPHABET.get(i).copied().unwrap_or(b'A')));
-    }
-    id
-}
-
-/// A UUIDv4 string from 16 random bytes.
-pub(crate) fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
 impl Service {
     /// Creates a key in `environment` with `permissions`. The secret has
     /// Persona's shape (`persona_sandbox_<uuid>`), so SDKs that infer the
@@ -104,13 +74,14 @@ impl Service {
         permissions: Vec<Permission>,
         name: Option<String>,
     ) -> Result<NewApiKey, StoreError> {
-        let secret = Zeroizing::new(format!("persona_{}_{}", environment.as_str(), uuid_v4()));
+        let secret =
+            Zeroizing::new(format!("persona_{}_{}", environment.as_str(), blindpass_entropy::uuid_v4(self.entropy())));
         let secret_hash = hash_secret(&secret);
         let mut permissions = permissions;
         permissions.sort_unstable();
         permissions.dedup();
         let key = ApiKey {
-            id: random_id("api_"),
+            id: format!("api_{}", hex::encode(self.entropy().bytes::<16>())),
             name,
             environment,
             permissions,
@@ -140,18 +111,5 @@ impl Service {
     /// Revokes a key by id; false when there is none.
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
         self.store().revoke_api_key(id, self.now()).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uuid_shape() {
-        let u = uuid_v4();
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "4");
-        assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
     }
 }

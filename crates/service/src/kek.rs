@@ -10,7 +10,7 @@
 //! configured); `blindpass keys rewrap` converts them.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use rand::RngExt;
+use blindpass_entropy::Entropy;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -83,9 +83,9 @@ impl KeyEncryptionKey {
         Self::from_bytes(&decoded)
     }
 
-    /// A fresh random KEK, as 64 hex digits (for `blindpass keys new-kek`).
-    pub fn generate_hex() -> Zeroizing<String> {
-        let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(rand::rng().random());
+    /// A fresh random KEK, as 64 hex digits (for `blindpass keys generate-kek`).
+    pub fn generate_hex(entropy: &dyn Entropy) -> Zeroizing<String> {
+        let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(entropy.bytes());
         Zeroizing::new(hex::encode(&bytes[..]))
     }
 
@@ -94,9 +94,9 @@ impl KeyEncryptionKey {
         hex::encode(self.id)
     }
 
-    /// Seals `plaintext` for the row named `aad`.
-    pub fn seal(&self, plaintext: &[u8], aad: &str) -> Vec<u8> {
-        let nonce_bytes: [u8; NONCE_LEN] = rand::rng().random();
+    /// Seals `plaintext` for the row named `aad`, under a fresh random nonce.
+    pub fn seal(&self, plaintext: &[u8], aad: &str, entropy: &dyn Entropy) -> Vec<u8> {
+        let nonce_bytes: [u8; NONCE_LEN] = entropy.bytes();
         let mut out = Vec::with_capacity(MAGIC.len() + ID_LEN + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.id);
@@ -166,11 +166,15 @@ mod tests {
     #[test]
     fn sealed_values_open_only_with_their_kek_and_row() {
         let k = kek(1);
-        let sealed = k.seal(b"private key", "issuer_key:a");
+        let sealed = k.seal(b"private key", "issuer_key:a", &blindpass_entropy::SystemEntropy);
         assert!(is_sealed(&sealed));
         assert!(!sealed.windows(11).any(|w| w == b"private key"));
         assert_eq!(&open(Some(&k), &sealed, "issuer_key:a").unwrap()[..], b"private key");
-        assert_ne!(k.seal(b"private key", "issuer_key:a"), sealed, "fresh nonce each time");
+        assert_ne!(
+            k.seal(b"private key", "issuer_key:a", &blindpass_entropy::SystemEntropy),
+            sealed,
+            "fresh nonce each time"
+        );
         assert!(matches!(open(Some(&k), &sealed, "issuer_key:b"), Err(KekError::Corrupt(_))), "moved row");
         assert!(matches!(open(None, &sealed, "issuer_key:a"), Err(KekError::Missing(_))));
         assert!(matches!(open(Some(&kek(2)), &sealed, "issuer_key:a"), Err(KekError::WrongKey { .. })));
@@ -192,6 +196,6 @@ mod tests {
             assert_eq!(KeyEncryptionKey::from_text(bad).unwrap_err(), KekError::BadKey, "{bad:?}");
         }
         assert!(!format!("{:?}", kek(1)).contains("0101"), "redacted");
-        assert_eq!(KeyEncryptionKey::generate_hex().len(), 64);
+        assert_eq!(KeyEncryptionKey::generate_hex(&blindpass_entropy::SystemEntropy).len(), 64);
     }
 }

@@ -268,13 +268,14 @@ impl Service {
     async fn generate_key_record(&self, environment: Environment) -> Result<IssuerKey, KeyError> {
         let now = self.now();
         let kek = self.config().key_encryption_key.clone();
+        let entropy = self.entropy_handle();
         tokio::task::spawn_blocking(move || {
             let key = RsaPrivateKey::generate_2048().map_err(|e| KeyError::Key(e.to_string()))?;
             let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| KeyError::Key(e.to_string()))?;
             let id = public.token_key_id().to_hex();
             let pkcs8 = Zeroizing::new(key.to_pkcs8_der().to_vec());
             let stored = match &kek {
-                Some(kek) => Zeroizing::new(kek.seal(&pkcs8, &crate::kek::issuer_key_aad(&id))),
+                Some(kek) => Zeroizing::new(kek.seal(&pkcs8, &crate::kek::issuer_key_aad(&id), &*entropy)),
                 None => pkcs8,
             };
             Ok(IssuerKey {

@@ -24,7 +24,8 @@ mod secrets;
 
 use std::sync::Arc;
 
-pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret, random_token};
+pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret};
+pub use blindpass_entropy::{Entropy, SeededEntropy, SystemEntropy};
 pub use blindpass_store::{ApiKey, Environment, IssuerKey, KeyState, Permission, Store, StoreError};
 pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcome, StoredResponse};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -100,6 +101,7 @@ struct Inner {
     store: Arc<dyn Store>,
     limiter: Arc<dyn RateLimiter>,
     clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
     config: Config,
     keyring: keyring::KeyRing,
     secrets: tokio::sync::OnceCell<secrets::Secrets>,
@@ -131,11 +133,32 @@ impl Service {
                 store,
                 limiter,
                 clock,
+                entropy: Arc::new(blindpass_entropy::SystemEntropy),
                 config,
                 keyring: keyring::KeyRing::default(),
                 secrets: tokio::sync::OnceCell::new(),
             }),
         }
+    }
+
+    /// The same service drawing its randomness from `entropy` (the system's
+    /// by default; a seeded source makes tests deterministic). Call before
+    /// cloning.
+    pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.entropy = entropy;
+        }
+        self
+    }
+
+    /// Where randomness comes from.
+    pub fn entropy(&self) -> &dyn Entropy {
+        &*self.inner.entropy
+    }
+
+    /// The entropy source, shared (for work that outlives a borrow).
+    pub fn entropy_handle(&self) -> Arc<dyn Entropy> {
+        Arc::clone(&self.inner.entropy)
     }
 
     /// The store.
@@ -171,14 +194,14 @@ impl Service {
         for key in self.store().issuer_keys(None).await? {
             let aad = kek::issuer_key_aad(&key.id);
             let plain = kek::open(self.kek(), &key.private_pkcs8, &aad)?;
-            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad));
+            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad, self.entropy()));
             let target = blindpass_store::RewrapTarget::IssuerKey(key.id.clone());
             changes.push(blindpass_store::Rewrap { target, old: key.private_pkcs8.to_vec(), new: new_value });
         }
         for (name, value) in self.store().settings_with_prefix(secrets::SECRET_PREFIX).await? {
             let aad = kek::setting_aad(&name);
             let plain = kek::open(self.kek(), &value, &aad)?;
-            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad));
+            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad, self.entropy()));
             changes.push(blindpass_store::Rewrap {
                 target: blindpass_store::RewrapTarget::Setting(name),
                 old: value,

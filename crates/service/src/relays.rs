@@ -249,9 +249,9 @@ impl Service {
                 Some(key.to_rsa_encryption_spki())
             }
         };
-        let secret = Zeroizing::new(crate::api_keys::uuid_v4());
+        let secret = Zeroizing::new(blindpass_entropy::uuid_v4(self.entropy()));
         let relay = Relay {
-            token: relay_token(),
+            token: blindpass_entropy::token(self.entropy(), "relay_", 27),
             secret_hash: Sha256::digest(secret.as_bytes()).into(),
             environment,
             claim_type: claim_type.to_owned(),
@@ -455,8 +455,8 @@ impl Service {
         let json = claim_json(&relay.claim_type, passed, methodology_json);
         let Some(der) = &relay.encryption_key_der else { return Ok(json) };
         let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;
-        let ciphertext =
-            oaep::encrypt(&key, json.as_bytes(), &mut rand::rng()).map_err(|_| RedeemError::PayloadTooLarge)?;
+        let ciphertext = oaep::encrypt(&key, json.as_bytes(), &mut self.entropy().rng())
+            .map_err(|_| RedeemError::PayloadTooLarge)?;
         Ok(b64::encode_standard(&ciphertext))
     }
 
@@ -541,10 +541,6 @@ fn claim_json(claim_type: &str, passed: bool, methodology_json: &str) -> String 
     let claim = ClaimJson { claim_type, claim_result: if passed { "passed" } else { "failed" }, methodology };
     // Serializing strings and an already-parsed JSON value cannot fail.
     serde_json::to_string(&claim).unwrap_or_default()
-}
-
-fn relay_token() -> String {
-    crate::api_keys::random_token("relay_", 27)
 }
 
 fn jwt_hs256(key: &[u8], signing_input: &[u8]) -> [u8; 32] {

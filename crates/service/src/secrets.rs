@@ -4,7 +4,6 @@
 
 use blindpass_protocol::persona::ChallengeSecret;
 use hmac::{Hmac, KeyInit, Mac};
-use rand::RngExt;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -25,10 +24,10 @@ impl Service {
             .secrets
             .get_or_try_init(|| async {
                 let get = async |name: &str| -> Result<Zeroizing<Vec<u8>>, StoreError> {
-                    let fresh: Zeroizing<[u8; 32]> = Zeroizing::new(rand::rng().random());
+                    let fresh: Zeroizing<[u8; 32]> = Zeroizing::new(self.entropy().bytes());
                     let aad = crate::kek::setting_aad(name);
                     let fresh = match self.kek() {
-                        Some(kek) => Zeroizing::new(kek.seal(&fresh[..], &aad)),
+                        Some(kek) => Zeroizing::new(kek.seal(&fresh[..], &aad, self.entropy())),
                         None => Zeroizing::new(fresh.to_vec()),
                     };
                     let stored = Zeroizing::new(self.store().setting_get_or_insert(name, &fresh).await?);

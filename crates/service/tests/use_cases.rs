@@ -1,7 +1,7 @@
 //! The service's use cases on their own (no HTTP), with a manual clock,
 //! asserting on typed errors: issue, redeem, and the key lifecycle as issuing
 //! and redeeming see it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::sync::Arc;
 
@@ -135,4 +135,20 @@ async fn issuance_checks_the_environment_and_the_key_state() {
     let retired = issue(&service, Environment::Sandbox, &active).await;
     assert!(matches!(retired, Err(IssueError::KeyNotActive(NotIssuing::Retired))), "{retired:?}");
     assert_eq!(rejection(service.redeem(&r, &token, |_| None).await), TokenRejection::UnknownOrRetiredKey);
+}
+
+#[tokio::test]
+async fn a_seeded_entropy_source_makes_ids_and_secrets_repeatable() {
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let service = Service::new(store, Arc::new(ManualClock::new(START)), Config::default())
+            .with_entropy(Arc::new(blindpass_service::SeededEntropy::new(42)));
+        let key = service.create_api_key(Environment::Sandbox, vec![], None).await.unwrap();
+        let relay = service.create_relay(Environment::Sandbox, CLAIM, None).await.unwrap();
+        made.push((key.key.id.clone(), key.secret.to_string(), relay.relay.token));
+    }
+    assert_eq!(made[0], made[1], "the same seed, the same ids and secrets");
+    assert!(made[0].1.starts_with("persona_sandbox_"));
 }

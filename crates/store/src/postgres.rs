@@ -818,8 +818,8 @@ pub mod testing {
 
     /// A fresh schema name for tests (`bp_test_<random>`).
     pub fn random_schema_name() -> String {
-        use rand::RngExt;
-        let n: u64 = rand::rng().random();
+        let entropy: &dyn blindpass_entropy::Entropy = &blindpass_entropy::SystemEntropy;
+        let n = u64::from_le_bytes(entropy.bytes());
         format!("bp_test_{n:016x}")
     }
 

@@ -1,6 +1,14 @@
 //! Shared harness for router-level tests: a fresh SQLite store, a manual
 //! clock, keys, API keys and `router(state)`, driven without a socket.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::sync::Arc;
 
