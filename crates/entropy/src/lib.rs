@@ -5,7 +5,7 @@
 //! it deterministic and nothing reaches for a global generator.
 //! [`SystemEntropy`] is the one place in the workspace that calls
 //! `rand::rng()` (clippy's `disallowed-methods` keeps it so), and
-//! [`Entropy::rng`] adapts any source to the `CryptoRng` that the protocol
+//! `<dyn Entropy>::rng` adapts any source to the `CryptoRng` that the protocol
 //! crate's functions take.
 //!
 //! The id helpers ([`uuid_v4`], [`token`]) are the workspace's one way to
