@@ -39,8 +39,8 @@ pub(crate) struct SignArgs {
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Sign(args) => sign(&args),
-        BenchCommand::Issue(args) => crate::load::run(crate::load::Workload::Issue, &args),
-        BenchCommand::Redeem(args) => crate::load::run(crate::load::Workload::Redeem, &args),
+        BenchCommand::Issue(args) => crate::load::run(blindpass_load::Workload::Issue, &args),
+        BenchCommand::Redeem(args) => crate::load::run(blindpass_load::Workload::Redeem, &args),
     }
 }
 
