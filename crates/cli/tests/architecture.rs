@@ -73,7 +73,8 @@ fn dependencies_point_one_way() {
         ("rsa", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-client"]),
         ("store", &["blindpass-service", "blindpass-server", "blindpass-client", "axum", "hyper"]),
         ("service", &["blindpass-server", "blindpass-client", "axum", "hyper", "tower", "tower-http"]),
-        ("server", &["blindpass-client"]),
+        ("server", &["blindpass-client", "blindpass-load"]),
+        ("load", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-rsa"]),
         ("client", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-rsa"]),
     ];
     for (krate, forbidden) in layers {
@@ -120,20 +121,19 @@ fn unsafe_lives_only_in_the_ffi_module() {
     }
     for root_file in ["protocol/src/lib.rs", "store/src/lib.rs", "service/src/lib.rs", "server/src/lib.rs"]
         .iter()
-        .chain(&["client/src/lib.rs", "cli/src/main.rs", "entropy/src/lib.rs"])
+        .chain(&["client/src/lib.rs", "cli/src/main.rs", "entropy/src/lib.rs", "load/src/lib.rs"])
     {
         let text = std::fs::read_to_string(root().join("crates").join(root_file)).unwrap();
         assert!(text.contains("#![forbid(unsafe_code)]"), "crates/{root_file} must forbid unsafe code");
     }
 }
 
-/// Files still over the limit; each may only shrink, and leaves the list
-/// once it is under it.
+/// Files still over the limit (a ratchet): no other file may cross it, and a
+/// listed file leaves the list as soon as it is under it.
 const OVERSIZE: &[&str] = &[
     "crates/store/src/sqlite.rs",
     "crates/store/src/postgres.rs",
     "crates/service/src/relays.rs",
-    "crates/cli/src/load.rs",
     "crates/store/src/conformance.rs",
     "crates/client/src/lib.rs",
     "crates/server/src/conventions.rs",
