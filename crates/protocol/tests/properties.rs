@@ -165,7 +165,7 @@ fn seeds() -> Vec<Vec<u8>> {
         token.encode(),
         key.rfc9578_spki().to_vec(),
         key.rsa_encryption_spki().to_vec(),
-        key_2048().to_pkcs8_der().to_vec(),
+        key_2048().to_pkcs8_der().unwrap().to_vec(),
         auth::www_authenticate(&challenge, Some(key.rfc9578_spki()), Some(10)).into_bytes(),
         auth::authorization(&token.encode()).into_bytes(),
         directory::IssuerDirectory {
@@ -227,11 +227,11 @@ fn blind_sign_refuses_out_of_range_and_wrong_length() {
 #[test]
 fn pkcs8_round_trip_preserves_the_key() {
     let key = key_2048();
-    let der = key.to_pkcs8_der();
+    let der = key.to_pkcs8_der().unwrap();
     let again = RsaPrivateKey::from_pkcs8_der(&der).unwrap();
     assert_eq!(again.public_key(), key.public_key());
-    assert_eq!(&*again.to_pkcs8_der(), &*der);
-    let pem = key.to_pkcs8_pem();
+    assert_eq!(&*again.to_pkcs8_der().unwrap(), &*der);
+    let pem = key.to_pkcs8_pem().unwrap();
     assert_eq!(RsaPrivateKey::from_pkcs8_pem(&pem).unwrap().public_key(), key.public_key());
     // Secrets never reach Debug output.
     let debug = format!("{key:?}");

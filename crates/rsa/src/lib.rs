@@ -45,6 +45,9 @@ pub enum RsaError {
     /// aws-lc failed to generate a key.
     #[error("key generation failed")]
     Generation,
+    /// aws-lc could not export the key's components.
+    #[error("the key's components could not be exported")]
+    Export,
 }
 
 /// An RSA private key held by aws-lc.
@@ -100,12 +103,8 @@ impl RsaPrivateKey {
     }
 
     /// Serialises as DER PKCS#8 (zeroised on drop).
-    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
-        // A key we hold always has all components.
-        let c = match self.inner.components() {
-            Ok(c) => c,
-            Err(_) => return Zeroizing::new(Vec::new()),
-        };
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, RsaError> {
+        let c = self.inner.components().map_err(|_| RsaError::Export)?;
         let mut rsa_key = Zeroizing::new(Vec::with_capacity(1300));
         der::write_unsigned_integer(&mut rsa_key, &[0]);
         for part in [&c.n[..], &c.e[..], &c.d[..], &c.p[..], &c.q[..], &c.dmp1[..], &c.dmq1[..], &c.iqmp[..]] {
@@ -116,12 +115,12 @@ impl RsaPrivateKey {
         der::write_unsigned_integer(&mut info, &[0]);
         info.extend_from_slice(&RSA_ENCRYPTION_ALGORITHM);
         der::write(&mut info, tag::OCTET_STRING, &rsa_key);
-        Zeroizing::new(der::element(tag::SEQUENCE, &info))
+        Ok(Zeroizing::new(der::element(tag::SEQUENCE, &info)))
     }
 
     /// Serialises as PEM `BEGIN PRIVATE KEY` (zeroised on drop).
-    pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(pem::encode(PKCS8_PEM_LABEL, &self.to_pkcs8_der()))
+    pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, RsaError> {
+        Ok(Zeroizing::new(pem::encode(PKCS8_PEM_LABEL, &self.to_pkcs8_der()?)))
     }
 
     fn from_ffi_components(components: &ffi::Components) -> Result<Self, RsaError> {

@@ -20,7 +20,7 @@ pub const ISSUER_NAME_SETTING: &str = "issuer_name";
 pub const MAX_ISSUER_NAME_LEN: usize = 255;
 
 /// Why the issuer name could not be agreed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IssuerNameError {
     /// The configured name differs from the one the store holds.
     #[error(

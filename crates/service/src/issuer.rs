@@ -51,7 +51,7 @@ pub fn client_bucket(address: std::net::IpAddr) -> String {
 }
 
 /// Why an issuance was refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IssueError {
     /// No key answers to this id.
     #[error("unknown key id")]

@@ -38,7 +38,7 @@ impl LoadedKey {
 }
 
 /// Key management failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// The store failed.
     #[error(transparent)]
@@ -273,7 +273,7 @@ impl Service {
             let key = RsaPrivateKey::generate_2048().map_err(|e| KeyError::Key(e.to_string()))?;
             let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| KeyError::Key(e.to_string()))?;
             let id = public.token_key_id().to_hex();
-            let pkcs8 = Zeroizing::new(key.to_pkcs8_der().to_vec());
+            let pkcs8 = key.to_pkcs8_der().map_err(|e| KeyError::Key(e.to_string()))?;
             let stored = match &kek {
                 Some(kek) => Zeroizing::new(kek.seal(&pkcs8, &crate::kek::issuer_key_aad(&id), &*entropy)),
                 None => pkcs8,

@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::secrets::hmac;
 use crate::{
     ClaimResult, Environment, IdempotencyCompletion, IssueError, KeyError, LoadedKey, Relay, Service, SpendOutcome,
     StoreError,
@@ -62,7 +61,7 @@ impl std::fmt::Debug for NewRelay {
 }
 
 /// Relay creation and lookup failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
     /// No relay with that token, or the secret does not match.
     #[error("relay not found")]
@@ -102,7 +101,7 @@ impl From<KeyError> for RelayError {
 }
 
 /// Recording a verifier result failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// No such relay in the caller's environment.
     #[error("relay not found")]
@@ -128,7 +127,7 @@ pub enum RecordError {
 }
 
 /// Why a redemption was refused. Nothing is spent in any of these cases.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RedeemError {
     /// The token is malformed, forged, expired, for another scope, or spent.
     #[error("invalid token: {0:?}")]
@@ -324,15 +323,12 @@ impl Service {
 
     async fn rfc_challenge_for(&self, relay: &Relay, window: i64) -> Result<TokenChallenge, RedeemError> {
         let secrets = self.secrets().await?;
-        let context = hmac(
-            &secrets.context,
-            &[
-                b"rfc9577 redemption context",
-                relay.environment.as_str().as_bytes(),
-                relay.claim_type.as_bytes(),
-                &window.to_be_bytes(),
-            ],
-        );
+        let context = secrets.context.tag_parts(&[
+            b"rfc9577 redemption context",
+            relay.environment.as_str().as_bytes(),
+            relay.claim_type.as_bytes(),
+            &window.to_be_bytes(),
+        ]);
         TokenChallenge::new(TOKEN_TYPE_BLIND_RSA, &self.config().issuer_name, &context, "")
             .map_err(|_| RedeemError::Internal("issuer name is not a valid challenge field".into()))
     }
@@ -475,7 +471,7 @@ impl Service {
         });
         let payload = b64::encode_unpadded(claims.to_string().as_bytes());
         let signing_input = format!("{header}.{payload}");
-        let signature = jwt_hs256(&secrets.session, signing_input.as_bytes());
+        let signature = secrets.session.tag(signing_input.as_bytes());
         Ok(format!("{signing_input}.{}", b64::encode_unpadded(&signature)))
     }
 
@@ -541,11 +537,4 @@ fn claim_json(claim_type: &str, passed: bool, methodology_json: &str) -> String 
     let claim = ClaimJson { claim_type, claim_result: if passed { "passed" } else { "failed" }, methodology };
     // Serializing strings and an already-parsed JSON value cannot fail.
     serde_json::to_string(&claim).unwrap_or_default()
-}
-
-fn jwt_hs256(key: &[u8], signing_input: &[u8]) -> [u8; 32] {
-    use hmac::{Hmac, KeyInit, Mac};
-    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else { return [0; 32] };
-    mac.update(signing_input);
-    mac.finalize().into_bytes().into()
 }

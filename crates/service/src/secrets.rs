@@ -11,8 +11,39 @@ use crate::{Service, StoreError};
 
 pub(crate) struct Secrets {
     pub(crate) challenge: ChallengeSecret,
-    pub(crate) context: Zeroizing<Vec<u8>>,
-    pub(crate) session: Zeroizing<Vec<u8>>,
+    pub(crate) context: HmacKey,
+    pub(crate) session: HmacKey,
+}
+
+/// An HMAC-SHA256 key, keyed once when the secrets load, so that using it
+/// cannot fail (and no caller needs a fallback for a bad key).
+#[derive(Clone)]
+pub(crate) struct HmacKey(Hmac<Sha256>);
+
+impl HmacKey {
+    fn new(name: &str, key: &[u8]) -> Result<Self, StoreError> {
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+            .map(Self)
+            .map_err(|_| StoreError::Corrupt(format!("{name}: not an HMAC key")))
+    }
+
+    /// HMAC of `message` (JWT HS256).
+    pub(crate) fn tag(&self, message: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(message);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// HMAC of `parts`, each prefixed with its length (u32, big-endian), so
+    /// that no two part lists collide.
+    pub(crate) fn tag_parts(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
 }
 
 /// Prefix of the settings that hold server secrets.
@@ -38,23 +69,10 @@ impl Service {
                     .map_err(|e| StoreError::Corrupt(format!("challenge secret: {e}")))?;
                 Ok(Secrets {
                     challenge,
-                    context: get("secret.redemption_context").await?,
-                    session: get("secret.session").await?,
+                    context: HmacKey::new("secret.redemption_context", &get("secret.redemption_context").await?)?,
+                    session: HmacKey::new("secret.session", &get("secret.session").await?)?,
                 })
             })
             .await
     }
-}
-
-/// HMAC-SHA256 of `parts` (each length-prefixed) under `key`.
-pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
-        // HMAC takes keys of any length; unreachable.
-        return [0; 32];
-    };
-    for part in parts {
-        mac.update(&(part.len() as u32).to_be_bytes());
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
 }

@@ -57,8 +57,8 @@ async fn relay(service: &Service) -> Relay {
 }
 
 fn rejection(result: Result<blindpass_service::Redemption, RedeemError>) -> TokenRejection {
-    match result {
-        Err(RedeemError::InvalidToken(why)) => why,
+    match result.expect_err("a rejection") {
+        RedeemError::InvalidToken(why) => why,
         other => panic!("expected a token rejection, got {other:?}"),
     }
 }
@@ -98,11 +98,11 @@ async fn hostile_and_stale_tokens_are_rejected_with_their_reason() {
 async fn issuance_checks_the_environment_and_the_key_state() {
     let Node { service, clock, .. } = node().await;
     let offer = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
-    assert!(matches!(issue(&service, Environment::Production, &offer).await, Err(IssueError::WrongEnvironment)));
+    assert_eq!(issue(&service, Environment::Production, &offer).await.unwrap_err(), IssueError::WrongEnvironment);
     let unknown = service.issue(Environment::Sandbox, &TokenKeyId([7; 32]), vec![0; 256]).await;
-    assert!(matches!(unknown, Err(IssueError::UnknownKey)));
+    assert_eq!(unknown.unwrap_err(), IssueError::UnknownKey);
     let short = service.issue(Environment::Sandbox, &TokenKeyId::from_hex(&offer.token_key_id).unwrap(), vec![1]).await;
-    assert!(matches!(short, Err(IssueError::WrongLength { expected: 256, found: 1 })));
+    assert_eq!(short.unwrap_err(), IssueError::WrongLength { expected: 256, found: 1 });
 
     // A token issued before a rotation redeems through the overlap, not after.
     let (during, after) = (
@@ -111,7 +111,7 @@ async fn issuance_checks_the_environment_and_the_key_state() {
     );
     service.rotate_key(Environment::Sandbox, None).await.unwrap();
     let rotated = issue(&service, Environment::Sandbox, &offer).await;
-    assert!(matches!(rotated, Err(IssueError::KeyNotActive(NotIssuing::RotatedOut))), "{rotated:?}");
+    assert_eq!(rotated.unwrap_err(), IssueError::KeyNotActive(NotIssuing::RotatedOut));
     let r = relay(&service).await;
     clock.advance(OVERLAP - 1);
     assert!(service.redeem(&r, &during, |_| None).await.unwrap().token_consumed, "within the overlap");
@@ -122,7 +122,7 @@ async fn issuance_checks_the_environment_and_the_key_state() {
     let pending = service.rotate_key(Environment::Sandbox, Some(600)).await.unwrap();
     let pending_id = TokenKeyId::from_hex(&pending.id).unwrap();
     let early = service.issue(Environment::Sandbox, &pending_id, vec![0; 256]).await;
-    assert!(matches!(early, Err(IssueError::KeyNotActive(NotIssuing::NotYetValid))), "{early:?}");
+    assert_eq!(early.unwrap_err(), IssueError::KeyNotActive(NotIssuing::NotYetValid));
     clock.advance(600 + Config::default().key_refresh_secs + 1);
     let later = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
     let now_active = service.key_by_id(&TokenKeyId::from_hex(&later.token_key_id).unwrap()).await.unwrap().unwrap();
@@ -133,7 +133,7 @@ async fn issuance_checks_the_environment_and_the_key_state() {
     let token = issue(&service, Environment::Sandbox, &active).await.unwrap();
     service.retire_key(&active.token_key_id).await.unwrap();
     let retired = issue(&service, Environment::Sandbox, &active).await;
-    assert!(matches!(retired, Err(IssueError::KeyNotActive(NotIssuing::Retired))), "{retired:?}");
+    assert_eq!(retired.unwrap_err(), IssueError::KeyNotActive(NotIssuing::Retired));
     assert_eq!(rejection(service.redeem(&r, &token, |_| None).await), TokenRejection::UnknownOrRetiredKey);
 }
 

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 pub use model::*;
 
 /// A storage failure. Callers map it to 503 (unavailable) or 500.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached or is busy; the request may be retried.
     #[error("store unavailable: {0}")]
