@@ -164,43 +164,9 @@ fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
 impl ServeSettings {
     /// Resolves flags over the file over the defaults, and validates.
     pub(crate) fn resolve(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Self> {
-        let d = Config::default();
         let request_timeout_secs =
             at_least("request-timeout-secs", pick(&args.request_timeout_secs, &file.request_timeout_secs), 30, 1)?;
-        let config = Config {
-            rate_limit_per_minute: pick(&args.rate_limit, &file.rate_limit).unwrap_or(d.rate_limit_per_minute),
-            public_rate_limit_per_minute: pick(&args.public_rate_limit, &file.public_rate_limit)
-                .unwrap_or(d.public_rate_limit_per_minute),
-            client_rate_limit_per_minute: pick(&args.client_rate_limit, &file.client_rate_limit)
-                .unwrap_or(d.client_rate_limit_per_minute),
-            relay_rate_limit_per_minute: pick(&args.relay_rate_limit, &file.relay_rate_limit)
-                .unwrap_or(d.relay_rate_limit_per_minute),
-            auth_failure_limit_per_minute: pick(&args.auth_failure_limit, &file.auth_failure_limit)
-                .unwrap_or(d.auth_failure_limit_per_minute),
-            key_refresh_secs: at_least(
-                "key-refresh-secs",
-                pick(&args.key_refresh_secs, &file.key_refresh_secs),
-                d.key_refresh_secs,
-                1,
-            )?,
-            // Past the request timeout no request is still being answered, so
-            // an unfinished idempotency claim belongs to a request that died.
-            idempotency_stale_secs: i64::try_from(request_timeout_secs).unwrap_or(i64::MAX),
-            relay_lifetime_secs: at_least(
-                "relay-lifetime-secs",
-                pick(&args.relay_lifetime_secs, &file.relay_lifetime_secs),
-                d.relay_lifetime_secs,
-                60,
-            )?,
-            key_overlap_secs: at_least(
-                "key-overlap-secs",
-                pick(&args.key_overlap_secs, &file.key_overlap_secs),
-                d.key_overlap_secs,
-                0,
-            )?,
-            issuer_name: String::new(),
-            key_encryption_key: None,
-        };
+        let config = service_config(args, file, request_timeout_secs)?;
         let trusted = pick(&args.trusted_proxies, &file.trusted_proxies).unwrap_or_default();
         Ok(Self {
             listen: pick(&args.listen, &file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
@@ -220,6 +186,45 @@ impl ServeSettings {
             },
         })
     }
+}
+
+/// The service's tunables.
+fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64) -> anyhow::Result<Config> {
+    let d = Config::default();
+    Ok(Config {
+        rate_limit_per_minute: pick(&args.rate_limit, &file.rate_limit).unwrap_or(d.rate_limit_per_minute),
+        public_rate_limit_per_minute: pick(&args.public_rate_limit, &file.public_rate_limit)
+            .unwrap_or(d.public_rate_limit_per_minute),
+        client_rate_limit_per_minute: pick(&args.client_rate_limit, &file.client_rate_limit)
+            .unwrap_or(d.client_rate_limit_per_minute),
+        relay_rate_limit_per_minute: pick(&args.relay_rate_limit, &file.relay_rate_limit)
+            .unwrap_or(d.relay_rate_limit_per_minute),
+        auth_failure_limit_per_minute: pick(&args.auth_failure_limit, &file.auth_failure_limit)
+            .unwrap_or(d.auth_failure_limit_per_minute),
+        key_refresh_secs: at_least(
+            "key-refresh-secs",
+            pick(&args.key_refresh_secs, &file.key_refresh_secs),
+            d.key_refresh_secs,
+            1,
+        )?,
+        // Past the request timeout no request is still being answered, so
+        // an unfinished idempotency claim belongs to a request that died.
+        idempotency_stale_secs: i64::try_from(request_timeout_secs).unwrap_or(i64::MAX),
+        relay_lifetime_secs: at_least(
+            "relay-lifetime-secs",
+            pick(&args.relay_lifetime_secs, &file.relay_lifetime_secs),
+            d.relay_lifetime_secs,
+            60,
+        )?,
+        key_overlap_secs: at_least(
+            "key-overlap-secs",
+            pick(&args.key_overlap_secs, &file.key_overlap_secs),
+            d.key_overlap_secs,
+            0,
+        )?,
+        issuer_name: String::new(),
+        key_encryption_key: None,
+    })
 }
 
 /// The HTTP and connection limits.
