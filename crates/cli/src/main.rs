@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod load;
 mod serve;
+mod settings;
 
 use clap::{Parser, Subcommand};
 

@@ -1,0 +1,332 @@
+//! `blindpass serve`'s settings, resolved and validated in one place. Each
+//! value comes from its flag (or the flag's `BLINDPASS_` twin, which clap
+//! merges), else the `--config` file, else the default. A value out of range
+//! is refused with the flag's name, never silently raised.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use blindpass_server::client_addr::TrustedProxies;
+use blindpass_server::transport::ConnectionLimits;
+use blindpass_server::{IdOverrides, Limits};
+use blindpass_service::Config;
+use clap::Args;
+
+use crate::config::{FileConfig, Secret};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BLINDPASS_LISTEN")]
+    pub(crate) listen: Option<String>,
+    /// Requests per minute per environment (0 turns rate limiting off).
+    #[arg(long, env = "BLINDPASS_RATE_LIMIT")]
+    pub(crate) rate_limit: Option<u64>,
+    /// Optional ceiling on anonymous requests (no API key) per minute per
+    /// environment, all clients together (default 0: off, since one client
+    /// could exhaust it for everyone).
+    #[arg(long, env = "BLINDPASS_PUBLIC_RATE_LIMIT")]
+    pub(crate) public_rate_limit: Option<u64>,
+    /// Anonymous requests (challenge, relay creation, generate-claim,
+    /// directory) per minute per client address, IPv6 by /64 (default 600;
+    /// 0 turns it off).
+    #[arg(long, env = "BLINDPASS_CLIENT_RATE_LIMIT")]
+    pub(crate) client_rate_limit: Option<u64>,
+    /// generate-claim requests per minute per relay (default 60; 0 turns it
+    /// off).
+    #[arg(long, env = "BLINDPASS_RELAY_RATE_LIMIT")]
+    pub(crate) relay_rate_limit: Option<u64>,
+    /// Failed authentications per minute per client address before answers
+    /// turn from 401 to 429 (default 60; 0 turns it off).
+    #[arg(long, env = "BLINDPASS_AUTH_FAILURE_LIMIT")]
+    pub(crate) auth_failure_limit: Option<u64>,
+    /// Reverse proxies (comma-separated addresses or CIDR blocks) whose
+    /// `Forwarded` / `X-Forwarded-For` headers name the client; from any
+    /// other peer these headers are ignored (default: none).
+    #[arg(long, env = "BLINDPASS_TRUSTED_PROXIES")]
+    pub(crate) trusted_proxies: Option<String>,
+    /// Seconds before a request is answered 503.
+    #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
+    pub(crate) request_timeout_secs: Option<u64>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "BLINDPASS_MAX_BODY_BYTES")]
+    pub(crate) max_body_bytes: Option<usize>,
+    /// Seconds between re-reads of issuer keys from the store.
+    #[arg(long, env = "BLINDPASS_KEY_REFRESH_SECS")]
+    pub(crate) key_refresh_secs: Option<i64>,
+    /// `Persona-Organization-Id` to report (default: generated once, stored).
+    #[arg(long, env = "BLINDPASS_ORGANIZATION_ID")]
+    pub(crate) organization_id: Option<String>,
+    /// `Persona-Environment-Id` of the sandbox environment.
+    #[arg(long, env = "BLINDPASS_SANDBOX_ENVIRONMENT_ID")]
+    pub(crate) sandbox_environment_id: Option<String>,
+    /// `Persona-Environment-Id` of the production environment.
+    #[arg(long, env = "BLINDPASS_PRODUCTION_ENVIRONMENT_ID")]
+    pub(crate) production_environment_id: Option<String>,
+    /// Issuer name put in RFC 9577 challenges. Stored once per store: the first
+    /// node writes it (this flag, or else its listen address) and every other
+    /// node adopts it; a node given a different name refuses to start.
+    #[arg(long, env = "BLINDPASS_ISSUER_NAME")]
+    pub(crate) issuer_name: Option<String>,
+    /// Seconds a rotated-out key still verifies tokens.
+    #[arg(long, env = "BLINDPASS_KEY_OVERLAP_SECS")]
+    pub(crate) key_overlap_secs: Option<i64>,
+    /// Seconds a relay lives after its creation (default 86400: a day covers
+    /// a verification flow that pauses overnight; after it the relay answers
+    /// like an unknown one and is pruned).
+    #[arg(long, env = "BLINDPASS_RELAY_LIFETIME_SECS")]
+    pub(crate) relay_lifetime_secs: Option<i64>,
+    /// Seconds a client has to send a request's headers; also how long an idle
+    /// keep-alive connection stays open (default 10).
+    #[arg(long, env = "BLINDPASS_HEADER_READ_TIMEOUT_SECS")]
+    pub(crate) header_read_timeout_secs: Option<u64>,
+    /// Largest request head (request line and headers) in bytes; larger is 431
+    /// (default 16384).
+    #[arg(long, env = "BLINDPASS_MAX_HEADER_BYTES")]
+    pub(crate) max_header_bytes: Option<usize>,
+    /// Most header fields in one request; more is 431 (default 100).
+    #[arg(long, env = "BLINDPASS_MAX_HEADERS")]
+    pub(crate) max_headers: Option<usize>,
+    /// Longest request target (path and query) in bytes; longer is 414
+    /// (default 2048).
+    #[arg(long, env = "BLINDPASS_MAX_URI_BYTES")]
+    pub(crate) max_uri_bytes: Option<usize>,
+    /// Most open connections; past it a new connection gets 503 and is closed
+    /// (default 4096).
+    #[arg(long, env = "BLINDPASS_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// Most requests answered at once; past it a request gets 503 with
+    /// Retry-After at once (default 1024).
+    #[arg(long, env = "BLINDPASS_MAX_IN_FLIGHT")]
+    pub(crate) max_in_flight: Option<usize>,
+    /// Seconds in-flight requests get after SIGTERM before their connections are
+    /// dropped (default 10).
+    #[arg(long, env = "BLINDPASS_SHUTDOWN_DEADLINE_SECS")]
+    pub(crate) shutdown_deadline_secs: Option<u64>,
+    /// Redis URL for rate-limit counters shared by several nodes
+    /// (default: counters in the store).
+    #[arg(long, env = "BLINDPASS_REDIS_URL", hide_env_values = true)]
+    pub(crate) redis_url: Option<Secret>,
+    /// PEM file of the CA that signs the Redis server's certificate, for a
+    /// `rediss://` URL (default: the system's trust store).
+    #[arg(long, env = "BLINDPASS_REDIS_CA_FILE")]
+    pub(crate) redis_ca_file: Option<PathBuf>,
+    /// Prefix of the Redis keys (one per deployment sharing a Redis).
+    #[arg(long, env = "BLINDPASS_REDIS_KEY_PREFIX")]
+    pub(crate) redis_key_prefix: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "BLINDPASS_LOG_FORMAT")]
+    pub(crate) log_format: Option<String>,
+}
+
+/// Where rate-limit counters live when several nodes share them.
+#[derive(Debug)]
+pub(crate) struct RedisSettings {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug)]
+pub(crate) struct ServeSettings {
+    pub(crate) listen: String,
+    /// The service configuration; `issuer_name` and `key_encryption_key` are
+    /// filled in by `serve` (they need the store and the KEK file).
+    pub(crate) config: Config,
+    pub(crate) limits: Limits,
+    pub(crate) issuer_name: Option<String>,
+    pub(crate) redis: Option<RedisSettings>,
+    pub(crate) trusted_proxies: TrustedProxies,
+    pub(crate) ids: IdOverrides,
+}
+
+/// The flag's value, else the file's.
+fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
+    flag.clone().or_else(|| file.clone())
+}
+
+/// `value` (or `default`), refused below `min`.
+fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
+    flag: &str,
+    value: Option<T>,
+    default: T,
+    min: T,
+) -> anyhow::Result<T> {
+    let value = value.unwrap_or(default);
+    if value < min {
+        bail!("--{flag} must be at least {min} (got {value})");
+    }
+    Ok(value)
+}
+
+impl ServeSettings {
+    /// Resolves flags over the file over the defaults, and validates.
+    pub(crate) fn resolve(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Self> {
+        let request_timeout_secs =
+            at_least("request-timeout-secs", pick(&args.request_timeout_secs, &file.request_timeout_secs), 30, 1)?;
+        let config = service_config(args, file, request_timeout_secs)?;
+        let trusted = pick(&args.trusted_proxies, &file.trusted_proxies).unwrap_or_default();
+        Ok(Self {
+            listen: pick(&args.listen, &file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            config,
+            limits: limits(args, file, Duration::from_secs(request_timeout_secs))?,
+            issuer_name: pick(&args.issuer_name, &file.issuer_name),
+            redis: pick(&args.redis_url, &file.redis_url).map(|url| RedisSettings {
+                url: url.as_str().to_owned(),
+                prefix: pick(&args.redis_key_prefix, &file.redis_key_prefix).unwrap_or_else(|| "blindpass".into()),
+                ca_file: pick(&args.redis_ca_file, &file.redis_ca_file),
+            }),
+            trusted_proxies: TrustedProxies::parse(&trusted).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
+            ids: IdOverrides {
+                organization: pick(&args.organization_id, &file.organization_id),
+                sandbox: pick(&args.sandbox_environment_id, &file.sandbox_environment_id),
+                production: pick(&args.production_environment_id, &file.production_environment_id),
+            },
+        })
+    }
+}
+
+/// The service's tunables.
+fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64) -> anyhow::Result<Config> {
+    let d = Config::default();
+    Ok(Config {
+        rate_limit_per_minute: pick(&args.rate_limit, &file.rate_limit).unwrap_or(d.rate_limit_per_minute),
+        public_rate_limit_per_minute: pick(&args.public_rate_limit, &file.public_rate_limit)
+            .unwrap_or(d.public_rate_limit_per_minute),
+        client_rate_limit_per_minute: pick(&args.client_rate_limit, &file.client_rate_limit)
+            .unwrap_or(d.client_rate_limit_per_minute),
+        relay_rate_limit_per_minute: pick(&args.relay_rate_limit, &file.relay_rate_limit)
+            .unwrap_or(d.relay_rate_limit_per_minute),
+        auth_failure_limit_per_minute: pick(&args.auth_failure_limit, &file.auth_failure_limit)
+            .unwrap_or(d.auth_failure_limit_per_minute),
+        key_refresh_secs: at_least(
+            "key-refresh-secs",
+            pick(&args.key_refresh_secs, &file.key_refresh_secs),
+            d.key_refresh_secs,
+            1,
+        )?,
+        // Past the request timeout no request is still being answered, so
+        // an unfinished idempotency claim belongs to a request that died.
+        idempotency_stale_secs: i64::try_from(request_timeout_secs).unwrap_or(i64::MAX),
+        relay_lifetime_secs: at_least(
+            "relay-lifetime-secs",
+            pick(&args.relay_lifetime_secs, &file.relay_lifetime_secs),
+            d.relay_lifetime_secs,
+            60,
+        )?,
+        key_overlap_secs: at_least(
+            "key-overlap-secs",
+            pick(&args.key_overlap_secs, &file.key_overlap_secs),
+            d.key_overlap_secs,
+            0,
+        )?,
+        issuer_name: String::new(),
+        key_encryption_key: None,
+    })
+}
+
+/// The HTTP and connection limits.
+fn limits(args: &ServeArgs, file: &FileConfig, request_timeout: Duration) -> anyhow::Result<Limits> {
+    let d = Limits::default();
+    let c = d.connections;
+    let header_read_timeout_secs = at_least(
+        "header-read-timeout-secs",
+        pick(&args.header_read_timeout_secs, &file.header_read_timeout_secs),
+        c.header_read_timeout.as_secs(),
+        1,
+    )?;
+    Ok(Limits {
+        max_body_bytes: at_least(
+            "max-body-bytes",
+            pick(&args.max_body_bytes, &file.max_body_bytes),
+            d.max_body_bytes,
+            1,
+        )?,
+        request_timeout,
+        max_in_flight: at_least("max-in-flight", pick(&args.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?,
+        max_uri_bytes: at_least("max-uri-bytes", pick(&args.max_uri_bytes, &file.max_uri_bytes), d.max_uri_bytes, 64)?,
+        connections: ConnectionLimits {
+            header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+            max_header_bytes: at_least(
+                "max-header-bytes",
+                pick(&args.max_header_bytes, &file.max_header_bytes),
+                c.max_header_bytes,
+                1024,
+            )?,
+            max_headers: at_least("max-headers", pick(&args.max_headers, &file.max_headers), c.max_headers, 8)?,
+            max_connections: at_least(
+                "max-connections",
+                pick(&args.max_connections, &file.max_connections),
+                c.max_connections,
+                1,
+            )?,
+            shutdown_deadline: pick(&args.shutdown_deadline_secs, &file.shutdown_deadline_secs)
+                .map_or(c.shutdown_deadline, Duration::from_secs),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn resolve(flags: &[&str], file: &str) -> anyhow::Result<ServeSettings> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
+        let file: FileConfig = toml::from_str(file)?;
+        ServeSettings::resolve(&cli.serve, &file)
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_which_beats_the_default() {
+        let defaults = resolve(&[], "").unwrap();
+        assert_eq!(defaults.listen, "127.0.0.1:8080");
+        assert_eq!(defaults.config.relay_lifetime_secs, Config::default().relay_lifetime_secs);
+        assert_eq!(defaults.limits.request_timeout, Duration::from_secs(30));
+        assert!(defaults.redis.is_none());
+
+        let file =
+            "listen = \"0.0.0.0:1\"\nrelay-lifetime-secs = 600\nrequest-timeout-secs = 7\nredis-url = \"redis://r\"";
+        let from_file = resolve(&[], file).unwrap();
+        assert_eq!(from_file.listen, "0.0.0.0:1");
+        assert_eq!(from_file.config.relay_lifetime_secs, 600);
+        assert_eq!(from_file.config.idempotency_stale_secs, 7, "in-flight claims go stale with the request timeout");
+        assert_eq!(from_file.redis.as_ref().map(|r| r.prefix.as_str()), Some("blindpass"));
+
+        let flagged = resolve(&["--listen", "0.0.0.0:2", "--relay-lifetime-secs", "900"], file).unwrap();
+        assert_eq!(flagged.listen, "0.0.0.0:2");
+        assert_eq!(flagged.config.relay_lifetime_secs, 900);
+        assert_eq!(flagged.limits.request_timeout, Duration::from_secs(7), "the file still fills what no flag gave");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_by_name_not_raised() {
+        for (flags, named) in [
+            (&["--request-timeout-secs", "0"][..], "--request-timeout-secs"),
+            (&["--relay-lifetime-secs", "59"], "--relay-lifetime-secs"),
+            (&["--key-refresh-secs", "0"], "--key-refresh-secs"),
+            (&["--key-overlap-secs=-1"], "--key-overlap-secs"),
+            (&["--max-uri-bytes", "10"], "--max-uri-bytes"),
+            (&["--max-header-bytes", "100"], "--max-header-bytes"),
+            (&["--max-headers", "2"], "--max-headers"),
+            (&["--max-in-flight", "0"], "--max-in-flight"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--header-read-timeout-secs", "0"], "--header-read-timeout-secs"),
+            (&["--trusted-proxies", "not-an-address"], "--trusted-proxies"),
+        ] {
+            let error = resolve(flags, "").expect_err(named).to_string();
+            assert!(error.contains(named), "{flags:?}: {error}");
+        }
+        assert!(resolve(&[], "max-headers = 2").is_err(), "the file is validated too");
+        assert!(resolve(&["--max-headers", "lots"], "").is_err(), "not a number");
+    }
+}
