@@ -141,14 +141,23 @@ impl Service {
         }
     }
 
-    /// The same service drawing its randomness from `entropy` (the system's
-    /// by default; a seeded source makes tests deterministic). Call before
-    /// cloning.
-    pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.entropy = entropy;
+    /// A service over the same store, limiter, clock and configuration that
+    /// draws its randomness from `entropy` (the system's by default; a seeded
+    /// source makes tests deterministic). Its key ring and secret cache start
+    /// empty; clones of `self` are not affected.
+    pub fn with_entropy(self, entropy: Arc<dyn Entropy>) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                store: Arc::clone(&inner.store),
+                limiter: Arc::clone(&inner.limiter),
+                clock: Arc::clone(&inner.clock),
+                entropy,
+                config: inner.config.clone(),
+                keyring: keyring::KeyRing::default(),
+                secrets: tokio::sync::OnceCell::new(),
+            }),
         }
-        self
     }
 
     /// Where randomness comes from.
