@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::auth;
 use blindpass_service::{
-    Environment, IdempotencyCompletion, Permission, RateLimitStatus, RedeemError, Redemption, StoredResponse,
+    Environment, IdempotencyCompletion, Permission, RateLimitStatus, RedeemError, Redemption, Relay, StoredResponse,
 };
 use serde_json::Value;
 
@@ -201,108 +201,148 @@ pub(crate) async fn generate_claim(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // Counted per client before the relay is even looked up, then per relay.
-    let client_rate = match state.service.rate_limit_anonymous(&client.0, None).await {
-        Ok(rate) => rate,
-        Err(e) => return ApiError::from(e).into_response(),
+    let (relay, rate) = match admit(&state, &client, relay_token, &headers).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
+    let persona = PersonaHeaders::parse(&headers);
+    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
+    let outcome = redeem_request(&state, &relay, persona, &headers, body).await;
+    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
+    decorate(&mut response, &state, Some(relay.environment), rate, version.as_ref());
+    response
+}
+
+/// The gates before a redemption: the client's rate limit (before the relay
+/// is even looked up), the relay and its secret, then the relay's own limit.
+/// A refusal is the finished response.
+async fn admit(
+    state: &AppState,
+    client: &Client,
+    relay_token: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+) -> Result<(Relay, Option<RateLimitStatus>), Response> {
     let refuse = |rate: Option<RateLimitStatus>| {
         let mut response = Reply::from(enforce_rate_limit(rate).err()?).into_response();
         rate_limit_headers(response.headers_mut(), rate);
         Some(response)
     };
+    let client_rate = state.service.rate_limit_anonymous(&client.0, None).await.map_err(into_response)?;
     if let Some(refused) = refuse(client_rate) {
-        return refused;
+        return Err(refused);
     }
     let Ok(Path(relay_token)) = relay_token else {
-        return ApiError::not_found("No relay matches this token and secret.").into_response();
+        return Err(ApiError::not_found("No relay matches this token and secret.").into_response());
     };
     let secret = headers.get("persona-relay-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let relay = match state.service.relay_for(&relay_token, secret).await {
-        Ok(relay) => relay,
-        Err(e) => {
-            let mut response = ApiError::from(e).into_response();
-            rate_limit_headers(response.headers_mut(), client_rate);
-            return response;
-        }
-    };
-    let rate = match state.service.rate_limit_relay(&relay.token).await {
-        Ok(relay_rate) => RateLimitStatus::tightest(client_rate, relay_rate),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    if let Some(refused) = refuse(rate) {
-        return refused;
+    let relay = state.service.relay_for(&relay_token, secret).await.map_err(|e| {
+        let mut response = ApiError::from(e).into_response();
+        rate_limit_headers(response.headers_mut(), client_rate);
+        response
+    })?;
+    let relay_rate = state.service.rate_limit_relay(&relay.token).await.map_err(into_response)?;
+    let rate = RateLimitStatus::tightest(client_rate, relay_rate);
+    match refuse(rate) {
+        Some(refused) => Err(refused),
+        None => Ok((relay, rate)),
     }
-    let persona = PersonaHeaders::parse(&headers);
-    let version = persona.as_ref().ok().and_then(|p| p.version.clone());
-    let outcome: Result<Reply, ApiError> = async {
-        let persona = persona?;
-        // Persona's SDK sends `{}`; an empty body is accepted too.
-        let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
-        if !bytes.iter().all(u8::is_ascii_whitespace) {
-            crate::conventions::require_content_type(&headers, "application/json")?;
-            parse_fields(&bytes, &[])?;
-        }
-        let Some(token) = presented_token(&headers) else {
-            return Ok(token_required(&state, &relay, "Request a challenge to obtain a token").await);
-        };
+}
+
+fn into_response(e: impl Into<ApiError>) -> Response {
+    e.into().into_response()
+}
+
+/// The body and token checks, then the redemption in a task of its own: a
+/// redemption is one unit, so neither the request timeout nor a client
+/// hanging up can cut it between its commit and its answer (a client that
+/// lost the answer retries and gets the same claim back).
+async fn redeem_request(
+    state: &AppState,
+    relay: &Relay,
+    persona: Result<PersonaHeaders, ApiError>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Reply, ApiError> {
+    let persona = persona?;
+    // Persona's SDK sends `{}`; an empty body is accepted too.
+    let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        crate::conventions::require_content_type(headers, "application/json")?;
+        parse_fields(&bytes, &[])?;
+    }
+    let Some(token) = presented_token(headers) else {
+        return Ok(token_required(state, relay, "Request a challenge to obtain a token").await);
+    };
+    let print = fingerprint(
+        "POST",
+        &format!("/api/privacy/v1/relays/{}/generate-claim", relay.token),
+        &[bytes.as_ref(), token.as_bytes()].concat(),
+    );
+    let unit = RedemptionUnit { relay: relay.clone(), token, print, persona };
+    tokio::spawn(unit.run(state.clone())).await.map_err(|e| ApiError::internal(&e))
+}
+
+/// Everything one redemption needs, owned, so that it can run in its own task.
+struct RedemptionUnit {
+    relay: Relay,
+    token: String,
+    print: [u8; 32],
+    persona: PersonaHeaders,
+}
+
+impl RedemptionUnit {
+    /// Redeems under the request's `Idempotency-Key`; the stored response
+    /// commits with the spend.
+    async fn run(self, state: AppState) -> Reply {
+        let Self { relay, token, print, persona } = self;
         let scope = format!("relay:{}", relay.token);
-        let print = fingerprint(
-            "POST",
-            &format!("/api/privacy/v1/relays/{}/generate-claim", relay.token),
-            &[bytes.as_ref(), token.as_bytes()].concat(),
-        );
-        // A redemption is one unit: it runs in its own task, so neither the
-        // request timeout nor a client hanging up can cut it between its
-        // commit and its answer. A client that lost the answer retries and
-        // gets the same claim back.
-        let inflection = persona.inflection;
-        let idempotency_key = persona.idempotency_key;
-        let task_state = state.clone();
-        let task_relay = relay.clone();
-        let task = tokio::spawn(async move {
-            let (state, relay) = (task_state, task_relay);
-            let work = async {
-                let respond = |r: &Redemption| {
-                    idempotency_key.as_ref().map(|key| IdempotencyCompletion {
-                        scope: scope.clone(),
-                        key: key.clone(),
-                        response: StoredResponse {
-                            status: StatusCode::OK.as_u16(),
-                            content_type: JSON.to_owned(),
-                            body: claim_body(inflection, r),
-                        },
-                    })
-                };
-                match state.service.redeem(&relay, &token, respond).await {
-                    Ok(redemption) => {
-                        let mut reply = Reply::json(StatusCode::OK, claim_body(inflection, &redemption));
-                        reply.already_stored = redemption.response_stored;
-                        Ok(reply)
-                    }
-                    Err(RedeemError::InvalidToken(why)) => {
-                        Ok(token_required(&state, &relay, crate::error::token_rejection(why)).await)
-                    }
-                    Err(RedeemError::Pending) => {
-                        let mut e = ApiError::forbidden("The claim result is not available yet. Retry later.");
-                        e.retry_after = Some(5);
-                        Err(e)
-                    }
-                    Err(RedeemError::PayloadTooLarge) => Err(ApiError::unprocessable(
-                        "The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.",
-                    )),
-                    Err(RedeemError::Store(s)) => Err(s.into()),
-                    Err(RedeemError::Internal(cause)) => Err(ApiError::internal(&cause)),
-                }
-            };
-            idempotent(&state, idempotency_key.as_deref(), &scope, print, work).await
-        });
-        task.await.map_err(|e| ApiError::internal(&e))
+        let (inflection, idempotency_key) = (persona.inflection, persona.idempotency_key);
+        let respond = |r: &Redemption| {
+            idempotency_key.as_ref().map(|key| IdempotencyCompletion {
+                scope: scope.clone(),
+                key: key.clone(),
+                response: StoredResponse {
+                    status: StatusCode::OK.as_u16(),
+                    content_type: JSON.to_owned(),
+                    body: claim_body(inflection, r),
+                },
+            })
+        };
+        let work = async {
+            let result = state.service.redeem(&relay, &token, respond).await;
+            redemption_reply(&state, &relay, inflection, result).await
+        };
+        idempotent(&state, idempotency_key.as_deref(), &scope, print, work).await
     }
-    .await;
-    let mut response = outcome.unwrap_or_else(Reply::from).into_response();
-    decorate(&mut response, &state, Some(relay.environment), rate, version.as_ref());
-    response
+}
+
+/// A redemption's outcome as the client sees it.
+async fn redemption_reply(
+    state: &AppState,
+    relay: &Relay,
+    inflection: Inflection,
+    result: Result<Redemption, RedeemError>,
+) -> Result<Reply, ApiError> {
+    match result {
+        Ok(redemption) => {
+            let mut reply = Reply::json(StatusCode::OK, claim_body(inflection, &redemption));
+            reply.already_stored = redemption.response_stored;
+            Ok(reply)
+        }
+        Err(RedeemError::InvalidToken(why)) => {
+            Ok(token_required(state, relay, crate::error::token_rejection(why)).await)
+        }
+        Err(RedeemError::Pending) => {
+            let mut e = ApiError::forbidden("The claim result is not available yet. Retry later.");
+            e.retry_after = Some(5);
+            Err(e)
+        }
+        Err(RedeemError::PayloadTooLarge) => Err(ApiError::unprocessable(
+            "The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.",
+        )),
+        Err(RedeemError::Store(s)) => Err(s.into()),
+        Err(RedeemError::Internal(cause)) => Err(ApiError::internal(&cause)),
+    }
 }
 
 /// The 200 body of a redemption.
@@ -322,7 +362,7 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 
 /// 401 "Privacy Pass token required" with an RFC 9577 challenge, so both
 /// Persona's SDKs and standard clients know what to do.
-async fn token_required(state: &AppState, relay: &blindpass_service::Relay, details: &str) -> Reply {
+async fn token_required(state: &AppState, relay: &Relay, details: &str) -> Reply {
     let mut reply = Reply::from(ApiError::new(StatusCode::UNAUTHORIZED, "Privacy Pass token required", details));
     match state.service.rfc_challenge(relay).await {
         Ok((challenge, key)) => {
