@@ -1,6 +1,6 @@
 //! ARCHITECTURE.md's invariants, checked mechanically on the sources:
 //!
-//! - dependencies point one way (`cli → server → service → store`,
+//! - dependencies point one way (`cli → server → service → store → domain`,
 //!   `service → rsa → protocol`, `client → protocol`);
 //! - the protocol crate does no I/O and reads no clock or environment;
 //! - `unsafe` appears only in the audited FFI module `crates/rsa/src/ffi.rs`,
@@ -66,6 +66,17 @@ fn production_lines(path: &Path) -> Vec<String> {
 fn dependencies_point_one_way() {
     let layers: &[(&str, &[&str])] = &[
         (
+            "domain",
+            &[
+                "blindpass-protocol",
+                "blindpass-rsa",
+                "blindpass-store",
+                "blindpass-service",
+                "blindpass-server",
+                "tokio",
+            ],
+        ),
+        (
             "protocol",
             &["blindpass-rsa", "blindpass-store", "blindpass-service", "blindpass-server", "blindpass-client"],
         ),
@@ -121,7 +132,7 @@ fn unsafe_lives_only_in_the_ffi_module() {
     }
     for root_file in ["protocol/src/lib.rs", "store/src/lib.rs", "service/src/lib.rs", "server/src/lib.rs"]
         .iter()
-        .chain(&["client/src/lib.rs", "cli/src/main.rs", "entropy/src/lib.rs", "load/src/lib.rs"])
+        .chain(&["client/src/lib.rs", "cli/src/main.rs", "entropy/src/lib.rs", "load/src/lib.rs", "domain/src/lib.rs"])
     {
         let text = std::fs::read_to_string(root().join("crates").join(root_file)).unwrap();
         assert!(text.contains("#![forbid(unsafe_code)]"), "crates/{root_file} must forbid unsafe code");
@@ -130,12 +141,7 @@ fn unsafe_lives_only_in_the_ffi_module() {
 
 /// Files still over the limit (a ratchet): no other file may cross it, and a
 /// listed file leaves the list as soon as it is under it.
-const OVERSIZE: &[&str] = &[
-    "crates/service/src/relays.rs",
-    "crates/store/src/conformance.rs",
-    "crates/client/src/lib.rs",
-    "crates/server/src/conventions.rs",
-];
+const OVERSIZE: &[&str] = &[];
 
 #[test]
 fn no_production_file_grows_past_400_lines() {

@@ -21,6 +21,11 @@
 
 #![forbid(unsafe_code)]
 
+mod transport;
+
+pub use transport::RetryPolicy;
+use transport::{api_error, json_body, read};
+
 use std::time::Duration;
 
 use blindpass_entropy::{Entropy, SystemEntropy};
@@ -28,9 +33,8 @@ use blindpass_protocol::auth::{self, PrivateTokenChallenge};
 use blindpass_protocol::directory::IssuerDirectory;
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::wire::{MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, Token, TokenResponse};
-use blindpass_protocol::{b64, persona, type2};
+use blindpass_protocol::{api, b64, persona, type2};
 use reqwest::{Method, StatusCode, header};
-use serde_json::{Value, json};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -75,23 +79,6 @@ impl ClientError {
     }
 }
 
-/// How calls are retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// First backoff; doubles each retry.
-    pub base_delay: Duration,
-    /// Longest wait, whatever `Retry-After` says.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self { max_retries: 3, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(10) }
-    }
-}
-
 /// A Persona challenge with the issuer key it names.
 #[derive(Debug, Clone)]
 pub struct ChallengeOffer {
@@ -121,13 +108,7 @@ impl std::fmt::Debug for RelayCredentials {
 }
 
 /// generate-claim's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    /// The claim JSON, or base64 RSA-OAEP ciphertext of it.
-    pub claim_payload: String,
-    /// True when the token was spent.
-    pub token_consumed: bool,
-}
+pub use blindpass_protocol::api::Claim;
 
 /// The client. Cheap to clone.
 #[derive(Clone)]
@@ -146,12 +127,6 @@ impl std::fmt::Debug for Client {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
-}
-
-struct Response {
-    status: StatusCode,
-    headers: header::HeaderMap,
-    body: Vec<u8>,
 }
 
 impl Client {
@@ -186,13 +161,13 @@ impl Client {
 
     /// `POST /api/privacy/v1/relays/challenge`.
     pub async fn challenge(&self, claim_type: &str, sandbox: bool) -> Result<ChallengeOffer, ClientError> {
-        let body = json!({ "claim-type": claim_type, "sandbox": sandbox });
-        let r = self.send_json(Method::POST, "/api/privacy/v1/relays/challenge", &body, false, &[]).await?;
-        let v = json_body(&r)?;
-        let challenge = persona::Challenge::decode(str_field(&v, "challenge")?).map_err(ClientError::protocol)?;
-        let der = b64::decode(str_field(&v, "token-key")?).map_err(ClientError::protocol)?;
+        let body = api::ChallengeRequest { claim_type: claim_type.to_owned(), sandbox: Some(sandbox) };
+        let r = self.send_json(Method::POST, api::CHALLENGE_PATH, &body, false, &[]).await?;
+        let v: api::ChallengeResponse = json_body(&r)?;
+        let challenge = persona::Challenge::decode(&v.challenge).map_err(ClientError::protocol)?;
+        let der = b64::decode(&v.token_key).map_err(ClientError::protocol)?;
         let key = IssuerPublicKey::from_spki_der(&der).map_err(ClientError::protocol)?;
-        let key_id = str_field(&v, "token-key-id")?.to_owned();
+        let key_id = v.token_key_id;
         if key_id.to_ascii_lowercase() != key.persona_key_id().to_hex() {
             return Err(ClientError::Protocol("token-key-id is not the SHA-256 of token-key".into()));
         }
@@ -205,10 +180,10 @@ impl Client {
         let (blinded, state) =
             persona::begin_issuance(&offer.key, &offer.key_id, &offer.challenge, &mut self.entropy.rng())
                 .map_err(ClientError::protocol)?;
-        let body = json!({ "blinded-token": b64::encode_unpadded(&blinded), "key-id": offer.key_id });
-        let r = self.send_json(Method::POST, "/api/v1/privacy-passes", &body, true, &[]).await?;
-        let v = json_body(&r)?;
-        let blind_sig = b64::decode(str_field(&v, "blind-sig")?).map_err(ClientError::protocol)?;
+        let body = issuance_body(&blinded, &offer.key_id);
+        let r = self.send_json(Method::POST, api::PRIVACY_PASSES_PATH, &body, true, &[]).await?;
+        let v: api::PrivacyPass = json_body(&r)?;
+        let blind_sig = b64::decode(&v.blind_sig).map_err(ClientError::protocol)?;
         persona::finalize_issuance(&offer.key, &state, &blind_sig).map_err(ClientError::protocol)
     }
 
@@ -219,20 +194,24 @@ impl Client {
         encryption_key_pem: Option<&str>,
         sandbox: bool,
     ) -> Result<RelayCredentials, ClientError> {
-        let body = json!({ "claim-type": claim_type, "encryption-key-pem": encryption_key_pem, "sandbox": sandbox });
-        let r = self.send_json(Method::POST, "/api/privacy/v1/relays", &body, false, &[]).await?;
-        let v = json_body(&r)?;
+        let body = api::CreateRelay {
+            claim_type: claim_type.to_owned(),
+            encryption_key_pem: encryption_key_pem.map(str::to_owned),
+            sandbox: Some(sandbox),
+        };
+        let r = self.send_json(Method::POST, api::RELAYS_PATH, &body, false, &[]).await?;
+        let v: api::RelayCreated = json_body(&r)?;
         Ok(RelayCredentials {
-            token: str_field(&v, "relay-token")?.to_owned(),
-            secret: Zeroizing::new(str_field(&v, "relay-secret")?.to_owned()),
-            session_access_token: str_field(&v, "relay-session-access-token")?.to_owned(),
+            token: v.relay_token,
+            secret: Zeroizing::new(v.relay_secret),
+            session_access_token: v.relay_session_access_token,
         })
     }
 
     /// `POST /api/privacy/v1/relays/{token}/result` (API key with `relay.verify`).
     pub async fn record_result(&self, relay_token: &str, passed: bool) -> Result<(), ClientError> {
-        let body = json!({ "claim-result": if passed { "passed" } else { "failed" } });
-        self.send_json(Method::POST, &format!("/api/privacy/v1/relays/{relay_token}/result"), &body, true, &[]).await?;
+        let body = api::RecordResult { claim_result: api::Outcome::from_passed(passed), methodology: None };
+        self.send_json(Method::POST, &api::result_path(relay_token), &body, true, &[]).await?;
         Ok(())
     }
 
@@ -241,26 +220,19 @@ impl Client {
     pub async fn generate_claim(&self, relay: &RelayCredentials, token: &str) -> Result<Claim, ClientError> {
         let authorization = format!("PrivateToken token={token}");
         let headers = [("persona-relay-secret", relay.secret.as_str()), ("authorization", authorization.as_str())];
-        let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay.token);
-        let r = self.send_json(Method::POST, &path, &json!({}), false, &headers).await?;
-        let v = json_body(&r)?;
-        Ok(Claim {
-            claim_payload: str_field(&v, "claim-payload")?.to_owned(),
-            token_consumed: v
-                .get("token-consumed")
-                .and_then(Value::as_bool)
-                .ok_or_else(|| missing("token-consumed"))?,
-        })
+        let path = api::generate_claim_path(&relay.token);
+        let r = self.send_json(Method::POST, &path, &api::GenerateClaim {}, false, &headers).await?;
+        json_body(&r)
     }
 
     /// The RFC 9577 challenge a relay offers in its 401.
     pub async fn rfc_challenge(&self, relay: &RelayCredentials) -> Result<PrivateTokenChallenge, ClientError> {
-        let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay.token);
+        let path = api::generate_claim_path(&relay.token);
         let request = self
             .http
             .post(format!("{}{path}", self.base))
             .header("persona-relay-secret", relay.secret.as_str())
-            .json(&json!({}));
+            .json(&api::GenerateClaim {});
         let r = read(request.send().await?).await?;
         if r.status != StatusCode::UNAUTHORIZED {
             return Err(api_error(&r));
@@ -326,98 +298,9 @@ impl Client {
         let response = TokenResponse::decode(&r.body).map_err(ClientError::protocol)?;
         type2::finalize_issuance(&key, &state, &response).map_err(ClientError::protocol)
     }
-
-    async fn send_json(
-        &self,
-        method: Method,
-        path: &str,
-        body: &Value,
-        with_api_key: bool,
-        headers: &[(&str, &str)],
-    ) -> Result<Response, ClientError> {
-        let idempotency_key = blindpass_entropy::uuid_v4(&*self.entropy);
-        let retry_forbidden = path.ends_with("/generate-claim");
-        self.with_retries(retry_forbidden, || {
-            let mut request = self.http.request(method.clone(), format!("{}{path}", self.base)).json(body);
-            request = request.header("idempotency-key", &idempotency_key);
-            if with_api_key && let Some(key) = &self.api_key {
-                request = request.bearer_auth(key.as_str());
-            }
-            for (k, v) in headers {
-                request = request.header(*k, *v);
-            }
-            request
-        })
-        .await
-    }
-
-    /// Sends the request `build` makes, retrying 429/5xx (and 403 when
-    /// `retry_forbidden`) with backoff that honours `Retry-After`.
-    async fn with_retries(
-        &self,
-        retry_forbidden: bool,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<Response, ClientError> {
-        let mut attempt = 0u32;
-        loop {
-            let outcome = match build().send().await {
-                Ok(r) => read(r).await,
-                Err(e) => Err(ClientError::Http(e)),
-            };
-            let retry_after = match &outcome {
-                Ok(r) if r.status.is_success() => return outcome,
-                Ok(r) => {
-                    let retryable = r.status == StatusCode::TOO_MANY_REQUESTS
-                        || r.status.is_server_error()
-                        || (retry_forbidden && r.status == StatusCode::FORBIDDEN);
-                    if !retryable || attempt >= self.retry.max_retries {
-                        return Err(api_error(r));
-                    }
-                    r.headers
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs)
-                }
-                Err(ClientError::Http(e)) if (e.is_connect() || e.is_timeout()) && attempt < self.retry.max_retries => {
-                    None
-                }
-                Err(_) => return outcome,
-            };
-            let backoff = self.retry.base_delay.saturating_mul(2u32.saturating_pow(attempt));
-            tokio::time::sleep(retry_after.unwrap_or(backoff).min(self.retry.max_delay)).await;
-            attempt += 1;
-        }
-    }
 }
 
-async fn read(r: reqwest::Response) -> Result<Response, ClientError> {
-    let status = r.status();
-    let headers = r.headers().clone();
-    let body = r.bytes().await?.to_vec();
-    Ok(Response { status, headers, body })
-}
-
-fn api_error(r: &Response) -> ClientError {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    let first = v.get("errors").and_then(|e| e.get(0));
-    let text = |k: &str| first.and_then(|e| e.get(k)).and_then(Value::as_str).unwrap_or_default().to_owned();
-    ClientError::Api {
-        status: r.status.as_u16(),
-        title: text("title"),
-        details: text("details"),
-        request_id: r.headers.get("request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
-    }
-}
-
-fn json_body(r: &Response) -> Result<Value, ClientError> {
-    serde_json::from_slice(&r.body).map_err(ClientError::protocol)
-}
-
-fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ClientError> {
-    v.get(name).and_then(Value::as_str).ok_or_else(|| missing(name))
-}
-
-fn missing(name: &str) -> ClientError {
-    ClientError::Protocol(format!("response has no {name:?}"))
+/// The `POST /api/v1/privacy-passes` body for a blinded message and key id.
+pub fn issuance_body(blinded: &[u8], key_id: &str) -> api::CreatePrivacyPass {
+    api::CreatePrivacyPass { blinded_token: b64::encode_unpadded(blinded), key_id: key_id.to_owned() }
 }

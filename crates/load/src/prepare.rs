@@ -2,7 +2,7 @@
 //! the workers send.
 
 use blindpass_client::Client;
-use blindpass_protocol::{b64, persona};
+use blindpass_protocol::persona;
 
 use crate::{LoadError, Target};
 
@@ -50,14 +50,15 @@ pub(crate) async fn issuance(
         .map(|_| {
             let (blinded, _) = persona::begin_issuance(&offer.key, &offer.key_id, &offer.challenge, &mut rng)
                 .map_err(|e| LoadError::Prepare(e.to_string()))?;
-            let body = serde_json::json!({"blinded-token": b64::encode_unpadded(&blinded), "key-id": offer.key_id});
+            let body = blindpass_client::issuance_body(&blinded, &offer.key_id);
+            let body = serde_json::to_vec(&body).map_err(|e| LoadError::Prepare(e.to_string()))?;
             Ok(PreparedRequest {
-                url: format!("{}/api/v1/privacy-passes", target.base),
+                url: format!("{}{}", target.base, blindpass_protocol::api::PRIVACY_PASSES_PATH),
                 headers: vec![
                     ("authorization", format!("Bearer {}", target.api_key)),
                     ("content-type", "application/json".into()),
                 ],
-                body: body.to_string().into_bytes(),
+                body,
                 expect: 201,
             })
         })

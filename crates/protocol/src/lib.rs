@@ -9,13 +9,16 @@
 //! - [`wire`], [`type2`], [`auth`], [`directory`]: RFC 9578 / RFC 9577 wire
 //!   types, issuance and verification, the `PrivateToken` header and the
 //!   issuer directory;
-//! - [`persona`]: Persona's Relay challenge, token and `token_input`.
+//! - [`persona`]: Persona's Relay challenge, token and `token_input`;
+//! - [`api`]: Persona's REST contract (JSON bodies and paths) as serde types,
+//!   shared by the server and the client.
 //!
 //! **Invariant:** no I/O, no clock (callers pass `now`), no global RNG
 //! (callers pass a `CryptoRng`), no `unsafe`.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod b64;
 pub mod blind_rsa;

@@ -278,7 +278,15 @@ impl Token {
             return Err(PersonaError::TooLarge);
         }
         let bytes = b64::decode(text).map_err(|_| PersonaError::Base64)?;
-        let token: Token = serde_json::from_slice(&bytes).map_err(|_| PersonaError::Json)?;
+        Self::from_json(&bytes)
+    }
+
+    /// Shape-checks a token already out of its base64url (the token JSON).
+    pub fn from_json(bytes: &[u8]) -> Result<ParsedToken, PersonaError> {
+        if bytes.len() > MAX_TOKEN_LEN {
+            return Err(PersonaError::TooLarge);
+        }
+        let token: Token = serde_json::from_slice(bytes).map_err(|_| PersonaError::Json)?;
         let mut nonce = [0u8; 32];
         let nonce_ok = token.token_nonce.len() == 64
             && token.token_nonce.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))

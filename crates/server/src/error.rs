@@ -1,11 +1,15 @@
 //! The one place where failures become HTTP: status, Persona's error body
-//! `{"errors":[{"title","details"}]}`, and headers such as `Retry-After`.
-//! A 5xx never carries internal detail to the client; it is logged instead.
+//! `{"errors":[{"title","details"}]}` ([`blindpass_protocol::api::ErrorBody`]),
+//! headers such as `Retry-After`, and every word a client reads about a
+//! failure. A 5xx never carries internal detail to the client: its cause
+//! rides on the response as an [`InternalCause`] extension, and the
+//! outermost middleware logs it, once.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use blindpass_protocol::api::{ErrorBody, ErrorItem};
 use blindpass_service::lifecycle::NotIssuing;
-use blindpass_service::{AuthError, IssueError, RecordError, RelayError, StoreError, TokenRejection};
+use blindpass_service::{AuthError, IssueError, RecordError, RedeemError, RelayError, StoreError, TokenRejection};
 
 /// An error response in Persona's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,12 +22,24 @@ pub struct ApiError {
     pub details: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// What went wrong inside, for the log; never sent.
+    pub cause: Option<String>,
 }
+
+/// The cause of a 5xx, attached to its response for the request log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalCause(pub String);
 
 impl ApiError {
     /// An error with `status`, `title` and `details`.
     pub fn new(status: StatusCode, title: impl Into<String>, details: impl Into<String>) -> Self {
-        Self { status, title: title.into(), details: details.into(), retry_after: None }
+        Self { status, title: title.into(), details: details.into(), retry_after: None, cause: None }
+    }
+
+    /// The same error with a `Retry-After` of `secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400 Bad Request.
@@ -56,48 +72,56 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable entity", details)
     }
 
+    /// 413: a body over `limit` bytes.
+    pub fn payload_too_large(limit: usize) -> Self {
+        let details = format!("The request body must be at most {limit} bytes.");
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", details)
+    }
+
+    /// 415: a body that is not `expected`.
+    pub fn unsupported_media_type(expected: &str) -> Self {
+        let details = format!("Send the request body as {expected}.");
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", details)
+    }
+
     /// 429 with `Retry-After`.
     pub fn rate_limited(limit: u64, retry_after: u64) -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Rate limit exceeded",
-            format!(
-                "You have hit your rate limit of {limit} requests / min. Please wait {retry_after} seconds before retrying."
-            ),
+        let details = format!(
+            "You have hit your rate limit of {limit} requests / min. Please wait {retry_after} seconds before retrying."
         );
-        e.retry_after = Some(retry_after);
-        e
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded", details).retry_after(retry_after)
     }
 
     /// 503 with `Retry-After`: the store is unavailable.
     pub fn unavailable() -> Self {
-        let mut e = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service unavailable",
-            "The service is temporarily unavailable. Please retry.",
-        );
-        e.retry_after = Some(1);
-        e
+        let details = "The service is temporarily unavailable. Please retry.";
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", details).retry_after(1)
     }
 
-    /// 500: logs `cause`, tells the client nothing about it.
+    /// 503 with `Retry-After`: more requests in flight than the server takes.
+    pub fn overloaded() -> Self {
+        let details = "The server is answering too many requests. Please retry.";
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", details).retry_after(1)
+    }
+
+    /// 503 with `Retry-After`: the request timed out.
+    pub fn timed_out() -> Self {
+        let details = "The request took too long. Please retry.";
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Request timeout", details).retry_after(1)
+    }
+
+    /// 500: the client learns nothing about `cause`; the log does.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error", "An unexpected error occurred.")
+        let mut e =
+            Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error", "An unexpected error occurred.");
+        e.cause = Some(cause.to_string());
+        e
     }
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
-        #[derive(serde::Serialize)]
-        struct Item<'a> {
-            title: &'a str,
-            details: &'a str,
-        }
-        #[derive(serde::Serialize)]
-        struct Body<'a> {
-            errors: [Item<'a>; 1],
-        }
-        let body = Body { errors: [Item { title: &self.title, details: &self.details }] };
+        let body = ErrorBody { errors: vec![ErrorItem { title: self.title.clone(), details: self.details.clone() }] };
+        // Two strings in a fixed shape always serialize.
         serde_json::to_vec(&body).unwrap_or_default()
     }
 }
@@ -108,21 +132,25 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(InternalCause(cause));
+        }
         response
     }
 }
 
 /// `Content-Type: application/json; charset=utf-8`.
 pub(crate) fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
-    [(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"))]
+    [(header::CONTENT_TYPE, HeaderValue::from_static(crate::JSON))]
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "store unavailable");
-                ApiError::unavailable()
+                let mut e = ApiError::unavailable();
+                e.cause = Some(format!("store unavailable: {cause}"));
+                e
             }
             other => ApiError::internal(&other),
         }
@@ -207,6 +235,26 @@ impl From<RecordError> for ApiError {
                 "The claim with this methodology is {needed} bytes; the relay's encryption key holds at most {max}. Nothing was recorded."
             )),
             RecordError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<RedeemError> for ApiError {
+    /// Every refusal but a bad token (a 401 with a fresh challenge, which
+    /// the redemption handler builds).
+    fn from(e: RedeemError) -> Self {
+        match e {
+            RedeemError::InvalidToken(why) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "Privacy Pass token required", token_rejection(why))
+            }
+            RedeemError::Pending => {
+                ApiError::forbidden("The claim result is not available yet. Retry later.").retry_after(5)
+            }
+            RedeemError::PayloadTooLarge => ApiError::unprocessable(
+                "The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.",
+            ),
+            RedeemError::Store(s) => s.into(),
+            RedeemError::Internal(cause) => ApiError::internal(&cause),
         }
     }
 }

@@ -10,11 +10,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_key;
 pub mod client_addr;
-pub mod conventions;
+pub mod envelope;
 pub mod error;
+pub mod idempotency;
 pub mod inflection;
+pub mod json;
 mod privacy_passes;
+mod redeem;
 mod relays;
 mod rfc;
 pub mod transport;
@@ -27,13 +31,17 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use blindpass_service::{Environment, Service};
+use axum::routing::{MethodRouter, get, post};
+use blindpass_protocol::api::{CHALLENGE_PATH, PRIVACY_PASSES_PATH, RELAYS_PATH};
+use blindpass_service::{Environment, Permission, Service};
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, InternalCause};
+
+/// `Content-Type` of every JSON response.
+pub const JSON: &str = "application/json; charset=utf-8";
 
 /// Ids reported in `Persona-Organization-Id` / `Persona-Environment-Id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,19 +108,28 @@ pub struct AppState {
     pub trusted_proxies: Arc<client_addr::TrustedProxies>,
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API. Each route reads as its stack, outermost first:
+/// the envelope (Persona routes), then who may call (API key or relay), then
+/// idempotency, then the handler.
 pub fn router(state: AppState) -> Router {
     let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight.max(1)));
     let entropy = state.service.entropy_handle();
+    let s = &state;
+    let persona = Router::new()
+        .route(PRIVACY_PASSES_PATH, with_api_key(s, Permission::PrivacyPassWrite, post(privacy_passes::create)))
+        .route(rfc::TOKEN_REQUEST_PATH, with_api_key(s, Permission::PrivacyPassWrite, post(rfc::token_request)))
+        .route(CHALLENGE_PATH, post(relays::challenge))
+        .route(RELAYS_PATH, post(relays::create))
+        .route(
+            "/api/privacy/v1/relays/{relay_token}/result",
+            with_api_key(s, Permission::RelayVerify, post(relays::result)),
+        )
+        .route("/api/privacy/v1/relays/{relay_token}/generate-claim", redemption(s))
+        .route_layer(middleware::from_fn_with_state(state.clone(), envelope::persona_envelope));
     Router::new()
         .route("/health", get(health))
-        .route("/api/v1/privacy-passes", post(privacy_passes::create))
-        .route("/api/privacy/v1/relays/challenge", post(relays::challenge))
-        .route("/api/privacy/v1/relays", post(relays::create))
-        .route("/api/privacy/v1/relays/{relay_token}/result", post(relays::result))
-        .route("/api/privacy/v1/relays/{relay_token}/generate-claim", post(relays::generate_claim))
         .route(rfc::DIRECTORY_PATH, get(rfc::directory))
-        .route(rfc::TOKEN_REQUEST_PATH, post(rfc::token_request))
+        .merge(persona)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
@@ -123,6 +140,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// An API-key route: [`api_key::require_api_key`] with `permission`, then
+/// idempotency, then `route`.
+fn with_api_key(state: &AppState, permission: Permission, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    let require = move |s: State<AppState>, client, envelope, request, next| {
+        api_key::require_api_key(s, permission, client, envelope, request, next)
+    };
+    route
+        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::idempotent))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require))
+}
+
+/// generate-claim: the relay's gates, then the rest in a task of its own,
+/// then idempotency, then the redemption.
+fn redemption(state: &AppState) -> MethodRouter<AppState> {
+    post(redeem::generate_claim)
+        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::idempotent))
+        .route_layer(middleware::from_fn_with_state(state.clone(), redeem::run_to_completion))
+        .route_layer(middleware::from_fn_with_state(state.clone(), redeem::admit_relay))
+}
+
 /// Outermost: a request past the in-flight cap is answered 503 at once.
 async fn shed_load(
     in_flight: Arc<Semaphore>,
@@ -131,13 +168,7 @@ async fn shed_load(
     next: Next,
 ) -> Response {
     let Ok(_slot) = in_flight.try_acquire_owned() else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service unavailable",
-            "The server is answering too many requests. Please retry.",
-        );
-        e.retry_after = Some(1);
-        let mut response = e.into_response();
+        let mut response = ApiError::overloaded().into_response();
         if let Ok(v) = HeaderValue::from_str(&random_id(&*entropy, "req_")) {
             response.headers_mut().insert("request-id", v);
         }
@@ -187,7 +218,7 @@ pub async fn serve(
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
-            match service.prune(conventions::IDEMPOTENCY_TTL_SECS).await {
+            match service.prune(idempotency::IDEMPOTENCY_TTL_SECS).await {
                 Ok(p) => tracing::debug!(
                     idempotency = p.idempotency,
                     windows = p.windows,
@@ -218,7 +249,8 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Outermost middleware: a request id on the response and on every log line,
-/// the request timeout, and one access log line.
+/// the request timeout, and one access log line (with the cause of a 5xx:
+/// the one place a server error is logged).
 async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = random_id(state.service.entropy(), "req_");
     let span = tracing::info_span!(
@@ -228,45 +260,40 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         path = %loggable(request.uri().path(), MAX_LOGGED_PATH),
     );
     let started = Instant::now();
-    let timeout = state.limits.request_timeout;
-    let uri_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    let max_uri = state.limits.max_uri_bytes;
-    let mut response = async move {
-        if uri_len > max_uri {
-            return ApiError::new(
-                StatusCode::URI_TOO_LONG,
-                "URI Too Long",
-                format!("The request target must be at most {max_uri} bytes."),
-            )
-            .into_response();
-        }
-        match tokio::time::timeout(timeout, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => {
-                tracing::warn!("request timed out");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Request timeout",
-                    "The request took too long. Please retry.",
-                );
-                e.retry_after = Some(1);
-                e.into_response()
-            }
-        }
-    }
-    .instrument(span.clone())
-    .await;
+    let mut response = bounded(&state.limits, request, next).instrument(span.clone()).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("request-id", v);
     }
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "request"
-        );
-    });
+    span.in_scope(|| log_response(&response, started));
     response
+}
+
+/// The request under its URI limit (414) and its timeout (503).
+async fn bounded(limits: &Limits, request: Request, next: Next) -> Response {
+    let uri_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        let details = format!("The request target must be at most {} bytes.", limits.max_uri_bytes);
+        return ApiError::new(StatusCode::URI_TOO_LONG, "URI Too Long", details).into_response();
+    }
+    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("request timed out");
+            ApiError::timed_out().into_response()
+        }
+    }
+}
+
+fn log_response(response: &Response, started: Instant) {
+    let status = response.status().as_u16();
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match response.extensions().get::<InternalCause>() {
+        Some(InternalCause(cause)) if response.status() == StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::error!(status, elapsed_us, error = %cause, "request failed")
+        }
+        Some(InternalCause(cause)) => tracing::warn!(status, elapsed_us, error = %cause, "request"),
+        None => tracing::info!(status, elapsed_us, "request"),
+    }
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary), with the

@@ -6,18 +6,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::directory::WELL_KNOWN_PATH;
 use blindpass_protocol::wire::{
-    MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TokenRequest, WireError,
+    MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA, TokenRequest,
+    WireError,
 };
-use blindpass_service::{Environment, IssueError, Permission};
+use blindpass_service::{Environment, IssueError, IssueRequest, KeySelector, RateLimitStatus};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
+use crate::api_key::ApiKey;
 use crate::client_addr::Client;
-use crate::conventions::{
-    Reply, enforce_rate_limit, fingerprint, idempotent, rate_limit_headers, read_body, require_content_type,
-    with_api_key,
-};
+use crate::envelope::rate_limit_headers;
 use crate::error::ApiError;
+use crate::json::{read_body, require_content_type};
 
 /// Path of the issuance endpoint named in the directory.
 pub(crate) const TOKEN_REQUEST_PATH: &str = "/token-request";
@@ -34,7 +34,8 @@ pub(crate) async fn directory(
         Ok(rate) => rate,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let mut response = directory_response(&state, query.as_deref(), &headers, rate).await;
+    let response = directory_response(&state, query.as_deref(), &headers, rate).await;
+    let mut response = response.unwrap_or_else(IntoResponse::into_response);
     rate_limit_headers(response.headers_mut(), rate);
     response
 }
@@ -43,40 +44,44 @@ async fn directory_response(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
-    rate: Option<blindpass_service::RateLimitStatus>,
-) -> Response {
-    if let Err(e) = enforce_rate_limit(rate) {
-        return e.into_response();
+    rate: Option<RateLimitStatus>,
+) -> Result<Response, ApiError> {
+    if let Some(r) = rate.filter(|r| !r.allowed) {
+        return Err(ApiError::rate_limited(r.limit, r.reset_secs.max(1) as u64));
     }
-    // A standard RFC client knows only the challenge's issuer name, shared
-    // by both environments, and fetches the bare well-known path: it lists
-    // every environment's keys (production first), so the challenge's
-    // token-key is found whichever environment issued it. Issuance picks the
-    // environment from the API key. `?sandbox=true|false` narrows to one.
-    let environments: &[Environment] = match sandbox_flag(query) {
-        Ok(None) => &[Environment::Production, Environment::Sandbox],
-        Ok(Some(true)) => &[Environment::Sandbox],
-        Ok(Some(false)) => &[Environment::Production],
-        Err(e) => return e.into_response(),
-    };
-    let directory = match state.service.directory(environments, TOKEN_REQUEST_PATH).await {
-        Ok(d) => d,
+    let directory = state.service.directory(environments(query)?, TOKEN_REQUEST_PATH).await.map_err(|e| match e {
         // The store is unavailable: 503 + Retry-After, never 500.
-        Err(blindpass_service::KeyError::Store(e)) => return ApiError::from(e).into_response(),
-        Err(e) => return ApiError::internal(&e).into_response(),
-    };
-    let body = directory.to_json();
+        blindpass_service::KeyError::Store(e) => ApiError::from(e),
+        e => ApiError::internal(&e),
+    })?;
+    Ok(cacheable(headers, directory.to_json()))
+}
+
+/// A standard RFC client knows only the challenge's issuer name, shared by
+/// both environments, and fetches the bare well-known path: it lists every
+/// environment's keys (production first), so the challenge's token-key is
+/// found whichever environment issued it. Issuance picks the environment
+/// from the API key. `?sandbox=true|false` narrows to one.
+fn environments(query: Option<&str>) -> Result<&'static [Environment], ApiError> {
+    Ok(match sandbox_flag(query)? {
+        None => &[Environment::Production, Environment::Sandbox],
+        Some(true) => &[Environment::Sandbox],
+        Some(false) => &[Environment::Production],
+    })
+}
+
+/// The directory with its `ETag` and `Cache-Control`, or 304 when the
+/// client's `If-None-Match` already has it.
+fn cacheable(headers: &HeaderMap, body: Vec<u8>) -> Response {
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut response = if matches {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        let mut r = (StatusCode::OK, body).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_DIRECTORY));
-        r
+    let mut response = match matches {
+        true => StatusCode::NOT_MODIFIED.into_response(),
+        false => (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_DIRECTORY))], body)
+            .into_response(),
     };
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
@@ -87,35 +92,34 @@ async fn directory_response(
 }
 
 /// `POST /token-request`: RFC 9578 §6 issuance with a Bearer API key.
+/// `TokenRequest` → [`IssueRequest`] (key by truncated id) →
+/// `Service::issue` → `TokenResponse`.
 pub(crate) async fn token_request(
     State(state): State<AppState>,
-    client: Client,
+    ApiKey(auth): ApiKey,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    with_api_key(&state, &headers, &client, Permission::PrivacyPassWrite, async |auth, persona| {
-        require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST)?;
-        let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
-        let scope = format!("api_key:{}", auth.key.id);
-        let work = async {
-            // RFC 9578 §6.2: bad type, unknown truncated id, wrong size → 422.
-            let request = TokenRequest::decode(&bytes).map_err(|e| match e {
-                WireError::UnsupportedTokenType(t) => {
-                    ApiError::unprocessable(format!("Unsupported token type {t:#06x}."))
-                }
-                _ => ApiError::unprocessable("A TokenRequest for token type 2 is exactly 259 bytes."),
-            })?;
-            let response =
-                state.service.issue_token_request(auth.key.environment, &request).await.map_err(|e| match e {
-                    IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
-                    other => ApiError::from(other),
-                })?;
-            Ok(Reply::with_type(StatusCode::OK, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE), response.encode()))
-        };
-        let print = fingerprint("POST", TOKEN_REQUEST_PATH, &bytes);
-        Ok(idempotent(&state, persona.idempotency_key.as_deref(), &scope, print, work).await)
-    })
-    .await
+) -> Result<Response, ApiError> {
+    require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST)?;
+    let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
+    let request = issue_request(&bytes)?;
+    let blind_sig = state.service.issue(auth.key.environment, request).await.map_err(|e| match e {
+        IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
+        other => ApiError::from(other),
+    })?;
+    let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE))];
+    Ok((StatusCode::OK, content_type, blind_sig).into_response())
+}
+
+/// RFC 9578 §6.2: a bad type, an unknown truncated id or a wrong size is 422.
+fn issue_request(bytes: &[u8]) -> Result<IssueRequest, ApiError> {
+    let request = TokenRequest::decode(bytes).map_err(|e| match e {
+        WireError::UnsupportedTokenType(t) => ApiError::unprocessable(format!("Unsupported token type {t:#06x}.")),
+        _ => ApiError::unprocessable("A TokenRequest for token type 2 is exactly 259 bytes."),
+    })?;
+    let selector =
+        KeySelector::Truncated { token_type: TOKEN_TYPE_BLIND_RSA, truncated: request.truncated_token_key_id };
+    Ok(IssueRequest { selector, blinded: request.blinded_msg.to_vec() })
 }
 
 /// The well-known path, for the router.

@@ -229,8 +229,9 @@ async fn idempotency_in_flight_is_409_and_auth_failures_are_not_stored() {
     let raw = serde_json::to_vec(&body(&blinded, &key_id)).unwrap();
     let api_key = h.service.authenticate(&h.sandbox_key).await.unwrap().key;
     // Another request holds the key, still running.
-    let fp = blindpass_server::conventions::fingerprint("POST", PATH, &raw);
-    h.service.idempotency_begin(&format!("api_key:{}", api_key.id), "busy", &fp, 86_400).await.unwrap();
+    let fp = blindpass_server::idempotency::fingerprint("POST", PATH, &raw, &[]);
+    let scope = format!("api_key:{}", api_key.id);
+    h.service.store().idempotency_begin(&scope, "busy", &fp, h.service.now(), 86_400, 30).await.unwrap();
     let r = h.post(body(&blinded, &key_id), &[("idempotency-key", "busy")]).await;
     assert_eq!((r.status, r.error_title().as_str()), (StatusCode::CONFLICT, "Conflict"));
 

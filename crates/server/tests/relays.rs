@@ -10,7 +10,7 @@ use blindpass_protocol::directory::IssuerDirectory;
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::wire::{TokenRequest, TokenResponse};
 use blindpass_protocol::{auth, b64, oaep, persona, type2};
-use blindpass_service::{Environment, Permission};
+use blindpass_service::{ClaimType, Environment, Permission};
 use common::*;
 use serde_json::{Value, json};
 
@@ -339,9 +339,15 @@ async fn relay_creation_refuses_a_key_too_small_for_any_claim_of_its_type() {
     let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
     let pem = blindpass_protocol::pem::encode("PUBLIC KEY", &public.to_rsa_encryption_spki());
     let long_type = "c".repeat(200);
-    let e = h.service.create_relay(Environment::Production, &long_type, Some(&pem)).await.unwrap_err();
+    let e = h
+        .service
+        .create_relay(Environment::Production, &ClaimType::parse(&long_type).unwrap(), Some(&pem))
+        .await
+        .unwrap_err();
     assert!(matches!(e, blindpass_service::RelayError::KeyTooSmallForClaim { max: 190, .. }), "{e}");
-    assert!(h.service.create_relay(Environment::Production, CLAIM, Some(&pem)).await.is_ok());
+    assert!(
+        h.service.create_relay(Environment::Production, &ClaimType::parse(CLAIM).unwrap(), Some(&pem)).await.is_ok()
+    );
 }
 
 #[tokio::test]

@@ -11,31 +11,8 @@ use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
 use blindpass_rsa::RsaPrivateKey;
 use zeroize::Zeroizing;
 
+use crate::issuer_key::{KeyMaterial, LoadedKey};
 use crate::{Environment, IssuerKey, KeyState, Service, StoreError};
-
-/// One usable issuer key: its record and its parsed key pair.
-pub struct LoadedKey {
-    /// The stored record (state, times), without re-reading the store.
-    pub record: IssuerKey,
-    /// The public key with both ids.
-    pub public: IssuerPublicKey,
-    /// The signer.
-    pub signer: Arc<RsaPrivateKey>,
-}
-
-impl std::fmt::Debug for LoadedKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedKey").field("record", &self.record).field("public", &self.public).finish()
-    }
-}
-
-impl LoadedKey {
-    /// True when the key may issue at `now` (see [`crate::lifecycle`]).
-    pub fn issues_at(&self, now: i64) -> bool {
-        // The overlap plays no part in issuing.
-        crate::lifecycle::Lifecycle { overlap_secs: 0 }.can_issue(&self.record, now).is_ok()
-    }
-}
 
 /// Key management failures.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -176,9 +153,7 @@ impl Service {
                 continue;
             };
             let loaded = match previous.get(&id) {
-                Some(old) => {
-                    Arc::new(LoadedKey { record, public: old.public.clone(), signer: Arc::clone(&old.signer) })
-                }
+                Some(old) => Arc::new(LoadedKey { record, public: old.public.clone(), material: old.material.clone() }),
                 None => match self.load_private(record).await {
                     Ok(loaded) => Arc::new(loaded),
                     Err(
@@ -302,5 +277,5 @@ fn load(record: IssuerKey, pkcs8: &[u8]) -> Result<LoadedKey, KeyError> {
     if public.token_key_id().to_hex() != record.id {
         return Err(KeyError::Key(format!("stored key {} does not match its id", record.id)));
     }
-    Ok(LoadedKey { record, public, signer: Arc::new(signer) })
+    Ok(LoadedKey { record, public, material: KeyMaterial::BlindRsa(Arc::new(signer)) })
 }

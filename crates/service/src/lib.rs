@@ -1,43 +1,50 @@
 //! # blindpass-service
 //!
 //! The use cases of a blindpass node, as plain async functions over a
-//! [`Store`]: authenticate an API key, count a request against its
-//! environment's rate limit, issue a blind signature, manage API keys and
-//! issuer keys. One issuance reads as a straight line: key lookup at `now`
-//! → BlindSign on a blocking thread → bytes.
+//! [`Store`], one file each: `issue` (both dialects, every token type),
+//! `redeem`, `relays`, `challenge`, `directory`, `keyring` and `lifecycle`
+//! (keys), `rate_limits`, `api_keys`, `retention`. One issuance reads as a
+//! straight line: one key lookup at `now` → the key's evaluation on a
+//! blocking thread → bytes.
 //!
 //! **Invariant:** no HTTP, no JSON here; time comes from a [`Clock`].
 
 #![forbid(unsafe_code)]
 
 mod api_keys;
+mod challenge;
 mod clock;
-mod idempotency;
+mod directory;
 pub mod identity;
-mod issuer;
+mod issue;
+mod issuer_key;
 pub mod kek;
 mod keyring;
 pub mod lifecycle;
 mod limiter;
+mod rate_limits;
+mod redeem;
 mod relays;
+mod retention;
 mod secrets;
 
 use std::sync::Arc;
 
 pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret};
+pub use blindpass_domain::{ClaimType, Environment, InvalidClaimType, KeyState, Permission};
 pub use blindpass_entropy::{Entropy, SeededEntropy, SystemEntropy};
-pub use blindpass_store::{ApiKey, Environment, IssuerKey, KeyState, Permission, Store, StoreError};
+pub use blindpass_store::{ApiKey, IssuerKey, Store, StoreError};
 pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcome, StoredResponse};
+pub use challenge::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, PERSONA_ORIGIN_INFO, SESSION_SECS};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use idempotency::CLOCK_SKEW_MARGIN_SECS;
-pub use idempotency::{IdempotencyOutcome, Pruned};
-pub use issuer::{IssueError, RateLimitStatus, client_bucket};
-pub use keyring::{KeyError, KeyRingStats, LoadedKey};
+pub use issue::{IssueError, IssueRequest, KeySelector};
+pub use issuer_key::{KeyMaterial, LoadedKey};
+pub use keyring::{KeyError, KeyRingStats};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
-pub use relays::{
-    CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, NewRelay, PERSONA_ORIGIN_INFO, RecordError,
-    RedeemError, Redemption, RelayError, SESSION_SECS, TokenRejection,
-};
+pub use rate_limits::{RateLimitStatus, client_bucket};
+pub use redeem::{PresentedToken, RedeemError, Redemption, TokenRejection};
+pub use relays::{NewRelay, RecordError, RelayError};
+pub use retention::{CLOCK_SKEW_MARGIN_SECS, Pruned};
 
 /// Tunables of the service layer.
 #[derive(Debug, Clone)]

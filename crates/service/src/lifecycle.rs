@@ -18,7 +18,8 @@
 //! Every rule about key states lives here; the key ring, issuance,
 //! redemption and the directory ask this module.
 
-use blindpass_store::{IssuerKey, KeyState};
+use blindpass_domain::KeyState;
+use blindpass_store::IssuerKey;
 
 /// Why a key does not issue now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +91,7 @@ pub fn directory_rank(state: KeyState) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use blindpass_store::Environment;
+    use blindpass_domain::Environment;
     use zeroize::Zeroizing;
 
     use super::*;

@@ -9,7 +9,8 @@ use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
 use blindpass_protocol::{b64, persona};
 use blindpass_service::lifecycle::NotIssuing;
 use blindpass_service::{
-    ChallengeOffer, Config, Environment, IssueError, ManualClock, RedeemError, Relay, Service, TokenRejection,
+    ChallengeOffer, ClaimType, Config, Environment, IssueError, IssueRequest, ManualClock, PresentedToken, RedeemError,
+    Relay, Service, TokenRejection,
 };
 use blindpass_store::sqlite::SqliteStore;
 
@@ -43,17 +44,28 @@ async fn issue(service: &Service, environment: Environment, offer: &ChallengeOff
     let challenge = persona::Challenge::decode(&offer.challenge).unwrap();
     let (blinded, state) = persona::begin_issuance(&key, &offer.token_key_id, &challenge, &mut rand::rng()).unwrap();
     let key_id = TokenKeyId::from_hex(&offer.token_key_id).unwrap();
-    let blind_sig = service.issue(environment, &key_id, blinded).await?;
+    let blind_sig = service.issue(environment, IssueRequest::by_id(key_id, blinded)).await?;
     Ok(persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode())
 }
 
 async fn sandbox_token(service: &Service) -> String {
-    let offer = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    let offer = service.challenge(Environment::Sandbox, &claim(CLAIM)).await.unwrap();
     issue(service, Environment::Sandbox, &offer).await.unwrap()
 }
 
 async fn relay(service: &Service) -> Relay {
-    service.create_relay(Environment::Sandbox, CLAIM, None).await.unwrap().relay
+    service.create_relay(Environment::Sandbox, &claim(CLAIM), None).await.unwrap().relay
+}
+
+fn claim(text: &str) -> ClaimType {
+    ClaimType::parse(text).unwrap()
+}
+
+/// The edge's half of a redemption: parse the presented text once, then
+/// redeem (a parse refusal is the same typed rejection).
+async fn redeem(service: &Service, relay: &Relay, text: &str) -> Result<blindpass_service::Redemption, RedeemError> {
+    let token = PresentedToken::parse(text).map_err(RedeemError::InvalidToken)?;
+    service.redeem(relay, &token, |_| None).await
 }
 
 fn rejection(result: Result<blindpass_service::Redemption, RedeemError>) -> TokenRejection {
@@ -68,40 +80,43 @@ async fn a_token_redeems_once_and_again_only_at_the_same_relay() {
     let Node { service, .. } = node().await;
     let token = sandbox_token(&service).await;
     let (here, elsewhere) = (relay(&service).await, relay(&service).await);
-    let first = service.redeem(&here, &token, |_| None).await.unwrap();
+    let first = redeem(&service, &here, &token).await.unwrap();
     assert!(first.token_consumed);
-    let again = service.redeem(&here, &token, |_| None).await.unwrap();
+    let again = redeem(&service, &here, &token).await.unwrap();
     assert_eq!(again.claim_payload, first.claim_payload, "a lost answer is recovered at the same relay");
-    assert_eq!(rejection(service.redeem(&elsewhere, &token, |_| None).await), TokenRejection::AlreadyUsed);
+    assert_eq!(rejection(redeem(&service, &elsewhere, &token).await), TokenRejection::AlreadyUsed);
 }
 
 #[tokio::test]
 async fn hostile_and_stale_tokens_are_rejected_with_their_reason() {
     let Node { service, clock, .. } = node().await;
     let r = relay(&service).await;
-    assert_eq!(rejection(service.redeem(&r, "not base64url!", |_| None).await), TokenRejection::NotBase64url);
-    assert_eq!(rejection(service.redeem(&r, "AAAA", |_| None).await), TokenRejection::Malformed);
+    assert_eq!(rejection(redeem(&service, &r, "not base64url!").await), TokenRejection::NotBase64url);
+    assert_eq!(rejection(redeem(&service, &r, "AAAA").await), TokenRejection::Malformed);
     // A real token from another deployment: its challenge's MAC is not ours.
     let foreign = sandbox_token(&node().await.service).await;
-    assert_eq!(rejection(service.redeem(&r, &foreign, |_| None).await), TokenRejection::ChallengeNotOurs);
+    assert_eq!(rejection(redeem(&service, &r, &foreign).await), TokenRejection::ChallengeNotOurs);
 
-    let other_claim = service.create_relay(Environment::Sandbox, "age_over21_verified", None).await.unwrap().relay;
+    let other_claim =
+        service.create_relay(Environment::Sandbox, &claim("age_over21_verified"), None).await.unwrap().relay;
     let token = sandbox_token(&service).await;
-    assert_eq!(rejection(service.redeem(&other_claim, &token, |_| None).await), TokenRejection::OtherClaimType);
+    assert_eq!(rejection(redeem(&service, &other_claim, &token).await), TokenRejection::OtherClaimType);
 
     clock.advance(3 * 3600);
     let fresh_relay = relay(&service).await;
-    assert_eq!(rejection(service.redeem(&fresh_relay, &token, |_| None).await), TokenRejection::ChallengeExpired);
+    assert_eq!(rejection(redeem(&service, &fresh_relay, &token).await), TokenRejection::ChallengeExpired);
 }
 
 #[tokio::test]
 async fn issuance_checks_the_environment_and_the_key_state() {
     let Node { service, clock, .. } = node().await;
-    let offer = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    let offer = service.challenge(Environment::Sandbox, &claim(CLAIM)).await.unwrap();
     assert_eq!(issue(&service, Environment::Production, &offer).await.unwrap_err(), IssueError::WrongEnvironment);
-    let unknown = service.issue(Environment::Sandbox, &TokenKeyId([7; 32]), vec![0; 256]).await;
+    let unknown = service.issue(Environment::Sandbox, IssueRequest::by_id(TokenKeyId([7; 32]), vec![0; 256])).await;
     assert_eq!(unknown.unwrap_err(), IssueError::UnknownKey);
-    let short = service.issue(Environment::Sandbox, &TokenKeyId::from_hex(&offer.token_key_id).unwrap(), vec![1]).await;
+    let short = service
+        .issue(Environment::Sandbox, IssueRequest::by_id(TokenKeyId::from_hex(&offer.token_key_id).unwrap(), vec![1]))
+        .await;
     assert_eq!(short.unwrap_err(), IssueError::WrongLength { expected: 256, found: 1 });
 
     // A token issued before a rotation redeems through the overlap, not after.
@@ -114,27 +129,27 @@ async fn issuance_checks_the_environment_and_the_key_state() {
     assert_eq!(rotated.unwrap_err(), IssueError::KeyNotActive(NotIssuing::RotatedOut));
     let r = relay(&service).await;
     clock.advance(OVERLAP - 1);
-    assert!(service.redeem(&r, &during, |_| None).await.unwrap().token_consumed, "within the overlap");
+    assert!(redeem(&service, &r, &during).await.unwrap().token_consumed, "within the overlap");
     clock.advance(1);
-    assert_eq!(rejection(service.redeem(&r, &after, |_| None).await), TokenRejection::UnknownOrRetiredKey);
+    assert_eq!(rejection(redeem(&service, &r, &after).await), TokenRejection::UnknownOrRetiredKey);
 
     // An announced key does not sign before its time, and takes over after.
     let pending = service.rotate_key(Environment::Sandbox, Some(600)).await.unwrap();
     let pending_id = TokenKeyId::from_hex(&pending.id).unwrap();
-    let early = service.issue(Environment::Sandbox, &pending_id, vec![0; 256]).await;
+    let early = service.issue(Environment::Sandbox, IssueRequest::by_id(pending_id, vec![0; 256])).await;
     assert_eq!(early.unwrap_err(), IssueError::KeyNotActive(NotIssuing::NotYetValid));
     clock.advance(600 + Config::default().key_refresh_secs + 1);
-    let later = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    let later = service.challenge(Environment::Sandbox, &claim(CLAIM)).await.unwrap();
     let now_active = service.key_by_id(&TokenKeyId::from_hex(&later.token_key_id).unwrap()).await.unwrap().unwrap();
     assert_eq!(now_active.record.id, pending.id, "the announced key is the active one after its not-before");
 
     // A retired key neither issues nor verifies.
-    let active = service.challenge(Environment::Sandbox, CLAIM).await.unwrap();
+    let active = service.challenge(Environment::Sandbox, &claim(CLAIM)).await.unwrap();
     let token = issue(&service, Environment::Sandbox, &active).await.unwrap();
     service.retire_key(&active.token_key_id).await.unwrap();
     let retired = issue(&service, Environment::Sandbox, &active).await;
     assert_eq!(retired.unwrap_err(), IssueError::KeyNotActive(NotIssuing::Retired));
-    assert_eq!(rejection(service.redeem(&r, &token, |_| None).await), TokenRejection::UnknownOrRetiredKey);
+    assert_eq!(rejection(redeem(&service, &r, &token).await), TokenRejection::UnknownOrRetiredKey);
 }
 
 #[tokio::test]
@@ -147,7 +162,7 @@ async fn a_seeded_entropy_source_makes_ids_and_secrets_repeatable() {
         let _clone = shared.clone(); // a service already shared still takes the source
         let service = shared.with_entropy(Arc::new(blindpass_service::SeededEntropy::new(42)));
         let key = service.create_api_key(Environment::Sandbox, vec![], None).await.unwrap();
-        let relay = service.create_relay(Environment::Sandbox, CLAIM, None).await.unwrap();
+        let relay = service.create_relay(Environment::Sandbox, &claim(CLAIM), None).await.unwrap();
         made.push((key.key.id.clone(), key.secret.to_string(), relay.relay.token));
     }
     assert_eq!(made[0], made[1], "the same seed, the same ids and secrets");

@@ -1,89 +1,10 @@
 //! The records the store holds.
 
+pub use blindpass_domain::{Environment, KeyState, Permission, UnknownName};
+
 use std::fmt;
-use std::str::FromStr;
 
 use zeroize::Zeroizing;
-
-/// A Persona environment: everything is scoped to one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Environment {
-    /// Test traffic; claims always pass.
-    Sandbox,
-    /// Real traffic.
-    Production,
-}
-
-impl Environment {
-    /// Both environments.
-    pub const ALL: [Environment; 2] = [Environment::Sandbox, Environment::Production];
-
-    /// `sandbox` or `production`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Sandbox => "sandbox",
-            Environment::Production => "production",
-        }
-    }
-}
-
-impl fmt::Display for Environment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An unknown environment, permission or state name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown value {0:?}")]
-pub struct UnknownName(pub String);
-
-impl FromStr for Environment {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "sandbox" => Ok(Environment::Sandbox),
-            "production" => Ok(Environment::Production),
-            other => Err(UnknownName(other.to_owned())),
-        }
-    }
-}
-
-/// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Permission {
-    /// `privacy_pass.write`: issue Privacy Passes.
-    PrivacyPassWrite,
-    /// `relay.verify`: record claim results for relays.
-    RelayVerify,
-}
-
-impl Permission {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Permission::PrivacyPassWrite => "privacy_pass.write",
-            Permission::RelayVerify => "relay.verify",
-        }
-    }
-}
-
-impl fmt::Display for Permission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Permission {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "privacy_pass.write" => Ok(Permission::PrivacyPassWrite),
-            "relay.verify" => Ok(Permission::RelayVerify),
-            other => Err(UnknownName(other.to_owned())),
-        }
-    }
-}
 
 /// An API key as stored: no secret, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,45 +25,6 @@ pub struct ApiKey {
     pub created_at: i64,
     /// UNIX seconds, when revoked.
     pub revoked_at: Option<i64>,
-}
-
-/// Lifecycle state of an issuer key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyState {
-    /// Announced (listed in the directory) but not yet issuing; becomes
-    /// active at `not_before`.
-    Pending,
-    /// Issues and verifies (from `not_before` on).
-    Active,
-    /// Rotated out: verifies tokens it issued, issues nothing.
-    VerifyOnly,
-    /// Neither issues nor verifies.
-    Retired,
-}
-
-impl KeyState {
-    /// Storage / display name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Pending => "pending",
-            KeyState::Active => "active",
-            KeyState::VerifyOnly => "verify-only",
-            KeyState::Retired => "retired",
-        }
-    }
-}
-
-impl FromStr for KeyState {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(KeyState::Pending),
-            "active" => Ok(KeyState::Active),
-            "verify-only" => Ok(KeyState::VerifyOnly),
-            "retired" => Ok(KeyState::Retired),
-            other => Err(UnknownName(other.to_owned())),
-        }
-    }
 }
 
 /// An issuer key pair as stored.

@@ -1,9 +1,8 @@
-//! Rate limiting and issuance.
+//! Rate limits: fixed one-minute windows per environment, per client
+//! address, per relay and per failed authentication, counted by the
+//! configured [`crate::RateLimiter`].
 
-use blindpass_protocol::blind_rsa::{self, BlindSignError};
-use blindpass_protocol::keys::TokenKeyId;
-
-use crate::{Environment, KeyError, Service, StoreError};
+use crate::{Environment, Service, StoreError};
 
 /// Length of a rate-limit window.
 const WINDOW_SECS: i64 = 60;
@@ -47,46 +46,6 @@ pub fn client_bucket(address: std::net::IpAddr) -> String {
                 format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
             }
         },
-    }
-}
-
-/// Why an issuance was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum IssueError {
-    /// No key answers to this id.
-    #[error("unknown key id")]
-    UnknownKey,
-    /// The key belongs to the other environment.
-    #[error("key belongs to another environment")]
-    WrongEnvironment,
-    /// The key exists but does not issue (retired, rotated out, not yet valid).
-    #[error("key cannot issue: {0:?}")]
-    KeyNotActive(crate::lifecycle::NotIssuing),
-    /// The blinded message is not the modulus length.
-    #[error("blinded token must be {expected} bytes, found {found}")]
-    WrongLength {
-        /// Modulus length.
-        expected: usize,
-        /// Length received.
-        found: usize,
-    },
-    /// The blinded message is not below the modulus.
-    #[error("blinded token is out of range for the key")]
-    OutOfRange,
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Keys could not be loaded, or signing failed its fault check.
-    #[error("internal issuance failure: {0}")]
-    Internal(String),
-}
-
-impl From<KeyError> for IssueError {
-    fn from(e: KeyError) -> Self {
-        match e {
-            KeyError::Store(s) => IssueError::Store(s),
-            other => IssueError::Internal(other.to_string()),
-        }
     }
 }
 
@@ -141,32 +100,5 @@ impl Service {
             reset_secs: window_start + WINDOW_SECS - now,
             allowed: count <= limit,
         }))
-    }
-
-    /// BlindSign with the key named by `key_id` for a caller in
-    /// `environment`. The RSA operation runs on the blocking pool.
-    pub async fn issue(
-        &self,
-        environment: Environment,
-        key_id: &TokenKeyId,
-        blinded_msg: Vec<u8>,
-    ) -> Result<Vec<u8>, IssueError> {
-        let key = self.key_by_id(key_id).await?.ok_or(IssueError::UnknownKey)?;
-        if key.record.environment != environment {
-            return Err(IssueError::WrongEnvironment);
-        }
-        self.lifecycle().can_issue(&key.record, self.now()).map_err(IssueError::KeyNotActive)?;
-        let signer = std::sync::Arc::clone(&key.signer);
-        let signed = tokio::task::spawn_blocking(move || blind_rsa::blind_sign(&*signer, &blinded_msg))
-            .await
-            .map_err(|e| IssueError::Internal(format!("signing task failed: {e}")))?;
-        signed.map_err(|e| match e {
-            BlindSignError::WrongLength { expected, found } => IssueError::WrongLength { expected, found },
-            BlindSignError::OutOfRange => IssueError::OutOfRange,
-            BlindSignError::SigningFailure => {
-                tracing::error!(key_id = %key.record.id, "RSA signing failed its fault check");
-                IssueError::Internal("signing failure".into())
-            }
-        })
     }
 }

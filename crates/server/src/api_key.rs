@@ -1,0 +1,102 @@
+//! Bearer API keys: the [`require_api_key`] layer authenticates, counts the
+//! request against its environment and checks the route's permission, all
+//! before anything is stored for idempotency (so 401, 403 and 429 are never
+//! replayed); handlers take the result with the [`ApiKey`] extractor.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use blindpass_service::{Authenticated, Permission};
+
+use crate::AppState;
+use crate::client_addr::Client;
+use crate::envelope::Envelope;
+use crate::error::ApiError;
+use crate::idempotency::IdempotencyScope;
+
+/// The authenticated API key of a request that passed [`require_api_key`].
+#[derive(Debug, Clone)]
+pub struct ApiKey(pub Authenticated);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let auth = parts.extensions.get::<Authenticated>().cloned();
+        auth.map(ApiKey).ok_or_else(|| ApiError::internal(&"a route takes ApiKey without require_api_key"))
+    }
+}
+
+/// The layer of every API-key route: authenticate, count, check
+/// `permission`, then the rest of the stack with the key in the request.
+pub(crate) async fn require_api_key(
+    State(state): State<AppState>,
+    permission: Permission,
+    client: Client,
+    envelope: Envelope,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match admit(&state, permission, &client, &envelope, request.headers()).await {
+        Ok(auth) => {
+            let scope = IdempotencyScope { scope: format!("api_key:{}", auth.key.id), extra: Vec::new() };
+            request.extensions_mut().insert(scope);
+            request.extensions_mut().insert(auth);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn admit(
+    state: &AppState,
+    permission: Permission,
+    client: &Client,
+    envelope: &Envelope,
+    headers: &HeaderMap,
+) -> Result<Authenticated, ApiError> {
+    let auth = authenticate(state, headers, client).await?;
+    envelope.environment(auth.key.environment);
+    envelope.admit(state.service.rate_limit(auth.key.environment).await?)?;
+    if !auth.can(permission) {
+        return Err(ApiError::forbidden(format!("The API key does not have the {permission} permission.")));
+    }
+    Ok(auth)
+}
+
+/// Checks the bearer secret. Failed authentications count against the
+/// client's address; past that limit the answer is 429, not 401.
+async fn authenticate(state: &AppState, headers: &HeaderMap, client: &Client) -> Result<Authenticated, ApiError> {
+    let e = match bearer(headers) {
+        Ok(secret) => match state.service.authenticate(secret).await {
+            Ok(auth) => return Ok(auth),
+            Err(e) => ApiError::from(e),
+        },
+        Err(e) => e,
+    };
+    if e.status != StatusCode::UNAUTHORIZED {
+        return Err(e);
+    }
+    match state.service.rate_limit_auth_failure(&client.0).await? {
+        Some(r) if !r.allowed => {
+            tracing::warn!(client = %client.0, "too many failed authentications");
+            Err(ApiError::rate_limited(r.limit, r.reset_secs.max(1) as u64))
+        }
+        _ => Err(e),
+    }
+}
+
+/// The bearer secret of `Authorization: Bearer <key>`.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing = || ApiError::unauthenticated("Provide an API key in the Authorization header: Bearer <key>.");
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let value = value.to_str().map_err(|_| ApiError::unauthenticated("The API key is invalid."))?;
+    let (scheme, secret) = value.split_once(' ').unwrap_or((value, ""));
+    let secret = secret.trim();
+    match scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty() {
+        true => Ok(secret),
+        false => Err(missing()),
+    }
+}

@@ -1,0 +1,181 @@
+//! Persona's JSON conventions at the edge: [`PersonaJson<T>`] reads a
+//! request body into one of the contract types of
+//! [`blindpass_protocol::api`] (415 for another media type, 413 over the
+//! limit, keys in any casing, unknown or repeated keys refused, every
+//! failure a Persona 400); [`Inflected<T>`] writes a contract type back in
+//! the casing `Key-Inflection` asked for.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::AppState;
+use crate::error::{ApiError, json_headers};
+use crate::inflection::{Inflection, to_kebab};
+
+/// A JSON request body, parsed into `T`.
+#[derive(Debug, Clone)]
+pub struct PersonaJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for PersonaJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        require_content_type(&parts.headers, "application/json")?;
+        let bytes = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
+        decode(&bytes).map(Self)
+    }
+}
+
+/// 415 unless the request's media type is `expected`.
+pub(crate) fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    match mime.eq_ignore_ascii_case(expected) {
+        true => Ok(()),
+        false => Err(ApiError::unsupported_media_type(expected)),
+    }
+}
+
+/// Reads a body of at most `limit` bytes (413 otherwise, at once when the
+/// declared length is already over).
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::payload_too_large(limit))
+}
+
+/// Parses a JSON object whose keys may be kebab-, camel- or snake-case into
+/// `T` (whose fields are kebab-case).
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|_| ApiError::bad_request("The body is not valid JSON."))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::bad_request("The body must be a JSON object."));
+    };
+    let (kebab, spelled) = normalise(map)?;
+    serde_path_to_error::deserialize(Value::Object(kebab)).map_err(|e| describe(&e, &spelled))
+}
+
+/// Each kebab-case key as the client spelled it.
+type Spelled = std::collections::HashMap<String, String>;
+
+/// The object with its keys in kebab-case, and each key as the client spelled
+/// it (for error messages). Two spellings of one key are a 400.
+fn normalise(map: Map<String, Value>) -> Result<(Map<String, Value>, Spelled), ApiError> {
+    let (mut out, mut spelled) = (Map::new(), Spelled::new());
+    for (key, value) in map {
+        let kebab = to_kebab(&key);
+        if out.insert(kebab.clone(), value).is_some() {
+            return Err(ApiError::bad_request(format!("Parameter {key:?} is given more than once.")));
+        }
+        spelled.insert(kebab, key);
+    }
+    Ok((out, spelled))
+}
+
+/// A deserialization failure in the client's terms. serde words a missing
+/// and an unknown field as "missing field `x`" and "unknown field `x`, …"
+/// (`serde::de::Error::missing_field`, `unknown_field`).
+fn describe(e: &serde_path_to_error::Error<serde_json::Error>, spelled: &Spelled) -> ApiError {
+    let message = e.inner().to_string();
+    let path = e.path().to_string();
+    let at = |field: &str| if path == "." { field.to_owned() } else { format!("{path}.{field}") };
+    let quoted = |rest: &str| rest.split('`').next().unwrap_or_default().to_owned();
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        return ApiError::bad_request(format!("Missing required parameter {:?}.", at(&quoted(rest))));
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        // The path of an unknown field ends with the field itself.
+        let field = match spelled.get(&quoted(rest)) {
+            Some(original) if path == quoted(rest) => original.clone(),
+            _ => path.clone(),
+        };
+        return ApiError::bad_request(format!("Unknown parameter {field:?}."));
+    }
+    ApiError::bad_request(format!("Parameter {path:?} is invalid: {message}."))
+}
+
+/// A contract type as the response body, keys in the requested casing.
+#[derive(Debug, Clone)]
+pub struct Inflected<T>(pub StatusCode, pub Inflection, pub T);
+
+impl<T: Serialize> IntoResponse for Inflected<T> {
+    fn into_response(self) -> Response {
+        let Self(status, inflection, body) = self;
+        match inflected_body(inflection, &body) {
+            Ok(bytes) => (status, json_headers(), bytes).into_response(),
+            Err(e) => ApiError::internal(&e).into_response(),
+        }
+    }
+}
+
+/// `body` serialized with its top-level keys in `inflection`'s style.
+pub(crate) fn inflected_body(inflection: Inflection, body: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
+    let value = match serde_json::to_value(body)? {
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (inflection.apply(&k), v)).collect()),
+        other => other,
+    };
+    Ok(value.to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use blindpass_protocol::api::{CreatePrivacyPass, CreateRelay, RecordResult};
+
+    use super::*;
+
+    fn details(e: ApiError) -> String {
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        e.details
+    }
+
+    #[test]
+    fn keys_in_any_casing_reach_the_same_field() {
+        for body in [
+            r#"{"blinded-token":"AA","key-id":"ab"}"#,
+            r#"{"blindedToken":"AA","keyId":"ab"}"#,
+            r#"{"blinded_token":"AA","key_id":"ab"}"#,
+        ] {
+            let r: CreatePrivacyPass = decode(body.as_bytes()).unwrap();
+            assert_eq!((r.blinded_token.as_str(), r.key_id.as_str()), ("AA", "ab"));
+        }
+    }
+
+    #[test]
+    fn each_malformed_body_is_a_400_that_names_the_parameter() {
+        let d = |body: &str| details(decode::<CreatePrivacyPass>(body.as_bytes()).unwrap_err());
+        assert_eq!(d(r#"{"key-id":"ab"}"#), "Missing required parameter \"blinded-token\".");
+        assert_eq!(d(r#"{"blindedToken":"AA","key-id":"ab","fooBar":1}"#), "Unknown parameter \"fooBar\".");
+        assert_eq!(
+            d(r#"{"blindedToken":"AA","blinded_token":"AA"}"#),
+            "Parameter \"blinded_token\" is given more than once."
+        );
+        assert!(d(r#"{"blinded-token":5,"key-id":"ab"}"#).starts_with("Parameter \"blinded-token\" is invalid"));
+        assert_eq!(d("[1]"), "The body must be a JSON object.");
+        assert_eq!(d("{"), "The body is not valid JSON.");
+        let relay = details(decode::<CreateRelay>(br#"{"claim-type":"c"}"#).unwrap_err());
+        assert_eq!(relay, "Missing required parameter \"encryption-key-pem\".");
+        let nested = r#"{"claim-result":"passed","methodology":[{"method":"id"}]}"#;
+        let nested = details(decode::<RecordResult>(nested.as_bytes()).unwrap_err());
+        assert_eq!(nested, "Missing required parameter \"methodology[0].result\".");
+    }
+
+    #[test]
+    fn responses_follow_key_inflection() {
+        let body = blindpass_protocol::api::Claim { claim_payload: "p".into(), token_consumed: false };
+        let camel = inflected_body(Inflection::Camel, &body).unwrap();
+        assert_eq!(camel, br#"{"claimPayload":"p","tokenConsumed":false}"#);
+        let snake = inflected_body(Inflection::Snake, &body).unwrap();
+        assert_eq!(snake, br#"{"claim_payload":"p","token_consumed":false}"#);
+    }
+}

@@ -1,0 +1,183 @@
+//! `POST /api/privacy/v1/relays/{relay-token}/generate-claim`: redemption.
+//!
+//! ```text
+//! admit_relay (client limit → relay and secret → relay limit)
+//!   → run_to_completion (the rest runs in a task of its own)
+//!   → idempotency
+//!   → generate_claim: body check → PresentedToken::parse → Service::redeem → Claim
+//! ```
+//!
+//! A redemption is one unit: neither the request timeout nor a client
+//! hanging up can cut it between its commit and its answer (a client that
+//! lost the answer retries and gets the same claim back).
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Extension, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use blindpass_protocol::api::{Claim, GenerateClaim};
+use blindpass_protocol::auth;
+use blindpass_service::{IdempotencyCompletion, PresentedToken, RedeemError, Redemption, Relay, StoredResponse};
+
+use crate::client_addr::Client;
+use crate::envelope::{Envelope, PersonaHeaders};
+use crate::error::{ApiError, token_rejection};
+use crate::idempotency::{AlreadyStored, IdempotencyClaim, IdempotencyScope};
+use crate::inflection::Inflection;
+use crate::json::{Inflected, decode, inflected_body, read_body, require_content_type};
+use crate::{AppState, JSON};
+
+/// The gates before a redemption: the client's rate limit (before the relay
+/// is even looked up), the relay and its secret, then the relay's own limit.
+pub(crate) async fn admit_relay(
+    State(state): State<AppState>,
+    client: Client,
+    envelope: Envelope,
+    relay_token: Result<Path<String>, PathRejection>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match admit(&state, &client, &envelope, relay_token, request.headers()).await {
+        Ok(relay) => {
+            let extra = presented_token(request.headers()).unwrap_or_default().into_bytes();
+            request.extensions_mut().insert(IdempotencyScope { scope: format!("relay:{}", relay.token), extra });
+            request.extensions_mut().insert(relay);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn admit(
+    state: &AppState,
+    client: &Client,
+    envelope: &Envelope,
+    relay_token: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+) -> Result<Relay, ApiError> {
+    envelope.admit(state.service.rate_limit_anonymous(&client.0, None).await?)?;
+    let Ok(Path(relay_token)) = relay_token else {
+        return Err(ApiError::not_found("No relay matches this token and secret."));
+    };
+    let secret = headers.get("persona-relay-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let relay = state.service.relay_for(&relay_token, secret).await?;
+    envelope.environment(relay.environment);
+    envelope.admit(state.service.rate_limit_relay(&relay.token).await?)?;
+    Ok(relay)
+}
+
+/// Runs the rest of the stack in a task of its own, so that dropping the
+/// request (timeout, disconnect) cannot cancel it. The body is read first,
+/// under the request's own timeout.
+pub(crate) async fn run_to_completion(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(&parts.headers, body, state.limits.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
+}
+
+/// The redemption itself.
+pub(crate) async fn generate_claim(
+    State(state): State<AppState>,
+    Extension(relay): Extension<Relay>,
+    persona: PersonaHeaders,
+    claim: Option<Extension<IdempotencyClaim>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let redemption = async {
+        check_body(&state, &headers, body).await?;
+        let Some(text) = presented_token(&headers) else {
+            return Ok(token_required(&state, &relay, "Request a challenge to obtain a token").await);
+        };
+        let token = match PresentedToken::parse(&text) {
+            Ok(token) => token,
+            Err(why) => return Ok(token_required(&state, &relay, token_rejection(why)).await),
+        };
+        let respond = |r: &Redemption| completion(claim.map(|Extension(c)| c), persona.inflection, r);
+        let result = state.service.redeem(&relay, &token, respond).await;
+        redemption_reply(&state, &relay, persona.inflection, result).await
+    };
+    redemption.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Persona's SDK sends `{}`; an empty body is accepted too.
+async fn check_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
+    let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        require_content_type(headers, "application/json")?;
+        decode::<GenerateClaim>(&bytes)?;
+    }
+    Ok(())
+}
+
+/// The idempotent answer a successful redemption stores with its spend.
+fn completion(
+    claim: Option<IdempotencyClaim>,
+    inflection: Inflection,
+    r: &Redemption,
+) -> Option<IdempotencyCompletion> {
+    let claim = claim?;
+    let body = inflected_body(inflection, &claim_body(r)).ok()?;
+    let response = StoredResponse { status: StatusCode::OK.as_u16(), content_type: JSON.to_owned(), body };
+    Some(IdempotencyCompletion { scope: claim.scope, key: claim.key, response })
+}
+
+fn claim_body(r: &Redemption) -> Claim {
+    Claim { claim_payload: r.claim_payload.clone(), token_consumed: r.token_consumed }
+}
+
+/// A redemption's outcome as the client sees it.
+async fn redemption_reply(
+    state: &AppState,
+    relay: &Relay,
+    inflection: Inflection,
+    result: Result<Redemption, RedeemError>,
+) -> Result<Response, ApiError> {
+    match result {
+        Ok(redemption) => {
+            let mut response = Inflected(StatusCode::OK, inflection, claim_body(&redemption)).into_response();
+            if redemption.response_stored {
+                response.extensions_mut().insert(AlreadyStored);
+            }
+            Ok(response)
+        }
+        Err(RedeemError::InvalidToken(why)) => Ok(token_required(state, relay, token_rejection(why)).await),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// The `token` of `Authorization: PrivateToken token=…`, if present.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let elements = auth::parse_elements(value).ok()?;
+    elements.iter().filter(|e| e.scheme == "privatetoken").find_map(|e| e.param("token")).map(str::to_owned)
+}
+
+/// 401 "Privacy Pass token required" with an RFC 9577 challenge, so both
+/// Persona's SDKs and standard clients know what to do.
+async fn token_required(state: &AppState, relay: &Relay, details: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "Privacy Pass token required", details).into_response();
+    match state.service.rfc_challenge(relay).await {
+        Ok((challenge, key)) => {
+            let value = auth::www_authenticate(&challenge, Some(key.rfc9578_spki()), Some(3600));
+            let headers = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&key.persona_key_id().to_hex()) {
+                headers.insert(HeaderName::from_static("token-key-id"), v);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not build the RFC 9577 challenge"),
+    }
+    response
+}

@@ -1,0 +1,120 @@
+//! Issuance, for both dialects and every token type: one path.
+//!
+//! ```text
+//! IssueRequest { selector, blinded }  (typed at the edge: Persona JSON or an RFC 9578 TokenRequest)
+//!   → one key lookup at `now` (by key id, or by truncated id among the environment's issuing keys)
+//!   → environment and lifecycle checks (crate::lifecycle)
+//!   → LoadedKey::evaluate on the blocking pool (the token type's own operation)
+//!   → the evaluated bytes (a blind signature for type 2)
+//! ```
+//!
+//! A new token type adds its key material and its evaluation to
+//! [`crate::keyring::KeyMaterial`]; nothing here changes.
+
+use std::sync::Arc;
+
+use blindpass_protocol::keys::TokenKeyId;
+
+use crate::{Environment, KeyError, LoadedKey, Service, StoreError};
+
+/// Which key an issuance asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySelector {
+    /// Either of a key's two ids (Persona's `key-id`).
+    Id(TokenKeyId),
+    /// RFC 9578's `truncated_token_key_id` (the last byte of the key id),
+    /// among the caller's environment's issuing keys of `token_type`.
+    Truncated {
+        /// The request's token type.
+        token_type: u16,
+        /// The last byte of the key id.
+        truncated: u8,
+    },
+}
+
+/// One blinded element to evaluate, with the key it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueRequest {
+    /// The key.
+    pub selector: KeySelector,
+    /// The blinded message (type 2: the modulus length, below the modulus).
+    pub blinded: Vec<u8>,
+}
+
+impl IssueRequest {
+    /// A request naming its key by id.
+    pub fn by_id(key_id: TokenKeyId, blinded: Vec<u8>) -> Self {
+        Self { selector: KeySelector::Id(key_id), blinded }
+    }
+}
+
+/// Why an issuance was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    /// No key answers to this id.
+    #[error("unknown key id")]
+    UnknownKey,
+    /// The key belongs to the other environment.
+    #[error("key belongs to another environment")]
+    WrongEnvironment,
+    /// The key exists but does not issue (retired, rotated out, not yet valid).
+    #[error("key cannot issue: {0:?}")]
+    KeyNotActive(crate::lifecycle::NotIssuing),
+    /// The blinded message is not the modulus length.
+    #[error("blinded token must be {expected} bytes, found {found}")]
+    WrongLength {
+        /// Modulus length.
+        expected: usize,
+        /// Length received.
+        found: usize,
+    },
+    /// The blinded message is not below the modulus.
+    #[error("blinded token is out of range for the key")]
+    OutOfRange,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Keys could not be loaded, or signing failed its fault check.
+    #[error("internal issuance failure: {0}")]
+    Internal(String),
+}
+
+impl From<KeyError> for IssueError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Store(s) => IssueError::Store(s),
+            other => IssueError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl Service {
+    /// Evaluates `request` with the key it names for a caller in
+    /// `environment`. The key operation runs on the blocking pool.
+    pub async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
+        let key = self.issuing_key(environment, request.selector).await?;
+        tokio::task::spawn_blocking(move || key.evaluate(&request.blinded))
+            .await
+            .map_err(|e| IssueError::Internal(format!("signing task failed: {e}")))?
+    }
+
+    /// The one key lookup: the key `selector` names, if it may issue for
+    /// `environment` now.
+    async fn issuing_key(&self, environment: Environment, selector: KeySelector) -> Result<Arc<LoadedKey>, IssueError> {
+        let now = self.now();
+        let key = match selector {
+            KeySelector::Id(id) => self.key_by_id(&id).await?.ok_or(IssueError::UnknownKey)?,
+            KeySelector::Truncated { token_type, truncated } => self
+                .keys_of(environment)
+                .await?
+                .into_iter()
+                .find(|k| k.token_type() == token_type && k.truncated_id() == truncated && k.issues_at(now))
+                .ok_or(IssueError::UnknownKey)?,
+        };
+        if key.record.environment != environment {
+            return Err(IssueError::WrongEnvironment);
+        }
+        self.lifecycle().can_issue(&key.record, now).map_err(IssueError::KeyNotActive)?;
+        Ok(key)
+    }
+}

@@ -1,0 +1,257 @@
+//! Redemption: a presented token (Persona JSON or RFC 9577), parsed once
+//! at the edge into a [`PresentedToken`], is verified (challenge first, then
+//! key and signature), the claim result taken, and the token spent only if
+//! the claim passed: the spend, the claim payload and the idempotent answer
+//! commit in one transaction.
+
+use std::sync::Arc;
+
+use blindpass_protocol::b64;
+use blindpass_protocol::keys::TokenKeyId;
+use blindpass_protocol::oaep;
+use blindpass_protocol::persona;
+use blindpass_protocol::rsa::RsaPublicKey;
+use blindpass_protocol::type2;
+use blindpass_protocol::wire::Token;
+
+use crate::challenge::CONTEXT_WINDOW_SECS;
+use crate::relays::claim_json;
+use crate::{Environment, IdempotencyCompletion, KeyError, LoadedKey, Relay, Service, SpendOutcome, StoreError};
+
+/// Why a redemption was refused. Nothing is spent in any of these cases.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RedeemError {
+    /// The token is malformed, forged, expired, for another scope, or spent.
+    #[error("invalid token: {0:?}")]
+    InvalidToken(TokenRejection),
+    /// The verifier has not recorded a result yet (retry later).
+    #[error("the claim result is not available yet")]
+    Pending,
+    /// The claim does not fit in one RSA-OAEP block of the relay's key.
+    #[error("the claim payload does not fit the relay's encryption key")]
+    PayloadTooLarge,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Keys could not be loaded.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why a presented token is refused (the server words it for the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// Spent before, at another relay (or without this relay's secret).
+    AlreadyUsed,
+    /// The `Authorization` value is not base64url.
+    NotBase64url,
+    /// The bytes are neither a Persona token nor an RFC 9578 token.
+    Malformed,
+    /// The Persona challenge's expiry has passed.
+    ChallengeExpired,
+    /// The Persona challenge's MAC does not verify.
+    ChallengeNotOurs,
+    /// The RFC challenge is not one this relay issued in the current or the
+    /// previous window.
+    RfcChallengeUnknown,
+    /// The token's environment is not the relay's.
+    OtherEnvironment,
+    /// The token was issued for another claim type.
+    OtherClaimType,
+    /// The Persona token's key id is not a key id.
+    UnknownKey,
+    /// No key with that id verifies now (unknown, pending, retired, or past
+    /// its overlap).
+    UnknownOrRetiredKey,
+    /// The signature does not verify.
+    BadSignature,
+}
+
+impl From<KeyError> for RedeemError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Store(s) => RedeemError::Store(s),
+            other => RedeemError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The outcome of a redemption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    /// The claim JSON, or base64 of its RSA-OAEP ciphertext.
+    pub claim_payload: String,
+    /// True when the claim passed and the token is now spent.
+    pub token_consumed: bool,
+    /// True when the idempotent response built by the caller's `respond`
+    /// was stored in the spend's own transaction.
+    pub response_stored: bool,
+}
+
+/// A verified token: who signed it, its double-spend key, and the last
+/// moment any node could accept it.
+struct Verified {
+    key: Arc<LoadedKey>,
+    nonce: Vec<u8>,
+    expires_at: i64,
+}
+
+/// A token as presented, parsed once: which format it is and its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresentedToken {
+    /// A Persona JSON token (base64url of its JSON).
+    Persona(Box<persona::ParsedToken>),
+    /// An RFC 9577 Token (base64url of its bytes).
+    Rfc(Box<Token>),
+}
+
+impl PresentedToken {
+    /// Parses the `token` parameter of `Authorization: PrivateToken`: one
+    /// base64url decoding, then the format its first byte announces.
+    pub fn parse(text: &str) -> Result<Self, TokenRejection> {
+        if text.len() > persona::MAX_TOKEN_LEN * 4 / 3 + 4 {
+            return Err(TokenRejection::Malformed);
+        }
+        let bytes = b64::decode(text).map_err(|_| TokenRejection::NotBase64url)?;
+        let parsed = match bytes.first() {
+            Some(b'{') => persona::Token::from_json(&bytes).map(|t| Self::Persona(Box::new(t))).ok(),
+            _ => Token::decode(&bytes).map(|t| Self::Rfc(Box::new(t))).ok(),
+        };
+        parsed.ok_or(TokenRejection::Malformed)
+    }
+}
+
+impl Service {
+    /// Redeems `presented` at `relay`: verifies it, takes the claim result,
+    /// and spends the token only when the claim passed.
+    ///
+    /// The spend, the claim payload and the idempotent response that
+    /// `respond` builds from the successful redemption commit in one
+    /// transaction. Presenting the same token at the same relay again
+    /// returns the stored claim (for a client whose answer was lost); at any
+    /// other relay it is "already used". Callers must not cancel this future
+    /// once started (run it in its own task): cancellation cannot undo a
+    /// commit, only lose its answer.
+    pub async fn redeem(
+        &self,
+        relay: &Relay,
+        presented: &PresentedToken,
+        respond: impl FnOnce(&Redemption) -> Option<IdempotencyCompletion>,
+    ) -> Result<Redemption, RedeemError> {
+        let verified = self.verify(relay, presented).await?;
+        let (passed, methodology_json) = claim_result(relay)?;
+        let claim_payload = self.claim_payload(relay, passed, &methodology_json)?;
+        let mut redemption = Redemption { claim_payload, token_consumed: passed, response_stored: false };
+        if !passed {
+            return Ok(redemption);
+        }
+        let idempotency = respond(&redemption);
+        redemption.response_stored = idempotency.is_some();
+        self.spend(relay, verified, redemption, idempotency).await
+    }
+
+    /// Spends the verified token with its claim (and idempotent answer).
+    async fn spend(
+        &self,
+        relay: &Relay,
+        verified: Verified,
+        redemption: Redemption,
+        idempotency: Option<IdempotencyCompletion>,
+    ) -> Result<Redemption, RedeemError> {
+        let spend = blindpass_store::Spend {
+            key_id: verified.key.record.id.clone(),
+            nonce: verified.nonce,
+            relay_token: relay.token.clone(),
+            spent_at: self.now(),
+            expires_at: verified.expires_at,
+            claim_payload: redemption.claim_payload.clone(),
+            idempotency,
+        };
+        match self.store().spend_token(&spend).await? {
+            SpendOutcome::Spent => Ok(redemption),
+            SpendOutcome::SpentHere { claim_payload } => {
+                Ok(Redemption { claim_payload, token_consumed: true, response_stored: false })
+            }
+            SpendOutcome::SpentElsewhere => Err(RedeemError::InvalidToken(TokenRejection::AlreadyUsed)),
+        }
+    }
+
+    /// Checks a presented token of either format: its challenge first (a
+    /// MAC or digest check, no key lookup), then its key and signature.
+    async fn verify(&self, relay: &Relay, presented: &PresentedToken) -> Result<Verified, RedeemError> {
+        match presented {
+            PresentedToken::Persona(token) => self.verify_persona(relay, token).await,
+            PresentedToken::Rfc(token) => self.verify_rfc(relay, token).await,
+        }
+    }
+
+    async fn verify_persona(&self, relay: &Relay, parsed: &persona::ParsedToken) -> Result<Verified, RedeemError> {
+        let challenge = &parsed.token.challenge;
+        let secrets = self.secrets().await?;
+        let expires_at = challenge.verify(&secrets.challenge, self.now().max(0) as u64).map_err(|e| match e {
+            persona::PersonaError::Expired => reject(TokenRejection::ChallengeExpired),
+            _ => reject(TokenRejection::ChallengeNotOurs),
+        })?;
+        if challenge.environment != relay.environment.as_str() {
+            return Err(reject(TokenRejection::OtherEnvironment));
+        }
+        if challenge.claim_type != relay.claim_type {
+            return Err(reject(TokenRejection::OtherClaimType));
+        }
+        let id = TokenKeyId::from_hex(&parsed.token.key_id).map_err(|_| reject(TokenRejection::UnknownKey))?;
+        let key = self.verifying_key(relay, &id).await?;
+        parsed.verify_signature(&key.public).map_err(|_| reject(TokenRejection::BadSignature))?;
+        let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
+        Ok(Verified { key, nonce: parsed.nonce.to_vec(), expires_at })
+    }
+
+    async fn verify_rfc(&self, relay: &Relay, token: &Token) -> Result<Verified, RedeemError> {
+        let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
+        let mut matched = None;
+        for w in [window, window - 1] {
+            if self.rfc_challenge_for(relay, w).await?.digest() == token.challenge_digest {
+                matched = Some(w);
+            }
+        }
+        let w = matched.ok_or(reject(TokenRejection::RfcChallengeUnknown))?;
+        let key = self.verifying_key(relay, &token.token_key_id).await?;
+        type2::verify_token(&key.public, token).map_err(|_| reject(TokenRejection::BadSignature))?;
+        Ok(Verified { key, nonce: token.nonce.to_vec(), expires_at: (w + 2) * CONTEXT_WINDOW_SECS })
+    }
+
+    /// The key named `id` if it may verify tokens for `relay` now: same
+    /// environment, active, or rotated out less than `key_overlap_secs` ago.
+    async fn verifying_key(&self, relay: &Relay, id: &TokenKeyId) -> Result<Arc<LoadedKey>, RedeemError> {
+        let key = self.key_by_id(id).await?.ok_or(reject(TokenRejection::UnknownOrRetiredKey))?;
+        if !self.lifecycle().can_verify(&key.record, self.now()) {
+            return Err(reject(TokenRejection::UnknownOrRetiredKey));
+        }
+        if key.record.environment != relay.environment {
+            return Err(reject(TokenRejection::OtherEnvironment));
+        }
+        Ok(key)
+    }
+
+    fn claim_payload(&self, relay: &Relay, passed: bool, methodology_json: &str) -> Result<String, RedeemError> {
+        let json = claim_json(&relay.claim_type, passed, methodology_json);
+        let Some(der) = &relay.encryption_key_der else { return Ok(json) };
+        let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;
+        let ciphertext = oaep::encrypt(&key, json.as_bytes(), &mut self.entropy().rng())
+            .map_err(|_| RedeemError::PayloadTooLarge)?;
+        Ok(b64::encode_standard(&ciphertext))
+    }
+}
+
+/// The relay's claim result: sandbox relays always pass; a production relay
+/// waits for its verifier.
+fn claim_result(relay: &Relay) -> Result<(bool, String), RedeemError> {
+    match (relay.environment, &relay.result) {
+        (Environment::Sandbox, _) => Ok((true, "[]".to_owned())),
+        (Environment::Production, None) => Err(RedeemError::Pending),
+        (Environment::Production, Some(r)) => Ok((r.passed, r.methodology_json.clone())),
+    }
+}
+
+fn reject(why: TokenRejection) -> RedeemError {
+    RedeemError::InvalidToken(why)
+}
