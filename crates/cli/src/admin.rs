@@ -103,36 +103,8 @@ fn with_store<T>(
 
 pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyhow::Result<()> {
     with_service(store_args, async move |service| match cmd {
-        ApiKeysCommand::Create(args) => {
-            let permissions =
-                if args.permissions.is_empty() { vec![Permission::PrivacyPassWrite] } else { args.permissions };
-            let created = service.create_api_key(args.environment, permissions, args.name).await?;
-            let key = &created.key;
-            println!("id: {}", key.id);
-            println!("environment: {}", key.environment);
-            println!("permissions: {}", join(&key.permissions));
-            if let Some(name) = &key.name {
-                println!("name: {name}");
-            }
-            println!("# the secret below is shown once; store it now");
-            println!("{}", created.secret.as_str());
-            Ok(())
-        }
-        ApiKeysCommand::List => {
-            println!("{:<38} {:<11} {:<32} {:<8} NAME", "ID", "ENV", "PERMISSIONS", "STATUS");
-            for key in service.store().list_api_keys().await? {
-                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
-                println!(
-                    "{:<38} {:<11} {:<32} {:<8} {}",
-                    key.id,
-                    key.environment,
-                    join(&key.permissions),
-                    status,
-                    key.name.as_deref().unwrap_or("")
-                );
-            }
-            Ok(())
-        }
+        ApiKeysCommand::Create(args) => create_api_key(&service, args).await,
+        ApiKeysCommand::List => list_api_keys(&service).await,
         ApiKeysCommand::Revoke { id } => {
             if !service.revoke_api_key(&id).await? {
                 bail!("no API key with id {id}");
@@ -141,6 +113,52 @@ pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyho
             Ok(())
         }
     })
+}
+
+/// `api-keys create`: the secret alone on the last line, shown once.
+async fn create_api_key(service: &blindpass_service::Service, args: CreateApiKey) -> anyhow::Result<()> {
+    let permissions = if args.permissions.is_empty() { vec![Permission::PrivacyPassWrite] } else { args.permissions };
+    let created = service.create_api_key(args.environment, permissions, args.name).await?;
+    let key = &created.key;
+    println!("id: {}", key.id);
+    println!("environment: {}", key.environment);
+    println!("permissions: {}", join(&key.permissions));
+    if let Some(name) = &key.name {
+        println!("name: {name}");
+    }
+    println!("# the secret below is shown once; store it now");
+    println!("{}", created.secret.as_str());
+    Ok(())
+}
+
+async fn list_api_keys(service: &blindpass_service::Service) -> anyhow::Result<()> {
+    println!("{:<38} {:<11} {:<32} {:<8} NAME", "ID", "ENV", "PERMISSIONS", "STATUS");
+    for key in service.store().list_api_keys().await? {
+        let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
+        let name = key.name.as_deref().unwrap_or("");
+        println!("{:<38} {:<11} {:<32} {:<8} {name}", key.id, key.environment, join(&key.permissions), status);
+    }
+    Ok(())
+}
+
+/// `keys list`: every key of `environment` (or both), oldest first.
+async fn list_keys(service: &blindpass_service::Service, environment: Option<Environment>) -> anyhow::Result<()> {
+    println!("{:<64} {:<64} {:<11} {:<11} NOT-BEFORE", "TOKEN-KEY-ID (RFC 9578)", "KEY-ID (PERSONA)", "ENV", "STATE");
+    for env in environment.map_or(Environment::ALL.to_vec(), |e| vec![e]) {
+        let mut keys = service.keys_of(env).await?;
+        keys.reverse();
+        for key in keys {
+            println!(
+                "{:<64} {:<64} {:<11} {:<11} {}",
+                key.public.token_key_id(),
+                key.public.persona_key_id(),
+                env,
+                key.record.state.as_str(),
+                blindpass_protocol::time::format_rfc3339(key.record.not_before.max(0) as u64)
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Result<()> {
@@ -162,28 +180,7 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
             }
             Ok(())
         }
-        KeysCommand::List { environment } => {
-            println!(
-                "{:<64} {:<64} {:<11} {:<11} NOT-BEFORE",
-                "TOKEN-KEY-ID (RFC 9578)", "KEY-ID (PERSONA)", "ENV", "STATE"
-            );
-            let environments = environment.map_or(Environment::ALL.to_vec(), |e| vec![e]);
-            for env in environments {
-                let mut keys = service.keys_of(env).await?;
-                keys.reverse();
-                for key in keys {
-                    println!(
-                        "{:<64} {:<64} {:<11} {:<11} {}",
-                        key.public.token_key_id(),
-                        key.public.persona_key_id(),
-                        env,
-                        key.record.state.as_str(),
-                        blindpass_protocol::time::format_rfc3339(key.record.not_before.max(0) as u64)
-                    );
-                }
-            }
-            Ok(())
-        }
+        KeysCommand::List { environment } => list_keys(&service, environment).await,
         KeysCommand::Rotate { environment, announce_secs } => {
             let key = service.rotate_key(environment, announce_secs).await?;
             println!(

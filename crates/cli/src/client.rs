@@ -84,36 +84,10 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
         bail!("this command needs an API key: --api-key or BLINDPASS_API_KEY");
     }
     match args.command {
-        ClientCommand::Challenge(scope) => {
-            let offer = client.challenge(&scope.claim_type, !scope.production).await?;
-            if args.json {
-                println!(
-                    "{}",
-                    json!({
-                        "challenge": offer.challenge,
-                        "token-key-id": offer.key_id,
-                        "token-key": blindpass_protocol::b64::encode_unpadded(offer.key.rsa_encryption_spki()),
-                        "rfc9578-token-key-id": offer.key.token_key_id().to_hex(),
-                    })
-                );
-            } else {
-                println!("token-key-id: {}", offer.key_id);
-                println!("expires-at:   {}", offer.challenge.expires_at);
-                println!("environment:  {}", offer.challenge.environment);
-                println!("claim-type:   {}", offer.challenge.claim_type);
-            }
-        }
+        ClientCommand::Challenge(scope) => challenge(&client, &scope, args.json).await,
         ClientCommand::Issue { scope, count, concurrency, out } => {
             let tokens = issue_many(&client, &scope, count, concurrency.max(1)).await?;
-            let text = if args.json {
-                json!({ "tokens": tokens.iter().map(|t| t.as_str()).collect::<Vec<_>>() }).to_string() + "\n"
-            } else {
-                tokens.iter().map(|t| format!("{}\n", t.as_str())).collect()
-            };
-            match out {
-                Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
-                None => print!("{text}"),
-            }
+            write_tokens(&tokens, args.json, out.as_deref())
         }
         ClientCommand::Redeem { relay_token, relay_secret, token } => {
             let relay = RelayCredentials {
@@ -122,16 +96,50 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 session_access_token: String::new(),
             };
             let claim = client.generate_claim(&relay, &token).await?;
-            if args.json {
-                println!("{}", json!({"claim-payload": claim.claim_payload, "token-consumed": claim.token_consumed}));
-            } else {
-                println!("token-consumed: {}", claim.token_consumed);
-                println!("{}", claim.claim_payload);
+            match args.json {
+                true => println!("{}", serde_json::to_string(&claim)?),
+                false => println!("token-consumed: {}\n{}", claim.token_consumed, claim.claim_payload),
             }
+            Ok(())
         }
-        ClientCommand::Flow(scope) => flow(&client, &scope, args.json).await?,
+        ClientCommand::Flow(scope) => flow(&client, &scope, args.json).await,
+    }
+}
+
+async fn challenge(client: &Client, scope: &Scope, json: bool) -> anyhow::Result<()> {
+    let offer = client.challenge(&scope.claim_type, !scope.production).await?;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "challenge": offer.challenge,
+                "token-key-id": offer.key_id,
+                "token-key": blindpass_protocol::b64::encode_unpadded(offer.key.rsa_encryption_spki()),
+                "rfc9578-token-key-id": offer.key.token_key_id().to_hex(),
+            })
+        );
+    } else {
+        println!("token-key-id: {}", offer.key_id);
+        println!("expires-at:   {}", offer.challenge.expires_at);
+        println!("environment:  {}", offer.challenge.environment);
+        println!("claim-type:   {}", offer.challenge.claim_type);
     }
     Ok(())
+}
+
+fn write_tokens(tokens: &[Zeroizing<String>], json: bool, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = if json {
+        json!({ "tokens": tokens.iter().map(|t| t.as_str()).collect::<Vec<_>>() }).to_string() + "\n"
+    } else {
+        tokens.iter().map(|t| format!("{}\n", t.as_str())).collect()
+    };
+    match out {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
 }
 
 async fn issue_many(

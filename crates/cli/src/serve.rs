@@ -8,7 +8,7 @@ use blindpass_service::{Service, SystemClock};
 
 use crate::config::{FileConfig, StoreArgs, redact_url};
 pub(crate) use crate::settings::ServeArgs;
-use crate::settings::ServeSettings;
+use crate::settings::{RedisSettings, ServeSettings};
 
 pub(crate) fn run(store_args: &StoreArgs, args: ServeArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(store_args.config.as_deref())?;
@@ -28,31 +28,56 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(issuer_name = %config.issuer_name, "issuer name (shared by every node on this store)");
-    let service = match redis {
-        Some(redis) => {
-            let ca = match &redis.ca_file {
-                Some(path) => {
-                    Some(std::fs::read(path).with_context(|| format!("reading the Redis CA file {}", path.display()))?)
-                }
-                None => None,
-            };
-            let limiter = blindpass_service::RedisLimiter::connect(&redis.url, &redis.prefix, ca)
-                .await
-                .with_context(|| format!("connecting to Redis at {}", redact_url(&redis.url)))?;
-            tracing::info!(redis = %redact_url(&redis.url), "rate-limit counters in Redis");
-            Service::with_limiter(store, Arc::new(SystemClock), config.clone(), Arc::new(limiter))
-        }
-        // One node on SQLite: counters in memory (exact, no write per request).
-        None if url.starts_with("sqlite:") => {
-            let limiter = Arc::new(blindpass_service::LocalLimiter::new());
-            Service::with_limiter(store, Arc::new(SystemClock), config.clone(), limiter)
-        }
-        // Several nodes without Redis: the database counts.
-        None => Service::new(store, Arc::new(SystemClock), config.clone()),
-    };
+    let service = service(store, &url, config.clone(), redis.as_ref()).await?;
+    check_key_material(&service).await?;
+    prepare_keys(&service).await?;
+    let ids = blindpass_server::load_ids(&service, &overrides).await.context("loading organization ids")?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr().context("reading the listen address")?;
+    let rate_limit = config.rate_limit_per_minute;
+    tracing::info!(listen = %local, store = %redact_url(&url), rate_limit, "blindpass listening");
+    let state = AppState { service, ids, limits, trusted_proxies: Arc::new(trusted_proxies) };
+    blindpass_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
 
+/// The service with its rate-limit counters where the deployment wants them.
+async fn service(
+    store: Arc<dyn blindpass_service::Store>,
+    url: &str,
+    config: blindpass_service::Config,
+    redis: Option<&RedisSettings>,
+) -> anyhow::Result<Service> {
+    let limiter: Arc<dyn blindpass_service::RateLimiter> = match redis {
+        Some(redis) => Arc::new(redis_limiter(redis).await?),
+        // One node on SQLite: counters in memory (exact, no write per request).
+        None if url.starts_with("sqlite:") => Arc::new(blindpass_service::LocalLimiter::new()),
+        // Several nodes without Redis: the database counts.
+        None => return Ok(Service::new(store, Arc::new(SystemClock), config)),
+    };
+    Ok(Service::with_limiter(store, Arc::new(SystemClock), config, limiter))
+}
+
+async fn redis_limiter(redis: &RedisSettings) -> anyhow::Result<blindpass_service::RedisLimiter> {
+    let ca = match &redis.ca_file {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading the Redis CA file {}", path.display()))?)
+        }
+        None => None,
+    };
+    let limiter = blindpass_service::RedisLimiter::connect(&redis.url, &redis.prefix, ca)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", redact_url(&redis.url)))?;
+    tracing::info!(redis = %redact_url(&redis.url), "rate-limit counters in Redis");
+    Ok(limiter)
+}
+
+/// Refuses to start on key material the configured KEK cannot open; warns
+/// loudly about material stored in plaintext.
+async fn check_key_material(service: &Service) -> anyhow::Result<()> {
     let plaintext = service.check_key_material().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    match &config.key_encryption_key {
+    match &service.config().key_encryption_key {
         None => tracing::warn!(
             "NO KEY-ENCRYPTION KEY: issuer private keys and server secrets are stored UNENCRYPTED; \
              anyone who can read the store can mint tokens (see --key-encryption-key-file)"
@@ -64,6 +89,11 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         ),
         Some(kek) => tracing::info!(kek = %kek.id(), "key material sealed under the key-encryption key"),
     }
+    Ok(())
+}
+
+/// Creates the first keys of an empty store and logs every key.
+async fn prepare_keys(service: &Service) -> anyhow::Result<()> {
     for key in service.ensure_initial_keys().await.context("creating initial issuer keys")? {
         tracing::info!(environment = %key.environment, token_key_id = %key.id, "created issuer key");
     }
@@ -78,18 +108,6 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
             );
         }
     }
-    let ids = blindpass_server::load_ids(&service, &overrides).await.context("loading organization ids")?;
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
-    let local = listener.local_addr().context("reading the listen address")?;
-    tracing::info!(
-        listen = %local,
-        store = %redact_url(&url),
-        rate_limit = config.rate_limit_per_minute,
-        "blindpass listening"
-    );
-    let state = AppState { service, ids, limits, trusted_proxies: Arc::new(trusted_proxies) };
-    blindpass_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::response::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -59,28 +60,30 @@ pub(crate) async fn idempotent(State(state): State<AppState>, request: Request, 
         Ok(persona) => persona,
         Err(e) => return e.into_response(),
     };
-    let Some(key) = persona.idempotency_key.clone() else {
-        parts.extensions.insert(persona);
-        return next.run(Request::from_parts(parts, body)).await;
-    };
-    let Some(scope) = parts.extensions.get::<IdempotencyScope>().cloned() else {
-        return ApiError::internal(&"idempotency layer without a scope").into_response();
-    };
-    let bytes = match read_body(&parts.headers, body, state.limits.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(e) => return e.into_response(),
-    };
+    let key = persona.idempotency_key.clone();
+    parts.extensions.insert(persona);
+    let request = Request::from_parts(parts, body);
+    match key {
+        None => next.run(request).await,
+        Some(key) => claimed(&state, key, request, next).await.unwrap_or_else(IntoResponse::into_response),
+    }
+}
+
+/// A request under its `Idempotency-Key`: replayed, refused, or run.
+async fn claimed(state: &AppState, key: String, request: Request, next: Next) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let scope = parts.extensions.get::<IdempotencyScope>().cloned();
+    let scope = scope.ok_or_else(|| ApiError::internal(&"idempotency layer without a scope"))?;
+    let bytes = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
     let print = fingerprint(parts.method.as_str(), parts.uri.path(), &bytes, &scope.extra);
     let claim = IdempotencyClaim { scope: scope.scope, key };
-    match begin(&state, &claim, &print).await {
-        Err(e) => ApiError::from(e).into_response(),
-        Ok(IdempotencyBegin::Completed(stored)) => replay(stored),
-        Ok(IdempotencyBegin::Mismatch) => mismatch(&claim.key).into_response(),
-        Ok(IdempotencyBegin::InFlight) => in_flight().into_response(),
-        Ok(IdempotencyBegin::Started) => {
-            parts.extensions.insert(persona);
+    match begin(state, &claim, &print).await? {
+        IdempotencyBegin::Completed(stored) => Ok(replay(stored)),
+        IdempotencyBegin::Mismatch => Err(mismatch(&claim.key)),
+        IdempotencyBegin::InFlight => Err(in_flight()),
+        IdempotencyBegin::Started => {
             parts.extensions.insert(claim.clone());
-            run(&state, claim, Request::from_parts(parts, Body::from(bytes)), next).await
+            Ok(run(state, claim, Request::from_parts(parts, Body::from(bytes)), next).await)
         }
     }
 }
@@ -97,30 +100,28 @@ async fn begin(state: &AppState, claim: &IdempotencyClaim, print: &[u8; 32]) -> 
 /// Runs the claimed request and stores (or releases) its reply.
 async fn run(state: &AppState, claim: IdempotencyClaim, request: Request, next: Next) -> Response {
     let mut guard = ClaimGuard { state: Some(state.clone()), claim: claim.clone() };
-    let response = next.run(request).await;
-    let (parts, body) = response.into_parts();
+    let (parts, body) = next.run(request).await.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await;
     guard.state = None;
     let bytes = match bytes {
         Ok(bytes) => bytes,
         Err(e) => return release(state, &claim, ApiError::internal(&e).into_response()).await,
     };
-    let response = Response::from_parts(parts, Body::from(bytes.clone()));
-    if response.extensions().get::<AlreadyStored>().is_some() {
-        return response;
-    }
-    if !storable(response.status()) {
-        return release(state, &claim, response).await;
-    }
-    let stored = StoredResponse {
-        status: response.status().as_u16(),
-        content_type: content_type(&response).to_owned(),
-        body: bytes.to_vec(),
+    let outcome = match parts.extensions.get::<AlreadyStored>() {
+        Some(AlreadyStored) => Ok(()),
+        None if storable(parts.status) => complete(state, &claim, &parts, &bytes).await,
+        None => state.service.store().idempotency_abandon(&claim.scope, &claim.key).await,
     };
-    match state.service.store().idempotency_complete(&claim.scope, &claim.key, &stored).await {
-        Ok(()) => response,
-        Err(e) => ApiError::from(e).into_response(),
-    }
+    let response = Response::from_parts(parts, Body::from(bytes));
+    outcome.map_or_else(|e| ApiError::from(e).into_response(), |()| response)
+}
+
+/// Stores a reply as the claim's answer.
+async fn complete(state: &AppState, claim: &IdempotencyClaim, parts: &Parts, body: &[u8]) -> Result<(), StoreError> {
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or(JSON);
+    let stored =
+        StoredResponse { status: parts.status.as_u16(), content_type: content_type.to_owned(), body: body.to_vec() };
+    state.service.store().idempotency_complete(&claim.scope, &claim.key, &stored).await
 }
 
 async fn release(state: &AppState, claim: &IdempotencyClaim, response: Response) -> Response {
@@ -146,10 +147,6 @@ pub(crate) fn storable(status: StatusCode) -> bool {
         ))
 }
 
-fn content_type(response: &Response) -> &str {
-    response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or(JSON)
-}
-
 /// SHA-256 over method, path, body and `extra`: "the same parameters".
 pub fn fingerprint(method: &str, path: &str, body: &[u8], extra: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -162,22 +159,17 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8], extra: &[u8]) -> [u8; 
 /// A stored reply, as it was first sent. A stored status or media type this
 /// server could not have written (a damaged record) is a 500, not a guess.
 fn replay(stored: StoredResponse) -> Response {
-    let status = StatusCode::from_u16(stored.status);
-    let content_type = HeaderValue::from_str(&stored.content_type);
-    match (status, content_type) {
-        (Ok(status), Ok(content_type)) => (status, [(header::CONTENT_TYPE, content_type)], stored.body).into_response(),
+    match (StatusCode::from_u16(stored.status), HeaderValue::from_str(&stored.content_type)) {
+        (Ok(status), Ok(media)) => (status, [(header::CONTENT_TYPE, media)], stored.body).into_response(),
         _ => ApiError::internal(&"a stored idempotent response is damaged").into_response(),
     }
 }
 
 fn mismatch(key: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "Idempotency error",
-        format!(
-            "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
-        ),
-    )
+    let details = format!(
+        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
+    );
+    ApiError::new(StatusCode::BAD_REQUEST, "Idempotency error", details)
 }
 
 fn in_flight() -> ApiError {

@@ -36,10 +36,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for PersonaJson<T> {
 pub(crate) fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    match mime.eq_ignore_ascii_case(expected) {
-        true => Ok(()),
-        false => Err(ApiError::unsupported_media_type(expected)),
-    }
+    mime.eq_ignore_ascii_case(expected).then_some(()).ok_or_else(|| ApiError::unsupported_media_type(expected))
 }
 
 /// Reads a body of at most `limit` bytes (413 otherwise, at once when the

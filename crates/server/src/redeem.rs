@@ -112,11 +112,11 @@ pub(crate) async fn generate_claim(
 /// Persona's SDK sends `{}`; an empty body is accepted too.
 async fn check_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
     let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
-    if !bytes.iter().all(u8::is_ascii_whitespace) {
-        require_content_type(headers, "application/json")?;
-        decode::<GenerateClaim>(&bytes)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
     }
-    Ok(())
+    require_content_type(headers, "application/json")?;
+    decode::<GenerateClaim>(&bytes).map(|GenerateClaim {}| ())
 }
 
 /// The idempotent answer a successful redemption stores with its spend.

@@ -76,36 +76,14 @@ pub async fn serve_connections(
     limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers.max(1));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128)
-        .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = builder(&limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead
-                    // of spinning; the listener recovers by itself.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         while connections.try_join_next().is_some() {}
@@ -129,14 +107,54 @@ pub async fn serve_connections(
         });
     }
     drop(listener);
+    drain(connections, graceful, limits.shutdown_deadline).await;
+    Ok(())
+}
+
+/// HTTP/1 and HTTP/2 with a timer (so the header-read timeout works) and the
+/// head limits.
+fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers.max(1));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(128)
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    builder
+}
+
+/// The next connection. Out of file descriptors and the like: back off
+/// instead of spinning; the listener recovers by itself.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Lets open connections finish their requests until `deadline`, then drops
+/// the rest.
+async fn drain(mut connections: JoinSet<()>, graceful: GracefulShutdown, deadline: Duration) {
     let open = connections.len();
-    tracing::info!(open, deadline_secs = limits.shutdown_deadline.as_secs(), "draining connections");
-    if tokio::time::timeout(limits.shutdown_deadline, graceful.shutdown()).await.is_err() {
+    tracing::info!(open, deadline_secs = deadline.as_secs(), "draining connections");
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
         tracing::warn!(remaining = connections.len(), "shutdown deadline passed: dropping the remaining connections");
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
-    Ok(())
 }
 
 /// Answers a connection over the cap with a 503 and closes it, spending at

@@ -147,30 +147,56 @@ impl Service {
         let mut by_id = HashMap::with_capacity(records.len() * 2);
         let mut unreadable = 0_u64;
         for record in records {
-            let Ok(id) = TokenKeyId::from_hex(&record.id) else {
-                tracing::error!(key = %record.id, "skipping an issuer key with a malformed id");
-                unreadable += 1;
-                continue;
-            };
-            let loaded = match previous.get(&id) {
-                Some(old) => Arc::new(LoadedKey { record, public: old.public.clone(), material: old.material.clone() }),
-                None => match self.load_private(record).await {
-                    Ok(loaded) => Arc::new(loaded),
-                    Err(
-                        e @ (KeyError::Kek(crate::kek::KekError::Missing(_) | crate::kek::KekError::WrongKey { .. })
-                        | KeyError::Store(_)),
-                    ) => return Err(e),
-                    Err(e) => {
-                        tracing::error!(key = %id.to_hex(), error = %e, "skipping an unreadable issuer key");
-                        unreadable += 1;
-                        continue;
-                    }
-                },
-            };
-            by_id.insert(loaded.public.token_key_id(), Arc::clone(&loaded));
-            by_id.insert(loaded.public.persona_key_id(), loaded);
+            match self.reloaded(record, &previous).await? {
+                Some(loaded) => {
+                    by_id.insert(loaded.public.token_key_id(), Arc::clone(&loaded));
+                    by_id.insert(loaded.public.persona_key_id(), loaded);
+                }
+                None => unreadable += 1,
+            }
         }
-        let by_id = Arc::new(by_id);
+        Ok(self.publish(Arc::new(by_id), unreadable))
+    }
+
+    /// `record` as a usable key: its parsed key from the previous ring, or
+    /// its private key fetched and opened once. `None` for a key that cannot
+    /// be read (skipped and logged); a missing or wrong KEK and a store
+    /// failure are errors, not skips.
+    async fn reloaded(
+        &self,
+        record: IssuerKey,
+        previous: &HashMap<TokenKeyId, Arc<LoadedKey>>,
+    ) -> Result<Option<Arc<LoadedKey>>, KeyError> {
+        let Ok(id) = TokenKeyId::from_hex(&record.id) else {
+            tracing::error!(key = %record.id, "skipping an issuer key with a malformed id");
+            return Ok(None);
+        };
+        if let Some(old) = previous.get(&id) {
+            return Ok(Some(Arc::new(LoadedKey {
+                record,
+                public: old.public.clone(),
+                material: old.material.clone(),
+            })));
+        }
+        match self.load_private(record).await {
+            Ok(loaded) => Ok(Some(Arc::new(loaded))),
+            Err(
+                e @ (KeyError::Kek(crate::kek::KekError::Missing(_) | crate::kek::KekError::WrongKey { .. })
+                | KeyError::Store(_)),
+            ) => Err(e),
+            Err(e) => {
+                tracing::error!(key = %id.to_hex(), error = %e, "skipping an unreadable issuer key");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes `by_id` the ring every request sees, and counts the reload.
+    fn publish(
+        &self,
+        by_id: Arc<HashMap<TokenKeyId, Arc<LoadedKey>>>,
+        unreadable: u64,
+    ) -> Arc<HashMap<TokenKeyId, Arc<LoadedKey>>> {
         let ring = &self.inner.keyring;
         ring.reloads.fetch_add(1, Ordering::Relaxed);
         ring.unreadable_skips.fetch_add(unreadable, Ordering::Relaxed);
@@ -179,7 +205,7 @@ impl Service {
             let generation = state.generation.wrapping_add(1);
             *state = Snapshot { by_id: Arc::clone(&by_id), loaded_at: Some(self.now()), generation };
         }
-        Ok(by_id)
+        by_id
     }
 
     /// Fetches, opens and parses the private key of `record`.

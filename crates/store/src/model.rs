@@ -191,6 +191,18 @@ pub enum SpendOutcome {
     SpentElsewhere,
 }
 
+impl SpendOutcome {
+    /// A spend that lost to an earlier one, recorded at `relay` with
+    /// `claim_payload`: the same relay gets its claim again, any other relay
+    /// is refused.
+    pub(crate) fn earlier(relay: &str, claim_payload: Option<String>, spend: &Spend) -> Self {
+        match claim_payload {
+            Some(claim_payload) if relay == spend.relay_token => SpendOutcome::SpentHere { claim_payload },
+            _ => SpendOutcome::SpentElsewhere,
+        }
+    }
+}
+
 /// One value to re-encrypt in [`crate::SettingsStore::rewrap`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Rewrap {

@@ -1,6 +1,8 @@
 //! Relays and spent tokens in PostgreSQL; spent tokens are partitioned by day of expiry, and a spend commits with its claim and idempotent response.
 
 use super::*;
+use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 fn relay_from_row(r: &tokio_postgres::Row) -> Result<Relay, StoreError> {
     let passed: Option<bool> = r.get(6);
@@ -97,51 +99,11 @@ impl SpentTokenStore for PostgresStore {
             )
             .await
             .map_err(map_err)?;
-        let inserted = tx
-            .execute(
-                &insert,
-                &[
-                    &spend.key_id,
-                    &spend.nonce,
-                    &spend.expires_at,
-                    &spend.relay_token,
-                    &spend.spent_at,
-                    &spend.claim_payload,
-                ],
-            )
-            .await
-            .map_err(map_err)?;
-        let outcome = if inserted == 1 {
-            if let Some(done) = &spend.idempotency {
-                tx.execute(
-                    "UPDATE idempotency SET status = $3, content_type = $4, body = $5
-                     WHERE scope = $1 AND key = $2 AND status IS NULL",
-                    &[
-                        &done.scope,
-                        &done.key,
-                        &i32::from(done.response.status),
-                        &done.response.content_type,
-                        &done.response.body,
-                    ],
-                )
-                .await
-                .map_err(map_err)?;
-            }
-            SpendOutcome::Spent
-        } else {
-            let row = tx
-                .query_one(
-                    "SELECT relay_token, claim_payload FROM spent_tokens
-                     WHERE key_id = $1 AND nonce = $2 AND expires_at = $3",
-                    &[&spend.key_id, &spend.nonce, &spend.expires_at],
-                )
-                .await
-                .map_err(map_err)?;
-            let relay: String = row.get(0);
-            match row.get::<_, Option<String>>(1) {
-                Some(claim_payload) if relay == spend.relay_token => SpendOutcome::SpentHere { claim_payload },
-                _ => SpendOutcome::SpentElsewhere,
-            }
+        let row: [&(dyn ToSql + Sync); 6] =
+            [&spend.key_id, &spend.nonce, &spend.expires_at, &spend.relay_token, &spend.spent_at, &spend.claim_payload];
+        let outcome = match tx.execute(&insert, &row).await.map_err(map_err)? {
+            1 => complete_with_spend(&tx, spend.idempotency.as_ref()).await?,
+            _ => earlier_spend(&tx, spend).await?,
         };
         #[cfg(debug_assertions)]
         crate::fault::before_commit("spend");
@@ -159,55 +121,99 @@ impl SpentTokenStore for PostgresStore {
         // later be dropped whole.
         let first = expired_before.div_euclid(PARTITION_SECS);
         for day in first..=first + PARTITIONS_AHEAD {
-            let (from, to) = (day * PARTITION_SECS, (day + 1) * PARTITION_SECS);
-            let name = format!("spent_tokens_d{day}");
-            let exists: bool =
-                tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.map_err(map_err)?.get(0);
-            if exists {
-                continue;
-            }
-            // A partition cannot be attached over rows the default partition
-            // already holds for its range; those days stay in the default.
-            let clash: bool = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM spent_tokens_default WHERE expires_at >= $1 AND expires_at < $2)",
-                    &[&from, &to],
-                )
-                .await
-                .map_err(map_err)?
-                .get(0);
-            if !clash {
-                tx.batch_execute(&format!(
-                    "CREATE TABLE {name} PARTITION OF spent_tokens FOR VALUES FROM ({from}) TO ({to})"
-                ))
-                .await
-                .map_err(map_err)?;
-            }
+            create_partition(&tx, day).await?;
         }
-        // Whole partitions whose every token expired before the horizon.
-        let partitions = tx
-            .query(
-                "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                 WHERE i.inhparent = 'spent_tokens'::regclass AND c.relname::TEXT LIKE 'spent_tokens_d%'",
-                &[],
-            )
-            .await
-            .map_err(map_err)?;
-        let mut pruned = 0u64;
-        for row in partitions {
-            let name: String = row.get(0);
-            let Some(day) = name.strip_prefix("spent_tokens_d").and_then(|d| d.parse::<i64>().ok()) else { continue };
-            if (day + 1) * PARTITION_SECS <= expired_before {
-                let count: i64 =
-                    tx.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await.map_err(map_err)?.get(0);
-                tx.batch_execute(&format!("DROP TABLE {name}")).await.map_err(map_err)?;
-                pruned += count.max(0) as u64;
-            }
-        }
+        let mut pruned = drop_expired_partitions(&tx, expired_before).await?;
         // Rows of days that had no partition, and the partial day.
         pruned +=
             tx.execute("DELETE FROM spent_tokens WHERE expires_at < $1", &[&expired_before]).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(pruned)
     }
+}
+
+/// The spend won: the idempotent answer built with it completes its claim in
+/// the same transaction.
+async fn complete_with_spend(
+    tx: &Transaction<'_>,
+    done: Option<&crate::IdempotencyCompletion>,
+) -> Result<SpendOutcome, StoreError> {
+    if let Some(done) = done {
+        tx.execute(
+            "UPDATE idempotency SET status = $3, content_type = $4, body = $5
+             WHERE scope = $1 AND key = $2 AND status IS NULL",
+            &[
+                &done.scope,
+                &done.key,
+                &i32::from(done.response.status),
+                &done.response.content_type,
+                &done.response.body,
+            ],
+        )
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(SpendOutcome::Spent)
+}
+
+/// The token was spent before: here (its claim again) or elsewhere.
+async fn earlier_spend(tx: &Transaction<'_>, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+    let row = tx
+        .query_one(
+            "SELECT relay_token, claim_payload FROM spent_tokens
+             WHERE key_id = $1 AND nonce = $2 AND expires_at = $3",
+            &[&spend.key_id, &spend.nonce, &spend.expires_at],
+        )
+        .await
+        .map_err(map_err)?;
+    Ok(SpendOutcome::earlier(&row.get::<_, String>(0), row.get(1), spend))
+}
+
+/// The partition of UTC day `day`, unless it exists. A partition cannot be
+/// attached over rows the default partition already holds for its range;
+/// those days stay in the default.
+async fn create_partition(tx: &Transaction<'_>, day: i64) -> Result<(), StoreError> {
+    let (from, to) = (day * PARTITION_SECS, (day + 1) * PARTITION_SECS);
+    let name = format!("spent_tokens_d{day}");
+    let exists: bool = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.map_err(map_err)?.get(0);
+    if exists {
+        return Ok(());
+    }
+    let clash: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM spent_tokens_default WHERE expires_at >= $1 AND expires_at < $2)",
+            &[&from, &to],
+        )
+        .await
+        .map_err(map_err)?
+        .get(0);
+    if !clash {
+        let create = format!("CREATE TABLE {name} PARTITION OF spent_tokens FOR VALUES FROM ({from}) TO ({to})");
+        tx.batch_execute(&create).await.map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// Drops whole partitions whose every token expired before the horizon.
+/// Returns how many records went with them.
+async fn drop_expired_partitions(tx: &Transaction<'_>, expired_before: i64) -> Result<u64, StoreError> {
+    let partitions = tx
+        .query(
+            "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'spent_tokens'::regclass AND c.relname::TEXT LIKE 'spent_tokens_d%'",
+            &[],
+        )
+        .await
+        .map_err(map_err)?;
+    let mut pruned = 0u64;
+    for row in partitions {
+        let name: String = row.get(0);
+        let Some(day) = name.strip_prefix("spent_tokens_d").and_then(|d| d.parse::<i64>().ok()) else { continue };
+        if (day + 1) * PARTITION_SECS <= expired_before {
+            let count: i64 = tx.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await.map_err(map_err)?.get(0);
+            tx.batch_execute(&format!("DROP TABLE {name}")).await.map_err(map_err)?;
+            pruned += count.max(0) as u64;
+        }
+    }
+    Ok(pruned)
 }

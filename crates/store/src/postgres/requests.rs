@@ -1,6 +1,8 @@
 //! Idempotency records, rate-limit counters and settings in PostgreSQL.
 
 use super::*;
+use crate::claims;
+use tokio_postgres::Transaction;
 
 #[async_trait]
 impl IdempotencyStore for PostgresStore {
@@ -24,45 +26,12 @@ impl IdempotencyStore for PostgresStore {
             )
             .await
             .map_err(map_err)?;
-        let outcome = if inserted == 1 {
-            IdempotencyBegin::Started
-        } else {
-            let row = tx
-                .query_one(
-                    "SELECT fingerprint, created_at, status, content_type, body FROM idempotency
-                     WHERE scope = $1 AND key = $2 FOR UPDATE",
-                    &[&scope, &key],
-                )
-                .await
-                .map_err(map_err)?;
-            let (stored_fp, created_at, status): (Vec<u8>, i64, Option<i32>) = (row.get(0), row.get(1), row.get(2));
-            if created_at + ttl_secs <= now {
-                tx.execute(
-                    "UPDATE idempotency SET fingerprint = $3, created_at = $4, status = NULL, content_type = NULL,
-                     body = NULL WHERE scope = $1 AND key = $2",
-                    &[&scope, &key, &fp, &now],
-                )
-                .await
-                .map_err(map_err)?;
-                IdempotencyBegin::Started
-            } else if stored_fp != fp {
-                IdempotencyBegin::Mismatch
-            } else if let Some(status) = status {
-                IdempotencyBegin::Completed(StoredResponse {
-                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status".into()))?,
-                    content_type: row.get::<_, Option<String>>(3).unwrap_or_default(),
-                    body: row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
-                })
-            } else if created_at + stale_after_secs <= now {
-                tx.execute(
-                    "UPDATE idempotency SET created_at = $3 WHERE scope = $1 AND key = $2",
-                    &[&scope, &key, &now],
-                )
-                .await
-                .map_err(map_err)?;
-                IdempotencyBegin::Started
-            } else {
-                IdempotencyBegin::InFlight
+        let outcome = match inserted {
+            1 => IdempotencyBegin::Started,
+            _ => {
+                let existing = read_claim(&tx, scope, key).await?;
+                let decision = claims::decide(existing, fp, now, ttl_secs, stale_after_secs);
+                apply_claim(&tx, scope, key, fp, now, decision).await?
             }
         };
         tx.commit().await.map_err(map_err)?;
@@ -159,4 +128,45 @@ impl SettingsStore for PostgresStore {
         }
         tx.commit().await.map_err(map_err)
     }
+}
+
+/// The record `(scope, key)` has, locked for this transaction.
+async fn read_claim(tx: &Transaction<'_>, scope: &str, key: &str) -> Result<claims::Existing, StoreError> {
+    let row = tx
+        .query_one(
+            "SELECT fingerprint, created_at, status, content_type, body FROM idempotency
+             WHERE scope = $1 AND key = $2 FOR UPDATE",
+            &[&scope, &key],
+        )
+        .await
+        .map_err(map_err)?;
+    let response = match row.get::<_, Option<i32>>(2) {
+        None => None,
+        Some(status) => Some(StoredResponse {
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status".into()))?,
+            content_type: row.get::<_, Option<String>>(3).unwrap_or_default(),
+            body: row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
+        }),
+    };
+    Ok(claims::Existing { fingerprint: row.get(0), created_at: row.get(1), response })
+}
+
+async fn apply_claim(
+    tx: &Transaction<'_>,
+    scope: &str,
+    key: &str,
+    fingerprint: &[u8],
+    now: i64,
+    decision: claims::Decision,
+) -> Result<IdempotencyBegin, StoreError> {
+    let restart = "UPDATE idempotency SET fingerprint = $3, created_at = $4, status = NULL, content_type = NULL,
+                   body = NULL WHERE scope = $1 AND key = $2";
+    let take_over = "UPDATE idempotency SET created_at = $3 WHERE scope = $1 AND key = $2";
+    let done = match decision {
+        claims::Decision::Answer(answer) => return Ok(answer),
+        claims::Decision::Restart => tx.execute(restart, &[&scope, &key, &fingerprint, &now]).await,
+        claims::Decision::TakeOver => tx.execute(take_over, &[&scope, &key, &now]).await,
+    };
+    done.map_err(map_err)?;
+    Ok(IdempotencyBegin::Started)
 }

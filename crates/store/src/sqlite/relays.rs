@@ -1,6 +1,8 @@
 //! Relays and spent tokens in SQLite; a spend commits with its claim and idempotent response.
 
 use super::*;
+use crate::IdempotencyCompletion;
+use rusqlite::Transaction;
 
 type RelayRow = (String, Vec<u8>, String, String, Option<Vec<u8>>, i64, Option<bool>, Option<String>, Option<i64>, i64);
 
@@ -144,24 +146,9 @@ impl SpentTokenStore for SqliteStore {
                     spend.claim_payload
                 ])
                 .map_err(map_err)?;
-            let outcome = if inserted == 1 {
-                if let Some(done) = &spend.idempotency {
-                    complete_idempotency(&tx, &done.scope, &done.key, &done.response)?;
-                }
-                SpendOutcome::Spent
-            } else {
-                let (relay, payload): (String, Option<String>) = tx
-                    .query_row(
-                        "SELECT relay_token, claim_payload FROM spent_tokens
-                         WHERE key_id = ?1 AND nonce = ?2 AND expires_at = ?3",
-                        params![spend.key_id, spend.nonce, spend.expires_at],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .map_err(map_err)?;
-                match payload {
-                    Some(claim_payload) if relay == spend.relay_token => SpendOutcome::SpentHere { claim_payload },
-                    _ => SpendOutcome::SpentElsewhere,
-                }
+            let outcome = match inserted {
+                1 => complete_with_spend(&tx, spend.idempotency.as_ref())?,
+                _ => earlier_spend(&tx, &spend)?,
             };
             #[cfg(debug_assertions)]
             crate::fault::before_commit("spend");
@@ -182,4 +169,26 @@ impl SpentTokenStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The spend won: the idempotent answer built with it completes its claim in
+/// the same transaction.
+fn complete_with_spend(tx: &Transaction<'_>, done: Option<&IdempotencyCompletion>) -> Result<SpendOutcome, StoreError> {
+    if let Some(done) = done {
+        complete_idempotency(tx, &done.scope, &done.key, &done.response)?;
+    }
+    Ok(SpendOutcome::Spent)
+}
+
+/// The token was spent before: here (its claim again) or elsewhere.
+fn earlier_spend(tx: &Transaction<'_>, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+    let (relay, payload): (String, Option<String>) = tx
+        .query_row(
+            "SELECT relay_token, claim_payload FROM spent_tokens
+             WHERE key_id = ?1 AND nonce = ?2 AND expires_at = ?3",
+            params![spend.key_id, spend.nonce, spend.expires_at],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(map_err)?;
+    Ok(SpendOutcome::earlier(&relay, payload, spend))
 }

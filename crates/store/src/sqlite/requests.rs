@@ -1,6 +1,7 @@
 //! Idempotency records, rate-limit counters and settings in SQLite.
 
 use super::*;
+use crate::claims;
 
 #[async_trait]
 impl IdempotencyStore for SqliteStore {
@@ -16,53 +17,11 @@ impl IdempotencyStore for SqliteStore {
         let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_vec());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let existing: Option<(Vec<u8>, i64, Option<u16>, Option<(Option<String>, Option<Vec<u8>>)>)> = tx
-                .query_row(
-                    "SELECT fingerprint, created_at, status, content_type, body FROM idempotency
-                     WHERE scope = ?1 AND key = ?2",
-                    params![scope, key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, Some((r.get(3)?, r.get(4)?)))),
-                )
-                .optional()
-                .map_err(map_err)?;
-            let outcome = match existing {
-                Some((_, created_at, _, _)) if created_at + ttl_secs <= now => {
-                    tx.execute(
-                        "UPDATE idempotency SET fingerprint = ?3, created_at = ?4, status = NULL,
-                         content_type = NULL, body = NULL WHERE scope = ?1 AND key = ?2",
-                        params![scope, key, fingerprint, now],
-                    )
-                    .map_err(map_err)?;
-                    IdempotencyBegin::Started
-                }
-                Some((stored, _, _, _)) if stored != fingerprint => IdempotencyBegin::Mismatch,
-                Some((_, created_at, None, _)) => {
-                    if created_at + stale_after_secs <= now {
-                        tx.execute(
-                            "UPDATE idempotency SET created_at = ?3 WHERE scope = ?1 AND key = ?2",
-                            params![scope, key, now],
-                        )
-                        .map_err(map_err)?;
-                        IdempotencyBegin::Started
-                    } else {
-                        IdempotencyBegin::InFlight
-                    }
-                }
-                Some((_, _, Some(status), stored)) => {
-                    let (content_type, body) = stored.unwrap_or_default();
-                    IdempotencyBegin::Completed(StoredResponse {
-                        status,
-                        content_type: content_type.unwrap_or_default(),
-                        body: body.unwrap_or_default(),
-                    })
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO idempotency (scope, key, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![scope, key, fingerprint, now],
-                    )
-                    .map_err(map_err)?;
-                    IdempotencyBegin::Started
+            let claim = Claim { tx: &tx, scope: &scope, key: &key, fingerprint: &fingerprint, now };
+            let outcome = match claim.read()? {
+                None => claim.insert()?,
+                Some(existing) => {
+                    claim.apply(claims::decide(existing, &fingerprint, now, ttl_secs, stale_after_secs))?
                 }
             };
             tx.commit().map_err(map_err)?;
@@ -194,4 +153,67 @@ pub(super) fn complete_idempotency(
     )
     .map_err(map_err)?;
     Ok(())
+}
+
+/// One `idempotency_begin` inside its `BEGIN IMMEDIATE` transaction.
+struct Claim<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    scope: &'a str,
+    key: &'a str,
+    fingerprint: &'a [u8],
+    now: i64,
+}
+
+impl Claim<'_> {
+    fn read(&self) -> Result<Option<claims::Existing>, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT fingerprint, created_at, status, content_type, body FROM idempotency
+                 WHERE scope = ?1 AND key = ?2",
+                params![self.scope, self.key],
+                |r| {
+                    let response = r.get::<_, Option<u16>>(2)?.map(|status| {
+                        Ok::<_, rusqlite::Error>(StoredResponse {
+                            status,
+                            content_type: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                            body: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                        })
+                    });
+                    Ok(claims::Existing {
+                        fingerprint: r.get(0)?,
+                        created_at: r.get(1)?,
+                        response: response.transpose()?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(map_err)
+    }
+
+    fn insert(&self) -> Result<IdempotencyBegin, StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO idempotency (scope, key, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![self.scope, self.key, self.fingerprint, self.now],
+            )
+            .map_err(map_err)?;
+        Ok(IdempotencyBegin::Started)
+    }
+
+    fn apply(&self, decision: claims::Decision) -> Result<IdempotencyBegin, StoreError> {
+        let (sql, args): (&str, &[&dyn rusqlite::ToSql]) = match decision {
+            claims::Decision::Answer(answer) => return Ok(answer),
+            claims::Decision::Restart => (
+                "UPDATE idempotency SET fingerprint = ?3, created_at = ?4, status = NULL,
+                 content_type = NULL, body = NULL WHERE scope = ?1 AND key = ?2",
+                params![self.scope, self.key, self.fingerprint, self.now],
+            ),
+            claims::Decision::TakeOver => (
+                "UPDATE idempotency SET created_at = ?3 WHERE scope = ?1 AND key = ?2",
+                params![self.scope, self.key, self.now],
+            ),
+        };
+        self.tx.execute(sql, args).map_err(map_err)?;
+        Ok(IdempotencyBegin::Started)
+    }
 }
