@@ -1,4 +1,4 @@
-//! Bearer API keys: the [`require_api_key`] layer authenticates, counts the
+//! Bearer API keys: the `require_api_key` layer authenticates, counts the
 //! request against its environment and checks the route's permission, all
 //! before anything is stored for idempotency (so 401, 403 and 429 are never
 //! replayed); handlers take the result with the [`ApiKey`] extractor.
@@ -16,7 +16,7 @@ use crate::envelope::Envelope;
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyScope;
 
-/// The authenticated API key of a request that passed [`require_api_key`].
+/// The authenticated API key of a request that passed `require_api_key`.
 #[derive(Debug, Clone)]
 pub struct ApiKey(pub Authenticated);
 

@@ -5,7 +5,7 @@
 //! outermost middleware's, on every response.)
 //!
 //! The layers and handlers that learn the environment or count the request
-//! write it into the request's [`Envelope`]; [`persona_envelope`] reads it
+//! write it into the request's [`Envelope`]; `persona_envelope` reads it
 //! back once the response exists, whatever produced it.
 
 use std::sync::{Arc, Mutex};

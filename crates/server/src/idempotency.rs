@@ -1,5 +1,5 @@
 //! `Idempotency-Key`, as a layer: the first reply to a key (errors
-//! included, except those [`storable`] refuses) is stored for 24 h and
+//! included, except those `storable` refuses) is stored for 24 h and
 //! replayed byte for byte with its media type; the same key with other
 //! parameters is a 400 `Idempotency error`; a duplicate still in flight is a
 //! 409 with `Retry-After`. Records are scoped by what the layers before this
@@ -9,7 +9,7 @@
 //! up, the request timed out), the claim is released at once so a retry can
 //! run; a claim whose process died is taken over after the request timeout.
 //! Work that must finish whatever the client does runs under
-//! [`crate::redeem::run_to_completion`] outside this layer.
+//! `redeem::run_to_completion` outside this layer.
 
 use axum::body::Body;
 use axum::extract::{Request, State};

@@ -5,8 +5,10 @@
 //! concurrency contract, and each backend backs that contract with a database
 //! constraint, not application logic.
 //!
-//! Backends: [`sqlite::SqliteStore`] (embedded, the default). Every backend
-//! runs the same `conformance` suite (feature `testing`).
+//! Backends, one feature each (both on by default): `sqlite::SqliteStore`
+//! (feature `sqlite`: embedded, the default store) and
+//! `postgres::PostgresStore` (feature `postgres`: several nodes). Every
+//! backend runs the same `conformance` suite (feature `testing`).
 //!
 //! **Invariant:** API key secrets are never stored, only their SHA-256;
 //! private keys are stored as PKCS#8 and never appear in `Debug` output.
@@ -19,7 +21,9 @@ mod claims;
 pub mod conformance;
 mod fault;
 mod model;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -184,13 +188,34 @@ impl<T> Store for T where
 }
 
 /// Opens the store named by `url`: `sqlite://PATH` or `postgres://…` (with
-/// default pool options; see [`postgres::PostgresStore::connect`] for others).
+/// default pool options; see `postgres::PostgresStore::connect` for others).
+/// A backend left out of the build is refused by name.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
+        return open_sqlite(path).await;
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url, postgres::PoolOptions::default()).await?));
+        return open_postgres(url).await;
     }
     Err(StoreError::Other("unsupported database URL scheme (expected sqlite://PATH or postgres://…)".into()))
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(path: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(_: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Err(StoreError::Other("this build has no SQLite backend (feature \"sqlite\")".into()))
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url, postgres::PoolOptions::default()).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Err(StoreError::Other("this build has no PostgreSQL backend (feature \"postgres\")".into()))
 }
