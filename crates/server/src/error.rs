@@ -7,7 +7,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use blindpass_protocol::api::{ErrorBody, ErrorItem};
+#[cfg(doc)]
+use blindpass_protocol::api::ErrorBody;
+use serde_json::Value;
 use blindpass_service::lifecycle::NotIssuing;
 use blindpass_service::{AuthError, IssueError, RecordError, RedeemError, RelayError, StoreError, TokenRejection};
 
@@ -118,11 +120,11 @@ impl ApiError {
         e
     }
 
-    /// The JSON body.
+    /// The JSON body: [`ErrorBody`] with one item, written without a
+    /// fallible serializer (a JSON string value always renders).
     pub fn body(&self) -> Vec<u8> {
-        let body = ErrorBody { errors: vec![ErrorItem { title: self.title.clone(), details: self.details.clone() }] };
-        // Two strings in a fixed shape always serialize.
-        serde_json::to_vec(&body).unwrap_or_default()
+        let (title, details) = (Value::from(self.title.as_str()), Value::from(self.details.as_str()));
+        format!(r#"{{"errors":[{{"title":{title},"details":{details}}}]}}"#).into_bytes()
     }
 }
 
@@ -256,5 +258,21 @@ impl From<RedeemError> for ApiError {
             RedeemError::Store(s) => s.into(),
             RedeemError::Internal(cause) => ApiError::internal(&cause),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use blindpass_protocol::api::{ErrorBody, ErrorItem};
+
+    use super::*;
+
+    #[test]
+    fn the_body_is_the_contracts_error_body_whatever_the_text() {
+        let e = ApiError::bad_request("a \"quoted\" \\ line\nbreak and ünïcode \u{0}");
+        let body: ErrorBody = serde_json::from_slice(&e.body()).unwrap();
+        let item = ErrorItem { title: "Bad Request".into(), details: e.details.clone() };
+        assert_eq!(body, ErrorBody { errors: vec![item] });
     }
 }

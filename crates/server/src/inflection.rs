@@ -1,8 +1,6 @@
 //! Persona's `Key-Inflection`: request keys may be kebab-, camel- or
 //! snake-case; responses are kebab unless the header asks otherwise.
 
-use serde_json::{Map, Value};
-
 /// A response key style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Inflection {
@@ -47,12 +45,6 @@ impl Inflection {
                 out
             }
         }
-    }
-
-    /// Serialises kebab-keyed `fields` as a JSON object in this style.
-    pub fn object(self, fields: &[(&str, Value)]) -> Vec<u8> {
-        let map: Map<String, Value> = fields.iter().map(|(k, v)| (self.apply(k), v.clone())).collect();
-        serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
     }
 }
 
