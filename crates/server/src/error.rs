@@ -9,9 +9,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 #[cfg(doc)]
 use blindpass_protocol::api::ErrorBody;
-use serde_json::Value;
 use blindpass_service::lifecycle::NotIssuing;
 use blindpass_service::{AuthError, IssueError, RecordError, RedeemError, RelayError, StoreError, TokenRejection};
+use serde_json::Value;
 
 /// An error response in Persona's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -51,8 +51,8 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
 }
 
 /// Parses a JSON object whose keys may be kebab-, camel- or snake-case into
-/// `T` (whose fields are kebab-case).
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// `T` (whose fields are kebab-case). Every failure is a Persona 400.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|_| ApiError::bad_request("The body is not valid JSON."))?;
     let Value::Object(map) = value else {
@@ -165,6 +165,27 @@ mod tests {
         let nested = r#"{"claim-result":"passed","methodology":[{"method":"id"}]}"#;
         let nested = details(decode::<RecordResult>(nested.as_bytes()).unwrap_err());
         assert_eq!(nested, "Missing required parameter \"methodology[0].result\".");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_are_a_400(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            for e in [decode::<CreatePrivacyPass>(&bytes).err(), decode::<RecordResult>(&bytes).err()].into_iter().flatten() {
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn a_body_in_any_casing_decodes_to_what_was_sent(
+            blinded in "[A-Za-z0-9_-]{0,40}",
+            key_id in "[0-9a-f]{0,64}",
+            style in 0..3_usize,
+        ) {
+            let inflection = [Inflection::Kebab, Inflection::Camel, Inflection::Snake][style];
+            let sent = CreatePrivacyPass { blinded_token: blinded, key_id };
+            let bytes = inflected_body(inflection, &sent).unwrap();
+            proptest::prop_assert_eq!(decode::<CreatePrivacyPass>(&bytes).unwrap(), sent);
+        }
     }
 
     #[test]
