@@ -9,6 +9,7 @@
 //! - [`wire`], [`type2`], [`auth`], [`directory`]: RFC 9578 / RFC 9577 wire
 //!   types, issuance and verification, the `PrivateToken` header and the
 //!   issuer directory;
+//! - [`batch`]: generic batched issuance (draft-ietf-privacypass-batched-tokens);
 //! - [`persona`]: Persona's Relay challenge, token and `token_input`;
 //! - [`api`]: Persona's REST contract (JSON bodies and paths) as serde types,
 //!   shared by the server and the client.
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod auth;
 pub mod b64;
+pub mod batch;
 pub mod blind_rsa;
 pub mod der;
 pub mod directory;

@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::OnceLock;
 
+use blindpass_protocol::batch::{BatchTokenRequest, BatchTokenResponse, Framing, GenericTokenRequest};
 use blindpass_protocol::blind_rsa::{self, RawSigner, Variant};
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::wire::{Token, TokenChallenge, TokenRequest, TokenResponse};
@@ -133,6 +134,12 @@ fn decode_everything(bytes: &[u8]) {
     let _ = TokenRequest::decode(bytes);
     let _ = TokenResponse::decode(bytes);
     let _ = Token::decode(bytes);
+    for framing in [Framing::Generic, Framing::Legacy] {
+        if let Ok(request) = BatchTokenRequest::decode(bytes, framing) {
+            assert_eq!(request.encode(framing), bytes, "a decoded batch re-encodes to its bytes");
+            let _ = BatchTokenResponse::decode(bytes, framing, &request);
+        }
+    }
     let _ = rsa::RsaPublicKey::from_spki_der(bytes);
     let _ = rsa::RsaPublicKey::from_pkcs1_der(bytes);
     let _ = IssuerPublicKey::from_spki_der(bytes);
@@ -173,7 +180,19 @@ fn seeds() -> Vec<Vec<u8>> {
             token_keys: vec![directory::DirectoryKey::type2(&key, Some(1))],
         }
         .to_json(),
+        batch_of(&request).encode(Framing::Generic),
+        batch_of(&request).encode(Framing::Legacy),
     ]
+}
+
+fn batch_of(request: &TokenRequest) -> BatchTokenRequest {
+    let item = |token_type, ne| GenericTokenRequest { token_type, truncated_token_key_id: 1, blinded_msg: vec![2; ne] };
+    let type2 = GenericTokenRequest {
+        token_type: 2,
+        truncated_token_key_id: request.truncated_token_key_id,
+        blinded_msg: request.blinded_msg.to_vec(),
+    };
+    BatchTokenRequest { items: vec![type2, item(1, 49), item(5, 32)] }
 }
 
 proptest! {
