@@ -15,10 +15,10 @@
 
 #![forbid(unsafe_code)]
 
-#[cfg(debug_assertions)]
 mod claims;
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(debug_assertions)]
 mod fault;
 mod model;
 #[cfg(feature = "postgres")]
