@@ -79,6 +79,7 @@ pub(crate) struct FileConfig {
     pub(crate) public_rate_limit: Option<u64>,
     pub(crate) request_timeout_secs: Option<u64>,
     pub(crate) max_body_bytes: Option<usize>,
+    pub(crate) max_batch_size: Option<usize>,
     pub(crate) key_refresh_secs: Option<i64>,
     pub(crate) organization_id: Option<String>,
     pub(crate) sandbox_environment_id: Option<String>,

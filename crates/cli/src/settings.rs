@@ -52,6 +52,9 @@ pub(crate) struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "BLINDPASS_MAX_BODY_BYTES")]
     pub(crate) max_body_bytes: Option<usize>,
+    /// Most token requests in one batched issuance (422 past it).
+    #[arg(long, env = "BLINDPASS_MAX_BATCH_SIZE")]
+    pub(crate) max_batch_size: Option<usize>,
     /// Seconds between re-reads of issuer keys from the store.
     #[arg(long, env = "BLINDPASS_KEY_REFRESH_SECS")]
     pub(crate) key_refresh_secs: Option<i64>,
@@ -247,6 +250,12 @@ fn limits(args: &ServeArgs, file: &FileConfig, request_timeout: Duration) -> any
         request_timeout,
         max_in_flight: at_least("max-in-flight", pick(&args.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?,
         max_uri_bytes: at_least("max-uri-bytes", pick(&args.max_uri_bytes, &file.max_uri_bytes), d.max_uri_bytes, 64)?,
+        max_batch_size: at_least(
+            "max-batch-size",
+            pick(&args.max_batch_size, &file.max_batch_size),
+            d.max_batch_size,
+            1,
+        )?,
         connections: ConnectionLimits {
             header_read_timeout: Duration::from_secs(header_read_timeout_secs),
             max_header_bytes: at_least(

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_key;
+mod batch;
 pub mod client_addr;
 pub mod envelope;
 pub mod error;
@@ -76,6 +77,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Longest accepted request target (path and query), in bytes (414).
     pub max_uri_bytes: usize,
+    /// Most token requests in one batch (422 past it).
+    pub max_batch_size: usize,
     /// Connection-level limits (see [`transport`]).
     pub connections: transport::ConnectionLimits,
 }
@@ -87,6 +90,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 1024,
             max_uri_bytes: 2048,
+            max_batch_size: 100,
             connections: transport::ConnectionLimits::default(),
         }
     }

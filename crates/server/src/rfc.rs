@@ -4,6 +4,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use blindpass_protocol::batch::{Framing, MEDIA_TYPE_ARBITRARY_BATCH_REQUEST, MEDIA_TYPE_GENERIC_BATCH_REQUEST};
 use blindpass_protocol::directory::WELL_KNOWN_PATH;
 use blindpass_protocol::wire::{
     MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA, TokenRequest,
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::api_key::ApiKey;
 use crate::client_addr::Client;
-use crate::envelope::rate_limit_headers;
+use crate::envelope::{Envelope, rate_limit_headers};
 use crate::error::ApiError;
 use crate::json::{read_body, require_content_type};
 
@@ -97,10 +98,18 @@ fn cacheable(headers: &HeaderMap, body: Vec<u8>) -> Response {
 pub(crate) async fn token_request(
     State(state): State<AppState>,
     ApiKey(auth): ApiKey,
+    envelope: Envelope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST)?;
+    if let Some(framing) = batch_framing(&headers) {
+        return crate::batch::issue(&state, &auth, &envelope, framing, &headers, body).await;
+    }
+    require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST).map_err(|_| {
+        ApiError::unsupported_media_type(&format!(
+            "{MEDIA_TYPE_TOKEN_REQUEST}, {MEDIA_TYPE_GENERIC_BATCH_REQUEST} or {MEDIA_TYPE_ARBITRARY_BATCH_REQUEST}"
+        ))
+    })?;
     let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
     let request = issue_request(&bytes)?;
     let blind_sig = state.service.issue(auth.key.environment, request).await.map_err(|e| match e {
@@ -109,6 +118,12 @@ pub(crate) async fn token_request(
     })?;
     let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE))];
     Ok((StatusCode::OK, content_type, blind_sig).into_response())
+}
+
+/// The batch framing the request's media type names, if it names one.
+fn batch_framing(headers: &HeaderMap) -> Option<Framing> {
+    let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Framing::of_request_media_type(content_type.split(';').next()?.trim())
 }
 
 /// RFC 9578 §6.2: a bad type, an unknown truncated id or a wrong size is 422.

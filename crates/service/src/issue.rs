@@ -98,6 +98,37 @@ impl Service {
             .map_err(|e| IssueError::Internal(format!("signing task failed: {e}")))?
     }
 
+    /// Evaluates every item of a batch for a caller in `environment`: one key
+    /// lookup per item, then the evaluations spread over the cores (one
+    /// blocking task per core, each evaluating its share in turn). An item
+    /// that cannot be issued gets its reason; a store failure fails the
+    /// whole batch (nothing was signed).
+    pub async fn issue_batch(
+        &self,
+        environment: Environment,
+        requests: Vec<IssueRequest>,
+    ) -> Result<Vec<Result<Vec<u8>, IssueError>>, IssueError> {
+        let mut work = Vec::with_capacity(requests.len());
+        let mut results = Vec::with_capacity(requests.len());
+        for (i, request) in requests.into_iter().enumerate() {
+            match self.issuing_key(environment, request.selector).await {
+                Ok(key) => {
+                    work.push((i, key, request.blinded));
+                    // Replaced below: every item of `work` is evaluated.
+                    results.push(Err(IssueError::Internal("not evaluated".into())));
+                }
+                Err(e @ IssueError::Store(_)) => return Err(e),
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        for (i, evaluated) in evaluate_on_all_cores(work).await? {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = evaluated;
+            }
+        }
+        Ok(results)
+    }
+
     /// The one key lookup: the key `selector` names, if it may issue for
     /// `environment` now.
     async fn issuing_key(&self, environment: Environment, selector: KeySelector) -> Result<Arc<LoadedKey>, IssueError> {
@@ -117,4 +148,26 @@ impl Service {
         self.lifecycle().can_issue(&key.record, now).map_err(IssueError::KeyNotActive)?;
         Ok(key)
     }
+}
+
+/// Evaluates `work` in one blocking task per core; returns each item's
+/// index with its result.
+async fn evaluate_on_all_cores(
+    work: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>,
+) -> Result<Vec<(usize, Result<Vec<u8>, IssueError>)>, IssueError> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let per_task = work.len().div_ceil(cores).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut work = work.into_iter().peekable();
+    while work.peek().is_some() {
+        let share: Vec<_> = work.by_ref().take(per_task).collect();
+        tasks.spawn_blocking(move || -> Vec<_> {
+            share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded))).collect()
+        });
+    }
+    let mut out: Vec<(usize, Result<Vec<u8>, IssueError>)> = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        out.extend(done.map_err(|e| IssueError::Internal(format!("signing task failed: {e}")))?);
+    }
+    Ok(out)
 }

@@ -11,9 +11,14 @@ use crate::{Store, StoreError};
 /// Fixed-window counters.
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
-    /// Adds one hit to `bucket`'s window starting at `window_start` (lasting
-    /// `window_secs`) and returns the count so far. Atomic across nodes.
-    async fn hit(&self, bucket: &str, window_start: i64, window_secs: i64) -> Result<u64, StoreError>;
+    /// Adds `n` hits to `bucket`'s window starting at `window_start`
+    /// (lasting `window_secs`) and returns the count so far. Atomic across
+    /// nodes.
+    async fn add(&self, bucket: &str, window_start: i64, window_secs: i64, n: u64) -> Result<u64, StoreError>;
+    /// Adds one hit.
+    async fn hit(&self, bucket: &str, window_start: i64, window_secs: i64) -> Result<u64, StoreError> {
+        self.add(bucket, window_start, window_secs, 1).await
+    }
 }
 
 /// Counters in the store's `rate_limits` table.
@@ -36,8 +41,8 @@ impl std::fmt::Debug for StoreLimiter {
 
 #[async_trait]
 impl RateLimiter for StoreLimiter {
-    async fn hit(&self, bucket: &str, window_start: i64, _window_secs: i64) -> Result<u64, StoreError> {
-        self.store.rate_limit_hit(bucket, window_start).await
+    async fn add(&self, bucket: &str, window_start: i64, _window_secs: i64, n: u64) -> Result<u64, StoreError> {
+        self.store.rate_limit_add(bucket, window_start, n).await
     }
 }
 
@@ -82,12 +87,12 @@ impl RedisLimiter {
 
 #[async_trait]
 impl RateLimiter for RedisLimiter {
-    async fn hit(&self, bucket: &str, window_start: i64, window_secs: i64) -> Result<u64, StoreError> {
+    async fn add(&self, bucket: &str, window_start: i64, window_secs: i64, n: u64) -> Result<u64, StoreError> {
         let key = format!("{}:rl:{bucket}:{window_start}", self.prefix);
         let mut connection = self.connection.clone();
         let (count, _): (u64, bool) = redis::pipe()
             .atomic()
-            .incr(&key, 1u64)
+            .incr(&key, n)
             .expire(&key, window_secs * 2)
             .query_async(&mut connection)
             .await
@@ -145,7 +150,7 @@ impl LocalLimiter {
 
 #[async_trait]
 impl RateLimiter for LocalLimiter {
-    async fn hit(&self, bucket: &str, window_start: i64, _window_secs: i64) -> Result<u64, StoreError> {
+    async fn add(&self, bucket: &str, window_start: i64, _window_secs: i64, n: u64) -> Result<u64, StoreError> {
         let mut windows = self.windows.lock().map_err(|_| StoreError::Other("rate limiter lock poisoned".into()))?;
         let mut bucket = bucket;
         if !windows.contains_key(bucket) && windows.len() >= self.max_buckets {
@@ -158,7 +163,7 @@ impl RateLimiter for LocalLimiter {
         if entry.0 != window_start {
             *entry = (window_start, 0);
         }
-        entry.1 += 1;
+        entry.1 = entry.1.saturating_add(n);
         Ok(entry.1)
     }
 }

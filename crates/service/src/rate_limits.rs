@@ -87,13 +87,29 @@ impl Service {
         self.count(format!("authfail:{client}"), self.config().auth_failure_limit_per_minute).await
     }
 
+    /// Counts `tokens` more against `environment`'s window: a batch counts
+    /// its tokens, not its request (the request itself was counted when it
+    /// was authenticated, so a batch of n adds n − 1 here).
+    pub async fn rate_limit_tokens(
+        &self,
+        environment: Environment,
+        tokens: u64,
+    ) -> Result<Option<RateLimitStatus>, StoreError> {
+        let bucket = format!("env:{}", environment.as_str());
+        self.count_n(bucket, self.config().rate_limit_per_minute, tokens).await
+    }
+
     async fn count(&self, bucket: String, limit: u64) -> Result<Option<RateLimitStatus>, StoreError> {
+        self.count_n(bucket, limit, 1).await
+    }
+
+    async fn count_n(&self, bucket: String, limit: u64, n: u64) -> Result<Option<RateLimitStatus>, StoreError> {
         if limit == 0 {
             return Ok(None);
         }
         let now = self.now();
         let window_start = now - now.rem_euclid(WINDOW_SECS);
-        let count = self.inner.limiter.hit(&bucket, window_start, WINDOW_SECS).await?;
+        let count = self.inner.limiter.add(&bucket, window_start, WINDOW_SECS, n).await?;
         Ok(Some(RateLimitStatus {
             limit,
             remaining: limit.saturating_sub(count),

@@ -154,9 +154,13 @@ pub trait IdempotencyStore: Send + Sync {
 /// Fixed-window request counters.
 #[async_trait]
 pub trait RateLimitStore: Send + Sync {
-    /// Adds one hit to `(bucket, window_start)` and returns the new count.
+    /// Adds `n` hits to `(bucket, window_start)` and returns the new count.
     /// Atomic: concurrent hits are all counted.
-    async fn rate_limit_hit(&self, bucket: &str, window_start: i64) -> Result<u64, StoreError>;
+    async fn rate_limit_add(&self, bucket: &str, window_start: i64, n: u64) -> Result<u64, StoreError>;
+    /// Adds one hit.
+    async fn rate_limit_hit(&self, bucket: &str, window_start: i64) -> Result<u64, StoreError> {
+        self.rate_limit_add(bucket, window_start, 1).await
+    }
     /// Deletes windows that started before `before`.
     async fn rate_limit_prune(&self, before: i64) -> Result<u64, StoreError>;
 }

@@ -90,6 +90,9 @@ pub async fn rate_limits_count_every_hit(store: Arc<dyn Store>) {
     assert_eq!(store.rate_limit_hit("env:production", 600).await.unwrap(), 1, "buckets are independent");
     assert_eq!(store.rate_limit_prune(660).await.unwrap(), 2);
     assert_eq!(store.rate_limit_hit("env:sandbox", 660).await.unwrap(), 2);
+    // A batch counts its tokens in one atomic add.
+    assert_eq!(store.rate_limit_add("env:sandbox", 660, 32).await.unwrap(), 34);
+    assert_eq!(store.rate_limit_add("batch:new", 660, 5).await.unwrap(), 5, "a new window starts at n");
 }
 
 pub async fn settings(store: Arc<dyn Store>) {

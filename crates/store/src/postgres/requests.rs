@@ -61,13 +61,14 @@ impl IdempotencyStore for PostgresStore {
 
 #[async_trait]
 impl RateLimitStore for PostgresStore {
-    async fn rate_limit_hit(&self, bucket: &str, window_start: i64) -> Result<u64, StoreError> {
+    async fn rate_limit_add(&self, bucket: &str, window_start: i64, n: u64) -> Result<u64, StoreError> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
         let rows = self
             .query(
-                "INSERT INTO rate_limits (bucket, window_start, count) VALUES ($1, $2, 1)
-                 ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limits.count + 1
+                "INSERT INTO rate_limits (bucket, window_start, count) VALUES ($1, $2, $3)
+                 ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limits.count + $3
                  RETURNING count",
-                &[&bucket, &window_start],
+                &[&bucket, &window_start, &n],
             )
             .await?;
         let count: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);

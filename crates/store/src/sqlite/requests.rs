@@ -56,17 +56,18 @@ impl IdempotencyStore for SqliteStore {
 
 #[async_trait]
 impl RateLimitStore for SqliteStore {
-    async fn rate_limit_hit(&self, bucket: &str, window_start: i64) -> Result<u64, StoreError> {
+    async fn rate_limit_add(&self, bucket: &str, window_start: i64, n: u64) -> Result<u64, StoreError> {
         let bucket = bucket.to_owned();
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
         self.with(move |c| {
             let count: i64 = c
                 .prepare_cached(
-                    "INSERT INTO rate_limits (bucket, window_start, count) VALUES (?1, ?2, 1)
-                     ON CONFLICT (bucket, window_start) DO UPDATE SET count = count + 1
+                    "INSERT INTO rate_limits (bucket, window_start, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (bucket, window_start) DO UPDATE SET count = count + ?3
                      RETURNING count",
                 )
                 .map_err(map_err)?
-                .query_row(params![bucket, window_start], |r| r.get(0))
+                .query_row(params![bucket, window_start, n], |r| r.get(0))
                 .map_err(map_err)?;
             Ok(count.max(0) as u64)
         })
