@@ -39,6 +39,13 @@ enum ClientCommand {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Issue RFC 9577 tokens in generic batches of this many
+        /// (draft-ietf-privacypass-batched-tokens) instead of Persona tokens
+        /// one request each. The batch answers the RFC challenge of a relay
+        /// created for the scope; generate-claim accepts the tokens at any
+        /// relay of that environment and claim type.
+        #[arg(long)]
+        batch_size: Option<usize>,
         /// Write the tokens to this file instead of stdout.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
@@ -85,8 +92,11 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
     }
     match args.command {
         ClientCommand::Challenge(scope) => challenge(&client, &scope, args.json).await,
-        ClientCommand::Issue { scope, count, concurrency, out } => {
-            let tokens = issue_many(&client, &scope, count, concurrency.max(1)).await?;
+        ClientCommand::Issue { scope, count, concurrency, batch_size, out } => {
+            let tokens = match batch_size {
+                None => issue_many(&client, &scope, count, concurrency.max(1)).await?,
+                Some(size) => issue_batched(&client, &scope, count, size.max(1)).await?,
+            };
             write_tokens(&tokens, args.json, out.as_deref())
         }
         ClientCommand::Redeem { relay_token, relay_secret, token } => {
@@ -170,6 +180,35 @@ async fn issue_many(
     let mut tokens = Vec::with_capacity(count);
     for w in workers {
         tokens.extend(w.await??);
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(tokens)
+}
+
+/// `count` RFC 9577 tokens in batches of `size`, as base64url (the form
+/// `Authorization: PrivateToken token=` takes).
+async fn issue_batched(
+    client: &Client,
+    scope: &Scope,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<Vec<Zeroizing<String>>> {
+    let sandbox = !scope.production;
+    let relay = client.create_relay(&scope.claim_type, None, sandbox).await?;
+    let challenge = client.rfc_challenge(&relay).await?;
+    let progress = count > 1 && std::io::stderr().is_terminal();
+    let mut tokens = Vec::with_capacity(count);
+    while tokens.len() < count {
+        let batch = client.issue_rfc_batch(&challenge, size.min(count - tokens.len()), sandbox).await?;
+        if batch.is_empty() {
+            bail!("the issuer issued none of a batch");
+        }
+        tokens.extend(batch.iter().map(|t| Zeroizing::new(blindpass_protocol::b64::encode_unpadded(&t.encode()))));
+        if progress {
+            draw_progress(tokens.len(), count);
+        }
     }
     if progress {
         eprintln!();

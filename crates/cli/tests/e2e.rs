@@ -260,3 +260,55 @@ async fn the_single_node_rate_limit_counts_every_request() {
     assert_eq!(statuses[1], (404, Some("0".into())), "{statuses:?}");
     assert_eq!(statuses[2].0, 429, "{statuses:?}");
 }
+
+#[tokio::test]
+async fn client_issue_in_batches_gives_rfc_tokens_that_each_redeem_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ["--data-dir", dir.path().to_str().unwrap()];
+    let server = start(&store, &["--max-batch-size", "4"]).await;
+    let key = cli(&store, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
+    // 10 tokens in batches of 4: three batches (4, 4, 2) under the cap.
+    let out = Command::new(BIN)
+        .args(["client", "--base-url", &server.base, "--api-key", &key, "issue", "--count", "10", "--batch-size", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tokens: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(tokens.len(), 10);
+    for token in &tokens {
+        let bytes = b64::decode(token).unwrap();
+        assert!(blindpass_protocol::wire::Token::decode(&bytes).is_ok(), "an RFC 9577 token of type 2");
+    }
+    let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+    assert_eq!(distinct.len(), 10);
+    let relay: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/privacy/v1/relays", server.base))
+        .json(&serde_json::json!({"claim-type": "age_over18_verified", "encryption-key-pem": null, "sandbox": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let redeem = |token: &str| {
+        Command::new(BIN)
+            .args(["client", "--base-url", &server.base, "--json", "redeem", "--relay-token"])
+            .arg(relay["relay-token"].as_str().unwrap())
+            .args(["--relay-secret", relay["relay-secret"].as_str().unwrap(), "--token", token])
+            .output()
+            .unwrap()
+    };
+    for token in &tokens {
+        let out = redeem(token);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reply["token-consumed"], true);
+    }
+    // Past the server's cap the batch is refused with the cap in the error.
+    let out = Command::new(BIN)
+        .args(["client", "--base-url", &server.base, "--api-key", &key, "issue", "--count", "5", "--batch-size", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 4"), "{}", String::from_utf8_lossy(&out.stderr));
+}
