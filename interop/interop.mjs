@@ -7,11 +7,17 @@
 //     signed by POST /token-request, finalizes, verifies the token with
 //     privacypass-ts's own Origin.verify, and redeems it at generate-claim.
 //
+//   batch BASE API_KEY RELAY_TOKEN RELAY_SECRET COUNT
+//     The same with privacypass-ts's genericBatched client: COUNT type-2
+//     TokenRequests in one generic batch (draft-ietf-privacypass-batched-tokens)
+//     to the issuer URI, each response item finalized, verified with
+//     Origin.verify, and redeemed at generate-claim.
+//
 //   verify TOKEN_HEX TOKEN_KEY_B64URL
 //     Verifies a Token made by blindpass's Rust client with Origin.verify.
 //
 // Prints one JSON object on stdout.
-import { publicVerif, TOKEN_TYPES, WWWAuthenticateHeader, AuthorizationHeader, Token } from '@cloudflare/privacypass-ts';
+import { publicVerif, genericBatched, TOKEN_TYPES, WWWAuthenticateHeader, AuthorizationHeader, Token } from '@cloudflare/privacypass-ts';
 
 const { Client, Origin, BlindRSAMode, convertRSASSAPSSToEnc } = publicVerif;
 
@@ -75,6 +81,63 @@ async function flow([base, apiKey, relayToken, relaySecret]) {
   };
 }
 
+async function batch([base, apiKey, relayToken, relaySecret, count]) {
+  const directory = await (await fetch(`${base}/.well-known/private-token-issuer-directory?sandbox=true`)).json();
+  const claimUrl = `${base}/api/privacy/v1/relays/${relayToken}/generate-claim`;
+  const unauthenticated = await fetch(claimUrl, {
+    method: 'POST',
+    headers: { 'Persona-Relay-Secret': relaySecret, 'Content-Type': 'application/json' },
+    body: '{}',
+  });
+  const [challengeHeader] = WWWAuthenticateHeader.parse(unauthenticated.headers.get('WWW-Authenticate'));
+
+  const clients = [];
+  const items = [];
+  for (let i = 0; i < Number(count); i++) {
+    const client = new Client(BlindRSAMode.PSS);
+    items.push(new genericBatched.TokenRequest(await client.createTokenRequest(challengeHeader.challenge, challengeHeader.tokenKey)));
+    clients.push(client);
+  }
+  const batchClient = new genericBatched.Client();
+  const issued = await fetch(new URL(directory['issuer-request-uri'], base), {
+    method: 'POST',
+    headers: {
+      Authorization: `Bearer ${apiKey}`,
+      'Content-Type': 'application/private-token-generic-batch-request',
+      Accept: 'application/private-token-generic-batch-response',
+    },
+    body: batchClient.createTokenRequest(items).serialize(),
+  });
+  if (issued.status !== 200) throw new Error(`batch: ${issued.status} ${await issued.text()}`);
+  const responses = [...batchClient.deserializeTokenResponse(new Uint8Array(await issued.arrayBuffer()))];
+
+  const origin = new Origin(BlindRSAMode.PSS);
+  const issuerKey = await importIssuerKey(challengeHeader.tokenKey);
+  let verified = 0;
+  let redeemed = 0;
+  for (let i = 0; i < responses.length; i++) {
+    const token = await clients[i].finalize(responses[i].tokenResponse);
+    if (await origin.verify(token, issuerKey)) verified++;
+    const claim = await fetch(claimUrl, {
+      method: 'POST',
+      headers: {
+        'Persona-Relay-Secret': relaySecret,
+        'Content-Type': 'application/json',
+        Authorization: new AuthorizationHeader(token).toString(),
+      },
+      body: '{}',
+    });
+    if (claim.status === 200 && (await claim.json())['token-consumed'] === true) redeemed++;
+  }
+  return {
+    status: issued.status,
+    contentType: issued.headers.get('Content-Type'),
+    items: responses.length,
+    verified,
+    redeemed,
+  };
+}
+
 async function verify([tokenHex, tokenKeyB64url]) {
   const token = Token.deserialize(TOKEN_TYPES.BLIND_RSA, unhex(tokenHex));
   const origin = new Origin(BlindRSAMode.PSS);
@@ -82,7 +145,7 @@ async function verify([tokenHex, tokenKeyB64url]) {
 }
 
 const [mode, ...args] = process.argv.slice(2);
-const modes = { flow, verify };
+const modes = { flow, batch, verify };
 try {
   console.log(JSON.stringify(await modes[mode](args)));
 } catch (e) {

@@ -86,6 +86,24 @@ async fn privacypass_ts_issues_verifies_and_redeems_against_blindpass() {
 
 #[tokio::test]
 #[cfg_attr(not(blindpass_test_interop), ignore = "needs BLINDPASS_TEST_INTEROP, Node.js and npm (.ci/run sets it)")]
+async fn privacypass_ts_generic_batch_is_issued_and_every_token_verifies_and_redeems() {
+    let dir = node_ready();
+    let data = tempfile::tempdir().unwrap();
+    let store = ["--data-dir", data.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let api_key = api_key(&store, "sandbox");
+    let (relay_token, relay_secret) = relay(&reqwest::Client::new(), &server).await;
+
+    let out = node(&dir, &["batch", &server.base, &api_key, &relay_token, &relay_secret, "16"]);
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["contentType"], "application/private-token-generic-batch-response");
+    assert_eq!(out["items"], 16, "{out}");
+    assert_eq!(out["verified"], 16, "privacypass-ts's Origin.verify accepts every token of the batch: {out}");
+    assert_eq!(out["redeemed"], 16, "blindpass redeems every token privacypass-ts finalized: {out}");
+}
+
+#[tokio::test]
+#[cfg_attr(not(blindpass_test_interop), ignore = "needs BLINDPASS_TEST_INTEROP, Node.js and npm (.ci/run sets it)")]
 async fn a_token_from_the_rust_client_verifies_in_privacypass_ts() {
     let dir = node_ready();
     let data = tempfile::tempdir().unwrap();
