@@ -81,6 +81,7 @@ pub(crate) struct FileConfig {
     pub(crate) max_body_bytes: Option<usize>,
     pub(crate) max_batch_size: Option<usize>,
     pub(crate) key_refresh_secs: Option<i64>,
+    pub(crate) api_key_cache_secs: Option<i64>,
     pub(crate) organization_id: Option<String>,
     pub(crate) sandbox_environment_id: Option<String>,
     pub(crate) production_environment_id: Option<String>,

@@ -58,6 +58,11 @@ pub(crate) struct ServeArgs {
     /// Seconds between re-reads of issuer keys from the store.
     #[arg(long, env = "BLINDPASS_KEY_REFRESH_SECS")]
     pub(crate) key_refresh_secs: Option<i64>,
+    /// Seconds an API key found valid is trusted without asking the store:
+    /// a revocation made elsewhere takes effect within this bound (0: ask
+    /// on every request).
+    #[arg(long, env = "BLINDPASS_API_KEY_CACHE_SECS")]
+    pub(crate) api_key_cache_secs: Option<i64>,
     /// `Persona-Organization-Id` to report (default: generated once, stored).
     #[arg(long, env = "BLINDPASS_ORGANIZATION_ID")]
     pub(crate) organization_id: Option<String>,
@@ -209,6 +214,12 @@ fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64
             pick(&args.key_refresh_secs, &file.key_refresh_secs),
             d.key_refresh_secs,
             1,
+        )?,
+        api_key_cache_secs: at_least(
+            "api-key-cache-secs",
+            pick(&args.api_key_cache_secs, &file.api_key_cache_secs),
+            d.api_key_cache_secs,
+            0,
         )?,
         // Past the request timeout no request is still being answered, so
         // an unfinished idempotency claim belongs to a request that died.

@@ -18,7 +18,7 @@ use blindpass_protocol::{b64, persona};
 async fn cli_key_then_issue_over_http_then_finalize_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let store = ["--data-dir", dir.path().to_str().unwrap()];
-    let mut server = start(&store, &[]).await;
+    let mut server = start(&store, &["--api-key-cache-secs", "2"]).await;
 
     // An API key made by the CLI on the store the server is using.
     let out = cli(&store, &["api-keys", "create", "--env", "sandbox", "--name", "e2e"]);
@@ -59,17 +59,30 @@ async fn cli_key_then_issue_over_http_then_finalize_and_verify() {
     let token = persona::finalize_issuance(&key, &state, &blind_sig).unwrap();
     persona::Token::decode(&token.encode()).unwrap().verify_signature(&key).unwrap();
 
-    // Revoking with the CLI takes effect on the running server at once.
+    // Revoking with the CLI takes effect on the running server within
+    // --api-key-cache-secs (2 s here): the server trusts a key it found
+    // valid that long without reading the store again.
     let id = out.lines().next().unwrap().trim_start_matches("id: ").to_owned();
     cli(&store, &["api-keys", "revoke", &id]);
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/privacy-passes", server.base))
-        .bearer_auth(&secret)
-        .json(&serde_json::json!({ "blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
+    let revoked_at = Instant::now();
+    let issue = async || {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/privacy-passes", server.base))
+            .bearer_auth(&secret)
+            .json(&serde_json::json!({ "blindedToken": b64::encode_unpadded(&blinded), "keyId": key_id }))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    };
+    let mut status = issue().await;
+    while status != 403 && revoked_at.elapsed() < Duration::from_secs(4) {
+        assert_eq!(status, 201, "until the bound the cached key still issues");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = issue().await;
+    }
+    assert_eq!(status, 403, "revoked within the bound");
+    assert!(revoked_at.elapsed() <= Duration::from_secs(3) + Duration::from_millis(500), "{:?}", revoked_at.elapsed());
 
     // SIGTERM stops it cleanly.
     let pid = server.child.id().to_string();

@@ -206,6 +206,7 @@ impl From<IssueError> for ApiError {
             IssueError::OutOfRange => {
                 ApiError::unprocessable("blinded-token is not a valid message representative for the key.")
             }
+            IssueError::Busy => ApiError::overloaded(),
             IssueError::Store(s) => s.into(),
             IssueError::Internal(cause) => ApiError::internal(&cause),
         }

@@ -96,8 +96,18 @@ impl Service {
 
     /// Checks a bearer secret: looked up by a prefix of its hash, then
     /// compared in constant time over the whole hash.
+    ///
+    /// A key found valid is remembered for `api_key_cache_secs`, so that an
+    /// issuance does not cost a store round trip: a revocation made
+    /// elsewhere (the CLI, another node) takes effect on this node within
+    /// that bound; one made through this service at once. Unknown and
+    /// revoked keys are never remembered.
     pub async fn authenticate(&self, secret: &str) -> Result<Authenticated, AuthError> {
         let hash = hash_secret(secret);
+        let ttl = self.config().api_key_cache_secs;
+        if let Some(key) = self.inner.auth_cache.get(&hash, self.now(), ttl) {
+            return Ok(Authenticated { key });
+        }
         let key = self.store().api_key_by_lookup(&lookup_of(&hash)).await?.ok_or(AuthError::Unknown)?;
         if !bool::from(key.secret_hash.ct_eq(&hash)) {
             return Err(AuthError::Unknown);
@@ -105,11 +115,47 @@ impl Service {
         if key.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
+        if ttl > 0 {
+            self.inner.auth_cache.put(hash, key.clone(), self.now());
+        }
         Ok(Authenticated { key })
     }
 
     /// Revokes a key by id; false when there is none.
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
-        self.store().revoke_api_key(id, self.now()).await
+        let revoked = self.store().revoke_api_key(id, self.now()).await?;
+        self.inner.auth_cache.forget(id);
+        Ok(revoked)
+    }
+}
+
+/// Most API keys remembered at once; past it the cache starts over.
+const AUTH_CACHE_MAX: usize = 10_000;
+
+/// API keys recently found valid, by the SHA-256 of their secret (never the
+/// secret), with when they were read.
+#[derive(Default)]
+pub(crate) struct AuthCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (ApiKey, i64)>>,
+}
+
+impl AuthCache {
+    fn get(&self, hash: &[u8; 32], now: i64, ttl_secs: i64) -> Option<ApiKey> {
+        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (key, read_at) = entries.get(hash)?;
+        (now >= *read_at && now - read_at < ttl_secs).then(|| key.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], key: ApiKey, now: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= AUTH_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (key, now));
+    }
+
+    fn forget(&self, id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.retain(|_, (key, _)| key.id != id);
     }
 }

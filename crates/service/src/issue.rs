@@ -74,9 +74,21 @@ pub enum IssueError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Every signing thread is busy and the queue is full (retry).
+    #[error("the signing queue is full")]
+    Busy,
     /// Keys could not be loaded, or signing failed its fault check.
     #[error("internal issuance failure: {0}")]
     Internal(String),
+}
+
+impl From<crate::PoolError> for IssueError {
+    fn from(e: crate::PoolError) -> Self {
+        match e {
+            crate::PoolError::Busy => IssueError::Busy,
+            crate::PoolError::Failed => IssueError::Internal("a signing job failed".into()),
+        }
+    }
 }
 
 impl From<KeyError> for IssueError {
@@ -93,9 +105,7 @@ impl Service {
     /// `environment`. The key operation runs on the blocking pool.
     pub async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
         let key = self.issuing_key(environment, request.selector).await?;
-        tokio::task::spawn_blocking(move || key.evaluate(&request.blinded))
-            .await
-            .map_err(|e| IssueError::Internal(format!("signing task failed: {e}")))?
+        self.inner.signing.run(move || key.evaluate(&request.blinded)).await?
     }
 
     /// Evaluates every item of a batch for a caller in `environment`: one key
@@ -121,12 +131,34 @@ impl Service {
                 Err(e) => results.push(Err(e)),
             }
         }
-        for (i, evaluated) in evaluate_on_all_cores(work).await? {
+        for (i, evaluated) in self.evaluate_on_all_cores(work).await? {
             if let Some(slot) = results.get_mut(i) {
                 *slot = evaluated;
             }
         }
         Ok(results)
+    }
+
+    /// Evaluates `work` as one job per signing thread; returns each item's
+    /// index with its result.
+    async fn evaluate_on_all_cores(
+        &self,
+        work: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>,
+    ) -> Result<Vec<(usize, Result<Vec<u8>, IssueError>)>, IssueError> {
+        let per_job = work.len().div_ceil(self.inner.signing.threads()).max(1);
+        let mut jobs = Vec::new();
+        let mut work = work.into_iter().peekable();
+        while work.peek().is_some() {
+            let share: Vec<_> = work.by_ref().take(per_job).collect();
+            jobs.push(self.inner.signing.submit(move || -> Vec<_> {
+                share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded))).collect()
+            })?);
+        }
+        let mut out = Vec::new();
+        for job in jobs {
+            out.extend(job.await.map_err(|_| crate::PoolError::Failed)?);
+        }
+        Ok(out)
     }
 
     /// The one key lookup: the key `selector` names, if it may issue for
@@ -148,26 +180,4 @@ impl Service {
         self.lifecycle().can_issue(&key.record, now).map_err(IssueError::KeyNotActive)?;
         Ok(key)
     }
-}
-
-/// Evaluates `work` in one blocking task per core; returns each item's
-/// index with its result.
-async fn evaluate_on_all_cores(
-    work: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>,
-) -> Result<Vec<(usize, Result<Vec<u8>, IssueError>)>, IssueError> {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let per_task = work.len().div_ceil(cores).max(1);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut work = work.into_iter().peekable();
-    while work.peek().is_some() {
-        let share: Vec<_> = work.by_ref().take(per_task).collect();
-        tasks.spawn_blocking(move || -> Vec<_> {
-            share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded))).collect()
-        });
-    }
-    let mut out: Vec<(usize, Result<Vec<u8>, IssueError>)> = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        out.extend(done.map_err(|e| IssueError::Internal(format!("signing task failed: {e}")))?);
-    }
-    Ok(out)
 }

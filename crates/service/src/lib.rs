@@ -27,6 +27,7 @@ mod redeem;
 mod relays;
 mod retention;
 mod secrets;
+mod signing_pool;
 
 use std::sync::Arc;
 
@@ -45,6 +46,12 @@ pub use rate_limits::{RateLimitStatus, client_bucket};
 pub use redeem::{PresentedToken, RedeemError, Redemption, TokenRejection};
 pub use relays::{NewRelay, RecordError, RelayError};
 pub use retention::{CLOCK_SKEW_MARGIN_SECS, Pruned};
+pub use signing_pool::PoolError;
+
+/// Key operations waiting for a signing thread before more are refused
+/// (503): at 1 ms a signature per core, a queue this long drains in well
+/// under a second on two cores.
+const SIGNING_QUEUE: usize = 1024;
 
 /// Tunables of the service layer.
 #[derive(Debug, Clone)]
@@ -65,6 +72,10 @@ pub struct Config {
     pub auth_failure_limit_per_minute: u64,
     /// How often the key ring is re-read from the store, in seconds.
     pub key_refresh_secs: i64,
+    /// How long an API key found valid is trusted without asking the store
+    /// again: the bound within which a revocation made elsewhere takes
+    /// effect on this node. 0 asks the store on every request.
+    pub api_key_cache_secs: i64,
     /// After how many seconds an unfinished idempotent request's claim is
     /// considered abandoned (its process died) and may be taken over: the
     /// request timeout, past which no request is still being answered.
@@ -89,6 +100,7 @@ impl Default for Config {
             relay_rate_limit_per_minute: 60,
             auth_failure_limit_per_minute: 60,
             key_refresh_secs: 5,
+            api_key_cache_secs: 5,
             idempotency_stale_secs: 30,
             relay_lifetime_secs: 24 * 3600,
             key_overlap_secs: 7 * 24 * 3600,
@@ -112,6 +124,8 @@ struct Inner {
     config: Config,
     keyring: keyring::KeyRing,
     secrets: tokio::sync::OnceCell<secrets::Secrets>,
+    signing: signing_pool::SigningPool,
+    auth_cache: api_keys::AuthCache,
 }
 
 impl std::fmt::Debug for Service {
@@ -144,6 +158,8 @@ impl Service {
                 config,
                 keyring: keyring::KeyRing::default(),
                 secrets: tokio::sync::OnceCell::new(),
+                signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
+                auth_cache: api_keys::AuthCache::default(),
             }),
         }
     }
@@ -163,6 +179,8 @@ impl Service {
                 config: inner.config.clone(),
                 keyring: keyring::KeyRing::default(),
                 secrets: tokio::sync::OnceCell::new(),
+                signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
+                auth_cache: api_keys::AuthCache::default(),
             }),
         }
     }

@@ -9,8 +9,8 @@ use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
 use blindpass_protocol::{b64, persona};
 use blindpass_service::lifecycle::NotIssuing;
 use blindpass_service::{
-    ChallengeOffer, ClaimType, Config, Environment, IssueError, IssueRequest, ManualClock, PresentedToken, RedeemError,
-    Relay, Service, TokenRejection,
+    AuthError, ChallengeOffer, ClaimType, Config, Environment, IssueError, IssueRequest, ManualClock, Permission,
+    PresentedToken, RedeemError, Relay, Service, TokenRejection,
 };
 use blindpass_store::sqlite::SqliteStore;
 
@@ -167,4 +167,24 @@ async fn a_seeded_entropy_source_makes_ids_and_secrets_repeatable() {
     }
     assert_eq!(made[0], made[1], "the same seed, the same ids and secrets");
     assert!(made[0].1.starts_with("persona_sandbox_"));
+}
+
+#[tokio::test]
+async fn a_revocation_made_elsewhere_takes_effect_within_the_api_key_cache_bound() {
+    let Node { service, clock, .. } = node().await;
+    let created = service.create_api_key(Environment::Sandbox, vec![Permission::PrivacyPassWrite], None).await.unwrap();
+    let secret = created.secret.to_string();
+    service.authenticate(&secret).await.unwrap();
+    // Revoked by another process on the same store (the CLI, another node).
+    service.store().revoke_api_key(&created.key.id, START).await.unwrap();
+    assert!(service.authenticate(&secret).await.is_ok(), "trusted for api_key_cache_secs");
+    clock.advance(service.config().api_key_cache_secs);
+    assert_eq!(service.authenticate(&secret).await.unwrap_err(), AuthError::Revoked);
+
+    // Revoked through this service: at once.
+    let other = service.create_api_key(Environment::Sandbox, vec![Permission::PrivacyPassWrite], None).await.unwrap();
+    service.authenticate(&other.secret).await.unwrap();
+    service.revoke_api_key(&other.key.id).await.unwrap();
+    assert_eq!(service.authenticate(&other.secret).await.unwrap_err(), AuthError::Revoked);
+    assert_eq!(service.authenticate("persona_sandbox_unknown").await.unwrap_err(), AuthError::Unknown);
 }
