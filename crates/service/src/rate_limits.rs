@@ -4,6 +4,10 @@
 
 use crate::{Environment, Service, StoreError};
 
+/// What counting a request gives: where its window stands (`None` when
+/// that limit is off), or the store failure.
+type Counted = Result<Option<RateLimitStatus>, StoreError>;
+
 /// Length of a rate-limit window.
 const WINDOW_SECS: i64 = 60;
 
@@ -52,7 +56,7 @@ pub fn client_bucket(address: std::net::IpAddr) -> String {
 impl Service {
     /// Counts one request against `environment`'s fixed one-minute window.
     /// `None` when rate limiting is off.
-    pub async fn rate_limit(&self, environment: Environment) -> Result<Option<RateLimitStatus>, StoreError> {
+    pub async fn rate_limit(&self, environment: Environment) -> Counted {
         self.count(format!("env:{}", environment.as_str()), self.config().rate_limit_per_minute).await
     }
 
@@ -60,11 +64,7 @@ impl Service {
     /// generate-claim, directory) from `client` (see [`client_bucket`]), and,
     /// when the operator set one, against `environment`'s anonymous ceiling.
     /// Returns the tighter of the two.
-    pub async fn rate_limit_anonymous(
-        &self,
-        client: &str,
-        environment: Option<Environment>,
-    ) -> Result<Option<RateLimitStatus>, StoreError> {
+    pub async fn rate_limit_anonymous(&self, client: &str, environment: Option<Environment>) -> Counted {
         let per_client = self.count(format!("client:{client}"), self.config().client_rate_limit_per_minute).await?;
         let ceiling = match environment {
             Some(env) => {
@@ -77,33 +77,28 @@ impl Service {
 
     /// Counts one redemption attempt at `relay_token` (generate-claim),
     /// whoever makes it.
-    pub async fn rate_limit_relay(&self, relay_token: &str) -> Result<Option<RateLimitStatus>, StoreError> {
+    pub async fn rate_limit_relay(&self, relay_token: &str) -> Counted {
         self.count(format!("relay:{relay_token}"), self.config().relay_rate_limit_per_minute).await
     }
 
     /// Counts one failed authentication from `client`. Past the limit the
     /// client is answered 429 instead of 401.
-    pub async fn rate_limit_auth_failure(&self, client: &str) -> Result<Option<RateLimitStatus>, StoreError> {
+    pub async fn rate_limit_auth_failure(&self, client: &str) -> Counted {
         self.count(format!("authfail:{client}"), self.config().auth_failure_limit_per_minute).await
     }
 
     /// Counts `tokens` more against `environment`'s window: a batch counts
     /// its tokens, not its request (the request itself was counted when it
     /// was authenticated, so a batch of n adds n − 1 here).
-    pub async fn rate_limit_tokens(
-        &self,
-        environment: Environment,
-        tokens: u64,
-    ) -> Result<Option<RateLimitStatus>, StoreError> {
-        let bucket = format!("env:{}", environment.as_str());
-        self.count_n(bucket, self.config().rate_limit_per_minute, tokens).await
+    pub async fn rate_limit_tokens(&self, environment: Environment, tokens: u64) -> Counted {
+        self.count_n(format!("env:{}", environment.as_str()), self.config().rate_limit_per_minute, tokens).await
     }
 
-    async fn count(&self, bucket: String, limit: u64) -> Result<Option<RateLimitStatus>, StoreError> {
+    async fn count(&self, bucket: String, limit: u64) -> Counted {
         self.count_n(bucket, limit, 1).await
     }
 
-    async fn count_n(&self, bucket: String, limit: u64, n: u64) -> Result<Option<RateLimitStatus>, StoreError> {
+    async fn count_n(&self, bucket: String, limit: u64, n: u64) -> Counted {
         if limit == 0 {
             return Ok(None);
         }
