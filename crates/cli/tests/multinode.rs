@@ -294,7 +294,12 @@ async fn losing_the_database_gives_503s_loses_no_spend_and_recovers() {
     let direct = url_with_schema(&base_url, &schema);
     let proxied = url_with_schema(&format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port), &schema);
     cli(&direct, &["migrate"]);
-    let node = start(&proxied, &["--rate-limit", "0", "--db-timeout-secs", "1", "--db-pool-size", "4"]).await;
+    // The node reads API keys from the store on every request here
+    // (`--api-key-cache-secs 0`), so that losing the database shows on
+    // authenticated requests too; with the cache, a node keeps issuing for
+    // keys it has seen.
+    let node_args = ["--rate-limit", "0", "--db-timeout-secs", "1", "--db-pool-size", "4", "--api-key-cache-secs", "0"];
+    let node = start(&proxied, &node_args).await;
     let helper = start(&direct, &["--rate-limit", "0"]).await;
     let http = reqwest::Client::new();
     let api_key = api_key(&direct, "sandbox");
