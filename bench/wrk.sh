@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Issuance under wrk (not our tool), with the server's own CPU, threads and
+# peak RSS read from /proc, beside `openssl speed rsa2048` in the same session.
+#
+#   bench/wrk.sh single [connections] [seconds]     POST /api/v1/privacy-passes
+#   bench/wrk.sh batch N [connections] [seconds]    POST /token-request, N type-2 items
+#
+# Environment: BIN (default target/release/blindpass), PORT (18080),
+# PIN=1 puts the server on core 0 and wrk on core 1 (default: both share
+# both cores), OPENSSL=0 skips the openssl reference,
+# PROFILE=file records the server with `perf record -g` into that file.
+# Needs wrk, curl, python3, openssl.
+set -euo pipefail
+
+mode=${1:?single or batch}
+shift
+items=1
+if [[ $mode == batch ]]; then
+    items=${1:?batch size}
+    shift
+fi
+conns=${1:-16}
+secs=${2:-10}
+BIN=${BIN:-target/release/blindpass}
+PORT=${PORT:-18080}
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+server_cpu=(taskset -c 0,1)
+wrk_cpu=(taskset -c 0,1)
+if [[ ${PIN:-0} == 1 ]]; then
+    server_cpu=(taskset -c 0)
+    wrk_cpu=(taskset -c 1)
+fi
+
+"${server_cpu[@]}" "$BIN" --data-dir "$work/data" serve --listen "127.0.0.1:$PORT" \
+    --rate-limit 0 --client-rate-limit 0 --auth-failure-limit 0 >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+    sleep 0.1
+done
+api_key=$("$BIN" --data-dir "$work/data" api-keys create --env sandbox | tail -n1)
+# Columns: token key id (RFC 9578, hex), Persona key id, env, state, not-before.
+read -r token_key_id key_id _ < <("$BIN" --data-dir "$work/data" keys list --env sandbox | awk 'NR==2')
+
+# A blinded message must be below n; n's top byte is >= 0x80, so 0x00 ‖ 255
+# random bytes always is.
+python3 - "$mode" "$items" "$key_id" "$token_key_id" "$work" <<'EOF'
+import base64, json, os, sys
+mode, items, key_id, token_key_id, work = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+blinded = lambda: b"\x00" + os.urandom(255)
+if mode == "single":
+    body = {"blinded-token": base64.urlsafe_b64encode(blinded()).decode().rstrip("="), "key-id": key_id}
+    open(f"{work}/body.json", "w").write(json.dumps(body))
+else:
+    item = lambda: b"\x00\x02" + bytes([int(token_key_id[-2:], 16)]) + blinded()
+    inner = b"".join(item() for _ in range(items))
+    n = len(inner)  # QUIC varint, minimal
+    length = bytes([n]) if n < 64 else (0x4000 | n).to_bytes(2, "big") if n < 16384 else (0x80000000 | n).to_bytes(4, "big")
+    open(f"{work}/body.bin", "wb").write(length + inner)
+EOF
+
+ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+before=$(ticks)
+perf_pid=
+if [[ -n ${PROFILE:-} ]]; then
+    perf record -F 999 -g -o "$PROFILE" -p "$server_pid" -- sleep "$secs" >/dev/null 2>&1 &
+    perf_pid=$!
+fi
+if [[ $mode == single ]]; then
+    out=$(API_KEY=$api_key BODY=$(cat "$work/body.json") "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+        -s "$here/issue.lua" "http://127.0.0.1:$PORT")
+else
+    out=$(API_KEY=$api_key BODY_FILE=$work/body.bin "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+        -s "$here/batch.lua" "http://127.0.0.1:$PORT")
+fi
+after=$(ticks)
+[[ -n $perf_pid ]] && wait "$perf_pid"
+threads=$(awk '/^Threads:/ {print $2}' "/proc/$server_pid/status")
+hwm_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$server_pid/status")
+echo "$out" | grep -E 'Requests/sec|p50|errors|Latency  '
+rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+requests=$(echo "$out" | awk '/requests in/ {print $1}')
+python3 - "$rps" "$requests" "$items" "$before" "$after" "$threads" "$hwm_kb" <<'EOF'
+import sys
+rps, requests, items, before, after, threads, hwm = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *map(int, sys.argv[4:8])
+tokens = requests * items
+cpu_us = (after - before) * 10_000 / tokens  # ticks are 1/100 s
+print(f"RESULT tokens/s {rps * items:,.0f}  server CPU per token {cpu_us:.0f} us  threads {threads}  peak RSS {hwm / 1024:.1f} MiB")
+EOF
+if [[ ${OPENSSL:-1} == 1 ]]; then
+    one=$(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}')
+    multi=$(openssl speed -multi 2 -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}')
+    python3 - "$one" "$multi" "$rps" "$items" "$before" "$after" "$requests" <<'EOF'
+import sys
+one, multi, rps, items = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+before, after, requests = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+cpu_us = (after - before) * 10_000 / (requests * items)
+print(f"OPENSSL one core {one:,.1f} signs/s ({1e6 / one:.0f} us), -multi 2 {multi:,.1f} signs/s")
+print(f"RATIOS efficiency {1e6 / one / cpu_us:.3f}  throughput {rps * items / multi:.3f} x multi-2")
+EOF
+fi
