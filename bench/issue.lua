@@ -14,3 +14,10 @@ function done(summary, latency, requests)
   io.write(string.format("connect errors %d, read %d, write %d, timeouts %d, non-2xx %d\n",
     summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout, summary.errors.status))
 end
+
+-- DELAY_MS (bench/wrk.sh's RATE): each connection waits this long after
+-- each answer, so that wrk offers a rate below the peak.
+local pause = tonumber(os.getenv("DELAY_MS") or "0")
+if pause > 0 then
+  function delay() return pause end
+end

@@ -8,7 +8,11 @@
 # Environment: BIN (default target/release/blindpass), PORT (18080),
 # PIN=1 puts the server on core 0 and wrk on core 1 (default: both share
 # both cores), OPENSSL=0 skips the openssl reference,
-# PROFILE=file records the server with `perf record -g` into that file.
+# PROFILE=file records the server with `perf record -g` into that file,
+# RATE=n paces wrk to about n requests/s in all (each connection waits
+# connections/n s after each answer; for p99 below the peak rate).
+# openssl runs before and after the load: the ratios use the mean of the two
+# and both are printed, so that drift of the machine shows.
 # Needs wrk, curl, python3, openssl.
 set -euo pipefail
 
@@ -67,6 +71,17 @@ else:
     open(f"{work}/body.bin", "wb").write(length + inner)
 EOF
 
+openssl_rate() { # args: extra openssl speed flags; prints signs/s
+    openssl speed "$@" -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}'
+}
+one_before=0 multi_before=0
+if [[ ${OPENSSL:-1} == 1 ]]; then
+    one_before=$(openssl_rate)
+    multi_before=$(openssl_rate -multi 2)
+fi
+delay_ms=0
+[[ -n ${RATE:-} ]] && delay_ms=$((conns * 1000 / RATE))
+
 ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
 before=$(ticks)
 perf_pid=
@@ -75,10 +90,10 @@ if [[ -n ${PROFILE:-} ]]; then
     perf_pid=$!
 fi
 if [[ $mode == single ]]; then
-    out=$(API_KEY=$api_key BODY=$(cat "$work/body.json") "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+    out=$(DELAY_MS=$delay_ms API_KEY=$api_key BODY=$(cat "$work/body.json") "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/issue.lua" "http://127.0.0.1:$PORT")
 else
-    out=$(API_KEY=$api_key BODY_FILE=$work/body.bin "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+    out=$(DELAY_MS=$delay_ms API_KEY=$api_key BODY_FILE=$work/body.bin "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/batch.lua" "http://127.0.0.1:$PORT")
 fi
 after=$(ticks)
@@ -96,14 +111,16 @@ cpu_us = (after - before) * 10_000 / tokens  # ticks are 1/100 s
 print(f"RESULT tokens/s {rps * items:,.0f}  server CPU per token {cpu_us:.0f} us  threads {threads}  peak RSS {hwm / 1024:.1f} MiB")
 EOF
 if [[ ${OPENSSL:-1} == 1 ]]; then
-    one=$(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}')
-    multi=$(openssl speed -multi 2 -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}')
-    python3 - "$one" "$multi" "$rps" "$items" "$before" "$after" "$requests" <<'EOF'
+    one_after=$(openssl_rate)
+    multi_after=$(openssl_rate -multi 2)
+    python3 - "$one_before" "$one_after" "$multi_before" "$multi_after" "$rps" "$items" "$before" "$after" "$requests" <<'EOF'
 import sys
-one, multi, rps, items = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-before, after, requests = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+one_b, one_a, multi_b, multi_a, rps = map(float, sys.argv[1:6])
+items, before, after, requests = map(int, sys.argv[6:10])
+one, multi = (one_b + one_a) / 2, (multi_b + multi_a) / 2
 cpu_us = (after - before) * 10_000 / (requests * items)
-print(f"OPENSSL one core {one:,.1f} signs/s ({1e6 / one:.0f} us), -multi 2 {multi:,.1f} signs/s")
+print(f"OPENSSL one core {one_b:,.1f} before, {one_a:,.1f} after signs/s (mean {1e6 / one:.0f} us per sign); "
+      f"-multi 2 {multi_b:,.1f} before, {multi_a:,.1f} after")
 print(f"RATIOS efficiency {1e6 / one / cpu_us:.3f}  throughput {rps * items / multi:.3f} x multi-2")
 EOF
 fi

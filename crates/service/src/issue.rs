@@ -4,9 +4,19 @@
 //! IssueRequest { selector, blinded }  (typed at the edge: Persona JSON or an RFC 9578 TokenRequest)
 //!   → one key lookup at `now` (by key id, or by truncated id among the environment's issuing keys)
 //!   → environment and lifecycle checks (crate::lifecycle)
-//!   → LoadedKey::evaluate on the blocking pool (the token type's own operation)
+//!   → LoadedKey::evaluate (the token type's own operation) on the request's
+//!     own worker thread; a batch's items spread over that thread and the
+//!     signing pool
 //!   → the evaluated bytes (a blind signature for type 2)
 //! ```
+//!
+//! Why the request's thread: the runtime has one worker per core, so
+//! evaluations still never outnumber the cores, and a single issuance needs
+//! no hand-off to another thread and back (measured in BENCHMARKS.md: the two
+//! hand-offs cost 24 µs of 337 µs per issuance, more than every other
+//! non-RSA cost together). A worker signing for ~0.3 ms delays the other
+//! tasks queued on it by that much; the runtime's work stealing and the
+//! in-flight cap at the edge bound the rest.
 //!
 //! A new token type adds its key material and its evaluation to
 //! [`crate::keyring::KeyMaterial`]; nothing here changes.
@@ -102,15 +112,17 @@ impl From<KeyError> for IssueError {
 
 impl Service {
     /// Evaluates `request` with the key it names for a caller in
-    /// `environment`. The key operation runs on the blocking pool.
+    /// `environment`. The key operation runs here, on the caller's thread
+    /// (see the module's notes).
     pub async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
         let key = self.issuing_key(environment, request.selector).await?;
-        self.inner.signing.run(move || key.evaluate(&request.blinded)).await?
+        key.evaluate(&request.blinded)
     }
 
     /// Evaluates every item of a batch for a caller in `environment`: one key
-    /// lookup per item, then the evaluations spread over the cores (one
-    /// blocking task per core, each evaluating its share in turn). An item
+    /// lookup per item, then the evaluations spread over the cores (one share
+    /// per core: the first on this thread, the others on the signing pool,
+    /// each evaluating its share in turn). An item
     /// that cannot be issued gets its reason; a store failure fails the
     /// whole batch (nothing was signed).
     pub async fn issue_batch(
@@ -139,22 +151,22 @@ impl Service {
         Ok(results)
     }
 
-    /// Evaluates `work` as one job per signing thread; returns each item's
-    /// index with its result.
+    /// Evaluates `work` in one share per core: the first share here, the
+    /// others as jobs on the signing pool (queued before this thread starts
+    /// its own); returns each item's index with its result.
     async fn evaluate_on_all_cores(
         &self,
         work: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>,
     ) -> Result<Vec<(usize, Result<Vec<u8>, IssueError>)>, IssueError> {
-        let per_job = work.len().div_ceil(self.inner.signing.threads()).max(1);
-        let mut jobs = Vec::new();
+        let per_share = work.len().div_ceil(self.inner.signing.threads()).max(1);
         let mut work = work.into_iter().peekable();
+        let here: Vec<_> = work.by_ref().take(per_share).collect();
+        let mut jobs = Vec::new();
         while work.peek().is_some() {
-            let share: Vec<_> = work.by_ref().take(per_job).collect();
-            jobs.push(self.inner.signing.submit(move || -> Vec<_> {
-                share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded))).collect()
-            })?);
+            let share: Vec<_> = work.by_ref().take(per_share).collect();
+            jobs.push(self.inner.signing.submit(move || evaluate_share(share))?);
         }
-        let mut out = Vec::new();
+        let mut out = evaluate_share(here);
         for job in jobs {
             out.extend(job.await.map_err(|_| crate::PoolError::Failed)?);
         }
@@ -180,4 +192,9 @@ impl Service {
         self.lifecycle().can_issue(&key.record, now).map_err(IssueError::KeyNotActive)?;
         Ok(key)
     }
+}
+
+/// Evaluates each item of `share` in turn.
+fn evaluate_share(share: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>) -> Vec<(usize, Result<Vec<u8>, IssueError>)> {
+    share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded))).collect()
 }

@@ -1,5 +1,5 @@
-//! The threads that run issuers' key operations: one per core, fed by a
-//! bounded queue. Unlike tokio's blocking pool (which grows a thread per
+//! The threads that run the shares of a batch that the request's own thread
+//! does not (`issue.rs`): one per core, fed by a bounded queue. Unlike tokio's blocking pool (which grows a thread per
 //! waiting call, 481 of them at 1,000 connections), a burst beyond the queue
 //! is refused at once ([`PoolError::Busy`], answered 503 + `Retry-After`)
 //! and the operations never outnumber the cores.
@@ -54,12 +54,6 @@ impl SigningPool {
         self.threads
     }
 
-    /// Runs `f` on a signing thread and waits for it without blocking the
-    /// async thread.
-    pub(crate) async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
-        self.submit(f)?.await.map_err(|_| PoolError::Failed)
-    }
-
     /// Queues `f` now (so that several jobs run at once) and returns where
     /// its result will arrive.
     pub(crate) fn submit<T: Send + 'static>(
@@ -94,6 +88,12 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+
+    impl SigningPool {
+        async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
+            self.submit(f)?.await.map_err(|_| PoolError::Failed)
+        }
+    }
 
     #[tokio::test]
     async fn jobs_run_on_the_pools_threads_and_a_full_queue_is_refused_at_once() {
