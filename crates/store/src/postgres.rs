@@ -12,7 +12,10 @@ mod api_keys;
 mod issuer_keys;
 mod relays;
 mod requests;
+mod spends;
 pub mod tls;
+
+pub use spends::{MAX_SPEND_GROUP, SpendCommits};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,6 +69,8 @@ impl Default for PoolOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Started by the first spend, on its runtime.
+    spends: std::sync::Arc<std::sync::OnceLock<spends::SpendBatcher>>,
     ssl_mode: tls::SslMode,
     another_host: bool,
 }
@@ -105,7 +110,7 @@ impl PostgresStore {
             .recycle_timeout(Some(options.timeout))
             .build()
             .map_err(|e| StoreError::Other(format!("building the connection pool: {e}")))?;
-        Ok(Self { pool, ssl_mode: mode, another_host })
+        Ok(Self { pool, spends: std::sync::Arc::default(), ssl_mode: mode, another_host })
     }
 
     /// The TLS mode connections use.
@@ -149,10 +154,18 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Backend(e) => map_err(e),
-            other => StoreError::Unavailable(other.to_string()),
-        })
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// The spends' group committer (started on first use).
+    fn spend_batcher(&self) -> &spends::SpendBatcher {
+        self.spends.get_or_init(|| spends::SpendBatcher::start(self.pool.clone()))
+    }
+
+    /// How many group commits the spends took so far (none before the
+    /// first spend).
+    pub fn spend_commits(&self) -> Option<&SpendCommits> {
+        self.spends.get().map(spends::SpendBatcher::commits)
     }
 
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
@@ -165,6 +178,13 @@ impl PostgresStore {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql).await.map_err(map_err)?;
         client.query(&stmt, params).await.map_err(map_err)
+    }
+}
+
+fn pool_err(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => map_err(e),
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 

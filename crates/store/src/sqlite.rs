@@ -4,6 +4,9 @@
 //! before the call returns, so a response sent after it is backed by durable
 //! state. The connection lives on its own thread behind a bounded queue, so
 //! calls never block async workers and a burst never costs a thread per call.
+//! Spends are group-committed: the thread takes every spend waiting in the
+//! queue (up to [`MAX_SPEND_GROUP`]) into one transaction, one fsync for all
+//! of them, and answers each only after that commit.
 //! Several processes (a server and the CLI) may share one database file;
 //! SQLite's locking and a busy timeout serialise their writes.
 
@@ -15,6 +18,8 @@ mod requests;
 use requests::complete_idempotency;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
@@ -37,8 +42,23 @@ const MIGRATIONS: &[&str] = &[
 /// `Retry-After` at the edge) instead of queueing into request timeouts.
 pub const QUEUE_CAPACITY: usize = 256;
 
+/// Most spends committed in one transaction (and most queued items the
+/// connection thread takes at once).
+pub const MAX_SPEND_GROUP: usize = 256;
+
 /// One store call, run on the connection thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Where a spend's outcome goes once its group has committed.
+type SpendReply = tokio::sync::oneshot::Sender<Result<SpendOutcome, StoreError>>;
+
+/// What the connection thread is given.
+enum Work {
+    /// Any store call, run on its own.
+    Call(Job),
+    /// A spend, committed together with the spends waiting beside it.
+    Spend(Box<Spend>, SpendReply),
+}
 
 /// The SQLite store: one connection owned by one thread, fed through a
 /// bounded queue. SQLite has a single writer anyway; one thread means a burst
@@ -46,8 +66,18 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// waiting call, up to hundreds), and the bound sheds load early.
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    jobs: std::sync::mpsc::SyncSender<Work>,
     path: PathBuf,
+    spend_commits: Arc<SpendCommits>,
+}
+
+/// Counts of the spend group commits, since the store was opened.
+#[derive(Debug, Default)]
+pub struct SpendCommits {
+    /// Transactions committed (or attempted) for groups of spends.
+    pub groups: AtomicU64,
+    /// Spends in them.
+    pub spends: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -65,24 +95,24 @@ impl SqliteStore {
         let mut conn = tokio::task::spawn_blocking(move || open_blocking(&opened))
             .await
             .map_err(|e| StoreError::Other(format!("open task failed: {e}")))??;
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE_CAPACITY);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Work>(QUEUE_CAPACITY);
+        let spend_commits = Arc::new(SpendCommits::default());
+        let counts = Arc::clone(&spend_commits);
         std::thread::Builder::new()
             .name("blindpass-sqlite".into())
-            .spawn(move || {
-                // Ends when the last handle to the store is dropped.
-                for job in queue {
-                    // A panicking job must not take the connection thread
-                    // down with it: its caller sees a dropped reply.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
-                }
-            })
+            .spawn(move || connection_thread(&mut conn, &queue, &counts))
             .map_err(|e| StoreError::Other(format!("starting the SQLite thread: {e}")))?;
-        Ok(Self { jobs, path })
+        Ok(Self { jobs, path, spend_commits })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many group commits the spends took so far.
+    pub fn spend_commits(&self) -> &SpendCommits {
+        &self.spend_commits
     }
 
     /// Runs `f` on the connection thread. Once queued, `f` runs to the end
@@ -96,13 +126,50 @@ impl SqliteStore {
         let job: Job = Box::new(move |conn| {
             let _ = reply.send(f(conn));
         });
-        self.jobs.try_send(job).map_err(|e| match e {
+        self.enqueue(Work::Call(job))?;
+        answer.await.map_err(|_| StoreError::Other("a store call panicked".into()))?
+    }
+
+    /// Queues `work` for the connection thread, or refuses it at once.
+    fn enqueue(&self, work: Work) -> Result<(), StoreError> {
+        self.jobs.try_send(work).map_err(|e| match e {
             std::sync::mpsc::TrySendError::Full(_) => {
                 StoreError::Unavailable(format!("more than {QUEUE_CAPACITY} store calls waiting"))
             }
             std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Other("the SQLite thread stopped".into()),
-        })?;
-        answer.await.map_err(|_| StoreError::Other("a store call panicked".into()))?
+        })
+    }
+}
+
+/// The connection thread, until the last handle to the store is dropped.
+/// It takes what is waiting (up to [`MAX_SPEND_GROUP`] items): calls run in
+/// their order as they are taken, spends are set aside and then committed as
+/// one group. Everything taken was waiting at the same time, so no caller
+/// has seen another's answer: any order among them is a valid one.
+fn connection_thread(conn: &mut Connection, queue: &std::sync::mpsc::Receiver<Work>, counts: &SpendCommits) {
+    while let Ok(first) = queue.recv() {
+        let mut spends = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(work) = next.take() {
+            taken += 1;
+            match work {
+                // A panicking job must not take the connection thread down
+                // with it: its caller sees a dropped reply.
+                Work::Call(job) => {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
+                }
+                Work::Spend(spend, reply) => spends.push((spend, reply)),
+            }
+            if taken < MAX_SPEND_GROUP {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !spends.is_empty() {
+            counts.groups.fetch_add(1, Ordering::Relaxed);
+            counts.spends.fetch_add(spends.len() as u64, Ordering::Relaxed);
+            relays::commit_spends(conn, spends);
+        }
     }
 }
 

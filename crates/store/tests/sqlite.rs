@@ -85,3 +85,51 @@ async fn a_burst_under_a_held_write_lock_is_shed_without_a_thread_per_call() {
         assert!(during <= before + 4, "threads grew from {before} to {during} during the burst");
     }
 }
+
+/// Spends that wait together commit together: while another process holds
+/// the write lock, the first spend holds the connection thread and 100 more
+/// queue up; once the lock goes, those 100 take one transaction (one fsync),
+/// every one of them is answered only then, and all are durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spends_that_wait_together_commit_in_one_transaction() {
+    use blindpass_store::{SpendOutcome, SpentTokenStore};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blindpass.db");
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE; INSERT INTO settings (name, value) VALUES ('lock', x'00');").unwrap();
+
+    let spend = |n: u8| conformance::spend("kg", &[n; 32], "relay_g", 7_200);
+    let first = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.spend_token(&spend(0)).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let queued: Vec<_> = (1..=100)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.spend_token(&spend(n)).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!first.is_finished() && queued.iter().all(|q| !q.is_finished()), "nothing answered under the lock");
+    locker.execute_batch("COMMIT").unwrap();
+
+    assert_eq!(first.await.unwrap().unwrap(), SpendOutcome::Spent);
+    for q in queued {
+        assert_eq!(q.await.unwrap().unwrap(), SpendOutcome::Spent);
+    }
+    let commits = store.spend_commits();
+    assert_eq!(commits.spends.load(Ordering::Relaxed), 101);
+    assert_eq!(commits.groups.load(Ordering::Relaxed), 2, "the first spend, then the 100 that waited, together");
+    drop(store);
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    for n in 0..=100 {
+        assert_eq!(
+            reopened.spend_token(&spend(n)).await.unwrap(),
+            SpendOutcome::SpentHere { claim_payload: "claim for relay_g".into() },
+            "spend {n} is durable"
+        );
+    }
+}

@@ -31,6 +31,7 @@ macro_rules! conformance_tests {
             rate_limits_count_every_hit, settings, pending_keys_are_promoted_once,
             a_retired_pending_key_is_never_promoted, relays, relays_expire, spending_has_one_winner,
             spent_records_outlive_their_tokens, spend_completes_idempotency_in_one_transaction,
+            concurrent_spends_each_have_one_winner,
             key_material_is_read_and_rewrapped_apart);
     };
     (@each $attrs:tt $make:path; $($name:ident),*) => {

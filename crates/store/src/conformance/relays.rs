@@ -143,3 +143,62 @@ pub async fn spend_completes_idempotency_in_one_transaction(store: Arc<dyn Store
         IdempotencyBegin::Completed(response)
     );
 }
+
+/// Many spends at once (a backend may commit them together): every token has
+/// exactly one winner, each contender learns the truth (here or elsewhere),
+/// other calls interleaved with them are answered, idempotent answers commit
+/// with their spends, and all of it is there afterwards.
+pub async fn concurrent_spends_each_have_one_winner(store: Arc<dyn Store>) {
+    const TOKENS: u8 = 100;
+    let response = StoredResponse { status: 200, content_type: "application/json".into(), body: b"{}".to_vec() };
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..TOKENS {
+        let scope = format!("relay:relay_a{n}");
+        assert_eq!(
+            store.idempotency_begin(&scope, "idem", &[n; 32], 100, 86_400, 30).await.unwrap(),
+            IdempotencyBegin::Started
+        );
+        // Two contenders per token, at different relays, plus a read beside them.
+        for relay in ["a", "b"] {
+            let store = Arc::clone(&store);
+            let mut s = spend("kc", &[n; 32], &format!("relay_{relay}{n}"), 7_200);
+            if relay == "a" {
+                let done =
+                    IdempotencyCompletion { scope: scope.clone(), key: "idem".into(), response: response.clone() };
+                s.idempotency = Some(done);
+            }
+            tasks.spawn(async move { (n, relay, store.spend_token(&s).await.unwrap()) });
+        }
+        let reader = Arc::clone(&store);
+        tasks.spawn(async move {
+            assert_eq!(reader.relay_by_token("relay_none").await.unwrap(), None);
+            (n, "read", SpendOutcome::SpentElsewhere)
+        });
+    }
+    let mut winners = vec![Vec::new(); usize::from(TOKENS)];
+    while let Some(joined) = tasks.join_next().await {
+        let (n, relay, outcome) = joined.unwrap();
+        match (relay, outcome) {
+            ("read", _) => {}
+            (relay, SpendOutcome::Spent) => winners[usize::from(n)].push(relay),
+            (_, SpendOutcome::SpentElsewhere) => {}
+            (relay, other) => panic!("token {n} at {relay}: {other:?}"),
+        }
+    }
+    for (n, won) in winners.iter().enumerate() {
+        assert_eq!(won.len(), 1, "token {n}: one winner, got {won:?}");
+        let n = n as u8;
+        let winner = won[0];
+        // Durable, and the winner's payload is what a retry at its relay gets.
+        assert_eq!(
+            store.spend_token(&spend("kc", &[n; 32], &format!("relay_{winner}{n}"), 7_200)).await.unwrap(),
+            SpendOutcome::SpentHere { claim_payload: format!("claim for relay_{winner}{n}") }
+        );
+        let scope = format!("relay:relay_a{n}");
+        let fingerprint = [n; 32];
+        let completed = store.idempotency_begin(&scope, "idem", &fingerprint, 101, 86_400, 30);
+        let expected =
+            if winner == "a" { IdempotencyBegin::Completed(response.clone()) } else { IdempotencyBegin::InFlight };
+        assert_eq!(completed.await.unwrap(), expected, "token {n}: the idempotent answer commits with its spend");
+    }
+}

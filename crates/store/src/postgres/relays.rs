@@ -1,8 +1,8 @@
-//! Relays and spent tokens in PostgreSQL; spent tokens are partitioned by day of expiry, and a spend commits with its claim and idempotent response.
+//! Relays and spent tokens in PostgreSQL; spent tokens are partitioned by day of expiry, and a spend commits with its claim and idempotent response
+//! (in a group of spends: `spends.rs`).
 
 use super::*;
 use tokio_postgres::Transaction;
-use tokio_postgres::types::ToSql;
 
 fn relay_from_row(r: &tokio_postgres::Row) -> Result<Relay, StoreError> {
     let passed: Option<bool> = r.get(6);
@@ -89,28 +89,7 @@ impl RelayStore for PostgresStore {
 #[async_trait]
 impl SpentTokenStore for PostgresStore {
     async fn spend_token(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(map_err)?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO spent_tokens (key_id, nonce, expires_at, relay_token, spent_at, claim_payload)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (key_id, nonce, expires_at) DO NOTHING",
-            )
-            .await
-            .map_err(map_err)?;
-        let row: [&(dyn ToSql + Sync); 6] =
-            [&spend.key_id, &spend.nonce, &spend.expires_at, &spend.relay_token, &spend.spent_at, &spend.claim_payload];
-        let outcome = match tx.execute(&insert, &row).await.map_err(map_err)? {
-            1 => complete_with_spend(&tx, spend.idempotency.as_ref()).await?,
-            _ => earlier_spend(&tx, spend).await?,
-        };
-        #[cfg(debug_assertions)]
-        crate::fault::before_commit("spend");
-        tx.commit().await.map_err(map_err)?;
-        #[cfg(debug_assertions)]
-        crate::fault::after_commit("spend");
-        Ok(outcome)
+        self.spend_batcher().spend(spend).await
     }
 
     async fn prune_spent_tokens(&self, expired_before: i64) -> Result<u64, StoreError> {
@@ -132,32 +111,8 @@ impl SpentTokenStore for PostgresStore {
     }
 }
 
-/// The spend won: the idempotent answer built with it completes its claim in
-/// the same transaction.
-async fn complete_with_spend(
-    tx: &Transaction<'_>,
-    done: Option<&crate::IdempotencyCompletion>,
-) -> Result<SpendOutcome, StoreError> {
-    if let Some(done) = done {
-        tx.execute(
-            "UPDATE idempotency SET status = $3, content_type = $4, body = $5
-             WHERE scope = $1 AND key = $2 AND status IS NULL",
-            &[
-                &done.scope,
-                &done.key,
-                &i32::from(done.response.status),
-                &done.response.content_type,
-                &done.response.body,
-            ],
-        )
-        .await
-        .map_err(map_err)?;
-    }
-    Ok(SpendOutcome::Spent)
-}
-
 /// The token was spent before: here (its claim again) or elsewhere.
-async fn earlier_spend(tx: &Transaction<'_>, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+pub(super) async fn earlier_spend(tx: &Transaction<'_>, spend: &Spend) -> Result<SpendOutcome, StoreError> {
     let row = tx
         .query_one(
             "SELECT relay_token, claim_payload FROM spent_tokens

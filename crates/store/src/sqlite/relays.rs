@@ -1,4 +1,5 @@
-//! Relays and spent tokens in SQLite; a spend commits with its claim and idempotent response.
+//! Relays and spent tokens in SQLite; a spend commits with its claim and idempotent response,
+//! in a group commit with the spends waiting beside it.
 
 use super::*;
 use crate::IdempotencyCompletion;
@@ -127,37 +128,9 @@ impl RelayStore for SqliteStore {
 #[async_trait]
 impl SpentTokenStore for SqliteStore {
     async fn spend_token(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
-        let spend = spend.clone();
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO spent_tokens (key_id, nonce, relay_token, spent_at, expires_at, claim_payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (key_id, nonce, expires_at) DO NOTHING",
-                )
-                .map_err(map_err)?
-                .execute(params![
-                    spend.key_id,
-                    spend.nonce,
-                    spend.relay_token,
-                    spend.spent_at,
-                    spend.expires_at,
-                    spend.claim_payload
-                ])
-                .map_err(map_err)?;
-            let outcome = match inserted {
-                1 => complete_with_spend(&tx, spend.idempotency.as_ref())?,
-                _ => earlier_spend(&tx, &spend)?,
-            };
-            #[cfg(debug_assertions)]
-            crate::fault::before_commit("spend");
-            tx.commit().map_err(map_err)?;
-            #[cfg(debug_assertions)]
-            crate::fault::after_commit("spend");
-            Ok(outcome)
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.enqueue(Work::Spend(Box::new(spend.clone()), reply))?;
+        answer.await.map_err(|_| StoreError::Other("a spend's group commit panicked".into()))?
     }
 
     async fn prune_spent_tokens(&self, expired_before: i64) -> Result<u64, StoreError> {
@@ -171,9 +144,81 @@ impl SpentTokenStore for SqliteStore {
     }
 }
 
+/// Commits `group` in one transaction (one fsync) and then answers each
+/// spend. Each spend runs inside its own savepoint, so one that fails is
+/// undone alone and answered its error; if the commit fails, every spend of
+/// the group is answered that error (none of them is durable). A panic
+/// drops the replies (their callers see a failed call, nothing durable).
+pub(super) fn commit_spends(conn: &mut Connection, group: Vec<(Box<Spend>, SpendReply)>) {
+    let (spends, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spend_all(conn, &spends)));
+    match committed {
+        Ok(Ok(outcomes)) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Ok(Err(e)) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        // Dropped replies: each caller sees its call fail.
+        Err(_) => {}
+    }
+}
+
+/// The group's transaction: each spend's outcome, once all are committed.
+fn spend_all(
+    conn: &mut Connection,
+    spends: &[Box<Spend>],
+) -> Result<Vec<Result<SpendOutcome, StoreError>>, StoreError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+    let outcomes = spends.iter().map(|spend| spend_in_savepoint(&mut tx, spend)).collect();
+    #[cfg(debug_assertions)]
+    crate::fault::before_commit("spend");
+    tx.commit().map_err(map_err)?;
+    #[cfg(debug_assertions)]
+    crate::fault::after_commit("spend");
+    Ok(outcomes)
+}
+
+/// One spend, undone alone (its savepoint rolled back) if it fails.
+fn spend_in_savepoint(tx: &mut Transaction<'_>, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+    let savepoint = tx.savepoint().map_err(map_err)?;
+    let outcome = spend_one(&savepoint, spend)?;
+    savepoint.commit().map_err(map_err)?;
+    Ok(outcome)
+}
+
+/// The decision: one `INSERT` against the primary key; the winner completes
+/// its idempotent answer, a loser reads who spent it.
+fn spend_one(c: &Connection, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO spent_tokens (key_id, nonce, relay_token, spent_at, expires_at, claim_payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (key_id, nonce, expires_at) DO NOTHING",
+        )
+        .map_err(map_err)?
+        .execute(params![
+            spend.key_id,
+            spend.nonce,
+            spend.relay_token,
+            spend.spent_at,
+            spend.expires_at,
+            spend.claim_payload
+        ])
+        .map_err(map_err)?;
+    match inserted {
+        1 => complete_with_spend(c, spend.idempotency.as_ref()),
+        _ => earlier_spend(c, spend),
+    }
+}
+
 /// The spend won: the idempotent answer built with it completes its claim in
 /// the same transaction.
-fn complete_with_spend(tx: &Transaction<'_>, done: Option<&IdempotencyCompletion>) -> Result<SpendOutcome, StoreError> {
+fn complete_with_spend(tx: &Connection, done: Option<&IdempotencyCompletion>) -> Result<SpendOutcome, StoreError> {
     if let Some(done) = done {
         complete_idempotency(tx, &done.scope, &done.key, &done.response)?;
     }
@@ -181,7 +226,7 @@ fn complete_with_spend(tx: &Transaction<'_>, done: Option<&IdempotencyCompletion
 }
 
 /// The token was spent before: here (its claim again) or elsewhere.
-fn earlier_spend(tx: &Transaction<'_>, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+fn earlier_spend(tx: &Connection, spend: &Spend) -> Result<SpendOutcome, StoreError> {
     let (relay, payload): (String, Option<String>) = tx
         .query_row(
             "SELECT relay_token, claim_payload FROM spent_tokens
