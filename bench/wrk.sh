@@ -4,11 +4,17 @@
 #
 #   bench/wrk.sh single [connections] [seconds]     POST /api/v1/privacy-passes
 #   bench/wrk.sh batch N [connections] [seconds]    POST /token-request, N type-2 items
+#   bench/wrk.sh redeem [connections] [seconds]     generate-claim, a fresh token each
 #
 # Environment: BIN (default target/release/blindpass), PORT (18080),
+# PG=1 runs the server on PostgreSQL (a schema of its own in PG_URL, default
+# postgres://root@127.0.0.1:5432/test, dropped afterwards; PostgreSQL's own
+# CPU is not in the server's figures), TOKENS (redeem: how many to issue
+# first, default 10,000 per second of load),
 # PIN=1 puts the server on core 0 and wrk on core 1 (default: both share
 # both cores), OPENSSL=0 skips the openssl reference,
-# PROFILE=file records the server with `perf record -g` into that file,
+# PROFILE=file records the server with `perf record -g` into that file
+# (PROFILE_ALL=1: the whole machine, e.g. to see PostgreSQL and wrk too),
 # RATE=n paces wrk to about n requests/s in all (each connection waits
 # connections/n s after each answer; for p99 below the peak rate).
 # openssl runs before and after the load: the ratios use the mean of the two
@@ -30,8 +36,17 @@ PORT=${PORT:-18080}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 server_pid=
+schema=
+store=(--data-dir "$work/data")
+if [[ ${PG:-0} == 1 ]]; then
+    pg_url=${PG_URL:-postgres://root@127.0.0.1:5432/test}
+    schema=wrk_$$
+    psql -q "$pg_url" -c "CREATE SCHEMA $schema"
+    store=(--database-url "$pg_url?options=-csearch_path%3D$schema")
+fi
 cleanup() {
     [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [[ -n $schema ]] && psql -q "$pg_url" -c "DROP SCHEMA $schema CASCADE" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -43,16 +58,16 @@ if [[ ${PIN:-0} == 1 ]]; then
     wrk_cpu=(taskset -c 1)
 fi
 
-"${server_cpu[@]}" "$BIN" --data-dir "$work/data" serve --listen "127.0.0.1:$PORT" \
-    --rate-limit 0 --client-rate-limit 0 --auth-failure-limit 0 >"$work/server.log" 2>&1 &
+"${server_cpu[@]}" "$BIN" "${store[@]}" serve --listen "127.0.0.1:$PORT" \
+    --rate-limit 0 --client-rate-limit 0 --auth-failure-limit 0 --relay-rate-limit 0 >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
     sleep 0.1
 done
-api_key=$("$BIN" --data-dir "$work/data" api-keys create --env sandbox | tail -n1)
+api_key=$("$BIN" "${store[@]}" api-keys create --env sandbox | tail -n1)
 # Columns: token key id (RFC 9578, hex), Persona key id, env, state, not-before.
-read -r token_key_id key_id _ < <("$BIN" --data-dir "$work/data" keys list --env sandbox | awk 'NR==2')
+read -r token_key_id key_id _ < <("$BIN" "${store[@]}" keys list --env sandbox | awk 'NR==2')
 
 # A blinded message must be below n; n's top byte is >= 0x80, so 0x00 ‖ 255
 # random bytes always is.
@@ -71,27 +86,46 @@ else:
     open(f"{work}/body.bin", "wb").write(length + inner)
 EOF
 
+openssl_on=${OPENSSL:-1}
+[[ $mode == redeem ]] && openssl_on=${OPENSSL:-0} # no signing to compare with
 openssl_rate() { # args: extra openssl speed flags; prints signs/s
     openssl speed "$@" -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}'
 }
 one_before=0 multi_before=0
-if [[ ${OPENSSL:-1} == 1 ]]; then
+if [[ $openssl_on == 1 ]]; then
     one_before=$(openssl_rate)
     multi_before=$(openssl_rate -multi 2)
 fi
 delay_ms=0
 [[ -n ${RATE:-} ]] && delay_ms=$((conns * 1000 / RATE))
 
+if [[ $mode == redeem ]]; then
+    tokens=${TOKENS:-$((secs * 10000))}
+    echo "issuing $tokens tokens (generic batches of 32) for the run…"
+    "$BIN" client --base-url "http://127.0.0.1:$PORT" --api-key "$api_key" issue \
+        --count "$tokens" --batch-size 32 --concurrency 4 --out "$work/tokens" 2>/dev/null
+    relay=$(curl -sf -X POST -H 'Content-Type: application/json' "http://127.0.0.1:$PORT/api/privacy/v1/relays" \
+        -d '{"claim-type":"age_over18_verified","encryption-key-pem":null,"sandbox":true}')
+    relay_token=$(echo "$relay" | python3 -c 'import json, sys; print(json.load(sys.stdin)["relay-token"])')
+    relay_secret=$(echo "$relay" | python3 -c 'import json, sys; print(json.load(sys.stdin)["relay-secret"])')
+fi
+
 ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
 before=$(ticks)
 perf_pid=
 if [[ -n ${PROFILE:-} ]]; then
-    perf record -F 999 -g -o "$PROFILE" -p "$server_pid" -- sleep "$secs" >/dev/null 2>&1 &
+    scope=(-p "$server_pid")
+    [[ ${PROFILE_ALL:-0} == 1 ]] && scope=(-a)
+    perf record -F 999 -g -o "$PROFILE" "${scope[@]}" -- sleep "$secs" >/dev/null 2>&1 &
     perf_pid=$!
 fi
 if [[ $mode == single ]]; then
     out=$(DELAY_MS=$delay_ms API_KEY=$api_key BODY=$(cat "$work/body.json") "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/issue.lua" "http://127.0.0.1:$PORT")
+elif [[ $mode == redeem ]]; then
+    out=$(DELAY_MS=$delay_ms TOKENS_FILE=$work/tokens RELAY_PATH=/api/privacy/v1/relays/$relay_token/generate-claim \
+        RELAY_SECRET=$relay_secret "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+        -s "$here/redeem.lua" "http://127.0.0.1:$PORT")
 else
     out=$(DELAY_MS=$delay_ms API_KEY=$api_key BODY_FILE=$work/body.bin "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/batch.lua" "http://127.0.0.1:$PORT")
@@ -110,7 +144,7 @@ tokens = requests * items
 cpu_us = (after - before) * 10_000 / tokens  # ticks are 1/100 s
 print(f"RESULT tokens/s {rps * items:,.0f}  server CPU per token {cpu_us:.0f} us  threads {threads}  peak RSS {hwm / 1024:.1f} MiB")
 EOF
-if [[ ${OPENSSL:-1} == 1 ]]; then
+if [[ $openssl_on == 1 ]]; then
     one_after=$(openssl_rate)
     multi_after=$(openssl_rate -multi 2)
     python3 - "$one_before" "$one_after" "$multi_before" "$multi_after" "$rps" "$items" "$before" "$after" "$requests" <<'EOF'

@@ -36,7 +36,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let local = listener.local_addr().context("reading the listen address")?;
     let rate_limit = config.rate_limit_per_minute;
     tracing::info!(listen = %local, store = %redact_url(&url), rate_limit, "blindpass listening");
-    let state = AppState { service, ids, limits, trusted_proxies: Arc::new(trusted_proxies) };
+    let state = AppState { service, ids: Arc::new(ids), limits, trusted_proxies: Arc::new(trusted_proxies) };
     blindpass_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())

@@ -15,7 +15,7 @@ mod requests;
 mod spends;
 pub mod tls;
 
-pub use spends::{MAX_SPEND_GROUP, SpendCommits};
+pub use spends::{GROUPS_IN_FLIGHT, MAX_SPEND_GROUP, SpendCommits};
 
 use std::path::PathBuf;
 use std::time::Duration;

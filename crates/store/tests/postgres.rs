@@ -75,63 +75,119 @@ async fn an_unreachable_database_is_unavailable_not_an_error() {
     assert!(matches!(err, blindpass_store::StoreError::Unavailable(_)), "{err:?}");
 }
 
-/// Spends that wait together commit together: another session holds four
-/// uncommitted spends, so the first four groups (each one of those tokens)
-/// block in PostgreSQL and use every group slot; 100 more spends queue
-/// meanwhile. When the other session rolls back, the four win, then the 100
-/// take one transaction; every one is answered only after its commit.
+/// Another session's uncommitted spends of tokens `0..GROUPS_IN_FLIGHT`,
+/// and one spend of each through `store`, made one at a time: each is a group
+/// of its own, blocked in PostgreSQL, so every group slot is taken and later
+/// spends wait in the queue until `held` rolls back.
+async fn hold_every_group_slot(
+    store: &Arc<PostgresStore>,
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    Vec<tokio::task::JoinHandle<Result<blindpass_store::SpendOutcome, blindpass_store::StoreError>>>,
+) {
+    use blindpass_store::SpentTokenStore;
+    let (locker, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    locker.batch_execute("BEGIN").await.unwrap();
+    let mut blocked = Vec::new();
+    for n in 0..blindpass_store::postgres::GROUPS_IN_FLIGHT as u8 {
+        locker
+            .execute(
+                "INSERT INTO spent_tokens (key_id, nonce, expires_at, relay_token, spent_at, claim_payload)
+                 VALUES ('kg', $1, 7200, 'relay_other', 0, 'other')",
+                &[&vec![n; 32]],
+            )
+            .await
+            .unwrap();
+        let store = Arc::clone(store);
+        let spend = blindpass_store::conformance::spend("kg", &[n; 32], "relay_g", 7_200);
+        blocked.push(tokio::spawn(async move { store.spend_token(&spend).await }));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    (locker, blocked)
+}
+
+/// A fresh migrated store in a schema of its own, with its URL.
+async fn fresh_postgres() -> (Arc<PostgresStore>, String, Schema) {
+    let url = postgres_url();
+    let name = random_schema_name();
+    create_schema(&url, &name).await.unwrap();
+    let schema = Schema { url: url.clone(), name: name.clone() };
+    let url = url_with_schema(&url, &name);
+    (Arc::new(PostgresStore::connect(&url, PoolOptions::default()).await.unwrap()), url, schema)
+}
+
+/// Spends that wait together commit together: while every group slot is
+/// held (above), 100 spends queue; when the other session rolls back, the
+/// held ones win, then the 100 take one transaction; every one is answered
+/// only after its commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(blindpass_test_postgres), ignore = "needs BLINDPASS_TEST_POSTGRES_URL (.ci/run sets it)")]
 async fn spends_that_wait_together_commit_in_one_transaction() {
     use blindpass_store::{SpendOutcome, SpentTokenStore, conformance};
     use std::sync::atomic::Ordering;
-    let url = postgres_url();
-    let name = random_schema_name();
-    create_schema(&url, &name).await.unwrap();
-    let _schema = Schema { url: url.clone(), name: name.clone() };
-    let url = url_with_schema(&url, &name);
-    let store = Arc::new(PostgresStore::connect(&url, PoolOptions::default()).await.unwrap());
+    let (store, url, _schema) = fresh_postgres().await;
     let spend = |n: u8| conformance::spend("kg", &[n; 32], "relay_g", 7_200);
-
-    let (mut locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    let held = locker.transaction().await.unwrap();
-    for n in 0..4u8 {
-        held.execute(
-            "INSERT INTO spent_tokens (key_id, nonce, expires_at, relay_token, spent_at, claim_payload)
-             VALUES ('kg', $1, 7200, 'relay_other', 0, 'other')",
-            &[&vec![n; 32]],
-        )
-        .await
-        .unwrap();
-    }
-    let pause = || tokio::time::sleep(std::time::Duration::from_millis(200));
-    let mut blocked = Vec::new();
-    for n in 0..4u8 {
-        let store = Arc::clone(&store);
-        blocked.push(tokio::spawn(async move { store.spend_token(&spend(n)).await }));
-        pause().await;
-    }
-    let queued: Vec<_> = (4..104u8)
+    let (locker, blocked) = hold_every_group_slot(&store, &url).await;
+    let held = blocked.len() as u8;
+    let queued: Vec<_> = (held..held + 100)
         .map(|n| {
             let store = Arc::clone(&store);
             tokio::spawn(async move { store.spend_token(&spend(n)).await })
         })
         .collect();
-    pause().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(blocked.iter().chain(&queued).all(|t| !t.is_finished()), "nothing answered while the groups wait");
-    held.rollback().await.unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
 
     for t in blocked.into_iter().chain(queued) {
         assert_eq!(t.await.unwrap().unwrap(), SpendOutcome::Spent);
     }
     let commits = store.spend_commits().unwrap();
-    assert_eq!(commits.spends.load(Ordering::Relaxed), 104);
-    assert_eq!(commits.groups.load(Ordering::Relaxed), 5, "four held groups, then the 100 that waited, together");
-    for n in 0..104u8 {
+    assert_eq!(commits.spends.load(Ordering::Relaxed), u64::from(held) + 100);
+    assert_eq!(commits.groups.load(Ordering::Relaxed), u64::from(held) + 1, "the held groups, then the 100 together");
+    for n in 0..held + 100 {
         assert_eq!(
             store.spend_token(&spend(n)).await.unwrap(),
             SpendOutcome::SpentHere { claim_payload: "claim for relay_g".into() }
         );
     }
+}
+
+/// One spend that PostgreSQL refuses (a NUL byte in a text column) fails
+/// its whole group's transaction; the group is retried spend by spend, so
+/// that spend alone fails and its 49 neighbours are spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(blindpass_test_postgres), ignore = "needs BLINDPASS_TEST_POSTGRES_URL (.ci/run sets it)")]
+async fn a_refused_spend_fails_alone_not_its_group() {
+    use blindpass_store::{SpendOutcome, SpentTokenStore, conformance};
+    use std::sync::atomic::Ordering;
+    let (store, url, _schema) = fresh_postgres().await;
+    let (locker, blocked) = hold_every_group_slot(&store, &url).await;
+    let held = blocked.len() as u8;
+    let queued: Vec<_> = (held..held + 50)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let mut spend = conformance::spend("kg", &[n; 32], "relay_g", 7_200);
+            if n == held + 25 {
+                spend.claim_payload = "not\0text".into();
+            }
+            tokio::spawn(async move { (n, store.spend_token(&spend).await) })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    for t in blocked {
+        assert_eq!(t.await.unwrap().unwrap(), SpendOutcome::Spent);
+    }
+    for t in queued {
+        let (n, outcome) = t.await.unwrap();
+        if n == held + 25 {
+            assert!(outcome.is_err(), "the refused spend fails: {outcome:?}");
+        } else {
+            assert_eq!(outcome.unwrap(), SpendOutcome::Spent, "spend {n}");
+        }
+    }
+    assert_eq!(store.spend_commits().unwrap().groups.load(Ordering::Relaxed), u64::from(held) + 1);
 }

@@ -96,7 +96,7 @@ pub async fn harness_from(config: Config, limits: Limits) -> Harness {
     let ids = blindpass_server::load_ids(&service, &IdOverrides::default()).await.unwrap();
     let router = blindpass_server::router(AppState {
         service: service.clone(),
-        ids,
+        ids: std::sync::Arc::new(ids),
         limits,
         trusted_proxies: Default::default(),
     });
