@@ -15,9 +15,11 @@ function done(summary, latency, requests)
     summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout, summary.errors.status))
 end
 
--- DELAY_MS (bench/wrk.sh's RATE): each connection waits this long after
--- each answer, so that wrk offers a rate below the peak.
+-- DELAY_MS (bench/wrk.sh's RATE): each connection waits, after each answer,
+-- a random time averaging this long (uniform over 0..2x: a fixed pause keeps
+-- the connections in step, so that they arrive in bursts), so that wrk
+-- offers a rate below the peak.
 local pause = tonumber(os.getenv("DELAY_MS") or "0")
 if pause > 0 then
-  function delay() return pause end
+  function delay() return math.random(0, 2 * pause) end
 end

@@ -9,14 +9,15 @@
 # Environment: BIN (default target/release/blindpass), PORT (18080),
 # PG=1 runs the server on PostgreSQL (a schema of its own in PG_URL, default
 # postgres://root@127.0.0.1:5432/test, dropped afterwards; PostgreSQL's own
-# CPU is not in the server's figures), TOKENS (redeem: how many to issue
-# first, default 10,000 per second of load),
+# CPU is not in the server's figures; PG_URL may carry e.g. ?sslmode=disable),
+# SERVE_ARGS (more `serve` flags, e.g. --db-pool-size 8), TOKENS (redeem:
+# how many to issue first, default 10,000 per second of load),
 # PIN=1 puts the server on core 0 and wrk on core 1 (default: both share
 # both cores), OPENSSL=0 skips the openssl reference,
 # PROFILE=file records the server with `perf record -g` into that file
 # (PROFILE_ALL=1: the whole machine, e.g. to see PostgreSQL and wrk too),
-# RATE=n paces wrk to about n requests/s in all (each connection waits
-# connections/n s after each answer; for p99 below the peak rate).
+# RATE=n paces wrk to about n requests/s in all (each connection waits a
+# random 0..2 x connections/n s after each answer; for p99 below the peak).
 # openssl runs before and after the load: the ratios use the mean of the two
 # and both are printed, so that drift of the machine shows.
 # Needs wrk, curl, python3, openssl.
@@ -41,12 +42,14 @@ store=(--data-dir "$work/data")
 if [[ ${PG:-0} == 1 ]]; then
     pg_url=${PG_URL:-postgres://root@127.0.0.1:5432/test}
     schema=wrk_$$
-    psql -q "$pg_url" -c "CREATE SCHEMA $schema"
-    store=(--database-url "$pg_url?options=-csearch_path%3D$schema")
+    psql -q "${pg_url%%\?*}" -c "CREATE SCHEMA $schema"
+    separator='?'
+    [[ $pg_url == *\?* ]] && separator='&'
+    store=(--database-url "$pg_url${separator}options=-csearch_path%3D$schema")
 fi
 cleanup() {
     [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-    [[ -n $schema ]] && psql -q "$pg_url" -c "DROP SCHEMA $schema CASCADE" 2>/dev/null
+    [[ -n $schema ]] && psql -q "${pg_url%%\?*}" -c "DROP SCHEMA $schema CASCADE" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,7 +61,7 @@ if [[ ${PIN:-0} == 1 ]]; then
     wrk_cpu=(taskset -c 1)
 fi
 
-"${server_cpu[@]}" "$BIN" "${store[@]}" serve --listen "127.0.0.1:$PORT" \
+"${server_cpu[@]}" "$BIN" "${store[@]}" serve --listen "127.0.0.1:$PORT" ${SERVE_ARGS:-} \
     --rate-limit 0 --client-rate-limit 0 --auth-failure-limit 0 --relay-rate-limit 0 >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do

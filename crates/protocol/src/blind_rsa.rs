@@ -138,6 +138,33 @@ pub trait RawSigner {
     fn rsasp1(&self, m: &[u8]) -> Result<Vec<u8>, BlindSignError>;
 }
 
+/// RSAVP1 (RFC 8017 §5.2.2), the public operation a signature check needs.
+/// [`RsaPublicKey`] has the pure implementation; a backend may bring a
+/// faster one (`blindpass-rsa`'s aws-lc key does).
+///
+/// # Contract for implementations
+/// - `rsavp1(s)` is `s^e mod n` as exactly `modulus_len` big-endian bytes;
+/// - it is `None` unless `s` is exactly `modulus_len` bytes and `s < n`
+///   (never reduced).
+pub trait RawVerifier {
+    /// The key the operation is for.
+    fn rsa_public_key(&self) -> &RsaPublicKey;
+
+    /// RSAVP1(pk, s).
+    fn rsavp1(&self, s: &[u8]) -> Option<Vec<u8>>;
+}
+
+impl RawVerifier for RsaPublicKey {
+    fn rsa_public_key(&self) -> &RsaPublicKey {
+        self
+    }
+
+    fn rsavp1(&self, s: &[u8]) -> Option<Vec<u8>> {
+        let s = self.uint_below_modulus(s)?;
+        Some(self.to_fixed_bytes(&self.public_op(&s)))
+    }
+}
+
 /// A message after RFC 9474 §4.1 Prepare (`msg_prefix ‖ msg`, or `msg`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedMessage(Vec<u8>);
@@ -268,14 +295,21 @@ pub fn finalize(
 }
 
 /// RFC 9474 §4.5: RSASSA-PSS-VERIFY with SHA-384, MGF1-SHA-384 and the
-/// variant's exact salt length.
-pub fn verify(pk: &RsaPublicKey, variant: Variant, msg: &PreparedMessage, sig: &[u8]) -> Result<(), VerifyError> {
+/// variant's exact salt length. `pk` is the key, or a backend doing its
+/// public operation ([`RawVerifier`]).
+pub fn verify(
+    pk: &(impl RawVerifier + ?Sized),
+    variant: Variant,
+    msg: &PreparedMessage,
+    sig: &[u8],
+) -> Result<(), VerifyError> {
     // RFC 8017 §8.1.2 step 1: length check; step 2: RSAVP1 with s < n.
-    let s = pk.uint_below_modulus(sig).ok_or(VerifyError)?;
-    let m = pk.public_op(&s);
-    let em_bits = pk.modulus_bits() - 1;
+    let full = pk.rsavp1(sig).ok_or(VerifyError)?;
+    let em_bits = pk.rsa_public_key().modulus_bits() - 1;
     let em_len = (em_bits as usize).div_ceil(8);
-    let full = pk.to_fixed_bytes(&m);
+    if full.len() < em_len {
+        return Err(VerifyError);
+    }
     // I2OSP(m, emLen): the leading bytes beyond emLen must be zero.
     let (high, em) = full.split_at(full.len() - em_len);
     if high.iter().any(|&b| b != 0) {

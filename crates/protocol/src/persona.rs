@@ -262,7 +262,20 @@ impl ParsedToken {
     /// [`ParsedToken::token_input`] under `key`. The caller checks that
     /// `key_id` names `key` and verifies the challenge.
     pub fn verify_signature(&self, key: &IssuerPublicKey) -> Result<(), VerifyError> {
-        blind_rsa::verify(key.rsa(), VARIANT, &blind_rsa::prepared(&self.token_input()), &self.signature[..])
+        self.verify_signature_with(key, key.rsa())
+    }
+
+    /// [`ParsedToken::verify_signature`] with the public operation done by
+    /// `backend` (which must hold `key`'s RSA key: checked).
+    pub fn verify_signature_with(
+        &self,
+        key: &IssuerPublicKey,
+        backend: &(impl blind_rsa::RawVerifier + ?Sized),
+    ) -> Result<(), VerifyError> {
+        if backend.rsa_public_key() != key.rsa() {
+            return Err(VerifyError);
+        }
+        blind_rsa::verify(backend, VARIANT, &blind_rsa::prepared(&self.token_input()), &self.signature[..])
     }
 }
 

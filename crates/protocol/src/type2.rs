@@ -71,8 +71,18 @@ pub fn issue(signer: &impl RawSigner, request: &TokenRequest) -> Result<TokenRes
 /// verifies (RSASSA-PSS, SHA-384, salt 48). Challenge and double-spend checks
 /// belong to the redeemer.
 pub fn verify_token(key: &IssuerPublicKey, token: &Token) -> Result<(), VerifyError> {
-    if token.token_key_id != key.token_key_id() {
+    verify_token_with(key, key.rsa(), token)
+}
+
+/// [`verify_token`] with the public operation done by `backend` (which must
+/// hold `key`'s RSA key: checked).
+pub fn verify_token_with(
+    key: &IssuerPublicKey,
+    backend: &(impl blind_rsa::RawVerifier + ?Sized),
+    token: &Token,
+) -> Result<(), VerifyError> {
+    if token.token_key_id != key.token_key_id() || backend.rsa_public_key() != key.rsa() {
         return Err(VerifyError);
     }
-    blind_rsa::verify(key.rsa(), VARIANT, &blind_rsa::prepared(&token.token_input()), &token.authenticator[..])
+    blind_rsa::verify(backend, VARIANT, &blind_rsa::prepared(&token.token_input()), &token.authenticator[..])
 }

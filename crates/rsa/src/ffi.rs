@@ -38,11 +38,13 @@ pub(crate) struct Rsa(NonNull<sys::RSA>);
 // SAFETY: an `RSA` is not tied to the thread that created it. aws-lc guards
 // the only state it mutates after construction (the lazily built Montgomery
 // contexts in `freeze_private_key` and the blinding cache in
-// `rsa_blinding_get`) with `rsa->lock`, so concurrent `RSA_sign_raw` calls on
-// one key are safe; every other use here is read-only.
+// `rsa_blinding_get`) with `rsa->lock`, so concurrent `RSA_sign_raw` and
+// `RSA_verify_raw` calls on one key are safe; every other use here is
+// read-only.
 unsafe impl Send for Rsa {}
 // SAFETY: see `Send` above; shared references only reach `RSA_sign_raw`,
-// `RSA_size` and the `RSA_get0_*` getters, which are safe to call concurrently.
+// `RSA_verify_raw`, `RSA_size` and the `RSA_get0_*` getters, which are safe
+// to call concurrently.
 unsafe impl Sync for Rsa {}
 
 impl Drop for Rsa {
@@ -148,6 +150,38 @@ impl Rsa {
         // lock-protected caches (see the `Sync` impl).
         let ok = unsafe {
             sys::RSA_sign_raw(
+                self.0.as_ptr(),
+                &mut written,
+                out.as_mut_ptr(),
+                out.len(),
+                input.as_ptr(),
+                input.len(),
+                sys::RSA_NO_PADDING as c_int,
+            )
+        };
+        check(ok)?;
+        if written != size {
+            return Err(FfiError);
+        }
+        Ok(())
+    }
+}
+
+impl Rsa {
+    /// RSAVP1 with no padding: `out = input^e mod n`. aws-lc refuses an
+    /// `input >= n` (never reduces it).
+    pub(crate) fn verify_raw(&self, input: &[u8], out: &mut [u8]) -> Result<(), FfiError> {
+        let size = self.size();
+        if input.len() != size || out.len() != size {
+            return Err(FfiError);
+        }
+        let mut written = 0usize;
+        // SAFETY: `out` is a live buffer of `out.len()` bytes and `input` of
+        // `input.len()` bytes; aws-lc writes at most `max_out` bytes and sets
+        // `written`. `RSA_verify_raw` takes `*mut RSA` but only reads the
+        // public key and the lock-protected Montgomery context (see `Sync`).
+        let ok = unsafe {
+            sys::RSA_verify_raw(
                 self.0.as_ptr(),
                 &mut written,
                 out.as_mut_ptr(),

@@ -47,6 +47,14 @@ impl LoadedKey {
         }
     }
 
+    /// What does this key's public operation for a signature check: the
+    /// aws-lc key (about four times faster than the pure one).
+    pub fn verifier(&self) -> &dyn blind_rsa::RawVerifier {
+        match &self.material {
+            KeyMaterial::BlindRsa(signer) => &**signer,
+        }
+    }
+
     /// RFC 9578 `truncated_token_key_id`.
     pub fn truncated_id(&self) -> u8 {
         self.public.truncated_token_key_id()

@@ -200,7 +200,7 @@ impl Service {
         }
         let id = TokenKeyId::from_hex(&parsed.token.key_id).map_err(|_| reject(TokenRejection::UnknownKey))?;
         let key = self.verifying_key(relay, &id).await?;
-        parsed.verify_signature(&key.public).map_err(|_| reject(TokenRejection::BadSignature))?;
+        parsed.verify_signature_with(&key.public, key.verifier()).map_err(|_| reject(TokenRejection::BadSignature))?;
         let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
         Ok(Verified { key, nonce: parsed.nonce.to_vec(), expires_at })
     }
@@ -215,7 +215,8 @@ impl Service {
         }
         let w = matched.ok_or(reject(TokenRejection::RfcChallengeUnknown))?;
         let key = self.verifying_key(relay, &token.token_key_id).await?;
-        type2::verify_token(&key.public, token).map_err(|_| reject(TokenRejection::BadSignature))?;
+        type2::verify_token_with(&key.public, key.verifier(), token)
+            .map_err(|_| reject(TokenRejection::BadSignature))?;
         Ok(Verified { key, nonce: token.nonce.to_vec(), expires_at: (w + 2) * CONTEXT_WINDOW_SECS })
     }
 
