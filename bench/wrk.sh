@@ -123,14 +123,14 @@ if [[ -n ${PROFILE:-} ]]; then
     perf_pid=$!
 fi
 if [[ $mode == single ]]; then
-    out=$(DELAY_MS=$delay_ms API_KEY=$api_key BODY=$(cat "$work/body.json") "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+    out=$(BENCH_DIR=$here DELAY_MS=$delay_ms API_KEY=$api_key BODY=$(cat "$work/body.json") "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/issue.lua" "http://127.0.0.1:$PORT")
 elif [[ $mode == redeem ]]; then
-    out=$(DELAY_MS=$delay_ms TOKENS_FILE=$work/tokens RELAY_PATH=/api/privacy/v1/relays/$relay_token/generate-claim \
+    out=$(BENCH_DIR=$here DELAY_MS=$delay_ms TOKENS_FILE=$work/tokens RELAY_PATH=/api/privacy/v1/relays/$relay_token/generate-claim \
         RELAY_SECRET=$relay_secret "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/redeem.lua" "http://127.0.0.1:$PORT")
 else
-    out=$(DELAY_MS=$delay_ms API_KEY=$api_key BODY_FILE=$work/body.bin "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+    out=$(BENCH_DIR=$here DELAY_MS=$delay_ms API_KEY=$api_key BODY_FILE=$work/body.bin "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/batch.lua" "http://127.0.0.1:$PORT")
 fi
 after=$(ticks)

@@ -139,17 +139,33 @@ impl Rsa {
     /// `out^e mod n == input` before returning (the fault check) and refuses
     /// `input >= n - 1`, 0 and 1.
     pub(crate) fn sign_raw(&self, input: &[u8], out: &mut [u8]) -> Result<(), FfiError> {
+        // `RSA_sign_raw` takes `*mut RSA` but only mutates lock-protected
+        // caches (see the `Sync` impl).
+        self.raw(sys::RSA_sign_raw, input, out)
+    }
+
+    /// RSAVP1 with no padding: `out = input^e mod n`. aws-lc refuses an
+    /// `input >= n` (never reduces it).
+    pub(crate) fn verify_raw(&self, input: &[u8], out: &mut [u8]) -> Result<(), FfiError> {
+        // `RSA_verify_raw` takes `*mut RSA` but only reads the public key and
+        // the lock-protected Montgomery context (see the `Sync` impl).
+        self.raw(sys::RSA_verify_raw, input, out)
+    }
+
+    /// One of aws-lc's raw operations (`RSA_sign_raw`, `RSA_verify_raw`)
+    /// without padding, on exactly modulus-length buffers.
+    fn raw(&self, op: RawOperation, input: &[u8], out: &mut [u8]) -> Result<(), FfiError> {
         let size = self.size();
         if input.len() != size || out.len() != size {
             return Err(FfiError);
         }
         let mut written = 0usize;
-        // SAFETY: `out` is a live buffer of `out.len()` bytes and `input` of
-        // `input.len()` bytes; aws-lc writes at most `max_out` bytes and sets
-        // `written`. `RSA_sign_raw` takes `*mut RSA` but only mutates
-        // lock-protected caches (see the `Sync` impl).
+        // SAFETY: `op` is one of the two functions above (the callers say
+        // why a shared `RSA` is fine for each); `out` is a live buffer of
+        // `out.len()` bytes and `input` of `input.len()` bytes; aws-lc writes
+        // at most `max_out` bytes and sets `written`.
         let ok = unsafe {
-            sys::RSA_sign_raw(
+            op(
                 self.0.as_ptr(),
                 &mut written,
                 out.as_mut_ptr(),
@@ -167,37 +183,8 @@ impl Rsa {
     }
 }
 
-impl Rsa {
-    /// RSAVP1 with no padding: `out = input^e mod n`. aws-lc refuses an
-    /// `input >= n` (never reduces it).
-    pub(crate) fn verify_raw(&self, input: &[u8], out: &mut [u8]) -> Result<(), FfiError> {
-        let size = self.size();
-        if input.len() != size || out.len() != size {
-            return Err(FfiError);
-        }
-        let mut written = 0usize;
-        // SAFETY: `out` is a live buffer of `out.len()` bytes and `input` of
-        // `input.len()` bytes; aws-lc writes at most `max_out` bytes and sets
-        // `written`. `RSA_verify_raw` takes `*mut RSA` but only reads the
-        // public key and the lock-protected Montgomery context (see `Sync`).
-        let ok = unsafe {
-            sys::RSA_verify_raw(
-                self.0.as_ptr(),
-                &mut written,
-                out.as_mut_ptr(),
-                out.len(),
-                input.as_ptr(),
-                input.len(),
-                sys::RSA_NO_PADDING as c_int,
-            )
-        };
-        check(ok)?;
-        if written != size {
-            return Err(FfiError);
-        }
-        Ok(())
-    }
-}
+/// The shape of aws-lc's `RSA_sign_raw` and `RSA_verify_raw`.
+type RawOperation = unsafe extern "C" fn(*mut sys::RSA, *mut usize, *mut u8, usize, *const u8, usize, c_int) -> c_int;
 
 /// An owned BIGNUM, cleared and freed on drop.
 struct Bn(NonNull<sys::BIGNUM>);
