@@ -30,6 +30,7 @@ pub mod keys;
 pub mod oaep;
 pub mod pem;
 pub mod persona;
+mod pss;
 pub mod rsa;
 pub mod time;
 pub mod type2;
