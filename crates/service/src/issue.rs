@@ -15,8 +15,10 @@
 //! no hand-off to another thread and back (measured in BENCHMARKS.md: the two
 //! hand-offs cost 24 µs of 337 µs per issuance, more than every other
 //! non-RSA cost together). A worker signing for ~0.3 ms delays the other
-//! tasks queued on it by that much; the runtime's work stealing and the
-//! in-flight cap at the edge bound the rest.
+//! tasks queued on it by that much. Past `signing_pool::INLINE_LIMIT`
+//! operations in flight (overload: hundreds of connections) the runtime's
+//! queues stop being fair, so the evaluation queues FIFO on the signing pool
+//! instead and requests are served in arrival order.
 //!
 //! A new token type adds its key material and its evaluation to
 //! [`crate::keyring::KeyMaterial`]; nothing here changes.
@@ -112,11 +114,11 @@ impl From<KeyError> for IssueError {
 
 impl Service {
     /// Evaluates `request` with the key it names for a caller in
-    /// `environment`. The key operation runs here, on the caller's thread
-    /// (see the module's notes).
+    /// `environment`. The key operation runs here, on the caller's thread,
+    /// unless the node is overloaded (see the module's notes).
     pub async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
         let key = self.issuing_key(environment, request.selector).await?;
-        key.evaluate(&request.blinded)
+        self.inner.signing.run_here_or_queue(move || key.evaluate(&request.blinded)).await?
     }
 
     /// Evaluates every item of a batch for a caller in `environment`: one key
@@ -151,9 +153,10 @@ impl Service {
         Ok(results)
     }
 
-    /// Evaluates `work` in one share per core: the first share here, the
-    /// others as jobs on the signing pool (queued before this thread starts
-    /// its own); returns each item's index with its result.
+    /// Evaluates `work` in one share per core: the first share here (unless
+    /// the node is overloaded), the others as jobs on the signing pool
+    /// (queued before this thread starts its own); returns each item's index
+    /// with its result.
     async fn evaluate_on_all_cores(
         &self,
         work: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>,
@@ -166,7 +169,7 @@ impl Service {
             let share: Vec<_> = work.by_ref().take(per_share).collect();
             jobs.push(self.inner.signing.submit(move || evaluate_share(share))?);
         }
-        let mut out = evaluate_share(here);
+        let mut out = self.inner.signing.run_here_or_queue(move || evaluate_share(here)).await?;
         for job in jobs {
             out.extend(job.await.map_err(|_| crate::PoolError::Failed)?);
         }

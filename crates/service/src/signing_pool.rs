@@ -1,11 +1,24 @@
-//! The threads that run the shares of a batch that the request's own thread
-//! does not (`issue.rs`): one per core, fed by a bounded queue. Unlike tokio's blocking pool (which grows a thread per
-//! waiting call, 481 of them at 1,000 connections), a burst beyond the queue
-//! is refused at once ([`PoolError::Busy`], answered 503 + `Retry-After`)
-//! and the operations never outnumber the cores.
+//! Where issuers' key operations run: on the caller's own thread while few
+//! are in flight ([`SigningPool::run_here_or_queue`]: no hand-off), otherwise
+//! — and for the shares of a batch the request's thread does not take — on
+//! one thread per core fed by a bounded FIFO queue. Unlike tokio's blocking
+//! pool (which grows a thread per waiting call, 481 of them at 1,000
+//! connections), a burst beyond the queue is refused at once
+//! ([`PoolError::Busy`], answered 503 + `Retry-After`) and the operations
+//! never outnumber the cores.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// Operations in flight (on callers' threads and queued) up to which one
+/// runs on its caller's thread. Past it the runtime's per-worker queues are
+/// not fair (at 1,000 connections signing on the workers left 582 requests
+/// waiting over 2 s while others were served in milliseconds), so the
+/// operation queues FIFO on the pool and every waiting request is served in
+/// arrival order. 64 is far below a worker queue's 256 tasks and far above
+/// what a saturated node with tens of connections has in flight.
+pub(crate) const INLINE_LIMIT: usize = 64;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -25,11 +38,18 @@ pub enum PoolError {
 pub(crate) struct SigningPool {
     jobs: SyncSender<Job>,
     threads: usize,
+    in_flight: AtomicUsize,
+    inline_limit: usize,
 }
 
 impl SigningPool {
     /// `threads` threads (at least one) behind a queue of `queue` jobs.
     pub(crate) fn new(threads: usize, queue: usize) -> Self {
+        Self::with_inline_limit(threads, queue, INLINE_LIMIT)
+    }
+
+    /// [`SigningPool::new`] with another [`INLINE_LIMIT`].
+    pub(crate) fn with_inline_limit(threads: usize, queue: usize, inline_limit: usize) -> Self {
         let (jobs, receiver) = sync_channel::<Job>(queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let threads = threads.max(1);
@@ -41,7 +61,7 @@ impl SigningPool {
                 tracing::error!(error = %e, "could not start a signing thread");
             }
         }
-        Self { jobs, threads }
+        Self { jobs, threads, in_flight: AtomicUsize::new(0), inline_limit }
     }
 
     /// One thread per core.
@@ -52,6 +72,20 @@ impl SigningPool {
     /// How many threads sign.
     pub(crate) fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Runs `f` here, on the caller's thread, while at most
+    /// [`INLINE_LIMIT`] operations are in flight; past it queues `f` on the
+    /// pool (FIFO) and waits for it without blocking the async thread.
+    pub(crate) async fn run_here_or_queue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PoolError> {
+        let in_flight = InFlight::enter(&self.in_flight);
+        if in_flight.count <= self.inline_limit && !runtime_is_behind() {
+            return Ok(f());
+        }
+        self.submit(f)?.await.map_err(|_| PoolError::Failed)
     }
 
     /// Queues `f` now (so that several jobs run at once) and returns where
@@ -69,6 +103,35 @@ impl SigningPool {
             Err(TrySendError::Full(_)) => Err(PoolError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(PoolError::Failed),
         }
+    }
+}
+
+/// True when tasks wait in the runtime's shared queue: its workers are
+/// saturated and their local queues overflow, where scheduling stops being
+/// fair (tasks in the shared queue are polled once every 61 ticks of a
+/// worker, a tick here being a 0.3 ms signature).
+fn runtime_is_behind() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().global_queue_depth() > 0)
+}
+
+/// One operation counted in flight until dropped (also when its caller
+/// stops waiting).
+struct InFlight<'a> {
+    counter: &'a AtomicUsize,
+    /// The count with this one.
+    count: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        let count = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        Self { counter, count }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -116,6 +179,36 @@ mod tests {
         release.send(()).unwrap();
         blocker.await.unwrap();
         assert_eq!(queued.await.unwrap(), 7);
+    }
+
+    /// Under the limit an operation runs on its caller's thread; past it, on
+    /// the pool's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_run_here_until_the_limit_then_queue() {
+        let pool = Arc::new(SigningPool::with_inline_limit(1, 4, 1));
+        let name = || std::thread::current().name().map(str::to_owned);
+        let here = pool.run_here_or_queue(name).await.unwrap();
+        assert_ne!(here.as_deref(), Some("blindpass-sign-0"), "one in flight: on the caller's thread");
+
+        // Hold one operation in flight on a worker, then the next one queues.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, wait_started) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run_here_or_queue(move || {
+                    started.send(()).unwrap();
+                    held.recv().unwrap();
+                })
+                .await
+            })
+        };
+        wait_started.recv().unwrap();
+        let queued = pool.run_here_or_queue(name).await.unwrap();
+        assert_eq!(queued.as_deref(), Some("blindpass-sign-0"), "past the limit: on the pool");
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        assert_eq!(pool.in_flight.load(Ordering::Acquire), 0, "every operation leaves the count");
     }
 
     #[tokio::test]
