@@ -16,9 +16,10 @@
 //! hand-offs cost 24 µs of 337 µs per issuance, more than every other
 //! non-RSA cost together). A worker signing for ~0.3 ms delays the other
 //! tasks queued on it by that much. Past `signing_pool::INLINE_LIMIT`
-//! operations in flight (overload: hundreds of connections) the runtime's
-//! queues stop being fair, so the evaluation queues FIFO on the signing pool
-//! instead and requests are served in arrival order.
+//! operations in flight, or with tasks waiting in the runtime's shared queue
+//! (overload: hundreds of connections), the runtime's queues stop being
+//! fair, so the evaluation queues FIFO on the signing pool instead and
+//! requests are served in arrival order.
 //!
 //! A new token type adds its key material and its evaluation to
 //! [`crate::keyring::KeyMaterial`]; nothing here changes.

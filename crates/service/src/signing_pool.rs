@@ -12,12 +12,15 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Operations in flight (on callers' threads and queued) up to which one
-/// runs on its caller's thread. Past it the runtime's per-worker queues are
-/// not fair (at 1,000 connections signing on the workers left 582 requests
-/// waiting over 2 s while others were served in milliseconds), so the
-/// operation queues FIFO on the pool and every waiting request is served in
-/// arrival order. 64 is far below a worker queue's 256 tasks and far above
-/// what a saturated node with tens of connections has in flight.
+/// may run on its caller's thread — if also the runtime keeps up
+/// ([`runtime_is_behind`]). Otherwise the operation queues FIFO on the pool
+/// and every waiting request is served in arrival order: with every worker
+/// signing, the runtime's queues are not fair (at 1,000 connections signing
+/// on the workers left 582–716 requests waiting over 2 s while others were
+/// served in milliseconds; this count alone did not catch it, since the
+/// starved requests never reach the signing call). 64 is far below a worker
+/// queue's 256 tasks and far above what a saturated node with tens of
+/// connections has in flight.
 pub(crate) const INLINE_LIMIT: usize = 64;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -75,8 +78,9 @@ impl SigningPool {
     }
 
     /// Runs `f` here, on the caller's thread, while at most
-    /// [`INLINE_LIMIT`] operations are in flight; past it queues `f` on the
-    /// pool (FIFO) and waits for it without blocking the async thread.
+    /// [`INLINE_LIMIT`] operations are in flight and the runtime keeps up;
+    /// otherwise queues `f` on the pool (FIFO) and waits for it without
+    /// blocking the async thread.
     pub(crate) async fn run_here_or_queue<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -209,6 +213,32 @@ mod tests {
         release.send(()).unwrap();
         holder.await.unwrap().unwrap();
         assert_eq!(pool.in_flight.load(Ordering::Acquire), 0, "every operation leaves the count");
+    }
+
+    /// With tasks waiting in the runtime's shared queue, an operation goes to
+    /// the pool even far under the in-flight limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_runtime_that_is_behind_sends_operations_to_the_pool() {
+        // On the only worker (the test body itself runs on another thread):
+        // tasks spawned from outside wait in the shared queue while it works.
+        tokio::spawn(async {
+            let pool = SigningPool::new(1, 4);
+            let handle = tokio::runtime::Handle::current();
+            let waiting: Vec<_> =
+                std::thread::spawn(move || (0..4).map(|_| handle.spawn(async {})).collect()).join().unwrap();
+            assert!(runtime_is_behind());
+            let name = || std::thread::current().name().map(str::to_owned);
+            let queued = pool.run_here_or_queue(name).await.unwrap();
+            assert_eq!(queued.as_deref(), Some("blindpass-sign-0"), "behind: on the pool");
+            for task in waiting {
+                task.await.unwrap();
+            }
+            assert!(!runtime_is_behind());
+            let here = pool.run_here_or_queue(name).await.unwrap();
+            assert_ne!(here.as_deref(), Some("blindpass-sign-0"), "caught up: on the caller's thread again");
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
