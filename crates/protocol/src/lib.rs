@@ -10,6 +10,8 @@
 //!   types, issuance and verification, the `PrivateToken` header and the
 //!   issuer directory;
 //! - [`batch`]: generic batched issuance (draft-ietf-privacypass-batched-tokens);
+//! - [`voprf`], [`voprf_wire`]: the privately verifiable token types 0x0001
+//!   (VOPRF P-384) and 0x0005 (VOPRF ristretto255), single and amortized;
 //! - [`persona`]: Persona's Relay challenge, token and `token_input`;
 //! - [`api`]: Persona's REST contract (JSON bodies and paths) as serde types,
 //!   shared by the server and the client.
@@ -34,4 +36,6 @@ mod pss;
 pub mod rsa;
 pub mod time;
 pub mod type2;
+pub mod voprf;
+pub mod voprf_wire;
 pub mod wire;

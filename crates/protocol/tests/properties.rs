@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 use blindpass_protocol::batch::{BatchTokenRequest, BatchTokenResponse, Framing, GenericTokenRequest};
 use blindpass_protocol::blind_rsa::{self, RawSigner, Variant};
 use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::voprf::{self, SecretKey, Suite};
+use blindpass_protocol::voprf_wire::{
+    AmortizedTokenRequest, AmortizedTokenResponse, VoprfToken, VoprfTokenRequest, VoprfTokenResponse,
+};
 use blindpass_protocol::wire::{Token, TokenChallenge, TokenRequest, TokenResponse};
 use blindpass_protocol::{auth, b64, directory, pem, persona, rsa, time, type2};
 use blindpass_rsa::RsaPrivateKey;
@@ -134,6 +138,7 @@ fn decode_everything(bytes: &[u8]) {
     let _ = TokenRequest::decode(bytes);
     let _ = TokenResponse::decode(bytes);
     let _ = Token::decode(bytes);
+    decode_voprf(bytes);
     for framing in [Framing::Generic, Framing::Legacy] {
         if let Ok(request) = BatchTokenRequest::decode(bytes, framing) {
             assert_eq!(request.encode(framing), bytes, "a decoded batch re-encodes to its bytes");
@@ -157,6 +162,45 @@ fn decode_everything(bytes: &[u8]) {
     let _ = time::parse_rfc3339(&text);
 }
 
+fn voprf_keys() -> &'static [SecretKey; 2] {
+    static KEYS: OnceLock<[SecretKey; 2]> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut rng = StdRng::seed_from_u64(5);
+        Suite::ALL.map(|suite| SecretKey::generate(suite, &mut rng).unwrap())
+    })
+}
+
+/// The VOPRF decoders, and the issuer's evaluation and verification of
+/// whatever decodes: each returns, never panics, and what decodes
+/// re-encodes to its bytes.
+fn decode_voprf(bytes: &[u8]) {
+    let mut rng = StdRng::seed_from_u64(9);
+    if let Ok(request) = VoprfTokenRequest::decode(bytes) {
+        assert_eq!(request.encode(), bytes);
+        let key = &voprf_keys()[usize::from(request.suite == Suite::Ristretto255)];
+        let _ = key.evaluate(&[request.blinded_element], &mut rng);
+    }
+    if let Ok(request) = AmortizedTokenRequest::decode(bytes, 64) {
+        assert_eq!(request.encode(), bytes);
+        let key = &voprf_keys()[usize::from(request.suite == Suite::Ristretto255)];
+        let _ = key.evaluate(&request.blinded_elements, &mut rng);
+    }
+    if let Ok(token) = VoprfToken::decode(bytes) {
+        assert_eq!(token.encode(), bytes);
+        for key in voprf_keys() {
+            assert!(key.verify_token(&token).is_err(), "arbitrary bytes never verify");
+        }
+    }
+    for suite in Suite::ALL {
+        let _ = VoprfTokenResponse::decode(suite, bytes);
+        for count in [1, 3] {
+            let _ = AmortizedTokenResponse::decode(suite, count, bytes);
+        }
+        let _ = voprf::PublicKey::from_bytes(suite, bytes);
+        let _ = SecretKey::from_bytes(suite, bytes);
+    }
+}
+
 /// Valid encodings to mutate, so the decoders' deeper branches are reached.
 fn seeds() -> Vec<Vec<u8>> {
     let key = issuer_key();
@@ -165,7 +209,7 @@ fn seeds() -> Vec<Vec<u8>> {
     let (request, state) = type2::begin_issuance(&key, &challenge, &mut rng).unwrap();
     let response = type2::issue(key_2048(), &request).unwrap();
     let token = type2::finalize_issuance(&key, &state, &response).unwrap();
-    vec![
+    let mut seeds = vec![
         challenge.encode(),
         request.encode(),
         response.encode(),
@@ -182,7 +226,23 @@ fn seeds() -> Vec<Vec<u8>> {
         .to_json(),
         batch_of(&request).encode(Framing::Generic),
         batch_of(&request).encode(Framing::Legacy),
-    ]
+    ];
+    for key in voprf_keys() {
+        let (blinded, state) = voprf::begin_issuance(key.public_key(), &challenge, 3, &mut rng).unwrap();
+        let evaluation = key.evaluate(&blinded, &mut rng).unwrap();
+        let tokens = voprf::finalize_issuance(&state, &evaluation.evaluated_elements, &evaluation.proof).unwrap();
+        let suite = key.suite();
+        let truncated_token_key_id = key.public_key().truncated_token_key_id();
+        seeds.extend([
+            VoprfTokenRequest { suite, truncated_token_key_id, blinded_element: blinded[0].clone() }.encode(),
+            AmortizedTokenRequest { suite, truncated_token_key_id, blinded_elements: blinded }.encode(),
+            AmortizedTokenResponse { evaluated_elements: evaluation.evaluated_elements, proof: evaluation.proof }
+                .encode(),
+            tokens[0].encode(),
+            key.public_key().as_bytes().to_vec(),
+        ]);
+    }
+    seeds
 }
 
 fn batch_of(request: &TokenRequest) -> BatchTokenRequest {
@@ -195,6 +255,51 @@ fn batch_of(request: &TokenRequest) -> BatchTokenRequest {
     BatchTokenRequest { items: vec![type2, item(1, 49), item(5, 32)] }
 }
 
+fn voprf_challenge(suite: Suite) -> impl Strategy<Value = TokenChallenge> {
+    challenge().prop_map(move |c| TokenChallenge { token_type: suite.token_type(), ..c })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// begin → evaluate (one batched proof) → finalize (which verifies the
+    /// proof) → verify with the private key, for both suites and batches of
+    /// 1 to 8; another key's proof, a swapped element and a tampered token
+    /// are refused.
+    #[test]
+    fn voprf_issuance_round_trip(
+        (suite, challenge) in prop::sample::select(Suite::ALL.to_vec()).prop_flat_map(|s| (Just(s), voprf_challenge(s))),
+        count in 1usize..9,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let key = SecretKey::generate(suite, &mut rng).unwrap();
+        let other = SecretKey::generate(suite, &mut rng).unwrap();
+        let (blinded, state) = voprf::begin_issuance(key.public_key(), &challenge, count, &mut rng).unwrap();
+        let evaluation = key.evaluate(&blinded, &mut rng).unwrap();
+        let tokens = voprf::finalize_issuance(&state, &evaluation.evaluated_elements, &evaluation.proof).unwrap();
+        prop_assert_eq!(tokens.len(), count);
+        for token in &tokens {
+            let decoded = VoprfToken::decode(&token.encode()).unwrap();
+            prop_assert!(key.verify_token(&decoded).is_ok());
+            prop_assert!(other.verify_token(&decoded).is_err());
+            let mut tampered = decoded.clone();
+            tampered.challenge_digest[3] ^= 1;
+            prop_assert!(key.verify_token(&tampered).is_err());
+        }
+        let forged = other.evaluate(&blinded, &mut rng).unwrap();
+        prop_assert_eq!(
+            voprf::finalize_issuance(&state, &forged.evaluated_elements, &forged.proof).unwrap_err(),
+            voprf::VoprfError::Proof
+        );
+        if count > 1 {
+            let mut swapped = evaluation.evaluated_elements.clone();
+            swapped.swap(0, 1);
+            prop_assert!(voprf::finalize_issuance(&state, &swapped, &evaluation.proof).is_err());
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -205,13 +310,14 @@ proptest! {
 
     #[test]
     fn decoders_never_panic_on_mutated_valid_inputs(
-        which in 0usize..10,
+        which in any::<prop::sample::Index>(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
     ) {
         static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-        let mut bytes = SEEDS.get_or_init(seeds)[which].clone();
+        let seeds = SEEDS.get_or_init(seeds);
+        let mut bytes = seeds[which.index(seeds.len())].clone();
         for (at, value) in edits {
             let i = at.index(bytes.len());
             bytes[i] = value;
@@ -313,4 +419,34 @@ fn oaep_refuses_messages_over_the_limit() {
         oaep::encrypt(pk, &[0; 191], &mut StdRng::seed_from_u64(1)),
         Err(oaep::OaepError::MessageTooLong { max: 190 })
     );
+}
+
+#[test]
+fn voprf_evaluation_refuses_elements_that_are_not_valid_points() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for key in voprf_keys() {
+        let len = key.suite().element_len();
+        // The identity: all zeros in ristretto255's encoding; SEC1 has no
+        // 49-byte encoding of it.
+        let identity = vec![0u8; len];
+        assert!(voprf::PublicKey::from_bytes(key.suite(), &identity).is_err(), "identity as a public key");
+        assert_eq!(key.evaluate(&[identity], &mut rng), Err(voprf::VoprfError::InvalidElement), "identity");
+        for bad in [vec![0xff; len], vec![0x02; len]] {
+            if voprf::PublicKey::from_bytes(key.suite(), &bad).is_ok() {
+                continue; // a valid point by chance (0x02…: possible for P-384)
+            }
+            assert_eq!(key.evaluate(&[bad], &mut rng), Err(voprf::VoprfError::InvalidElement), "{:?}", key.suite());
+        }
+        assert_eq!(key.evaluate(&[], &mut rng), Err(voprf::VoprfError::Batch));
+    }
+}
+
+#[test]
+fn voprf_keys_round_trip_through_their_scalar() {
+    for key in voprf_keys() {
+        let again = SecretKey::from_bytes(key.suite(), &key.to_bytes()).unwrap();
+        assert_eq!(again.public_key(), key.public_key());
+        assert!(SecretKey::from_bytes(key.suite(), &vec![0; key.suite().scalar_len()]).is_err(), "zero scalar");
+        assert!(format!("{key:?}").len() < 200 && !format!("{key:?}").contains(&hex::encode(&key.to_bytes()[..])));
+    }
 }

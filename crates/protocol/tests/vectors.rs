@@ -12,6 +12,10 @@ use blindpass_protocol::blind_rsa::{self, Variant};
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::rsa::RsaPublicKey;
 use blindpass_protocol::type2;
+use blindpass_protocol::voprf::{self, SecretKey, Suite};
+use blindpass_protocol::voprf_wire::{
+    AmortizedTokenRequest, AmortizedTokenResponse, VoprfToken, VoprfTokenRequest, VoprfTokenResponse,
+};
 use blindpass_protocol::wire::{self, Token, TokenChallenge, TokenRequest, TokenResponse, WireError};
 use blindpass_rsa::RsaPrivateKey;
 use common::{ReplayRng, hex, vector_file};
@@ -147,8 +151,8 @@ fn check_type2_item(ctx: &str, case: &Value, request_bytes: &[u8], response_byte
 /// re-encode byte for byte, each item has its case's token type, and every
 /// type-2 item runs through the type-2 evaluator (blinded, signed by the
 /// production signer, finalized to the case's token). Returns the number of
-/// type-2 items checked.
-fn check_generic_batch(ctx: &str, case: &Value, framing: Framing) -> usize {
+/// type-2 items checked; every VOPRF item runs through the VOPRF evaluator.
+fn check_generic_batch(ctx: &str, case: &Value, framing: Framing) -> (usize, usize) {
     let (request_bytes, response_bytes) = (hex(&case["token_request"]), hex(&case["token_response"]));
     let request = BatchTokenRequest::decode(&request_bytes, framing).unwrap_or_else(|e| panic!("{ctx}: {e}"));
     assert_eq!(request.encode(framing), request_bytes, "{ctx}: request re-encoding");
@@ -156,7 +160,7 @@ fn check_generic_batch(ctx: &str, case: &Value, framing: Framing) -> usize {
     assert_eq!(response.encode(framing), response_bytes, "{ctx}: response re-encoding");
     let issuance = case["issuance"].as_array().unwrap();
     assert_eq!((request.items.len(), response.items.len()), (issuance.len(), issuance.len()), "{ctx}: items");
-    let mut type2_items = 0;
+    let (mut type2_items, mut voprf_items) = (0, 0);
     for (i, (item, (asked, answer))) in issuance.iter().zip(request.items.iter().zip(&response.items)).enumerate() {
         let ctx = format!("{ctx} item {i}");
         let declared = item.get("type").or_else(|| item.get("token_type")).and_then(Value::as_str).unwrap();
@@ -169,27 +173,39 @@ fn check_generic_batch(ctx: &str, case: &Value, framing: Framing) -> usize {
             single.extend_from_slice(&asked.blinded_msg);
             check_type2_item(&ctx, item, &single, &answer.body);
             type2_items += 1;
+        } else if let Some(suite) = Suite::of_token_type(token_type) {
+            let request = VoprfTokenRequest {
+                suite,
+                truncated_token_key_id: asked.truncated_token_key_id,
+                blinded_element: asked.blinded_msg.clone(),
+            };
+            let response = VoprfTokenResponse::decode(suite, &answer.body).unwrap();
+            let tokens = [item["token"].clone()];
+            check_voprf_issuance(&ctx, suite, item, &VoprfIssuance::Single(request, response), &tokens);
+            voprf_items += 1;
         }
     }
-    type2_items
+    (type2_items, voprf_items)
 }
 
 #[test]
 fn generic_batched_issuance_from_three_producers() {
-    let mut cases = 0;
-    let mut type2_items = 0;
+    let (mut cases, mut type2_items, mut voprf_items) = (0, 0, 0);
     for (file, framing) in [
         ("ext_generic_batched_issuance_vectors.json", Framing::Generic),
         ("kat_generic_rs.json", Framing::Generic),
         ("kat_generic_ts.json", Framing::Legacy),
     ] {
         for (i, case) in vector_file(file).as_array().unwrap().iter().enumerate() {
-            type2_items += check_generic_batch(&format!("{file}[{i}]"), case, framing);
+            let (t2, t1) = check_generic_batch(&format!("{file}[{i}]"), case, framing);
+            (type2_items, voprf_items) = (type2_items + t2, voprf_items + t1);
             cases += 1;
         }
     }
-    println!("generic batches: {cases} cases (Go, Rust, TypeScript), {type2_items} type-2 items finalized");
-    assert_eq!((cases, type2_items), (13, 12));
+    println!(
+        "generic batches: {cases} cases (Go, Rust, TypeScript), {type2_items} type-2 and {voprf_items} type-1 items finalized"
+    );
+    assert_eq!((cases, type2_items, voprf_items), (13, 12, 12));
 }
 
 #[test]
@@ -318,4 +334,151 @@ fn rfc9578_directory_key_encoding_matches_vector_key() {
     // The rsaEncryption form is refused where RFC 9578 requires the PSS form.
     assert!(IssuerPublicKey::from_rfc9578_spki(key.rsa_encryption_spki()).is_err());
     assert!(RsaPublicKey::from_spki_der(key.rsa_encryption_spki()).is_ok());
+}
+
+/// A VOPRF issuance as a vector gives it: one TokenRequest and its
+/// TokenResponse, or one amortized batch request and its response.
+enum VoprfIssuance {
+    Single(VoprfTokenRequest, VoprfTokenResponse),
+    Amortized(AmortizedTokenRequest, AmortizedTokenResponse),
+}
+
+/// `(truncated key id, blinded elements, evaluated elements, proof)`.
+type IssuanceParts<'a> = (u8, Vec<Vec<u8>>, Vec<Vec<u8>>, &'a [u8]);
+
+impl VoprfIssuance {
+    fn parts(&self) -> IssuanceParts<'_> {
+        match self {
+            Self::Single(q, r) => {
+                (q.truncated_token_key_id, vec![q.blinded_element.clone()], vec![r.evaluated_element.clone()], &r.proof)
+            }
+            Self::Amortized(q, r) => {
+                (q.truncated_token_key_id, q.blinded_elements.clone(), r.evaluated_elements.clone(), &r.proof)
+            }
+        }
+    }
+}
+
+/// The VOPRF evaluator (types 1 and 5, single and amortized): the key pair
+/// and its id; the client's blinded elements from the case's nonces and
+/// blinds, byte for byte; the issuer's evaluated elements (by the production
+/// code), byte for byte; the case's proof verified by our client, which then
+/// yields the case's tokens byte for byte; our own (randomized) proof
+/// verified too and yielding the same tokens; every token verified by the
+/// private key, and refused once tampered with.
+fn check_voprf_issuance(ctx: &str, suite: Suite, case: &Value, issuance: &VoprfIssuance, tokens: &[Value]) {
+    let field = |go: &str, rs: &str| case.get(go).or_else(|| case.get(rs)).unwrap_or_else(|| panic!("{ctx}: {go}"));
+    let secret = SecretKey::from_bytes(suite, &hex(field("skS", "sk_s"))).unwrap_or_else(|e| panic!("{ctx}: skS: {e}"));
+    let pk_s = hex(field("pkS", "pk_s"));
+    assert_eq!(secret.public_key().as_bytes(), &pk_s[..], "{ctx}: pkS");
+    let public = voprf::PublicKey::from_bytes(suite, &pk_s).unwrap();
+    assert_eq!(public.token_key_id(), blindpass_protocol::keys::TokenKeyId::of(&pk_s), "{ctx}: token key id");
+    assert_eq!(&secret.to_bytes()[..], &hex(field("skS", "sk_s"))[..], "{ctx}: scalar re-encoding");
+
+    let challenge_bytes = hex(&case["token_challenge"]);
+    let challenge = TokenChallenge::decode(&challenge_bytes).unwrap();
+    assert_eq!(challenge.encode(), challenge_bytes, "{ctx}: challenge re-encoding");
+    assert_eq!(challenge.token_type, suite.token_type(), "{ctx}: challenge token type");
+
+    let (nonces, blinds): (Vec<Vec<u8>>, Vec<Vec<u8>>) = match (case.get("nonces"), case.get("blinds")) {
+        (Some(n), Some(b)) => {
+            (n.as_array().unwrap().iter().map(hex).collect(), b.as_array().unwrap().iter().map(hex).collect())
+        }
+        _ => (vec![hex(&case["nonce"])], vec![hex(&case["blind"])]),
+    };
+    assert_eq!((nonces.len(), blinds.len()), (tokens.len(), tokens.len()), "{ctx}: counts");
+    let chunks: Vec<&[u8]> = nonces.iter().zip(&blinds).flat_map(|(n, b)| [&n[..], &b[..]]).collect();
+    let mut rng = ReplayRng::new(&chunks);
+    let (blinded, state) = voprf::begin_issuance(&public, &challenge, tokens.len(), &mut rng).unwrap();
+    rng.assert_drained();
+
+    let (truncated, asked, answered, proof) = issuance.parts();
+    assert_eq!(truncated, public.truncated_token_key_id(), "{ctx}: truncated key id");
+    assert_eq!(blinded, asked, "{ctx}: blinded elements");
+
+    let mut proof_rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(u64::from(truncated));
+    let ours = secret.evaluate(&asked, &mut proof_rng).unwrap();
+    assert_eq!(ours.evaluated_elements, answered, "{ctx}: evaluated elements");
+    assert_eq!(ours.proof.len(), 2 * suite.scalar_len());
+
+    let expected: Vec<Vec<u8>> = tokens.iter().map(hex).collect();
+    let from_case = voprf::finalize_issuance(&state, &answered, proof).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    assert_eq!(from_case.iter().map(VoprfToken::encode).collect::<Vec<_>>(), expected, "{ctx}: tokens");
+    let from_ours = voprf::finalize_issuance(&state, &ours.evaluated_elements, &ours.proof).unwrap();
+    assert_eq!(from_ours, from_case, "{ctx}: tokens from our proof");
+
+    let mut forged = proof.to_vec();
+    forged[0] ^= 1;
+    assert!(voprf::finalize_issuance(&state, &answered, &forged).is_err(), "{ctx}: a bad proof is refused");
+
+    for bytes in &expected {
+        let token = VoprfToken::decode(bytes).unwrap();
+        assert_eq!(token.challenge_digest, challenge.digest());
+        secret.verify_token(&token).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let mut tampered = token.clone();
+        tampered.authenticator[7] ^= 0x40;
+        assert!(secret.verify_token(&tampered).is_err(), "{ctx}: tampered authenticator");
+        let mut renamed = token.clone();
+        renamed.nonce[0] ^= 1;
+        assert!(secret.verify_token(&renamed).is_err(), "{ctx}: other nonce");
+    }
+}
+
+#[test]
+fn voprf_single_issuance_types_1_and_5() {
+    let mut counts = Vec::new();
+    for (file, suite) in [
+        ("rfc9578_type1_issuance_vectors.json", Suite::P384),
+        ("kat_private_p384_go.json", Suite::P384),
+        ("kat_private_p384_rs.json", Suite::P384),
+        ("kat_private_ristretto255_go.json", Suite::Ristretto255),
+        ("kat_private_ristretto255_rs.json", Suite::Ristretto255),
+    ] {
+        let cases = vector_file(file);
+        for (i, case) in cases.as_array().unwrap().iter().enumerate() {
+            let ctx = format!("{file}[{i}]");
+            let request_bytes = hex(&case["token_request"]);
+            let request = VoprfTokenRequest::decode(&request_bytes).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_eq!(request.suite, suite);
+            assert_eq!(request.encode(), request_bytes, "{ctx}: token_request");
+            let response_bytes = hex(&case["token_response"]);
+            let response = VoprfTokenResponse::decode(suite, &response_bytes).unwrap();
+            assert_eq!(response.encode(), response_bytes, "{ctx}: token_response re-encoding");
+            let tokens = [case["token"].clone()];
+            check_voprf_issuance(&ctx, suite, case, &VoprfIssuance::Single(request, response), &tokens);
+        }
+        counts.push(cases.as_array().unwrap().len());
+    }
+    println!("VOPRF single issuance: {counts:?} cases passed (RFC 9578 A.1, P-384 Go/Rust, ristretto255 Go/Rust)");
+    assert_eq!(counts, [5, 5, 5, 5, 5]);
+}
+
+#[test]
+fn voprf_amortized_batches_types_1_and_5() {
+    let (mut cases, mut tokens_checked) = (0, 0);
+    for (file, suite) in [
+        ("kat_amortized_p384_go.json", Suite::P384),
+        ("kat_amortized_p384_rs.json", Suite::P384),
+        ("kat_amortized_ristretto255_go.json", Suite::Ristretto255),
+        ("kat_amortized_ristretto255_rs.json", Suite::Ristretto255),
+    ] {
+        for (i, case) in vector_file(file).as_array().unwrap().iter().enumerate() {
+            let ctx = format!("{file}[{i}]");
+            let tokens = case["tokens"].as_array().unwrap();
+            let request_bytes = hex(&case["token_request"]);
+            let request = AmortizedTokenRequest::decode(&request_bytes, 1000).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_eq!(request.suite, suite);
+            assert_eq!(request.encode(), request_bytes, "{ctx}: token_request");
+            let response_bytes = hex(&case["token_response"]);
+            let response = AmortizedTokenResponse::decode(suite, tokens.len(), &response_bytes).unwrap();
+            assert_eq!(response.encode(), response_bytes, "{ctx}: token_response re-encoding");
+            check_voprf_issuance(&ctx, suite, case, &VoprfIssuance::Amortized(request, response), tokens);
+            cases += 1;
+            tokens_checked += tokens.len();
+        }
+    }
+    println!(
+        "VOPRF amortized batches: {cases} cases, {tokens_checked} tokens passed (P-384 and ristretto255, Go and Rust)"
+    );
+    assert_eq!(cases, 20);
 }
