@@ -49,6 +49,10 @@ pub(crate) enum KeysCommand {
         /// Environment to rotate.
         #[arg(long = "env", value_parser = parse_environment)]
         environment: Environment,
+        /// Token type of the key: 2 (Blind RSA, the default), 1 (VOPRF
+        /// P-384) or 5 (VOPRF ristretto255).
+        #[arg(long, default_value_t = 2, value_parser = parse_token_type)]
+        token_type: u16,
         /// List the new key in the directory this many seconds before it
         /// starts issuing (its `not-before`).
         #[arg(long)]
@@ -76,6 +80,13 @@ pub(crate) enum KeysCommand {
 
 fn parse_environment(s: &str) -> Result<Environment, String> {
     s.parse().map_err(|_| format!("unknown environment {s:?} (expected sandbox or production)"))
+}
+
+fn parse_token_type(s: &str) -> Result<u16, String> {
+    s.parse()
+        .ok()
+        .filter(|t| blindpass_service::TOKEN_TYPES.contains(t))
+        .ok_or_else(|| format!("unknown token type {s:?} (expected 2, 1 or 5)"))
 }
 
 fn parse_permission(s: &str) -> Result<Permission, String> {
@@ -143,15 +154,20 @@ async fn list_api_keys(service: &blindpass_service::Service) -> anyhow::Result<(
 
 /// `keys list`: every key of `environment` (or both), oldest first.
 async fn list_keys(service: &blindpass_service::Service, environment: Option<Environment>) -> anyhow::Result<()> {
-    println!("{:<64} {:<64} {:<11} {:<11} NOT-BEFORE", "TOKEN-KEY-ID (RFC 9578)", "KEY-ID (PERSONA)", "ENV", "STATE");
+    println!(
+        "{:<64} {:<64} {:<4} {:<11} {:<11} NOT-BEFORE",
+        "TOKEN-KEY-ID (RFC 9578)", "KEY-ID (PERSONA)", "TYPE", "ENV", "STATE"
+    );
     for env in environment.map_or(Environment::ALL.to_vec(), |e| vec![e]) {
         let mut keys = service.keys_of(env).await?;
         keys.reverse();
         for key in keys {
+            let persona_id = key.blind_rsa().map_or_else(|| "-".to_owned(), |k| k.persona_key_id().to_hex());
             println!(
-                "{:<64} {:<64} {:<11} {:<11} {}",
-                key.public.token_key_id(),
-                key.public.persona_key_id(),
+                "{:<64} {:<64} {:<4} {:<11} {:<11} {}",
+                key.token_key_id(),
+                persona_id,
+                key.token_type(),
                 env,
                 key.record.state.as_str(),
                 blindpass_protocol::time::format_rfc3339(key.record.not_before.max(0) as u64)
@@ -181,10 +197,10 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
             Ok(())
         }
         KeysCommand::List { environment } => list_keys(&service, environment).await,
-        KeysCommand::Rotate { environment, announce_secs } => {
-            let key = service.rotate_key(environment, announce_secs).await?;
+        KeysCommand::Rotate { environment, token_type, announce_secs } => {
+            let key = service.rotate_key(environment, token_type, announce_secs).await?;
             println!(
-                "rotated {environment}: new key {} ({}, issuing from {})",
+                "rotated {environment} type {token_type}: new key {} ({}, issuing from {})",
                 key.id,
                 key.state.as_str(),
                 blindpass_protocol::time::format_rfc3339(key.not_before.max(0) as u64)

@@ -107,6 +107,8 @@ pub(crate) struct FileConfig {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_in_flight: Option<usize>,
     pub(crate) shutdown_deadline_secs: Option<u64>,
+    pub(crate) token_types: Option<String>,
+    pub(crate) relay_token_types: Option<String>,
 }
 
 impl FileConfig {

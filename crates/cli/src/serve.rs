@@ -95,14 +95,16 @@ async fn check_key_material(service: &Service) -> anyhow::Result<()> {
 /// Creates the first keys of an empty store and logs every key.
 async fn prepare_keys(service: &Service) -> anyhow::Result<()> {
     for key in service.ensure_initial_keys().await.context("creating initial issuer keys")? {
-        tracing::info!(environment = %key.environment, token_key_id = %key.id, "created issuer key");
+        tracing::info!(environment = %key.environment, token_type = key.token_type, token_key_id = %key.id, "created issuer key");
     }
     for environment in blindpass_service::Environment::ALL {
         for key in service.keys_of(environment).await.context("loading issuer keys")? {
+            let persona_key_id = key.blind_rsa().map(|k| k.persona_key_id().to_hex());
             tracing::info!(
                 environment = %environment,
-                token_key_id = %key.public.token_key_id(),
-                persona_key_id = %key.public.persona_key_id(),
+                token_type = key.token_type(),
+                token_key_id = %key.token_key_id(),
+                persona_key_id = persona_key_id.as_deref().unwrap_or("-"),
                 state = key.record.state.as_str(),
                 "issuer key"
             );

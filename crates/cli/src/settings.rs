@@ -126,6 +126,53 @@ pub(crate) struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "BLINDPASS_LOG_FORMAT")]
     pub(crate) log_format: Option<String>,
+    /// Token types to issue, keep keys for and list in the directory,
+    /// comma-separated, in directory order: 2 (Blind RSA), 1 (VOPRF P-384),
+    /// 5 (VOPRF ristretto255). Must include 2 (default 2,1,5).
+    #[arg(long, env = "BLINDPASS_TOKEN_TYPES")]
+    pub(crate) token_types: Option<String>,
+    /// Token types relays accept at generate-claim and offer in their 401
+    /// challenges, in that order (default: every issued type).
+    #[arg(long, env = "BLINDPASS_RELAY_TOKEN_TYPES")]
+    pub(crate) relay_token_types: Option<String>,
+}
+
+/// A comma-separated list of token types blindpass knows, each once.
+fn parse_token_types(flag: &str, text: &str) -> anyhow::Result<Vec<u16>> {
+    let mut types = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let t: u16 = part.parse().map_err(|_| anyhow::anyhow!("--{flag}: {part:?} is not a token type"))?;
+        if !blindpass_service::TOKEN_TYPES.contains(&t) {
+            bail!("--{flag}: token type {t} is not one blindpass issues (2, 1, 5)");
+        }
+        if types.contains(&t) {
+            bail!("--{flag}: token type {t} is listed twice");
+        }
+        types.push(t);
+    }
+    Ok(types)
+}
+
+/// `--token-types` and `--relay-token-types`, checked together.
+fn token_types(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<(Vec<u16>, Vec<u16>)> {
+    let issued = match pick(&args.token_types, &file.token_types) {
+        Some(text) => parse_token_types("token-types", &text)?,
+        None => blindpass_service::TOKEN_TYPES.to_vec(),
+    };
+    if !issued.contains(&2) {
+        bail!("--token-types must include 2: the Persona dialect issues type 2");
+    }
+    let accepted = match pick(&args.relay_token_types, &file.relay_token_types) {
+        Some(text) => parse_token_types("relay-token-types", &text)?,
+        None => issued.clone(),
+    };
+    if let Some(t) = accepted.iter().find(|t| !issued.contains(t)) {
+        bail!("--relay-token-types: token type {t} is not in --token-types");
+    }
+    if accepted.is_empty() {
+        bail!("--relay-token-types: at least one token type");
+    }
+    Ok((issued, accepted))
 }
 
 /// Where rate-limit counters live when several nodes share them.
@@ -199,7 +246,10 @@ impl ServeSettings {
 /// The service's tunables.
 fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64) -> anyhow::Result<Config> {
     let d = Config::default();
+    let (token_types, relay_token_types) = token_types(args, file)?;
     Ok(Config {
+        token_types,
+        relay_token_types,
         rate_limit_per_minute: pick(&args.rate_limit, &file.rate_limit).unwrap_or(d.rate_limit_per_minute),
         public_rate_limit_per_minute: pick(&args.public_rate_limit, &file.public_rate_limit)
             .unwrap_or(d.public_rate_limit_per_minute),

@@ -29,7 +29,9 @@ async fn cli_key_then_issue_over_http_then_finalize_and_verify() {
 
     // The sandbox issuer key the server created at start.
     let keys = cli(&store, &["keys", "list", "--env", "sandbox"]);
-    let key_id = keys.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    let type2 = keys.lines().skip(1).find(|l| l.split_whitespace().nth(2) == Some("2")).expect("a type-2 key");
+    let key_id = type2.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(keys.lines().count(), 4, "one key per token type (2, 1, 5):\n{keys}");
     let key = sandbox_public_key(dir.path(), &key_id).await;
 
     // Blind as Persona's Go SDK does, sign over HTTP.
@@ -118,7 +120,8 @@ async fn sandbox_public_key(data_dir: &Path, key_id: &str) -> IssuerPublicKey {
     let url = format!("sqlite://{}", data_dir.join("blindpass.db").display());
     let store = blindpass_store::open(&url).await.unwrap();
     let keys = store.issuer_keys(Some(blindpass_store::Environment::Sandbox)).await.unwrap();
-    let signer = blindpass_rsa::RsaPrivateKey::from_pkcs8_der(&keys[0].private_pkcs8).unwrap();
+    let key = keys.iter().find(|k| k.token_type == 2).expect("a type-2 key");
+    let signer = blindpass_rsa::RsaPrivateKey::from_pkcs8_der(&key.private_pkcs8).unwrap();
     let public = IssuerPublicKey::new(blindpass_protocol::blind_rsa::RawSigner::public_key(&signer).clone()).unwrap();
     assert_eq!(public.persona_key_id().to_hex(), key_id);
     public

@@ -123,7 +123,10 @@ fn token_required(r: &Reply) -> auth::PrivateTokenChallenge {
     assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["errors"][0]["title"], "Privacy Pass token required");
     let header = r.headers["www-authenticate"].to_str().unwrap();
-    auth::parse_www_authenticate(header).unwrap().pop().unwrap()
+    let challenges = auth::parse_www_authenticate(header).unwrap();
+    let types: Vec<u16> = challenges.iter().map(|c| c.challenge.token_type).collect();
+    assert_eq!(types, [2, 1, 5], "one challenge per accepted token type, type 2 first: {header}");
+    challenges.into_iter().next().unwrap()
 }
 
 #[tokio::test]

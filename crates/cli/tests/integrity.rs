@@ -97,7 +97,8 @@ async fn retire_then_prune_on_another_node_with_a_stale_key_cache_keeps_the_toke
     assert_eq!((status, body["token-consumed"].as_bool()), (200, Some(true)), "{body}");
 
     let keys = common::cli(&s, &["keys", "list", "--env", "sandbox"]);
-    let key_id = keys.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let type2 = keys.lines().skip(1).find(|l| l.split_whitespace().nth(2) == Some("2")).unwrap();
+    let key_id = type2.split_whitespace().next().unwrap().to_owned();
     common::cli(&s, &["keys", "rotate", "--env", "sandbox"]);
     common::cli(&s, &["keys", "retire", &key_id]);
     // Node B starts on the same store: its first prune runs at start.

@@ -54,6 +54,14 @@ impl IssuerDirectory {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The first key of `suite` usable at `now`, decoded.
+    pub fn preferred_voprf_key(&self, suite: crate::voprf::Suite, now: u64) -> Option<crate::voprf::PublicKey> {
+        self.token_keys
+            .iter()
+            .filter(|k| k.token_type == suite.token_type() && k.not_before.is_none_or(|nb| nb <= now))
+            .find_map(|k| k.decode_voprf().ok())
+    }
+
     /// The first type-2 key usable at `now` (RFC 9578 §4: the first key with
     /// no `not-before`, or one in the past), decoded.
     pub fn preferred_type2_key(&self, now: u64) -> Option<IssuerPublicKey> {
@@ -68,6 +76,19 @@ impl DirectoryKey {
     /// The entry for a type-2 key.
     pub fn type2(key: &IssuerPublicKey, not_before: Option<u64>) -> Self {
         Self { token_type: TOKEN_TYPE_BLIND_RSA, token_key: b64::encode_padded(key.rfc9578_spki()), not_before }
+    }
+
+    /// The entry for a VOPRF key (type 1 or 5): its serialized element.
+    pub fn voprf(key: &crate::voprf::PublicKey, not_before: Option<u64>) -> Self {
+        Self { token_type: key.suite().token_type(), token_key: b64::encode_padded(key.as_bytes()), not_before }
+    }
+
+    /// Decodes a type 1 or 5 entry's serialized element.
+    pub fn decode_voprf(&self) -> Result<crate::voprf::PublicKey, crate::voprf::VoprfError> {
+        let suite =
+            crate::voprf::Suite::of_token_type(self.token_type).ok_or(crate::voprf::VoprfError::InvalidPublicKey)?;
+        let bytes = b64::decode(&self.token_key).map_err(|_| crate::voprf::VoprfError::InvalidPublicKey)?;
+        crate::voprf::PublicKey::from_bytes(suite, &bytes)
     }
 
     /// Decodes a type-2 entry's RSASSA-PSS SPKI.

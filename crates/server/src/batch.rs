@@ -3,12 +3,16 @@
 //! (`application/private-token-generic-batch-request`, or the
 //! `arbitrary-batch` name privacypass-ts ≤ 0.8 sends).
 //!
-//! `BatchTokenRequest` → one [`IssueRequest`] per type-2 item (key by
-//! truncated id, each item may name another key of the caller's environment)
-//! → `Service::issue_batch` (spread over the cores) → `BatchTokenResponse`:
-//! 200 when every item is issued, 206 when some are, 400 when none. An item
-//! of a token type this issuer does not issue (VOPRF types 1 and 5, for now)
-//! is answered absent. Rate limits count a batch's tokens.
+//! `BatchTokenRequest` → one [`IssueRequest`] per item of a type blindpass
+//! knows (2, 1, 5; key by truncated id, each item may name another key of
+//! the caller's environment) → `Service::issue_batch` (spread over the
+//! cores) → `BatchTokenResponse`: 200 when every item is issued, 206 when
+//! some are, 400 when none. An item of a token type this node does not
+//! issue is answered absent.
+//!
+//! The amortized batch (§5, `application/private-token-amortized-batch-request`,
+//! types 1 and 5) is [`issue_amortized`]: one key, many elements, one
+//! proof. Rate limits count a batch's tokens, either kind.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,8 +20,9 @@ use axum::response::{IntoResponse, Response};
 use blindpass_protocol::batch::{
     BatchTokenRequest, BatchTokenResponse, Framing, GenericTokenRequest, GenericTokenResponse,
 };
+use blindpass_protocol::voprf_wire::{AmortizedError, AmortizedTokenRequest, MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE};
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
-use blindpass_service::{Authenticated, IssueError, IssueRequest, KeySelector};
+use blindpass_service::{Authenticated, IssueError, IssueRequest, KeySelector, TOKEN_TYPES};
 
 use crate::AppState;
 use crate::envelope::Envelope;
@@ -43,13 +48,52 @@ pub(crate) async fn issue(
     let mut items: Vec<Option<GenericTokenResponse>> = vec![None; request.items.len()];
     let mut first_refusal = None;
     for (position, result) in positions.into_iter().zip(evaluated) {
+        let token_type = request.items.get(position).map_or(TOKEN_TYPE_BLIND_RSA, |item| item.token_type);
         match (items.get_mut(position), result) {
-            (Some(slot), Ok(body)) => *slot = Some(GenericTokenResponse { token_type: TOKEN_TYPE_BLIND_RSA, body }),
+            (Some(slot), Ok(body)) => *slot = Some(GenericTokenResponse { token_type, body }),
             (_, Err(e)) => first_refusal = first_refusal.or(Some(e)),
             (None, Ok(_)) => {}
         }
     }
     reply(BatchTokenResponse { items }, framing, first_refusal)
+}
+
+/// Issues an amortized batch of token type 1 or 5 for `auth`'s environment:
+/// 200 with every token, or one error for the whole batch (a 422 for a bad
+/// type, an unknown truncated id, a malformed or invalid element, or more
+/// elements than the batch cap).
+pub(crate) async fn issue_amortized(
+    state: &AppState,
+    auth: &Authenticated,
+    envelope: &Envelope,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
+    let max = state.limits.max_batch_size;
+    let request = AmortizedTokenRequest::decode(&bytes, max).map_err(|e| match e {
+        AmortizedError::TooMany { found, max } => ApiError::unprocessable(format!(
+            "An amortized batch holds at most {max} elements; this one holds {found}. Split it."
+        )),
+        AmortizedError::UnsupportedTokenType(t) => {
+            ApiError::unprocessable(format!("Amortized batches are for token types 1 and 5, not {t:#06x}."))
+        }
+        e => ApiError::unprocessable(format!("The amortized batch token request cannot be decoded: {e}.")),
+    })?;
+    let environment = auth.key.environment;
+    let extra = request.blinded_elements.len().saturating_sub(1) as u64;
+    envelope.admit(state.service.rate_limit_tokens(environment, extra).await?)?;
+    let token_type = request.suite.token_type();
+    let response = state
+        .service
+        .issue_amortized(environment, token_type, request.truncated_token_key_id, request.blinded_elements)
+        .await
+        .map_err(|e| match e {
+            IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
+            other => ApiError::from(other),
+        })?;
+    let media_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE))];
+    Ok((StatusCode::OK, media_type, response).into_response())
 }
 
 /// The batch, decoded and within the size cap.
@@ -70,7 +114,7 @@ fn issuable(items: &[GenericTokenRequest]) -> (Vec<IssueRequest>, Vec<usize>) {
     items
         .iter()
         .enumerate()
-        .filter(|(_, item)| item.token_type == TOKEN_TYPE_BLIND_RSA)
+        .filter(|(_, item)| TOKEN_TYPES.contains(&item.token_type))
         .map(|(position, item)| {
             let selector =
                 KeySelector::Truncated { token_type: item.token_type, truncated: item.truncated_token_key_id };
@@ -98,7 +142,7 @@ fn reply(
 
 fn nothing_issued(first_refusal: Option<IssueError>) -> ApiError {
     let why = match first_refusal {
-        None => "this issuer issues token type 2 only".to_owned(),
+        None => "this issuer issues token types 1, 2 and 5 only".to_owned(),
         Some(IssueError::UnknownKey) => "no issuing key matches a truncated_token_key_id".to_owned(),
         Some(e) => ApiError::from(e).details,
     };

@@ -185,6 +185,7 @@ pub(crate) fn token_rejection(why: TokenRejection) -> &'static str {
         TokenRejection::UnknownKey => "The token names an unknown key.",
         TokenRejection::UnknownOrRetiredKey => "The token names an unknown or retired key.",
         TokenRejection::BadSignature => "The token's signature is invalid.",
+        TokenRejection::TokenTypeNotAccepted => "This relay does not accept tokens of this type.",
     }
 }
 
@@ -203,6 +204,12 @@ impl From<IssueError> for ApiError {
             IssueError::WrongLength { expected, found } => ApiError::unprocessable(format!(
                 "blinded-token must decode to {expected} bytes (the key's modulus length); found {found}."
             )),
+            IssueError::InvalidElement => {
+                ApiError::unprocessable("A blinded element is not a valid element of the key's group.")
+            }
+            IssueError::UnsupportedTokenType(t) => {
+                ApiError::unprocessable(format!("This issuer does not issue token type {t:#06x}."))
+            }
             IssueError::OutOfRange => {
                 ApiError::unprocessable("blinded-token is not a valid message representative for the key.")
             }

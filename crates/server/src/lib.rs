@@ -135,6 +135,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route(rfc::DIRECTORY_PATH, get(rfc::directory))
+        .route(rfc::DIRECTORY_ALIAS_PATH, get(rfc::directory))
         .merge(persona)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -162,18 +162,25 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     elements.iter().filter(|e| e.scheme == "privatetoken").find_map(|e| e.param("token")).map(str::to_owned)
 }
 
-/// 401 "Privacy Pass token required" with an RFC 9577 challenge, so both
-/// Persona's SDKs and standard clients know what to do.
+/// 401 "Privacy Pass token required" with one RFC 9577 challenge per token
+/// type relays accept (type 2 first, in one `WWW-Authenticate` value), so
+/// both Persona's SDKs and standard clients know what to do; `Token-Key-Id`
+/// names the type-2 key as Persona does.
 async fn token_required(state: &AppState, relay: &Relay, details: &str) -> Response {
     let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "Privacy Pass token required", details).into_response();
-    match state.service.rfc_challenge(relay).await {
-        Ok((challenge, key)) => {
-            let value = auth::www_authenticate(&challenge, Some(key.rfc9578_spki()), Some(3600));
+    match state.service.rfc_challenges(relay).await {
+        Ok(challenges) => {
+            let value = challenges
+                .iter()
+                .map(|(challenge, key)| auth::www_authenticate(challenge, Some(&key.token_key()), Some(3600)))
+                .collect::<Vec<_>>()
+                .join(", ");
             let headers = response.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(header::WWW_AUTHENTICATE, v);
             }
-            if let Ok(v) = HeaderValue::from_str(&key.persona_key_id().to_hex()) {
+            let persona_id = challenges.iter().find_map(|(_, key)| key.blind_rsa().map(|k| k.persona_key_id()));
+            if let Some(Ok(v)) = persona_id.map(|id| HeaderValue::from_str(&id.to_hex())) {
                 headers.insert(HeaderName::from_static("token-key-id"), v);
             }
         }

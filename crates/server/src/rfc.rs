@@ -6,6 +6,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::batch::{Framing, MEDIA_TYPE_ARBITRARY_BATCH_REQUEST, MEDIA_TYPE_GENERIC_BATCH_REQUEST};
 use blindpass_protocol::directory::WELL_KNOWN_PATH;
+use blindpass_protocol::voprf::Suite;
+use blindpass_protocol::voprf_wire::{MEDIA_TYPE_AMORTIZED_BATCH_REQUEST, VoprfTokenRequest};
 use blindpass_protocol::wire::{
     MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA, TokenRequest,
     WireError,
@@ -92,9 +94,11 @@ fn cacheable(headers: &HeaderMap, body: Vec<u8>) -> Response {
     response
 }
 
-/// `POST /token-request`: RFC 9578 §6 issuance with a Bearer API key.
-/// `TokenRequest` → [`IssueRequest`] (key by truncated id) →
-/// `Service::issue` → `TokenResponse`.
+/// `POST /token-request`: RFC 9578 issuance with a Bearer API key, by media
+/// type: a single `TokenRequest` of type 2 (§6), 1 or 5 (§5) →
+/// [`IssueRequest`] (key by truncated id) → `Service::issue` →
+/// `TokenResponse`; a generic batch ([`crate::batch`]); an amortized batch
+/// of type 1 or 5 ([`crate::batch::issue_amortized`]).
 pub(crate) async fn token_request(
     State(state): State<AppState>,
     ApiKey(auth): ApiKey,
@@ -105,9 +109,13 @@ pub(crate) async fn token_request(
     if let Some(framing) = batch_framing(&headers) {
         return crate::batch::issue(&state, &auth, &envelope, framing, &headers, body).await;
     }
+    if require_content_type(&headers, MEDIA_TYPE_AMORTIZED_BATCH_REQUEST).is_ok() {
+        return crate::batch::issue_amortized(&state, &auth, &envelope, &headers, body).await;
+    }
     require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST).map_err(|_| {
         ApiError::unsupported_media_type(&format!(
-            "{MEDIA_TYPE_TOKEN_REQUEST}, {MEDIA_TYPE_GENERIC_BATCH_REQUEST} or {MEDIA_TYPE_ARBITRARY_BATCH_REQUEST}"
+            "{MEDIA_TYPE_TOKEN_REQUEST}, {MEDIA_TYPE_GENERIC_BATCH_REQUEST}, {MEDIA_TYPE_AMORTIZED_BATCH_REQUEST} \
+             or {MEDIA_TYPE_ARBITRARY_BATCH_REQUEST}"
         ))
     })?;
     let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
@@ -126,8 +134,25 @@ fn batch_framing(headers: &HeaderMap) -> Option<Framing> {
     Framing::of_request_media_type(content_type.split(';').next()?.trim())
 }
 
-/// RFC 9578 §6.2: a bad type, an unknown truncated id or a wrong size is 422.
+/// RFC 9578 §5.2 / §6.2: a bad type, an unknown truncated id or a wrong
+/// size is 422.
 fn issue_request(bytes: &[u8]) -> Result<IssueRequest, ApiError> {
+    let token_type = match bytes {
+        [t0, t1, ..] => u16::from_be_bytes([*t0, *t1]),
+        _ => 0,
+    };
+    if let Some(suite) = Suite::of_token_type(token_type) {
+        let request = VoprfTokenRequest::decode(bytes).map_err(|_| {
+            ApiError::unprocessable(format!(
+                "A TokenRequest for token type {} is exactly {} bytes.",
+                suite.token_type(),
+                3 + suite.element_len()
+            ))
+        })?;
+        let selector =
+            KeySelector::Truncated { token_type: suite.token_type(), truncated: request.truncated_token_key_id };
+        return Ok(IssueRequest { selector, blinded: request.blinded_element });
+    }
     let request = TokenRequest::decode(bytes).map_err(|e| match e {
         WireError::UnsupportedTokenType(t) => ApiError::unprocessable(format!("Unsupported token type {t:#06x}.")),
         _ => ApiError::unprocessable("A TokenRequest for token type 2 is exactly 259 bytes."),
@@ -139,6 +164,8 @@ fn issue_request(bytes: &[u8]) -> Result<IssueRequest, ApiError> {
 
 /// The well-known path, for the router.
 pub(crate) const DIRECTORY_PATH: &str = WELL_KNOWN_PATH;
+/// The same directory at the path Apple's and Cloudflare's issuers use.
+pub(crate) const DIRECTORY_ALIAS_PATH: &str = "/.well-known/token-issuer-directory";
 
 /// `sandbox=true|false`, or absent (`None`); anything else is a 400.
 fn sandbox_flag(query: Option<&str>) -> Result<Option<bool>, ApiError> {

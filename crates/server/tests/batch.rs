@@ -82,7 +82,7 @@ async fn items_the_issuer_cannot_issue_are_absent_inside_a_206() {
     let h = harness(0).await;
     let old = h.key(Environment::Sandbox).await;
     let (mut old_items, _) = type2_items(&old, 1);
-    h.service.rotate_key(Environment::Sandbox, None).await.unwrap();
+    h.service.rotate_key(Environment::Sandbox, 2, None).await.unwrap();
     h.service.reload_keys().await.unwrap();
     let key = h.key(Environment::Sandbox).await;
     assert_ne!(key, old);
@@ -114,10 +114,12 @@ async fn a_batch_with_nothing_issued_is_a_400_that_says_why() {
     let r = post(&h, BatchTokenRequest { items }.encode(Framing::Generic), MEDIA_TYPE_GENERIC_BATCH_REQUEST, &[]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("truncated_token_key_id"), "{}", r.json());
-    let only_voprf = BatchTokenRequest { items: vec![voprf_item()] }.encode(Framing::Generic);
-    let r = post(&h, only_voprf, MEDIA_TYPE_GENERIC_BATCH_REQUEST, &[]).await;
+    // A type blindpass does not know (legacy framing lets it be sent) is absent.
+    let unknown = GenericTokenRequest { token_type: 0x1234, truncated_token_key_id: 1, blinded_msg: vec![2; 7] };
+    let only_unknown = BatchTokenRequest { items: vec![unknown] }.encode(Framing::Legacy);
+    let r = post(&h, only_unknown, blindpass_protocol::batch::MEDIA_TYPE_ARBITRARY_BATCH_REQUEST, &[]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("type 2"));
+    assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("token types 1, 2 and 5"), "{}", r.json());
 }
 
 #[tokio::test]

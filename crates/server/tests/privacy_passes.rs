@@ -180,7 +180,7 @@ async fn unusable_values_are_404_or_422() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     // Rotated out: verify-only keys do not issue; retired ones neither.
-    h.service.rotate_key(Environment::Sandbox, None).await.unwrap();
+    h.service.rotate_key(Environment::Sandbox, 2, None).await.unwrap();
     let r = h.post(body(&blinded, &key_id), &[]).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&r.body));
     h.service.retire_key(&key_id).await.unwrap();

@@ -17,10 +17,6 @@ use serde_json::{Value, json};
 const CLAIM: &str = "age_over18_verified";
 
 impl Harness {
-    async fn public_post(&self, path: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(&body).unwrap()).await
-    }
-
     /// Challenge → blind → issue over HTTP → finalize: a Persona token.
     async fn persona_token(&self, env: Environment, claim: &str) -> String {
         let r = self
@@ -41,31 +37,6 @@ impl Harness {
         assert_eq!(r.status, StatusCode::CREATED);
         let blind_sig = b64::decode(r.json()["blind-sig"].as_str().unwrap()).unwrap();
         persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode()
-    }
-
-    async fn relay(&self, env: Environment, claim: &str, pem: Option<&str>) -> (String, String) {
-        let r = self
-            .public_post(
-                "/api/privacy/v1/relays",
-                json!({"claim-type": claim, "encryption-key-pem": pem, "sandbox": env == Environment::Sandbox}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
-        let body = r.json();
-        let jwt = body["relay-session-access-token"].as_str().unwrap();
-        assert_eq!(jwt.split('.').count(), 3, "a JWT");
-        (body["relay-token"].as_str().unwrap().to_owned(), body["relay-secret"].as_str().unwrap().to_owned())
-    }
-
-    async fn claim(&self, relay: &(String, String), token: Option<&str>, extra: &[(&str, &str)]) -> Reply {
-        let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay.0);
-        let authorization = token.map(|t| format!("PrivateToken token={t}"));
-        let mut headers = vec![("content-type", "application/json"), ("persona-relay-secret", relay.1.as_str())];
-        if let Some(a) = &authorization {
-            headers.push(("authorization", a.as_str()));
-        }
-        headers.extend_from_slice(extra);
-        self.call(Method::POST, &path, &headers, b"{}".to_vec()).await
     }
 
     async fn record(&self, relay: &str, result: &str) -> Reply {
@@ -95,7 +66,8 @@ fn assert_token_required(r: &Reply) -> auth::PrivateTokenChallenge {
     assert_eq!(r.error_title(), "Privacy Pass token required");
     let header = r.header("www-authenticate").expect("WWW-Authenticate");
     let challenges = auth::parse_www_authenticate(header).unwrap();
-    assert_eq!(challenges.len(), 1, "{header}");
+    let types: Vec<u16> = challenges.iter().map(|c| c.challenge.token_type).collect();
+    assert_eq!(types, [2, 1, 5], "one challenge per accepted type, type 2 first: {header}");
     challenges[0].clone()
 }
 
@@ -454,7 +426,7 @@ async fn a_client_knowing_only_the_issuer_name_finds_either_environments_token_k
 }
 
 #[tokio::test]
-async fn directory_lists_type2_keys_with_caching_headers() {
+async fn directory_lists_every_types_keys_with_caching_headers() {
     let h = harness(300).await;
     let r = h.call(Method::GET, "/.well-known/private-token-issuer-directory?sandbox=false", &[], vec![]).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -463,8 +435,8 @@ async fn directory_lists_type2_keys_with_caching_headers() {
     let etag = r.header("etag").unwrap().to_owned();
     let directory = IssuerDirectory::from_json(&r.body).unwrap();
     assert_eq!(directory.issuer_request_uri, "/token-request");
-    assert_eq!(directory.token_keys.len(), 1);
-    assert_eq!(directory.token_keys[0].token_type, 2);
+    let types: Vec<u16> = directory.token_keys.iter().map(|k| k.token_type).collect();
+    assert_eq!(types, [2, 1, 5], "one active key per token type, type 2 first");
     let production = h.key(Environment::Production).await;
     assert_eq!(directory.token_keys[0].token_key, b64::encode_padded(production.rfc9578_spki()), "the RSASSA-PSS SPKI");
     assert_eq!(directory.preferred_type2_key(T0 as u64).unwrap(), h.key(Environment::Production).await);
@@ -490,10 +462,11 @@ async fn directory_lists_type2_keys_with_caching_headers() {
 
     // An announced key appears first with its future not-before; clients keep
     // using the current one until then; then it takes over.
-    let announced = h.service.rotate_key(Environment::Production, Some(600)).await.unwrap();
+    let announced = h.service.rotate_key(Environment::Production, 2, Some(600)).await.unwrap();
     let r = h.call(Method::GET, "/.well-known/private-token-issuer-directory?sandbox=false", &[], vec![]).await;
     let directory = IssuerDirectory::from_json(&r.body).unwrap();
-    assert_eq!(directory.token_keys.len(), 2);
+    let types: Vec<u16> = directory.token_keys.iter().map(|k| k.token_type).collect();
+    assert_eq!(types, [2, 2, 1, 5]);
     assert_eq!(directory.token_keys[0].not_before, Some((T0 + 600) as u64));
     assert_eq!(directory.preferred_type2_key(T0 as u64).unwrap(), h.key(Environment::Production).await);
     assert_ne!(r.header("etag").unwrap(), etag);
@@ -509,7 +482,7 @@ async fn rotation_keeps_old_tokens_redeemable_for_the_overlap_and_retirement_end
     let old_a = h.persona_token(Environment::Sandbox, CLAIM).await;
     let old_b = h.persona_token(Environment::Sandbox, CLAIM).await;
     let old_key = h.key(Environment::Sandbox).await;
-    h.service.rotate_key(Environment::Sandbox, None).await.unwrap();
+    h.service.rotate_key(Environment::Sandbox, 2, None).await.unwrap();
     assert_eq!(h.claim(&relay, Some(&old_a), &[]).await.status, StatusCode::OK, "verify-only key still verifies");
     h.service.retire_key(&old_key.token_key_id().to_hex()).await.unwrap();
     assert_token_required(&h.claim(&relay, Some(&old_b), &[]).await);

@@ -3,12 +3,13 @@
 //! of environment, claim type and the hour, so that it is recomputed rather
 //! than stored.
 
+use std::sync::Arc;
+
 use blindpass_protocol::b64;
-use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::persona::{self, ChallengeFields};
 use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, TokenChallenge};
 
-use crate::{ClaimType, Environment, RedeemError, Relay, RelayError, Service};
+use crate::{ClaimType, Environment, LoadedKey, RedeemError, Relay, RelayError, Service};
 
 /// Persona's `origin_info` for relay challenges.
 pub const PERSONA_ORIGIN_INFO: &str = "/api/privacy/v1/relays";
@@ -41,7 +42,8 @@ impl Service {
         environment: Environment,
         claim_type: &ClaimType,
     ) -> Result<ChallengeOffer, RelayError> {
-        let key = self.active_key(environment).await?.ok_or(RelayError::NoKey)?;
+        let key = self.active_key(environment, TOKEN_TYPE_BLIND_RSA).await?.ok_or(RelayError::NoKey)?;
+        let public = key.blind_rsa().ok_or(RelayError::NoKey)?;
         let secrets = self.secrets().await?;
         let challenge = persona::Challenge::issue(
             &secrets.challenge,
@@ -55,20 +57,35 @@ impl Service {
         );
         Ok(ChallengeOffer {
             challenge: challenge.encode(),
-            token_key: b64::encode_unpadded(key.public.rsa_encryption_spki()),
-            token_key_id: key.public.persona_key_id().to_hex(),
+            token_key: b64::encode_unpadded(public.rsa_encryption_spki()),
+            token_key_id: public.persona_key_id().to_hex(),
         })
     }
 
-    /// The RFC 9577 challenge this relay's 401 offers, and its key.
-    pub async fn rfc_challenge(&self, relay: &Relay) -> Result<(TokenChallenge, IssuerPublicKey), RedeemError> {
-        let key = self.active_key(relay.environment).await?.ok_or(RedeemError::Internal("no active key".into()))?;
+    /// The RFC 9577 challenges this relay's 401 offers, one per token type
+    /// relays accept (`relay_token_types`, in that order) that has an active
+    /// key, each with that key.
+    pub async fn rfc_challenges(&self, relay: &Relay) -> Result<Vec<(TokenChallenge, Arc<LoadedKey>)>, RedeemError> {
         let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
-        let challenge = self.rfc_challenge_for(relay, window).await?;
-        Ok((challenge, key.public.clone()))
+        let mut out = Vec::new();
+        for &token_type in &self.config().relay_token_types {
+            if let Some(key) = self.active_key(relay.environment, token_type).await? {
+                out.push((self.rfc_challenge_for(relay, window, token_type).await?, key));
+            }
+        }
+        if out.is_empty() {
+            return Err(RedeemError::Internal("no active key".into()));
+        }
+        Ok(out)
     }
 
-    pub(crate) async fn rfc_challenge_for(&self, relay: &Relay, window: i64) -> Result<TokenChallenge, RedeemError> {
+    /// The challenge of `token_type` for `relay` in context window `window`.
+    pub(crate) async fn rfc_challenge_for(
+        &self,
+        relay: &Relay,
+        window: i64,
+        token_type: u16,
+    ) -> Result<TokenChallenge, RedeemError> {
         let secrets = self.secrets().await?;
         let context = secrets.context.tag_parts(&[
             b"rfc9577 redemption context",
@@ -76,7 +93,7 @@ impl Service {
             relay.claim_type.as_bytes(),
             &window.to_be_bytes(),
         ]);
-        TokenChallenge::new(TOKEN_TYPE_BLIND_RSA, &self.config().issuer_name, &context, "")
+        TokenChallenge::new(token_type, &self.config().issuer_name, &context, "")
             .map_err(|_| RedeemError::Internal("issuer name is not a valid challenge field".into()))
     }
 }

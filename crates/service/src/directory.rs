@@ -6,8 +6,9 @@ use crate::{Environment, KeyError, LoadedKey, Service};
 
 impl Service {
     /// The RFC 9578 directory of `environments`, in that order; within each,
-    /// pending keys first (announced with their future `not-before`), then
-    /// the active key, then keys that still verify.
+    /// the enabled token types in their configured order, and within each
+    /// type pending keys first (announced with their future `not-before`),
+    /// then the active key, then keys that still verify.
     pub async fn directory(
         &self,
         environments: &[Environment],
@@ -18,17 +19,16 @@ impl Service {
         for environment in environments {
             keys.extend(self.keys_of(*environment).await?);
         }
+        let types = &self.config().token_types;
         let position = |k: &LoadedKey| environments.iter().position(|e| *e == k.record.environment);
+        let type_rank = |k: &LoadedKey| types.iter().position(|t| *t == k.token_type());
         let lifecycle = self.lifecycle();
-        keys.retain(|k| lifecycle.is_listed(&k.record, now));
-        // Stable: environments in the order asked, then lifecycle order.
-        keys.sort_by_key(|k| (position(k), crate::lifecycle::directory_rank(k.record.state)));
+        keys.retain(|k| lifecycle.is_listed(&k.record, now) && type_rank(k).is_some());
+        // Stable: environments in the order asked, token types, then lifecycle order.
+        keys.sort_by_key(|k| (position(k), type_rank(k), crate::lifecycle::directory_rank(k.record.state)));
         Ok(IssuerDirectory {
             issuer_request_uri: request_uri.to_owned(),
-            token_keys: keys
-                .iter()
-                .map(|k| DirectoryKey::type2(&k.public, Some(k.record.not_before.max(0) as u64)))
-                .collect(),
+            token_keys: keys.iter().map(|k| k.directory_entry()).collect::<Vec<DirectoryKey>>(),
         })
     }
 }

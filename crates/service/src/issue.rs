@@ -21,19 +21,27 @@
 //! fair, so the evaluation queues FIFO on the signing pool instead and
 //! requests are served in arrival order.
 //!
+//! Token types 1 and 5 take the same path: a single TokenRequest (alone or
+//! as a generic batch item) is a VOPRF evaluation of one element with its
+//! proof; an amortized batch ([`Service::issue_amortized`]) is one
+//! evaluation of many elements with one proof, on one thread.
+//!
 //! A new token type adds its key material and its evaluation to
-//! [`crate::keyring::KeyMaterial`]; nothing here changes.
+//! [`crate::KeyMaterial`]; nothing here changes.
 
 use std::sync::Arc;
 
 use blindpass_protocol::keys::TokenKeyId;
+use blindpass_protocol::voprf_wire::AmortizedTokenResponse;
+use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::{Environment, KeyError, LoadedKey, Service, StoreError};
 
 /// Which key an issuance asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySelector {
-    /// Either of a key's two ids (Persona's `key-id`).
+    /// Either of a type-2 key's two ids (Persona's `key-id`: the Persona
+    /// dialect is type 2 only).
     Id(TokenKeyId),
     /// RFC 9578's `truncated_token_key_id` (the last byte of the key id),
     /// among the caller's environment's issuing keys of `token_type`.
@@ -84,6 +92,12 @@ pub enum IssueError {
     /// The blinded message is not below the modulus.
     #[error("blinded token is out of range for the key")]
     OutOfRange,
+    /// A VOPRF blinded element is not a valid element of the key's group.
+    #[error("blinded element is not a valid group element")]
+    InvalidElement,
+    /// A token type this node does not issue.
+    #[error("unsupported token type {0:#06x}")]
+    UnsupportedTokenType(u16),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -119,7 +133,27 @@ impl Service {
     /// unless the node is overloaded (see the module's notes).
     pub async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
         let key = self.issuing_key(environment, request.selector).await?;
-        self.inner.signing.run_here_or_queue(move || key.evaluate(&request.blinded)).await?
+        let entropy = self.entropy_handle();
+        self.inner.signing.run_here_or_queue(move || key.evaluate(&request.blinded, &*entropy)).await?
+    }
+
+    /// An amortized batch of token type 1 or 5 (draft-ietf-privacypass-
+    /// batched-tokens §5): every element evaluated with the key the
+    /// truncated id names, under one batched DLEQ proof. Returns the encoded
+    /// AmortizedBatchTokenResponse. The caller bounds the element count.
+    pub async fn issue_amortized(
+        &self,
+        environment: Environment,
+        token_type: u16,
+        truncated: u8,
+        blinded: Vec<Vec<u8>>,
+    ) -> Result<Vec<u8>, IssueError> {
+        let selector = KeySelector::Truncated { token_type, truncated };
+        let key = self.issuing_key(environment, selector).await?;
+        let entropy = self.entropy_handle();
+        let evaluation = self.inner.signing.run_here_or_queue(move || key.evaluate_many(&blinded, &*entropy)).await??;
+        Ok(AmortizedTokenResponse { evaluated_elements: evaluation.evaluated_elements, proof: evaluation.proof }
+            .encode())
     }
 
     /// Evaluates every item of a batch for a caller in `environment`: one key
@@ -168,9 +202,11 @@ impl Service {
         let mut jobs = Vec::new();
         while work.peek().is_some() {
             let share: Vec<_> = work.by_ref().take(per_share).collect();
-            jobs.push(self.inner.signing.submit(move || evaluate_share(share))?);
+            let entropy = self.entropy_handle();
+            jobs.push(self.inner.signing.submit(move || evaluate_share(share, &*entropy))?);
         }
-        let mut out = self.inner.signing.run_here_or_queue(move || evaluate_share(here)).await?;
+        let entropy = self.entropy_handle();
+        let mut out = self.inner.signing.run_here_or_queue(move || evaluate_share(here, &*entropy)).await?;
         for job in jobs {
             out.extend(job.await.map_err(|_| crate::PoolError::Failed)?);
         }
@@ -182,7 +218,14 @@ impl Service {
     async fn issuing_key(&self, environment: Environment, selector: KeySelector) -> Result<Arc<LoadedKey>, IssueError> {
         let now = self.now();
         let key = match selector {
-            KeySelector::Id(id) => self.key_by_id(&id).await?.ok_or(IssueError::UnknownKey)?,
+            KeySelector::Id(id) => self
+                .key_by_id(&id)
+                .await?
+                .filter(|k| k.token_type() == TOKEN_TYPE_BLIND_RSA)
+                .ok_or(IssueError::UnknownKey)?,
+            KeySelector::Truncated { token_type, .. } if !self.config().token_types.contains(&token_type) => {
+                return Err(IssueError::UnsupportedTokenType(token_type));
+            }
             KeySelector::Truncated { token_type, truncated } => self
                 .keys_of(environment)
                 .await?
@@ -199,6 +242,9 @@ impl Service {
 }
 
 /// Evaluates each item of `share` in turn.
-fn evaluate_share(share: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>) -> Vec<(usize, Result<Vec<u8>, IssueError>)> {
-    share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded))).collect()
+fn evaluate_share(
+    share: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>,
+    entropy: &dyn blindpass_entropy::Entropy,
+) -> Vec<(usize, Result<Vec<u8>, IssueError>)> {
+    share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded, entropy))).collect()
 }

@@ -8,6 +8,8 @@ use std::sync::{Arc, RwLock};
 
 use blindpass_protocol::blind_rsa::RawSigner;
 use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::voprf::{self, Suite};
+use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 use blindpass_rsa::RsaPrivateKey;
 use zeroize::Zeroizing;
 
@@ -30,7 +32,15 @@ pub enum KeyError {
     /// No key with that id.
     #[error("no issuer key {0}")]
     NotFound(String),
+    /// A token type blindpass does not issue, or one this node has not
+    /// enabled.
+    #[error("token type {0} is not enabled")]
+    UnsupportedTokenType(u16),
 }
+
+/// Fresh keys drawn before giving up on one whose truncated id differs from
+/// every live key of its type (each draw collides with probability n/256).
+const TRUNCATED_ID_ATTEMPTS: usize = 64;
 
 #[derive(Default)]
 pub(crate) struct KeyRing {
@@ -97,10 +107,14 @@ impl Service {
         Ok(keys)
     }
 
-    /// The key that issues in `environment` now, if any.
-    pub async fn active_key(&self, environment: Environment) -> Result<Option<Arc<LoadedKey>>, KeyError> {
+    /// The key of `token_type` that issues in `environment` now, if any.
+    pub async fn active_key(
+        &self,
+        environment: Environment,
+        token_type: u16,
+    ) -> Result<Option<Arc<LoadedKey>>, KeyError> {
         let now = self.now();
-        Ok(self.keys_of(environment).await?.into_iter().find(|k| k.issues_at(now)))
+        Ok(self.keys_of(environment).await?.into_iter().find(|k| k.token_type() == token_type && k.issues_at(now)))
     }
 
     /// The key ring's counters.
@@ -149,8 +163,9 @@ impl Service {
         for record in records {
             match self.reloaded(record, &previous).await? {
                 Some(loaded) => {
-                    by_id.insert(loaded.public.token_key_id(), Arc::clone(&loaded));
-                    by_id.insert(loaded.public.persona_key_id(), loaded);
+                    for id in loaded.ids() {
+                        by_id.insert(id, Arc::clone(&loaded));
+                    }
                 }
                 None => unreadable += 1,
             }
@@ -172,11 +187,7 @@ impl Service {
             return Ok(None);
         };
         if let Some(old) = previous.get(&id) {
-            return Ok(Some(Arc::new(LoadedKey {
-                record,
-                public: old.public.clone(),
-                material: old.material.clone(),
-            })));
+            return Ok(Some(Arc::new(LoadedKey { record, material: old.material.clone() })));
         }
         match self.load_private(record).await {
             Ok(loaded) => Ok(Some(Arc::new(loaded))),
@@ -216,34 +227,43 @@ impl Service {
         load(record, &pkcs8)
     }
 
-    /// Creates one active key per environment that has none (first start).
-    /// Safe to run on several nodes at once: exactly one key wins per
-    /// environment. Returns the keys this call created.
+    /// Creates one active key per environment and enabled token type that
+    /// has none (first start, or a type newly enabled). Safe to run on
+    /// several nodes at once: exactly one key wins per environment and type.
+    /// Returns the keys this call created.
     pub async fn ensure_initial_keys(&self) -> Result<Vec<IssuerKey>, KeyError> {
         let mut created = Vec::new();
         for environment in Environment::ALL {
-            if !self.store().issuer_keys(Some(environment)).await?.is_empty() {
-                continue;
-            }
-            let record = self.generate_key_record(environment).await?;
-            if self.store().insert_first_issuer_key(&record).await? {
-                created.push(record);
+            let existing = self.store().issuer_key_metadata(Some(environment)).await?;
+            for &token_type in &self.config().token_types {
+                if existing.iter().any(|k| k.token_type == token_type) {
+                    continue;
+                }
+                let record = self.generate_key_record(environment, token_type).await?;
+                if self.store().insert_first_issuer_key(&record).await? {
+                    created.push(record);
+                }
             }
         }
         self.reload_keys().await?;
         Ok(created)
     }
 
-    /// Generates a new key for `environment`. With no `announce_secs` it is
-    /// active at once and the previous active key becomes verify-only; with
-    /// `announce_secs` it is listed in the directory as pending and takes over
-    /// (on whichever node first reloads keys) `announce_secs` from now.
+    /// Generates a new key of `token_type` for `environment`. With no
+    /// `announce_secs` it is active at once and the previous active key of
+    /// that type becomes verify-only; with `announce_secs` it is listed in
+    /// the directory as pending and takes over (on whichever node first
+    /// reloads keys) `announce_secs` from now.
     pub async fn rotate_key(
         &self,
         environment: Environment,
+        token_type: u16,
         announce_secs: Option<i64>,
     ) -> Result<IssuerKey, KeyError> {
-        let mut record = self.generate_key_record(environment).await?;
+        if !self.config().token_types.contains(&token_type) {
+            return Err(KeyError::UnsupportedTokenType(token_type));
+        }
+        let mut record = self.generate_key_record(environment, token_type).await?;
         if let Some(delay) = announce_secs.filter(|d| *d > 0) {
             record.state = KeyState::Pending;
             record.not_before = self.now() + delay;
@@ -266,22 +286,36 @@ impl Service {
         Ok(record)
     }
 
-    async fn generate_key_record(&self, environment: Environment) -> Result<IssuerKey, KeyError> {
+    /// A new key of `token_type` for `environment`, sealed for the store,
+    /// whose truncated id differs from every live (not retired) key of that
+    /// type in the environment, so an RFC 9578 request's truncated id names
+    /// one key.
+    async fn generate_key_record(&self, environment: Environment, token_type: u16) -> Result<IssuerKey, KeyError> {
         let now = self.now();
         let kek = self.config().key_encryption_key.clone();
         let entropy = self.entropy_handle();
+        let taken: Vec<u8> = self
+            .store()
+            .issuer_key_metadata(Some(environment))
+            .await?
+            .iter()
+            .filter(|k| k.token_type == token_type && k.state != KeyState::Retired)
+            .filter_map(|k| TokenKeyId::from_hex(&k.id).ok().map(|id| id.truncated()))
+            .collect();
         tokio::task::spawn_blocking(move || {
-            let key = RsaPrivateKey::generate_2048().map_err(|e| KeyError::Key(e.to_string()))?;
-            let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| KeyError::Key(e.to_string()))?;
-            let id = public.token_key_id().to_hex();
-            let pkcs8 = key.to_pkcs8_der().map_err(|e| KeyError::Key(e.to_string()))?;
+            let (id, private) = (0..TRUNCATED_ID_ATTEMPTS)
+                .map(|_| generate_key(token_type, &*entropy))
+                .find(|k| !matches!(k, Ok((id, _)) if taken.contains(&id.truncated())))
+                .unwrap_or_else(|| Err(KeyError::Key("no free truncated key id".into())))?;
+            let id = id.to_hex();
             let stored = match &kek {
-                Some(kek) => Zeroizing::new(kek.seal(&pkcs8, &crate::kek::issuer_key_aad(&id), &*entropy)),
-                None => pkcs8,
+                Some(kek) => Zeroizing::new(kek.seal(&private, &crate::kek::issuer_key_aad(&id), &*entropy)),
+                None => private,
             };
             Ok(IssuerKey {
                 id,
                 environment,
+                token_type,
                 state: KeyState::Active,
                 private_pkcs8: stored,
                 not_before: now,
@@ -295,13 +329,37 @@ impl Service {
     }
 }
 
-fn load(record: IssuerKey, pkcs8: &[u8]) -> Result<LoadedKey, KeyError> {
-    let signer =
-        RsaPrivateKey::from_pkcs8_der(pkcs8).map_err(|e| KeyError::Key(format!("stored key {}: {e}", record.id)))?;
-    let public = IssuerPublicKey::new(signer.public_key().clone())
-        .map_err(|e| KeyError::Key(format!("stored key {}: {e}", record.id)))?;
-    if public.token_key_id().to_hex() != record.id {
+/// A fresh key of `token_type`: its id and its private key as stored
+/// (PKCS#8 DER for type 2, the serialized scalar for types 1 and 5).
+fn generate_key(
+    token_type: u16,
+    entropy: &dyn blindpass_entropy::Entropy,
+) -> Result<(TokenKeyId, Zeroizing<Vec<u8>>), KeyError> {
+    let key_error = |e: &dyn std::fmt::Display| KeyError::Key(e.to_string());
+    if token_type == TOKEN_TYPE_BLIND_RSA {
+        let key = RsaPrivateKey::generate_2048().map_err(|e| key_error(&e))?;
+        let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| key_error(&e))?;
+        return Ok((public.token_key_id(), key.to_pkcs8_der().map_err(|e| key_error(&e))?));
+    }
+    let suite = Suite::of_token_type(token_type).ok_or(KeyError::UnsupportedTokenType(token_type))?;
+    let key = voprf::SecretKey::generate(suite, &mut entropy.rng()).map_err(|e| key_error(&e))?;
+    Ok((key.public_key().token_key_id(), key.to_bytes()))
+}
+
+/// Parses a stored private key of `record`'s token type and checks that it
+/// is the key the record's id names.
+fn load(record: IssuerKey, private: &[u8]) -> Result<LoadedKey, KeyError> {
+    let stored_error = |e: &dyn std::fmt::Display| KeyError::Key(format!("stored key {}: {e}", record.id));
+    let material = if record.token_type == TOKEN_TYPE_BLIND_RSA {
+        let signer = RsaPrivateKey::from_pkcs8_der(private).map_err(|e| stored_error(&e))?;
+        let public = IssuerPublicKey::new(signer.public_key().clone()).map_err(|e| stored_error(&e))?;
+        KeyMaterial::BlindRsa { public: Box::new(public), signer: Arc::new(signer) }
+    } else {
+        let suite = Suite::of_token_type(record.token_type).ok_or(KeyError::UnsupportedTokenType(record.token_type))?;
+        KeyMaterial::Voprf(Arc::new(voprf::SecretKey::from_bytes(suite, private).map_err(|e| stored_error(&e))?))
+    };
+    if material.token_key_id().to_hex() != record.id {
         return Err(KeyError::Key(format!("stored key {} does not match its id", record.id)));
     }
-    Ok(LoadedKey { record, public, material: KeyMaterial::BlindRsa(Arc::new(signer)) })
+    Ok(LoadedKey { record, material })
 }

@@ -39,7 +39,7 @@ pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcom
 pub use challenge::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, PERSONA_ORIGIN_INFO, SESSION_SECS};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use issue::{IssueError, IssueRequest, KeySelector};
-pub use issuer_key::{KeyMaterial, LoadedKey};
+pub use issuer_key::{KeyMaterial, LoadedKey, TOKEN_TYPES};
 pub use keyring::{KeyError, KeyRingStats};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use rate_limits::{RateLimitStatus, client_bucket};
@@ -89,6 +89,13 @@ pub struct Config {
     /// Seals issuer private keys and server secrets at rest; `None` stores
     /// them in plaintext (and `serve` says so loudly).
     pub key_encryption_key: Option<Arc<kek::KeyEncryptionKey>>,
+    /// The token types this node issues, keeps keys for and lists in the
+    /// directory (a subset of [`TOKEN_TYPES`] that includes 2, which the
+    /// Persona dialect needs).
+    pub token_types: Vec<u16>,
+    /// The token types relays accept at redemption and offer in their 401's
+    /// `PrivateToken` challenges, in that order (a subset of `token_types`).
+    pub relay_token_types: Vec<u16>,
 }
 
 impl Default for Config {
@@ -106,6 +113,8 @@ impl Default for Config {
             key_overlap_secs: 7 * 24 * 3600,
             issuer_name: "localhost".into(),
             key_encryption_key: None,
+            token_types: TOKEN_TYPES.to_vec(),
+            relay_token_types: TOKEN_TYPES.to_vec(),
         }
     }
 }

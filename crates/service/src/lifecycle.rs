@@ -103,6 +103,7 @@ mod tests {
         IssuerKey {
             id: "k".into(),
             environment: Environment::Sandbox,
+            token_type: 2,
             state,
             private_pkcs8: Zeroizing::new(Vec::new()),
             not_before,

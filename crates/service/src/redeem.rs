@@ -12,7 +12,9 @@ use blindpass_protocol::oaep;
 use blindpass_protocol::persona;
 use blindpass_protocol::rsa::RsaPublicKey;
 use blindpass_protocol::type2;
-use blindpass_protocol::wire::Token;
+use blindpass_protocol::voprf::Suite;
+use blindpass_protocol::voprf_wire::VoprfToken;
+use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, Token};
 
 use crate::challenge::CONTEXT_WINDOW_SECS;
 use crate::relays::claim_json;
@@ -63,8 +65,11 @@ pub enum TokenRejection {
     /// No key with that id verifies now (unknown, pending, retired, or past
     /// its overlap).
     UnknownOrRetiredKey,
-    /// The signature does not verify.
+    /// The signature (or, for types 1 and 5, the authenticator) does not
+    /// verify.
     BadSignature,
+    /// A token type relays do not accept (`relay_token_types`).
+    TokenTypeNotAccepted,
 }
 
 impl From<KeyError> for RedeemError {
@@ -101,8 +106,10 @@ struct Verified {
 pub enum PresentedToken {
     /// A Persona JSON token (base64url of its JSON).
     Persona(Box<persona::ParsedToken>),
-    /// An RFC 9577 Token (base64url of its bytes).
+    /// An RFC 9577 Token of type 2 (base64url of its bytes).
     Rfc(Box<Token>),
+    /// An RFC 9577 Token of type 1 or 5 (base64url of its bytes).
+    Voprf(Box<VoprfToken>),
 }
 
 impl PresentedToken {
@@ -115,7 +122,12 @@ impl PresentedToken {
         let bytes = b64::decode(text).map_err(|_| TokenRejection::NotBase64url)?;
         let parsed = match bytes.first() {
             Some(b'{') => persona::Token::from_json(&bytes).map(|t| Self::Persona(Box::new(t))).ok(),
-            _ => Token::decode(&bytes).map(|t| Self::Rfc(Box::new(t))).ok(),
+            _ => match bytes.get(..2) {
+                Some([t0, t1]) if Suite::of_token_type(u16::from_be_bytes([*t0, *t1])).is_some() => {
+                    VoprfToken::decode(&bytes).map(|t| Self::Voprf(Box::new(t))).ok()
+                }
+                _ => Token::decode(&bytes).map(|t| Self::Rfc(Box::new(t))).ok(),
+            },
         };
         parsed.ok_or(TokenRejection::Malformed)
     }
@@ -181,7 +193,23 @@ impl Service {
     async fn verify(&self, relay: &Relay, presented: &PresentedToken) -> Result<Verified, RedeemError> {
         match presented {
             PresentedToken::Persona(token) => self.verify_persona(relay, token).await,
-            PresentedToken::Rfc(token) => self.verify_rfc(relay, token).await,
+            PresentedToken::Rfc(token) => {
+                let (w, key) = self
+                    .rfc_challenge_and_key(relay, TOKEN_TYPE_BLIND_RSA, token.challenge_digest, &token.token_key_id)
+                    .await?;
+                let public = key.blind_rsa().ok_or(reject(TokenRejection::UnknownOrRetiredKey))?;
+                let verifier = key.verifier().ok_or(reject(TokenRejection::UnknownOrRetiredKey))?;
+                type2::verify_token_with(public, verifier, token).map_err(|_| reject(TokenRejection::BadSignature))?;
+                Ok(Verified { key, nonce: token.nonce.to_vec(), expires_at: (w + 2) * CONTEXT_WINDOW_SECS })
+            }
+            PresentedToken::Voprf(token) => {
+                let token_type = token.suite.token_type();
+                let (w, key) =
+                    self.rfc_challenge_and_key(relay, token_type, token.challenge_digest, &token.token_key_id).await?;
+                let secret = key.voprf().ok_or(reject(TokenRejection::UnknownOrRetiredKey))?;
+                secret.verify_token(token).map_err(|_| reject(TokenRejection::BadSignature))?;
+                Ok(Verified { key, nonce: token.nonce.to_vec(), expires_at: (w + 2) * CONTEXT_WINDOW_SECS })
+            }
         }
     }
 
@@ -200,24 +228,41 @@ impl Service {
         }
         let id = TokenKeyId::from_hex(&parsed.token.key_id).map_err(|_| reject(TokenRejection::UnknownKey))?;
         let key = self.verifying_key(relay, &id).await?;
-        parsed.verify_signature_with(&key.public, key.verifier()).map_err(|_| reject(TokenRejection::BadSignature))?;
+        // The Persona dialect is type 2: a key of another type names no key.
+        let (public, verifier) =
+            key.blind_rsa().zip(key.verifier()).ok_or(reject(TokenRejection::UnknownOrRetiredKey))?;
+        parsed.verify_signature_with(public, verifier).map_err(|_| reject(TokenRejection::BadSignature))?;
         let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
         Ok(Verified { key, nonce: parsed.nonce.to_vec(), expires_at })
     }
 
-    async fn verify_rfc(&self, relay: &Relay, token: &Token) -> Result<Verified, RedeemError> {
+    /// An RFC 9577 token's checks before its authenticator: its token type
+    /// is one relays accept; its challenge digest is this relay's challenge
+    /// of that type in the current or the previous window (returned); its
+    /// key verifies now, for this relay's environment, and is of that type.
+    async fn rfc_challenge_and_key(
+        &self,
+        relay: &Relay,
+        token_type: u16,
+        challenge_digest: [u8; 32],
+        key_id: &TokenKeyId,
+    ) -> Result<(i64, Arc<LoadedKey>), RedeemError> {
+        if !self.config().relay_token_types.contains(&token_type) {
+            return Err(reject(TokenRejection::TokenTypeNotAccepted));
+        }
         let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
         let mut matched = None;
         for w in [window, window - 1] {
-            if self.rfc_challenge_for(relay, w).await?.digest() == token.challenge_digest {
+            if self.rfc_challenge_for(relay, w, token_type).await?.digest() == challenge_digest {
                 matched = Some(w);
             }
         }
         let w = matched.ok_or(reject(TokenRejection::RfcChallengeUnknown))?;
-        let key = self.verifying_key(relay, &token.token_key_id).await?;
-        type2::verify_token_with(&key.public, key.verifier(), token)
-            .map_err(|_| reject(TokenRejection::BadSignature))?;
-        Ok(Verified { key, nonce: token.nonce.to_vec(), expires_at: (w + 2) * CONTEXT_WINDOW_SECS })
+        let key = self.verifying_key(relay, key_id).await?;
+        if key.token_type() != token_type {
+            return Err(reject(TokenRejection::UnknownOrRetiredKey));
+        }
+        Ok((w, key))
     }
 
     /// The key named `id` if it may verify tokens for `relay` now: same

@@ -47,17 +47,17 @@ async fn an_unreadable_key_row_is_skipped_and_counted_and_the_others_keep_workin
     let path = dir.path().join("db");
     let clock = Arc::new(ManualClock::new(START));
     let a = node(&path, Arc::clone(&clock)).await;
-    let active = a.active_key(Environment::Sandbox).await.unwrap().unwrap();
+    let active = a.active_key(Environment::Sandbox, 2).await.unwrap().unwrap();
     // Another node rotates; the new key's private bytes are then damaged.
     let b = node(&path, Arc::clone(&clock)).await;
-    let rotated = b.rotate_key(Environment::Production, None).await.unwrap();
+    let rotated = b.rotate_key(Environment::Production, 2, None).await.unwrap();
     let db = rusqlite::Connection::open(&path).unwrap();
     let changed = db.execute("UPDATE issuer_keys SET private_pkcs8 = x'3000' WHERE id = ?1", [&rotated.id]).unwrap();
     assert_eq!(changed, 1);
     drop(db);
 
     clock.advance(Config::default().key_refresh_secs + 1);
-    let found = a.key_by_id(&active.public.token_key_id()).await.unwrap();
+    let found = a.key_by_id(&active.token_key_id()).await.unwrap();
     assert!(found.is_some(), "the readable key still answers");
     let stats = a.key_ring_stats();
     assert_eq!(stats.unreadable_keys, 1, "{stats:?}");

@@ -124,7 +124,7 @@ async fn issuance_checks_the_environment_and_the_key_state() {
         issue(&service, Environment::Sandbox, &offer).await.unwrap(),
         issue(&service, Environment::Sandbox, &offer).await.unwrap(),
     );
-    service.rotate_key(Environment::Sandbox, None).await.unwrap();
+    service.rotate_key(Environment::Sandbox, 2, None).await.unwrap();
     let rotated = issue(&service, Environment::Sandbox, &offer).await;
     assert_eq!(rotated.unwrap_err(), IssueError::KeyNotActive(NotIssuing::RotatedOut));
     let r = relay(&service).await;
@@ -134,7 +134,7 @@ async fn issuance_checks_the_environment_and_the_key_state() {
     assert_eq!(rejection(redeem(&service, &r, &after).await), TokenRejection::UnknownOrRetiredKey);
 
     // An announced key does not sign before its time, and takes over after.
-    let pending = service.rotate_key(Environment::Sandbox, Some(600)).await.unwrap();
+    let pending = service.rotate_key(Environment::Sandbox, 2, Some(600)).await.unwrap();
     let pending_id = TokenKeyId::from_hex(&pending.id).unwrap();
     let early = service.issue(Environment::Sandbox, IssueRequest::by_id(pending_id, vec![0; 256])).await;
     assert_eq!(early.unwrap_err(), IssueError::KeyNotActive(NotIssuing::NotYetValid));

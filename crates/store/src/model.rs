@@ -34,9 +34,13 @@ pub struct IssuerKey {
     pub id: String,
     /// The environment it signs for.
     pub environment: Environment,
+    /// The RFC 9578 token type it issues (2, 1 or 5); the lifecycle is per
+    /// environment and token type.
+    pub token_type: u16,
     /// Lifecycle state.
     pub state: KeyState,
-    /// PKCS#8 DER of the private key.
+    /// The private key, sealed under the key-encryption key when one is
+    /// configured: PKCS#8 DER for type 2, `SerializeScalar` for types 1 and 5.
     pub private_pkcs8: Zeroizing<Vec<u8>>,
     /// UNIX seconds from which it may be used.
     pub not_before: i64,
@@ -53,6 +57,7 @@ impl fmt::Debug for IssuerKey {
         f.debug_struct("IssuerKey")
             .field("id", &self.id)
             .field("environment", &self.environment)
+            .field("token_type", &self.token_type)
             .field("state", &self.state)
             .field("private_pkcs8", &"<redacted>")
             .field("not_before", &self.not_before)

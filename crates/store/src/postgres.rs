@@ -36,6 +36,7 @@ use crate::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_initial.sql"),
     include_str!("../migrations/postgres/0002_spent_token_expiry_and_relay_expiry.sql"),
+    include_str!("../migrations/postgres/0003_issuer_key_token_types.sql"),
 ];
 
 /// Advisory lock ids (first half of the pair) used by blindpass.

@@ -31,6 +31,47 @@ async fn data_survives_reopen_and_migrations_are_idempotent() {
     assert_eq!(store.issuer_keys(None).await.unwrap().len(), 1);
 }
 
+/// A database made by the previous schema (version 2, keys without a token
+/// type) opens, its keys become type 2, and a key of another type can be
+/// active beside them.
+#[tokio::test]
+async fn a_version_2_database_upgrades_with_its_keys_as_type_2() {
+    use blindpass_store::{IssuerKey, KeyState};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 0), (2, 0);",
+        )
+        .unwrap();
+        c.execute_batch(include_str!("../migrations/sqlite/0001_initial.sql")).unwrap();
+        c.execute_batch(include_str!("../migrations/sqlite/0002_spent_token_expiry_and_relay_expiry.sql")).unwrap();
+        c.execute(
+            "INSERT INTO issuer_keys (id, environment, state, private_pkcs8, not_before, created_at)
+             VALUES ('old', 'sandbox', 'active', X'0102', 1, 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let keys = store.issuer_keys(None).await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| (k.id.as_str(), k.token_type, k.state)).collect::<Vec<_>>(),
+        [("old", 2, KeyState::Active)]
+    );
+    let voprf =
+        IssuerKey { token_type: 5, ..conformance::issuer_key("new", Environment::Sandbox, KeyState::Active, 2) };
+    store.insert_issuer_key(&voprf).await.unwrap();
+    assert!(
+        store
+            .insert_issuer_key(&conformance::issuer_key("dup", Environment::Sandbox, KeyState::Active, 3))
+            .await
+            .is_err()
+    );
+}
+
 #[tokio::test]
 async fn open_rejects_unknown_schemes() {
     assert!(blindpass_store::open("mysql://x").await.is_err());

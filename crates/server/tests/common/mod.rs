@@ -21,7 +21,7 @@ use blindpass_server::{AppState, IdOverrides, Limits};
 use blindpass_service::{Config, Environment, ManualClock, Permission, Service};
 use blindpass_store::sqlite::SqliteStore;
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub const PATH: &str = "/api/v1/privacy-passes";
@@ -129,6 +129,35 @@ impl Harness {
         reply
     }
 
+    pub async fn public_post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(&body).unwrap()).await
+    }
+
+    pub async fn relay(&self, env: Environment, claim: &str, pem: Option<&str>) -> (String, String) {
+        let r = self
+            .public_post(
+                "/api/privacy/v1/relays",
+                json!({"claim-type": claim, "encryption-key-pem": pem, "sandbox": env == Environment::Sandbox}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        let body = r.json();
+        let jwt = body["relay-session-access-token"].as_str().unwrap();
+        assert_eq!(jwt.split('.').count(), 3, "a JWT");
+        (body["relay-token"].as_str().unwrap().to_owned(), body["relay-secret"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn claim(&self, relay: &(String, String), token: Option<&str>, extra: &[(&str, &str)]) -> Reply {
+        let path = format!("/api/privacy/v1/relays/{}/generate-claim", relay.0);
+        let authorization = token.map(|t| format!("PrivateToken token={t}"));
+        let mut headers = vec![("content-type", "application/json"), ("persona-relay-secret", relay.1.as_str())];
+        if let Some(a) = &authorization {
+            headers.push(("authorization", a.as_str()));
+        }
+        headers.extend_from_slice(extra);
+        self.call(Method::POST, &path, &headers, b"{}".to_vec()).await
+    }
+
     /// POST with the sandbox key and JSON body.
     pub async fn post(&self, body: Value, extra: &[(&str, &str)]) -> Reply {
         self.post_as(&self.sandbox_key.clone(), body, extra).await
@@ -142,7 +171,7 @@ impl Harness {
     }
 
     pub async fn key(&self, env: Environment) -> IssuerPublicKey {
-        self.service.active_key(env).await.unwrap().expect("an active key").public.clone()
+        self.service.active_key(env, 2).await.unwrap().expect("an active key").blind_rsa().expect("type 2").clone()
     }
 
     /// A real Persona-style blinded token for the environment's active key.

@@ -145,3 +145,46 @@ pub async fn a_retired_pending_key_is_never_promoted(store: Arc<dyn Store>) {
     }
     assert_eq!(store.promote_due_keys(1_000).await.unwrap(), 0, "nothing pending is left");
 }
+
+/// Each token type has its own lifecycle in an environment: one active key
+/// per (environment, token type), a first key per type, rotation and
+/// promotion stepping down only keys of their own type.
+pub async fn key_lifecycles_are_per_token_type(store: Arc<dyn Store>) {
+    let store = &*store;
+    let env = Environment::Production;
+    let typed = |id: &str, token_type: u16, state, at| IssuerKey { token_type, ..issuer_key(id, env, state, at) };
+    assert!(store.insert_first_issuer_key(&typed("rsa1", 2, KeyState::Active, 10)).await.unwrap());
+    assert!(store.insert_first_issuer_key(&typed("p384a", 1, KeyState::Active, 10)).await.unwrap(), "first of type 1");
+    assert!(store.insert_first_issuer_key(&typed("r255a", 5, KeyState::Active, 10)).await.unwrap(), "first of type 5");
+    assert!(!store.insert_first_issuer_key(&typed("r255x", 5, KeyState::Active, 11)).await.unwrap(), "type 5 has one");
+    assert!(store.insert_issuer_key(&typed("r255y", 5, KeyState::Active, 11)).await.is_err(), "one active per type");
+    assert!(store.insert_issuer_key(&typed("bad", 3, KeyState::Retired, 11)).await.is_err(), "unknown token type");
+
+    store.rotate_issuer_key(&typed("r255b", 5, KeyState::Active, 20), 20).await.unwrap();
+    let mut pending = typed("p384b", 1, KeyState::Pending, 20);
+    pending.not_before = 50;
+    store.rotate_issuer_key(&pending, 20).await.unwrap();
+    assert_eq!(store.promote_due_keys(50).await.unwrap(), 1);
+
+    let mut states: Vec<_> = store
+        .issuer_key_metadata(Some(env))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.id, k.token_type, k.state))
+        .collect();
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        states,
+        vec![
+            ("p384a".into(), 1, KeyState::VerifyOnly),
+            ("p384b".into(), 1, KeyState::Active),
+            ("r255a".into(), 5, KeyState::VerifyOnly),
+            ("r255b".into(), 5, KeyState::Active),
+            ("rsa1".into(), 2, KeyState::Active),
+        ],
+        "each rotation stepped down only its own type"
+    );
+    let full = store.issuer_keys(Some(env)).await.unwrap();
+    assert!(full.iter().all(|k| k.private_pkcs8.len() == 4 && [1, 2, 5].contains(&k.token_type)));
+}

@@ -31,7 +31,7 @@ macro_rules! conformance_tests {
             rate_limits_count_every_hit, settings, pending_keys_are_promoted_once,
             a_retired_pending_key_is_never_promoted, relays, relays_expire, spending_has_one_winner,
             spent_records_outlive_their_tokens, spend_completes_idempotency_in_one_transaction,
-            concurrent_spends_each_have_one_winner,
+            concurrent_spends_each_have_one_winner, key_lifecycles_are_per_token_type,
             key_material_is_read_and_rewrapped_apart);
     };
     (@each $attrs:tt $make:path; $($name:ident),*) => {
@@ -76,6 +76,7 @@ pub fn issuer_key(id: &str, env: Environment, state: KeyState, created_at: i64) 
     IssuerKey {
         id: id.into(),
         environment: env,
+        token_type: 2,
         state,
         private_pkcs8: Zeroizing::new(vec![1, 2, 3, id.len() as u8]),
         not_before: created_at,

@@ -3,7 +3,7 @@
 use super::*;
 
 const ISSUER_KEY_COLUMNS: &str =
-    "id, environment, state, private_pkcs8, not_before, rotated_at, retired_at, created_at";
+    "id, environment, state, private_pkcs8, not_before, rotated_at, retired_at, created_at, token_type";
 
 fn issuer_key_from_row(r: &tokio_postgres::Row) -> Result<IssuerKey, StoreError> {
     Ok(IssuerKey {
@@ -15,12 +15,13 @@ fn issuer_key_from_row(r: &tokio_postgres::Row) -> Result<IssuerKey, StoreError>
         rotated_at: r.get(5),
         retired_at: r.get(6),
         created_at: r.get(7),
+        token_type: u16::try_from(r.get::<_, i32>(8)).map_err(|_| StoreError::Corrupt("token type".into()))?,
     })
 }
 
 async fn insert_issuer_key_tx(tx: &tokio_postgres::Transaction<'_>, key: &IssuerKey) -> Result<(), StoreError> {
     tx.execute(
-        &format!("INSERT INTO issuer_keys ({ISSUER_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+        &format!("INSERT INTO issuer_keys ({ISSUER_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
         &[
             &key.id,
             &key.environment.as_str(),
@@ -30,6 +31,7 @@ async fn insert_issuer_key_tx(tx: &tokio_postgres::Transaction<'_>, key: &Issuer
             &key.rotated_at,
             &key.retired_at,
             &key.created_at,
+            &i32::from(key.token_type),
         ],
     )
     .await
@@ -53,7 +55,10 @@ impl IssuerKeyStore for PostgresStore {
         // Serialises key lifecycle changes across nodes.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
         let existing: i64 = tx
-            .query_one("SELECT COUNT(*) FROM issuer_keys WHERE environment = $1", &[&key.environment.as_str()])
+            .query_one(
+                "SELECT COUNT(*) FROM issuer_keys WHERE environment = $1 AND token_type = $2",
+                &[&key.environment.as_str(), &i32::from(key.token_type)],
+            )
             .await
             .map_err(map_err)?
             .get(0);
@@ -83,7 +88,7 @@ impl IssuerKeyStore for PostgresStore {
         let env = environment.map(Environment::as_str);
         let rows = self
             .query(
-                "SELECT id, environment, state, ''::BYTEA, not_before, rotated_at, retired_at, created_at
+                "SELECT id, environment, state, ''::BYTEA, not_before, rotated_at, retired_at, created_at, token_type
                  FROM issuer_keys WHERE $1::TEXT IS NULL OR environment = $1 ORDER BY created_at, id",
                 &[&env],
             )
@@ -102,8 +107,9 @@ impl IssuerKeyStore for PostgresStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
         if new_key.state == KeyState::Active {
             tx.execute(
-                "UPDATE issuer_keys SET state = 'verify-only', rotated_at = $2 WHERE environment = $1 AND state = 'active'",
-                &[&new_key.environment.as_str(), &at],
+                "UPDATE issuer_keys SET state = 'verify-only', rotated_at = $2
+                 WHERE environment = $1 AND token_type = $3 AND state = 'active'",
+                &[&new_key.environment.as_str(), &at, &i32::from(new_key.token_type)],
             )
             .await
             .map_err(map_err)?;
@@ -142,24 +148,24 @@ impl IssuerKeyStore for PostgresStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
         let rows = tx
             .query(
-                "SELECT DISTINCT ON (environment) environment, id FROM issuer_keys
+                "SELECT DISTINCT ON (environment, token_type) environment, id, token_type FROM issuer_keys
                  WHERE state = 'pending' AND not_before <= $1
-                 ORDER BY environment, not_before DESC, id DESC",
+                 ORDER BY environment, token_type, not_before DESC, id DESC",
                 &[&now],
             )
             .await
             .map_err(map_err)?;
         let mut promoted = 0;
         for row in &rows {
-            let (environment, id): (String, String) = (row.get(0), row.get(1));
+            let (environment, id, token_type): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
             // Only a key still pending moves, never a retired one; the
             // current active key steps down first (one active per environment).
             tx.execute(
                 "UPDATE issuer_keys SET state = 'verify-only', rotated_at = $3
-                 WHERE environment = $1 AND id <> $2
+                 WHERE environment = $1 AND token_type = $4 AND id <> $2
                    AND (state = 'active' OR (state = 'pending' AND not_before <= $3))
                    AND EXISTS (SELECT 1 FROM issuer_keys p WHERE p.id = $2 AND p.state = 'pending')",
-                &[&environment, &id, &now],
+                &[&environment, &id, &now, &token_type],
             )
             .await
             .map_err(map_err)?;

@@ -2,13 +2,14 @@
 
 use super::*;
 
-type IssuerKeyRow = (String, String, String, Vec<u8>, i64, Option<i64>, Option<i64>, i64);
+type IssuerKeyRow = (String, String, String, Vec<u8>, i64, Option<i64>, Option<i64>, i64, i64);
 
 const ISSUER_KEY_COLUMNS: &str =
-    "id, environment, state, private_pkcs8, not_before, rotated_at, retired_at, created_at";
+    "id, environment, state, private_pkcs8, not_before, rotated_at, retired_at, created_at, token_type";
 
 /// [`ISSUER_KEY_COLUMNS`] with an empty private key.
-const ISSUER_KEY_METADATA_COLUMNS: &str = "id, environment, state, X'', not_before, rotated_at, retired_at, created_at";
+const ISSUER_KEY_METADATA_COLUMNS: &str =
+    "id, environment, state, X'', not_before, rotated_at, retired_at, created_at, token_type";
 
 /// Keys of `environment` (or all), oldest first, selecting `columns`.
 fn select_issuer_keys(
@@ -24,17 +25,18 @@ fn select_issuer_keys(
         .map_err(map_err)?;
     let rows = stmt
         .query_map(params![env], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
         })
         .map_err(map_err)?;
     rows.map(|r| r.map_err(map_err).and_then(issuer_key_from_row)).collect()
 }
 
 fn issuer_key_from_row(row: IssuerKeyRow) -> Result<IssuerKey, StoreError> {
-    let (id, environment, state, pkcs8, not_before, rotated_at, retired_at, created_at) = row;
+    let (id, environment, state, pkcs8, not_before, rotated_at, retired_at, created_at, token_type) = row;
     Ok(IssuerKey {
         id,
         environment: environment.parse().map_err(corrupt("environment"))?,
+        token_type: u16::try_from(token_type).map_err(|_| StoreError::Corrupt("token type".into()))?,
         state: state.parse().map_err(corrupt("key state"))?,
         private_pkcs8: Zeroizing::new(pkcs8),
         not_before,
@@ -46,7 +48,7 @@ fn issuer_key_from_row(row: IssuerKeyRow) -> Result<IssuerKey, StoreError> {
 
 fn insert_issuer_key_tx(c: &rusqlite::Transaction<'_>, key: &IssuerKey) -> Result<(), StoreError> {
     c.execute(
-        &format!("INSERT INTO issuer_keys ({ISSUER_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        &format!("INSERT INTO issuer_keys ({ISSUER_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
         params![
             key.id,
             key.environment.as_str(),
@@ -55,7 +57,8 @@ fn insert_issuer_key_tx(c: &rusqlite::Transaction<'_>, key: &IssuerKey) -> Resul
             key.not_before,
             key.rotated_at,
             key.retired_at,
-            key.created_at
+            key.created_at,
+            key.token_type
         ],
     )
     .map_err(map_err)?;
@@ -82,8 +85,8 @@ impl IssuerKeyStore for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
             let existing: i64 = tx
                 .query_row(
-                    "SELECT COUNT(*) FROM issuer_keys WHERE environment = ?1",
-                    params![key.environment.as_str()],
+                    "SELECT COUNT(*) FROM issuer_keys WHERE environment = ?1 AND token_type = ?2",
+                    params![key.environment.as_str(), key.token_type],
                     |r| r.get(0),
                 )
                 .map_err(map_err)?;
@@ -122,8 +125,8 @@ impl IssuerKeyStore for SqliteStore {
             if key.state == KeyState::Active {
                 tx.execute(
                     "UPDATE issuer_keys SET state = 'verify-only', rotated_at = ?2
-                     WHERE environment = ?1 AND state = 'active'",
-                    params![key.environment.as_str(), at],
+                     WHERE environment = ?1 AND token_type = ?3 AND state = 'active'",
+                    params![key.environment.as_str(), at, key.token_type],
                 )
                 .map_err(map_err)?;
             }
@@ -136,30 +139,31 @@ impl IssuerKeyStore for SqliteStore {
     async fn promote_due_keys(&self, now: i64) -> Result<u64, StoreError> {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let due: Vec<(String, String)> = {
+            let due: Vec<(String, i64, String)> = {
                 let mut stmt = tx
                     .prepare(
-                        "SELECT environment, id FROM issuer_keys k
+                        "SELECT environment, token_type, id FROM issuer_keys k
                          WHERE state = 'pending' AND not_before <= ?1
                            AND NOT EXISTS (SELECT 1 FROM issuer_keys n WHERE n.environment = k.environment
+                                           AND n.token_type = k.token_type
                                            AND n.state = 'pending' AND n.not_before <= ?1
                                            AND (n.not_before > k.not_before
                                                 OR (n.not_before = k.not_before AND n.id > k.id)))",
                     )
                     .map_err(map_err)?;
-                let rows = stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
+                let rows = stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(map_err)?;
                 rows.collect::<Result<_, _>>().map_err(map_err)?
             };
             let mut promoted = 0;
-            for (environment, id) in &due {
+            for (environment, token_type, id) in &due {
                 // Only a key still pending moves, never a retired one; older
                 // due pending keys and the current active key step down first.
                 tx.execute(
                     "UPDATE issuer_keys SET state = 'verify-only', rotated_at = ?3
-                     WHERE environment = ?1 AND id != ?2
+                     WHERE environment = ?1 AND token_type = ?4 AND id != ?2
                        AND (state = 'active' OR (state = 'pending' AND not_before <= ?3))
                        AND EXISTS (SELECT 1 FROM issuer_keys p WHERE p.id = ?2 AND p.state = 'pending')",
-                    params![environment, id, now],
+                    params![environment, id, now, token_type],
                 )
                 .map_err(map_err)?;
                 promoted += tx
