@@ -46,6 +46,13 @@ enum ClientCommand {
         /// relay of that environment and claim type.
         #[arg(long)]
         batch_size: Option<usize>,
+        /// Token type: 2 (Blind RSA; Persona tokens unless --batch-size),
+        /// 1 (VOPRF P-384) or 5 (VOPRF ristretto255). Types 1 and 5 are RFC
+        /// 9577 tokens answering a relay's challenge of that type, issued
+        /// one TokenRequest each, or in amortized batches of --batch-size
+        /// (one proof per batch).
+        #[arg(long, default_value_t = 2, value_parser = parse_token_type)]
+        token_type: u16,
         /// Write the tokens to this file instead of stdout.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
@@ -92,10 +99,11 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
     }
     match args.command {
         ClientCommand::Challenge(scope) => challenge(&client, &scope, args.json).await,
-        ClientCommand::Issue { scope, count, concurrency, batch_size, out } => {
-            let tokens = match batch_size {
-                None => issue_many(&client, &scope, count, concurrency.max(1)).await?,
-                Some(size) => issue_batched(&client, &scope, count, size.max(1)).await?,
+        ClientCommand::Issue { scope, count, concurrency, batch_size, token_type, out } => {
+            let tokens = match (token_type, batch_size) {
+                (2, None) => issue_many(&client, &scope, count, concurrency.max(1)).await?,
+                (2, Some(size)) => issue_batched(&client, &scope, count, size.max(1)).await?,
+                (t, size) => issue_voprf(&client, &scope, t, count, size.unwrap_or(1).max(1)).await?,
             };
             write_tokens(&tokens, args.json, out.as_deref())
         }
@@ -214,6 +222,40 @@ async fn issue_batched(
         eprintln!();
     }
     Ok(tokens)
+}
+
+/// `count` RFC 9577 tokens of type 1 or 5, `size` per request, as
+/// base64url.
+async fn issue_voprf(
+    client: &Client,
+    scope: &Scope,
+    token_type: u16,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<Vec<Zeroizing<String>>> {
+    let sandbox = !scope.production;
+    let relay = client.create_relay(&scope.claim_type, None, sandbox).await?;
+    let challenge = client.rfc_challenge_of(&relay, token_type).await?;
+    let progress = count > 1 && std::io::stderr().is_terminal();
+    let mut tokens = Vec::with_capacity(count);
+    while tokens.len() < count {
+        let batch = client.issue_voprf(&challenge, size.min(count - tokens.len()), sandbox).await?;
+        tokens.extend(batch.iter().map(|t| Zeroizing::new(blindpass_protocol::b64::encode_unpadded(&t.encode()))));
+        if progress {
+            draw_progress(tokens.len(), count);
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(tokens)
+}
+
+fn parse_token_type(s: &str) -> Result<u16, String> {
+    match s {
+        "1" | "2" | "5" => s.parse().map_err(|_| String::new()),
+        _ => Err(format!("unknown token type {s:?} (expected 1, 2 or 5)")),
+    }
 }
 
 fn draw_progress(done: usize, total: usize) {
