@@ -13,11 +13,19 @@
 //     to the issuer URI, each response item finalized, verified with
 //     Origin.verify, and redeemed at generate-claim.
 //
+//   private BASE API_KEY RELAY_TOKEN RELAY_SECRET
+//     Token type 1 (VOPRF P-384) with privacypass-ts's privateVerif client:
+//     the type-1 challenge of generate-claim's 401 and its token-key (checked
+//     against the directory's type-1 key), a TokenRequest signed by
+//     POST /token-request, finalized (privacypass-ts verifies the DLEQ
+//     proof), and redeemed at generate-claim, twice (the second time at the
+//     same relay, which answers with the stored claim).
+//
 //   verify TOKEN_HEX TOKEN_KEY_B64URL
 //     Verifies a Token made by blindpass's Rust client with Origin.verify.
 //
 // Prints one JSON object on stdout.
-import { publicVerif, genericBatched, TOKEN_TYPES, WWWAuthenticateHeader, AuthorizationHeader, Token } from '@cloudflare/privacypass-ts';
+import { publicVerif, privateVerif, genericBatched, TOKEN_TYPES, WWWAuthenticateHeader, AuthorizationHeader, Token } from '@cloudflare/privacypass-ts';
 
 const { Client, Origin, BlindRSAMode, convertRSASSAPSSToEnc } = publicVerif;
 
@@ -77,6 +85,57 @@ async function flow([base, apiKey, relayToken, relaySecret]) {
     verified,
     redeemStatus: redeemed.status,
     tokenConsumed: claim['token-consumed'],
+    token: hex(token.serialize()),
+  };
+}
+
+async function privateFlow([base, apiKey, relayToken, relaySecret]) {
+  const directory = await (await fetch(`${base}/.well-known/private-token-issuer-directory?sandbox=true`)).json();
+  const directoryKey = directory['token-keys'].find((k) => k['token-type'] === 1);
+  const claimUrl = `${base}/api/privacy/v1/relays/${relayToken}/generate-claim`;
+  const unauthenticated = await fetch(claimUrl, {
+    method: 'POST',
+    headers: { 'Persona-Relay-Secret': relaySecret, 'Content-Type': 'application/json' },
+    body: '{}',
+  });
+  const challenges = WWWAuthenticateHeader.parse(unauthenticated.headers.get('WWW-Authenticate'));
+  const challengeHeader = challenges.find((c) => c.challenge.tokenType === 1);
+  if (!challengeHeader) throw new Error('no type-1 challenge in the 401');
+
+  const client = new privateVerif.Client();
+  const request = await client.createTokenRequest(challengeHeader.challenge, challengeHeader.tokenKey);
+  const issued = await fetch(new URL(directory['issuer-request-uri'], base), {
+    method: 'POST',
+    headers: {
+      Authorization: `Bearer ${apiKey}`,
+      'Content-Type': 'application/private-token-request',
+      Accept: 'application/private-token-response',
+    },
+    body: request.serialize(),
+  });
+  if (issued.status !== 200) throw new Error(`token-request: ${issued.status} ${await issued.text()}`);
+  const token = await client.finalize(client.deserializeTokenResponse(new Uint8Array(await issued.arrayBuffer())));
+
+  const redeem = () =>
+    fetch(claimUrl, {
+      method: 'POST',
+      headers: {
+        'Persona-Relay-Secret': relaySecret,
+        'Content-Type': 'application/json',
+        Authorization: new AuthorizationHeader(token).toString(),
+      },
+      body: '{}',
+    });
+  const first = await redeem();
+  const claim = await first.json();
+  const again = await redeem();
+  return {
+    challengeTypes: challenges.map((c) => c.challenge.tokenType),
+    directoryKeyMatchesChallengeKey: hex(b64url(directoryKey['token-key'])) === hex(challengeHeader.tokenKey),
+    tokenLength: token.serialize().length,
+    redeemStatus: first.status,
+    tokenConsumed: claim['token-consumed'],
+    againStatus: again.status,
     token: hex(token.serialize()),
   };
 }
@@ -145,7 +204,7 @@ async function verify([tokenHex, tokenKeyB64url]) {
 }
 
 const [mode, ...args] = process.argv.slice(2);
-const modes = { flow, batch, verify };
+const modes = { flow, batch, private: privateFlow, verify };
 try {
   console.log(JSON.stringify(await modes[mode](args)));
 } catch (e) {

@@ -84,6 +84,45 @@ async fn privacypass_ts_issues_verifies_and_redeems_against_blindpass() {
     assert_eq!(token.encode().len(), 354);
 }
 
+/// Token type 1: privacypass-ts's `privateVerif` client (its own VOPRF,
+/// `@cloudflare/voprf-ts`) gets a token issued by the binary, verifying the
+/// DLEQ proof itself, and blindpass redeems it once.
+#[tokio::test]
+#[cfg_attr(not(blindpass_test_interop), ignore = "needs BLINDPASS_TEST_INTEROP, Node.js and npm (.ci/run sets it)")]
+async fn privacypass_ts_private_verif_gets_a_type_1_token_that_blindpass_redeems() {
+    let dir = node_ready();
+    let data = tempfile::tempdir().unwrap();
+    let store = ["--data-dir", data.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let api_key = api_key(&store, "sandbox");
+    let http = reqwest::Client::new();
+    let (relay_token, relay_secret) = relay(&http, &server).await;
+
+    let out = node(&dir, &["private", &server.base, &api_key, &relay_token, &relay_secret]);
+    assert_eq!(out["challengeTypes"], serde_json::json!([2, 1, 5]), "{out}");
+    assert_eq!(out["directoryKeyMatchesChallengeKey"], true, "{out}");
+    assert_eq!(out["tokenLength"], 146, "{out}");
+    assert_eq!(out["redeemStatus"], 200, "blindpass redeems the type-1 token privacypass-ts made: {out}");
+    assert_eq!(out["tokenConsumed"], true);
+    assert_eq!(out["againStatus"], 200, "the same relay answers a retry with the stored claim");
+    let bytes = hex_decode(out["token"].as_str().unwrap());
+    let token = blindpass_protocol::voprf_wire::VoprfToken::decode(&bytes).unwrap();
+    assert_eq!(token.encode(), bytes);
+    assert_eq!(token.suite, blindpass_protocol::voprf::Suite::P384, "a type-1 token");
+    // At another relay the token is spent.
+    let (other_token, other_secret) = relay(&http, &server).await;
+    let authorization = blindpass_protocol::auth::authorization(&bytes);
+    let r = http
+        .post(format!("{}/api/privacy/v1/relays/{other_token}/generate-claim", server.base))
+        .header("persona-relay-secret", other_secret)
+        .header("authorization", authorization)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a second redemption elsewhere is refused");
+}
+
 #[tokio::test]
 #[cfg_attr(not(blindpass_test_interop), ignore = "needs BLINDPASS_TEST_INTEROP, Node.js and npm (.ci/run sets it)")]
 async fn privacypass_ts_generic_batch_is_issued_and_every_token_verifies_and_redeems() {
