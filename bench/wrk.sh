@@ -5,6 +5,10 @@
 #   bench/wrk.sh single [connections] [seconds]     POST /api/v1/privacy-passes
 #   bench/wrk.sh batch N [connections] [seconds]    POST /token-request, N type-2 items
 #   bench/wrk.sh redeem [connections] [seconds]     generate-claim, a fresh token each
+#   bench/wrk.sh voprf TYPE N [connections] [seconds]  POST /token-request, token type 1 or 5:
+#                                                   a TokenRequest (N = 1) or an amortized batch of N
+#                                                   (the body from the voprf_bench example; its
+#                                                   `primitive` rate, one thread, is printed beside)
 #
 # Environment: BIN (default target/release/blindpass), PORT (18080),
 # PG=1 runs the server on PostgreSQL (a schema of its own in PG_URL, default
@@ -26,7 +30,12 @@ set -euo pipefail
 mode=${1:?single or batch}
 shift
 items=1
-if [[ $mode == batch ]]; then
+voprf_type=
+if [[ $mode == voprf ]]; then
+    voprf_type=${1:?token type 1 or 5}
+    shift
+fi
+if [[ $mode == batch || $mode == voprf ]]; then
     items=${1:?batch size}
     shift
 fi
@@ -69,8 +78,8 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 api_key=$("$BIN" "${store[@]}" api-keys create --env sandbox | tail -n1)
-# Columns: token key id (RFC 9578, hex), Persona key id, env, state, not-before.
-read -r token_key_id key_id _ < <("$BIN" "${store[@]}" keys list --env sandbox | awk 'NR==2')
+# Columns: token key id (RFC 9578, hex), Persona key id, type, env, state, not-before.
+read -r token_key_id key_id _ < <("$BIN" "${store[@]}" keys list --env sandbox | awk 'NR > 1 && $3 == 2 {print; exit}')
 
 # A blinded message must be below n; n's top byte is >= 0x80, so 0x00 ‖ 255
 # random bytes always is.
@@ -89,8 +98,19 @@ else:
     open(f"{work}/body.bin", "wb").write(length + inner)
 EOF
 
+if [[ $mode == voprf ]]; then
+    example=${VOPRF_BENCH:-target/release/examples/voprf_bench}
+    [[ -x $example ]] || cargo build --release -q -p blindpass-protocol --example voprf_bench
+    token_key=$(curl -sf "http://127.0.0.1:$PORT/.well-known/private-token-issuer-directory?sandbox=true" |
+        python3 -c "import json, sys; print(next(k['token-key'] for k in json.load(sys.stdin)['token-keys'] if k['token-type'] == $voprf_type))")
+    "$example" request "$voprf_type" "$items" "$token_key" >"$work/body.bin"
+    voprf_media=application/private-token-amortized-batch-request
+    [[ $items == 1 ]] && voprf_media=application/private-token-request
+    echo "PRIMITIVE one thread, BlindEvaluate of $items with one proof: $("$example" primitive "$voprf_type" "$items" 3) tokens/s"
+fi
+
 openssl_on=${OPENSSL:-1}
-[[ $mode == redeem ]] && openssl_on=${OPENSSL:-0} # no signing to compare with
+[[ $mode == redeem || $mode == voprf ]] && openssl_on=${OPENSSL:-0} # no RSA signing to compare with
 openssl_rate() { # args: extra openssl speed flags; prints signs/s
     openssl speed "$@" -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $6}'
 }
@@ -125,6 +145,9 @@ fi
 if [[ $mode == single ]]; then
     out=$(BENCH_DIR=$here DELAY_MS=$delay_ms API_KEY=$api_key BODY=$(cat "$work/body.json") "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
         -s "$here/issue.lua" "http://127.0.0.1:$PORT")
+elif [[ $mode == voprf ]]; then
+    out=$(BENCH_DIR=$here DELAY_MS=$delay_ms API_KEY=$api_key BODY_FILE=$work/body.bin CONTENT_TYPE=$voprf_media "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
+        -s "$here/voprf.lua" "http://127.0.0.1:$PORT")
 elif [[ $mode == redeem ]]; then
     out=$(BENCH_DIR=$here DELAY_MS=$delay_ms TOKENS_FILE=$work/tokens RELAY_PATH=/api/privacy/v1/relays/$relay_token/generate-claim \
         RELAY_SECRET=$relay_secret "${wrk_cpu[@]}" wrk -t1 "-c$conns" "-d${secs}s" --latency \
