@@ -1,7 +1,10 @@
-//! Interoperability with an independent implementation: Cloudflare's
+//! Interoperability with independent implementations: Cloudflare's
 //! `@cloudflare/privacypass-ts` (installed from npm into `interop/` by this
-//! test) drives the real binary through the RFC flow, and verifies a token
-//! that blindpass's Rust client made.
+//! test) drives the real binary through the RFC flow (type 2, generic
+//! batches, type 1), and verifies a token that blindpass's Rust client made;
+//! raphaelrobert's `privacypass` crate (built from `interop-rs/`, its own
+//! pinned workspace) requests a type-5 amortized batch that blindpass then
+//! redeems.
 //!
 //! Runs when `BLINDPASS_TEST_INTEROP` is set at build time (`.ci/run` sets
 //! it; it needs Node.js, npm and the npm registry); otherwise the tests are
@@ -47,6 +50,21 @@ fn node(dir: &Path, args: &[&str]) -> Value {
     let out = Command::new("node").arg("interop.mjs").args(args).current_dir(dir).output().unwrap();
     assert!(out.status.success(), "node interop.mjs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `cargo run` of the `interop-rs/` peer (its own workspace and lockfile).
+fn rust_peer(args: &[&str]) -> String {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop-rs/Cargo.toml");
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--release", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--")
+        .args(args)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "interop-rs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 async fn relay(http: &reqwest::Client, server: &Server) -> (String, String) {
@@ -189,4 +207,56 @@ fn hex_encode(bytes: &[u8]) -> String {
 
 fn hex_decode(text: &str) -> Vec<u8> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Token type 5: the `privacypass` crate builds an amortized batch of 10 for
+/// the relay's type-5 challenge, the binary answers it, the crate verifies
+/// the batched DLEQ proof and finalizes; blindpass redeems each token once
+/// and refuses it at another relay.
+#[tokio::test]
+#[cfg_attr(
+    not(blindpass_test_interop),
+    ignore = "needs BLINDPASS_TEST_INTEROP and the crates.io registry (.ci/run sets it)"
+)]
+async fn the_privacypass_crate_gets_a_type_5_amortized_batch_that_blindpass_redeems() {
+    let data = tempfile::tempdir().unwrap();
+    let store = ["--data-dir", data.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let api_key = api_key(&store, "sandbox");
+    let http = reqwest::Client::new();
+    let (first, other) = (relay(&http, &server).await, relay(&http, &server).await);
+    let claim = |relay: &(String, String), token: Option<&[u8]>| {
+        let mut request = http
+            .post(format!("{}/api/privacy/v1/relays/{}/generate-claim", server.base, relay.0))
+            .header("persona-relay-secret", &relay.1)
+            .json(&json!({}));
+        if let Some(token) = token {
+            request = request.header("authorization", blindpass_protocol::auth::authorization(token));
+        }
+        request.send()
+    };
+    let r = claim(&first, None).await.unwrap();
+    let header = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let offered = blindpass_protocol::auth::parse_www_authenticate(&header).unwrap();
+    let type5 = offered.iter().find(|c| c.challenge.token_type == 5).expect("a type-5 challenge");
+    let host = server.base.trim_start_matches("http://");
+    let out = rust_peer(&[
+        "amortized",
+        host,
+        &api_key,
+        &hex_encode(&type5.challenge_bytes),
+        &hex_encode(type5.token_key.as_ref().unwrap()),
+        "10",
+    ]);
+    let tokens: Vec<Vec<u8>> = out.lines().map(hex_decode).collect();
+    assert_eq!(tokens.len(), 10, "{out}");
+    for token in &tokens {
+        let decoded = blindpass_protocol::voprf_wire::VoprfToken::decode(token).unwrap();
+        assert_eq!(decoded.suite, blindpass_protocol::voprf::Suite::Ristretto255);
+        let r = claim(&first, Some(token)).await.unwrap();
+        assert_eq!(r.status(), 200, "blindpass redeems the token the privacypass crate finalized");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["token-consumed"], true);
+        assert_eq!(claim(&other, Some(token)).await.unwrap().status(), 401, "spent: refused at another relay");
+    }
 }
