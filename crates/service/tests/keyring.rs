@@ -64,3 +64,27 @@ async fn an_unreadable_key_row_is_skipped_and_counted_and_the_others_keep_workin
     assert_eq!(stats.unreadable_key_skips, 1, "{stats:?}");
     assert!(a.key_by_id(&TokenKeyId::from_hex(&rotated.id).unwrap()).await.unwrap().is_none());
 }
+
+/// Truncated ids are one byte: among 60 live keys of one type, random ids
+/// would collide with probability ~99.9 %. Key creation redraws until the new
+/// key's truncated id is free among its type's live (not retired) keys, so a
+/// TokenRequest's truncated id always names one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_ids_are_unique_among_a_types_live_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let service = node(&dir.path().join("db"), Arc::clone(&clock)).await;
+    for _ in 0..59 {
+        service.rotate_key(Environment::Sandbox, 5, None).await.unwrap();
+    }
+    let keys = service.keys_of(Environment::Sandbox).await.unwrap();
+    let mut truncated: Vec<u8> = keys.iter().filter(|k| k.token_type() == 5).map(|k| k.truncated_id()).collect();
+    assert_eq!(truncated.len(), 60);
+    truncated.sort_unstable();
+    truncated.dedup();
+    assert_eq!(truncated.len(), 60, "every live type-5 key has its own truncated id");
+    assert!(
+        service.rotate_key(Environment::Sandbox, 3, None).await.is_err(),
+        "a token type blindpass does not issue is refused"
+    );
+}
