@@ -52,17 +52,29 @@ fn node(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// `cargo run` of the `interop-rs/` peer (its own workspace and lockfile).
+/// Builds the `interop-rs/` peer (its own workspace and lockfile) once per
+/// test binary, before any server starts, and returns its path.
+fn rust_peer_ready() -> PathBuf {
+    static READY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop-rs");
+            let built = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--release", "--locked", "--manifest-path"])
+                .arg(dir.join("Cargo.toml"))
+                .env_remove("CARGO_TARGET_DIR")
+                .status();
+            match built {
+                Ok(s) if s.success() => Ok(dir.join("target/release/blindpass-interop-rs")),
+                other => Err(format!("could not build interop-rs ({other:?})")),
+            }
+        })
+        .clone()
+        .unwrap_or_else(|why| panic!("{why}"))
+}
+
 fn rust_peer(args: &[&str]) -> String {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop-rs/Cargo.toml");
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--release", "--locked", "--manifest-path"])
-        .arg(&manifest)
-        .arg("--")
-        .args(args)
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .unwrap();
+    let out = Command::new(rust_peer_ready()).args(args).output().unwrap();
     assert!(out.status.success(), "interop-rs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -219,6 +231,7 @@ fn hex_decode(text: &str) -> Vec<u8> {
     ignore = "needs BLINDPASS_TEST_INTEROP and the crates.io registry (.ci/run sets it)"
 )]
 async fn the_privacypass_crate_gets_a_type_5_amortized_batch_that_blindpass_redeems() {
+    rust_peer_ready();
     let data = tempfile::tempdir().unwrap();
     let store = ["--data-dir", data.path().to_str().unwrap()];
     let server = start(&store, &[]).await;
