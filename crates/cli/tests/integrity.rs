@@ -293,7 +293,8 @@ async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
     let (status, _, _) = claim(&reqwest::Client::new(), &node.base, &r, &t, None).await.unwrap();
     assert_eq!(status, 200, "issues and redeems with sealed keys");
     drop(node);
-    assert!(!store_bytes(&data).windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA), "a PKCS#8 key in the store");
+    let sealed = store_bytes(&data);
+    assert!(!sealed.windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA), "a PKCS#8 key in the store");
 
     // Without the KEK the server refuses to start, with a one-line reason.
     let out = Command::new(common::BIN)
@@ -312,8 +313,22 @@ async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
     let node = common::start(&plain, &[]).await;
     drop(node);
     let db = rusqlite::Connection::open(data.join("blindpass.db")).unwrap();
-    let key: Vec<u8> = db.query_row("SELECT private_pkcs8 FROM issuer_keys LIMIT 1", [], |r| r.get(0)).unwrap();
+    let key: Vec<u8> =
+        db.query_row("SELECT private_pkcs8 FROM issuer_keys WHERE token_type = 2 LIMIT 1", [], |r| r.get(0)).unwrap();
     assert!(key.windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA), "plaintext PKCS#8 after rewrap --to-plaintext");
+    // The VOPRF keys (types 1 and 5, a bare scalar each) were sealed too:
+    // their plaintext, known now, appears nowhere in the sealed store.
+    let mut stmt = db.prepare("SELECT token_type, private_pkcs8 FROM issuer_keys WHERE token_type IN (1, 5)").unwrap();
+    let scalars: Vec<(u16, Vec<u8>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(scalars.len(), 4, "types 1 and 5 in both environments");
+    for (token_type, scalar) in scalars {
+        assert_eq!(scalar.len(), if token_type == 1 { 48 } else { 32 }, "a plaintext scalar after the rewrap");
+        assert!(
+            !sealed.windows(scalar.len()).any(|w| w == scalar),
+            "a type-{token_type} private key in the sealed store"
+        );
+    }
 }
 
 /// Runs `blindpass <args>` under umask 000 (the most permissive), in the
