@@ -185,8 +185,12 @@ async fn two_nodes_share_spends_idempotency_rate_limits_and_keys() {
     // A key rotated through one node's store is used by both within seconds.
     cli(&url, &["keys", "rotate", "--env", "sandbox"]);
     let rotated = cli(&url, &["keys", "list", "--env", "sandbox"]);
-    let new_id =
-        rotated.lines().find(|l| l.contains(" active ")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    // Columns: token key id, Persona key id, type, env, state, not-before.
+    let active_type2 = |l: &&str| {
+        let columns: Vec<&str> = l.split_whitespace().collect();
+        columns.get(2) == Some(&"2") && columns.get(4) == Some(&"active")
+    };
+    let new_id = rotated.lines().find(active_type2).unwrap().split_whitespace().nth(1).unwrap().to_owned();
     assert_ne!(new_id, key_id);
     for node in [&a, &b] {
         let deadline = Instant::now() + Duration::from_secs(10);
