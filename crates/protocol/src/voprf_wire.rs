@@ -21,7 +21,7 @@
 use crate::batch::{self, BatchError};
 use crate::keys::TokenKeyId;
 use crate::voprf::Suite;
-use crate::wire::{NID, NONCE_LEN, WireError};
+use crate::wire::{NONCE_LEN, WireError};
 
 /// Media type of an amortized batch request.
 pub const MEDIA_TYPE_AMORTIZED_BATCH_REQUEST: &str = "application/private-token-amortized-batch-request";
@@ -232,8 +232,8 @@ impl std::fmt::Debug for VoprfToken {
     }
 }
 
-/// `token_input` length: 2 + 32 + 32 + 32.
-pub const TOKEN_INPUT_LEN: usize = 2 + NONCE_LEN + 32 + NID;
+/// `token_input` length: 2 + 32 + 32 + 32 (as for type 2).
+pub const TOKEN_INPUT_LEN: usize = crate::wire::TOKEN_INPUT_LEN;
 
 impl VoprfToken {
     /// `token_input = token_type ‖ nonce ‖ challenge_digest ‖ token_key_id`,
@@ -278,15 +278,7 @@ pub fn token_input(
     challenge_digest: &[u8; 32],
     token_key_id: &TokenKeyId,
 ) -> [u8; TOKEN_INPUT_LEN] {
-    let mut out = [0u8; TOKEN_INPUT_LEN];
-    let (ty, rest) = out.split_at_mut(2);
-    ty.copy_from_slice(&suite.token_type().to_be_bytes());
-    let (n, rest) = rest.split_at_mut(NONCE_LEN);
-    n.copy_from_slice(nonce);
-    let (d, k) = rest.split_at_mut(32);
-    d.copy_from_slice(challenge_digest);
-    k.copy_from_slice(&token_key_id.0);
-    out
+    crate::wire::token_input_of(suite.token_type(), nonce, challenge_digest, token_key_id)
 }
 
 #[cfg(test)]

@@ -302,9 +302,20 @@ pub fn token_input(
     challenge_digest: &[u8; 32],
     token_key_id: &TokenKeyId,
 ) -> [u8; TOKEN_INPUT_LEN] {
+    token_input_of(TOKEN_TYPE_BLIND_RSA, nonce, challenge_digest, token_key_id)
+}
+
+/// `token_type ‖ nonce ‖ challenge_digest ‖ token_key_id`, the 98-byte
+/// `token_input` every RFC 9578 token type authenticates.
+pub(crate) fn token_input_of(
+    token_type: u16,
+    nonce: &[u8; NONCE_LEN],
+    challenge_digest: &[u8; 32],
+    token_key_id: &TokenKeyId,
+) -> [u8; TOKEN_INPUT_LEN] {
     let mut out = [0u8; TOKEN_INPUT_LEN];
     let (ty, rest) = out.split_at_mut(2);
-    ty.copy_from_slice(&TOKEN_TYPE_BLIND_RSA.to_be_bytes());
+    ty.copy_from_slice(&token_type.to_be_bytes());
     let (n, rest) = rest.split_at_mut(NONCE_LEN);
     n.copy_from_slice(nonce);
     let (d, k) = rest.split_at_mut(32);
