@@ -102,8 +102,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
         ClientCommand::Issue { scope, count, concurrency, batch_size, token_type, out } => {
             let tokens = match (token_type, batch_size) {
                 (2, None) => issue_many(&client, &scope, count, concurrency.max(1)).await?,
-                (2, Some(size)) => issue_batched(&client, &scope, count, size.max(1)).await?,
-                (t, size) => issue_voprf(&client, &scope, t, count, size.unwrap_or(1).max(1)).await?,
+                (t, size) => issue_rfc(&client, &scope, t, count, size.unwrap_or(1).max(1)).await?,
             };
             write_tokens(&tokens, args.json, out.as_deref())
         }
@@ -195,38 +194,11 @@ async fn issue_many(
     Ok(tokens)
 }
 
-/// `count` RFC 9577 tokens in batches of `size`, as base64url (the form
-/// `Authorization: PrivateToken token=` takes).
-async fn issue_batched(
-    client: &Client,
-    scope: &Scope,
-    count: usize,
-    size: usize,
-) -> anyhow::Result<Vec<Zeroizing<String>>> {
-    let sandbox = !scope.production;
-    let relay = client.create_relay(&scope.claim_type, None, sandbox).await?;
-    let challenge = client.rfc_challenge(&relay).await?;
-    let progress = count > 1 && std::io::stderr().is_terminal();
-    let mut tokens = Vec::with_capacity(count);
-    while tokens.len() < count {
-        let batch = client.issue_rfc_batch(&challenge, size.min(count - tokens.len()), sandbox).await?;
-        if batch.is_empty() {
-            bail!("the issuer issued none of a batch");
-        }
-        tokens.extend(batch.iter().map(|t| Zeroizing::new(blindpass_protocol::b64::encode_unpadded(&t.encode()))));
-        if progress {
-            draw_progress(tokens.len(), count);
-        }
-    }
-    if progress {
-        eprintln!();
-    }
-    Ok(tokens)
-}
-
-/// `count` RFC 9577 tokens of type 1 or 5, `size` per request, as
-/// base64url.
-async fn issue_voprf(
+/// `count` RFC 9577 tokens of `token_type` answering the challenge of a
+/// relay created for the scope, `size` per request (type 2: generic
+/// batches; types 1 and 5: a TokenRequest each, or amortized batches), as
+/// base64url (the form `Authorization: PrivateToken token=` takes).
+async fn issue_rfc(
     client: &Client,
     scope: &Scope,
     token_type: u16,
@@ -239,8 +211,15 @@ async fn issue_voprf(
     let progress = count > 1 && std::io::stderr().is_terminal();
     let mut tokens = Vec::with_capacity(count);
     while tokens.len() < count {
-        let batch = client.issue_voprf(&challenge, size.min(count - tokens.len()), sandbox).await?;
-        tokens.extend(batch.iter().map(|t| Zeroizing::new(blindpass_protocol::b64::encode_unpadded(&t.encode()))));
+        let n = size.min(count - tokens.len());
+        let batch: Vec<Vec<u8>> = match token_type {
+            2 => client.issue_rfc_batch(&challenge, n, sandbox).await?.iter().map(|t| t.encode()).collect(),
+            _ => client.issue_voprf(&challenge, n, sandbox).await?.iter().map(|t| t.encode()).collect(),
+        };
+        if batch.is_empty() {
+            bail!("the issuer issued none of a batch");
+        }
+        tokens.extend(batch.iter().map(|t| Zeroizing::new(blindpass_protocol::b64::encode_unpadded(t))));
         if progress {
             draw_progress(tokens.len(), count);
         }
