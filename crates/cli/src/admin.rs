@@ -15,6 +15,15 @@ pub(crate) enum ApiKeysCommand {
     Create(CreateApiKey),
     /// List API keys (never their secrets).
     List,
+    /// Change an API key's own rate limit.
+    Update {
+        /// The key id (`api_…`).
+        id: String,
+        /// Requests per minute this key may make, counted beside its
+        /// environment's limit; `none` removes the key's own limit.
+        #[arg(long, value_parser = parse_rate_limit)]
+        rate_limit: RateLimitArg,
+    },
     /// Revoke an API key by id.
     Revoke {
         /// The key id (`api_…`).
@@ -33,6 +42,29 @@ pub(crate) struct CreateApiKey {
     /// A label for operators.
     #[arg(long)]
     name: Option<String>,
+    /// Requests per minute this key may make, counted beside its
+    /// environment's limit (Persona 2026-09-29); default: only the
+    /// environment's limit.
+    #[arg(long, value_parser = parse_positive)]
+    rate_limit: Option<u64>,
+}
+
+/// `--rate-limit N` or `--rate-limit none`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateLimitArg(Option<u64>);
+
+fn parse_positive(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 && i64::try_from(n).is_ok() => Ok(n),
+        _ => Err(format!("expected a number of requests per minute (1 or more), found {text:?}")),
+    }
+}
+
+fn parse_rate_limit(text: &str) -> Result<RateLimitArg, String> {
+    match text {
+        "none" => Ok(RateLimitArg(None)),
+        n => parse_positive(n).map(|n| RateLimitArg(Some(n))).map_err(|e| format!("{e}, or none")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +148,16 @@ pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyho
     with_service(store_args, async move |service| match cmd {
         ApiKeysCommand::Create(args) => create_api_key(&service, args).await,
         ApiKeysCommand::List => list_api_keys(&service).await,
+        ApiKeysCommand::Update { id, rate_limit: RateLimitArg(limit) } => {
+            if !service.set_api_key_rate_limit(&id, limit).await? {
+                bail!("no API key with id {id}");
+            }
+            match limit {
+                Some(n) => println!("{id}: rate limit {n} requests per minute"),
+                None => println!("{id}: no rate limit of its own (the environment's applies)"),
+            }
+            Ok(())
+        }
         ApiKeysCommand::Revoke { id } => {
             if !service.revoke_api_key(&id).await? {
                 bail!("no API key with id {id}");
@@ -129,11 +171,14 @@ pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyho
 /// `api-keys create`: the secret alone on the last line, shown once.
 async fn create_api_key(service: &blindpass_service::Service, args: CreateApiKey) -> anyhow::Result<()> {
     let permissions = if args.permissions.is_empty() { vec![Permission::PrivacyPassWrite] } else { args.permissions };
-    let created = service.create_api_key(args.environment, permissions, args.name).await?;
+    let created = service.create_api_key_with_limit(args.environment, permissions, args.name, args.rate_limit).await?;
     let key = &created.key;
     println!("id: {}", key.id);
     println!("environment: {}", key.environment);
     println!("permissions: {}", join(&key.permissions));
+    if let Some(limit) = key.rate_limit_per_minute {
+        println!("rate-limit: {limit} requests per minute");
+    }
     if let Some(name) = &key.name {
         println!("name: {name}");
     }
@@ -143,11 +188,19 @@ async fn create_api_key(service: &blindpass_service::Service, args: CreateApiKey
 }
 
 async fn list_api_keys(service: &blindpass_service::Service) -> anyhow::Result<()> {
-    println!("{:<38} {:<11} {:<32} {:<8} NAME", "ID", "ENV", "PERMISSIONS", "STATUS");
+    println!("{:<38} {:<11} {:<32} {:<8} {:<10} NAME", "ID", "ENV", "PERMISSIONS", "STATUS", "RATE/MIN");
     for key in service.store().list_api_keys().await? {
         let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
         let name = key.name.as_deref().unwrap_or("");
-        println!("{:<38} {:<11} {:<32} {:<8} {name}", key.id, key.environment, join(&key.permissions), status);
+        let rate = key.rate_limit_per_minute.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        println!(
+            "{:<38} {:<11} {:<32} {:<8} {:<10} {name}",
+            key.id,
+            key.environment,
+            join(&key.permissions),
+            status,
+            rate
+        );
     }
     Ok(())
 }

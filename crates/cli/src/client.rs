@@ -13,13 +13,13 @@ use zeroize::Zeroizing;
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
     /// Server base URL.
-    #[arg(long, env = "BLINDPASS_BASE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, global = true, env = "BLINDPASS_BASE_URL", default_value = "http://127.0.0.1:8080")]
     base_url: String,
     /// API key (needed by `issue` and `flow`).
-    #[arg(long, env = "BLINDPASS_API_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "BLINDPASS_API_KEY", hide_env_values = true)]
     api_key: Option<crate::config::Secret>,
     /// Machine-readable JSON on stdout.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: ClientCommand,

@@ -38,33 +38,35 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Where the store is; shared by every subcommand so the CLI and a running
-/// server use one store.
-#[derive(Debug, Args)]
+/// Where the store is; shared by every store command so the CLI and a running
+/// server use one store. Accepted before the subcommand (`blindpass
+/// --data-dir D keys list`) and, on store commands only, after it (`blindpass
+/// keys list --data-dir D`): see `main::command`. Client commands have none.
+#[derive(Debug, Default, Clone, Args)]
 pub(crate) struct StoreArgs {
     /// Data directory for the embedded SQLite store.
-    #[arg(long, global = true, env = "BLINDPASS_DATA_DIR")]
+    #[arg(long, env = "BLINDPASS_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Database URL (`sqlite://PATH`); overrides --data-dir.
-    #[arg(long, global = true, env = "BLINDPASS_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "BLINDPASS_DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<Secret>,
     /// TOML configuration file; every key can also be set by flag or env.
-    #[arg(long, global = true, env = "BLINDPASS_CONFIG")]
+    #[arg(long, env = "BLINDPASS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     /// File holding the key-encryption key (64 hex digits or base64 of 32
     /// bytes) that seals issuer private keys and server secrets at rest.
-    #[arg(long, global = true, env = "BLINDPASS_KEY_ENCRYPTION_KEY_FILE")]
+    #[arg(long, env = "BLINDPASS_KEY_ENCRYPTION_KEY_FILE")]
     pub(crate) key_encryption_key_file: Option<PathBuf>,
     /// PostgreSQL: PEM file of the CA that signs the server's certificate
     /// (as `sslrootcert=` in the URL); with it the chain is always checked,
     /// and `sslmode=verify-full` checks the host name too.
-    #[arg(long, global = true, env = "BLINDPASS_DATABASE_CA_FILE")]
+    #[arg(long, env = "BLINDPASS_DATABASE_CA_FILE")]
     pub(crate) database_ca_file: Option<PathBuf>,
     /// PostgreSQL: maximum pooled connections.
-    #[arg(long, global = true, env = "BLINDPASS_DB_POOL_SIZE")]
+    #[arg(long, env = "BLINDPASS_DB_POOL_SIZE")]
     pub(crate) db_pool_size: Option<usize>,
     /// PostgreSQL: seconds to wait for a connection before answering 503.
-    #[arg(long, global = true, env = "BLINDPASS_DB_TIMEOUT_SECS")]
+    #[arg(long, env = "BLINDPASS_DB_TIMEOUT_SECS")]
     pub(crate) db_timeout_secs: Option<u64>,
 }
 
@@ -121,6 +123,32 @@ impl FileConfig {
 }
 
 impl StoreArgs {
+    /// Every option of `self`, else the one in `outer` (the options given
+    /// before the subcommand).
+    pub(crate) fn or(self, outer: &StoreArgs) -> StoreArgs {
+        let outer = outer.clone();
+        StoreArgs {
+            data_dir: self.data_dir.or(outer.data_dir),
+            database_url: self.database_url.or(outer.database_url),
+            config: self.config.or(outer.config),
+            key_encryption_key_file: self.key_encryption_key_file.or(outer.key_encryption_key_file),
+            database_ca_file: self.database_ca_file.or(outer.database_ca_file),
+            db_pool_size: self.db_pool_size.or(outer.db_pool_size),
+            db_timeout_secs: self.db_timeout_secs.or(outer.db_timeout_secs),
+        }
+    }
+
+    /// The ids of the store options (for `main::command`).
+    pub(crate) fn ids() -> Vec<String> {
+        use clap::CommandFactory as _;
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            store: StoreArgs,
+        }
+        Only::command().get_arguments().map(|a| a.get_id().to_string()).collect()
+    }
+
     /// The database URL: flag/env, then file, then the data directory.
     pub(crate) fn database_url(&self, file: &FileConfig) -> String {
         if let Some(url) = self.database_url.as_ref().or(file.database_url.as_ref()) {

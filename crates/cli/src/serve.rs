@@ -10,7 +10,8 @@ use crate::config::{FileConfig, StoreArgs, redact_url};
 pub(crate) use crate::settings::ServeArgs;
 use crate::settings::{RedisSettings, ServeSettings};
 
-pub(crate) fn run(store_args: &StoreArgs, args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let store_args = &args.store.clone();
     let file = FileConfig::load(store_args.config.as_deref())?;
     let log_format = args.log_format.clone().or_else(|| file.log_format.clone()).unwrap_or_else(|| "text".into());
     init_logging(&log_format)?;
@@ -36,10 +37,37 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let local = listener.local_addr().context("reading the listen address")?;
     let rate_limit = config.rate_limit_per_minute;
     tracing::info!(listen = %local, store = %redact_url(&url), rate_limit, "blindpass listening");
-    let state = AppState { service, ids: Arc::new(ids), limits, trusted_proxies: Arc::new(trusted_proxies) };
+    let metrics = match &args.metrics_listen {
+        Some(addr) => Some(metrics_listener(addr, service.clone()).await?),
+        None => None,
+    };
+    let state = AppState {
+        service,
+        ids: Arc::new(ids),
+        limits,
+        trusted_proxies: Arc::new(trusted_proxies),
+        expose_metrics: metrics.is_none(),
+    };
     blindpass_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `/metrics` alone on `addr` until the process stops.
+async fn metrics_listener(addr: &str, service: Service) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
+    let local = listener.local_addr().context("reading the metrics address")?;
+    tracing::info!(metrics = %local, "metrics listening");
+    let app = blindpass_server::metrics_router(service);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    }))
 }
 
 /// The service with its rate-limit counters where the deployment wants them.

@@ -17,9 +17,15 @@ use crate::config::{FileConfig, Secret};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) store: crate::config::StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "BLINDPASS_LISTEN")]
     pub(crate) listen: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) on this address only, instead
+    /// of on the API listener (keep it off the public network).
+    #[arg(long, env = "BLINDPASS_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<String>,
     /// Requests per minute per environment (0 turns rate limiting off).
     #[arg(long, env = "BLINDPASS_RATE_LIMIT")]
     pub(crate) rate_limit: Option<u64>,

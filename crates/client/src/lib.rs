@@ -52,7 +52,9 @@ pub enum ClientError {
         request_id: Option<String>,
     },
     /// The request could not be sent or the response not read.
-    #[error("HTTP: {0}")]
+    /// (Its message is the cause's alone, so a report that prints the chain
+    /// says it once.)
+    #[error("HTTP")]
     Http(#[from] reqwest::Error),
     /// The server's answer is not what the protocol allows (bad key, a
     /// signature that does not verify, malformed JSON, …).

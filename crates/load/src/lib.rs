@@ -61,7 +61,7 @@ pub enum LoadError {
     #[error("{0}")]
     Config(&'static str),
     /// Setting up through the client library failed.
-    #[error("setting up the run: {0}")]
+    #[error("setting up the run")]
     Setup(#[from] blindpass_client::ClientError),
     /// Building a request failed.
     #[error("preparing requests: {0}")]
@@ -70,7 +70,7 @@ pub enum LoadError {
     #[error(transparent)]
     Http(#[from] reqwest::Error),
     /// A worker task failed.
-    #[error("a worker stopped: {0}")]
+    #[error("a worker stopped")]
     Worker(#[from] tokio::task::JoinError),
 }
 

@@ -59,7 +59,7 @@ async fn admit(
 ) -> Result<Authenticated, ApiError> {
     let auth = authenticate(state, headers, client).await?;
     envelope.environment(auth.key.environment);
-    envelope.admit(state.service.rate_limit(auth.key.environment).await?)?;
+    envelope.admit(state.service.rate_limit_key(&auth.key).await?)?;
     if !auth.can(permission) {
         return Err(ApiError::forbidden(format!("The API key does not have the {permission} permission.")));
     }

@@ -42,7 +42,7 @@ pub(crate) async fn issue(
     let request = decode(&bytes, framing, state.limits.max_batch_size)?;
     let environment = auth.key.environment;
     let extra = request.items.len().saturating_sub(1) as u64;
-    envelope.admit(state.service.rate_limit_tokens(environment, extra).await?)?;
+    envelope.admit(state.service.rate_limit_tokens(&auth.key, extra).await?)?;
     let (issuable, positions) = issuable(&request.items);
     let evaluated = state.service.issue_batch(environment, issuable).await?;
     let mut items: Vec<Option<GenericTokenResponse>> = vec![None; request.items.len()];
@@ -82,7 +82,7 @@ pub(crate) async fn issue_amortized(
     })?;
     let environment = auth.key.environment;
     let extra = request.blinded_elements.len().saturating_sub(1) as u64;
-    envelope.admit(state.service.rate_limit_tokens(environment, extra).await?)?;
+    envelope.admit(state.service.rate_limit_tokens(&auth.key, extra).await?)?;
     let token_type = request.suite.token_type();
     let response = state
         .service

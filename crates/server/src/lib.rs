@@ -18,6 +18,7 @@ pub mod error;
 pub mod idempotency;
 pub mod inflection;
 pub mod json;
+mod metrics;
 mod privacy_passes;
 mod redeem;
 mod relays;
@@ -112,6 +113,15 @@ pub struct AppState {
     pub limits: Limits,
     /// Proxies whose `Forwarded` / `X-Forwarded-For` name the client.
     pub trusted_proxies: Arc<client_addr::TrustedProxies>,
+    /// Whether `/metrics` is served on this router (false when the metrics
+    /// have a listener of their own: [`metrics_router`]).
+    pub expose_metrics: bool,
+}
+
+impl axum::extract::FromRef<AppState> for Service {
+    fn from_ref(state: &AppState) -> Self {
+        state.service.clone()
+    }
 }
 
 /// The whole HTTP API. Each route reads as its stack, outermost first:
@@ -120,6 +130,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight.max(1)));
     let entropy = state.service.entropy_handle();
+    let shed_service = state.service.clone();
+    let observed = state.service.clone();
     let s = &state;
     let persona = Router::new()
         .route(PRIVACY_PASSES_PATH, with_api_key(s, Permission::PrivacyPassWrite, post(privacy_passes::create)))
@@ -132,8 +144,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/privacy/v1/relays/{relay_token}/generate-claim", redemption(s))
         .route_layer(middleware::from_fn_with_state(state.clone(), envelope::persona_envelope));
-    Router::new()
+    let mut public = Router::new();
+    if state.expose_metrics {
+        public = public.route(METRICS_PATH, get(metrics::scrape::<AppState>));
+    }
+    public
         .route("/health", get(health))
+        .route(READY_PATH, get(ready))
         .route(rfc::DIRECTORY_PATH, get(rfc::directory))
         .route(rfc::DIRECTORY_ALIAS_PATH, get(rfc::directory))
         .merge(persona)
@@ -142,9 +159,18 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            shed_load(Arc::clone(&in_flight), Arc::clone(&entropy), request, next)
+            shed_load(Arc::clone(&in_flight), Arc::clone(&entropy), shed_service.clone(), request, next)
+        }))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            metrics::observe(observed.clone(), request, next)
         }))
         .with_state(state)
+}
+
+/// `/metrics` alone, for `--metrics-listen` (a listener operators keep off
+/// the public network).
+pub fn metrics_router(service: Service) -> Router {
+    Router::new().route(METRICS_PATH, get(metrics::scrape::<Service>)).fallback(not_found).with_state(service)
 }
 
 /// An API-key route: [`api_key::require_api_key`] with `permission`, then
@@ -171,10 +197,12 @@ fn redemption(state: &AppState) -> MethodRouter<AppState> {
 async fn shed_load(
     in_flight: Arc<Semaphore>,
     entropy: Arc<dyn blindpass_service::Entropy>,
+    service: Service,
     request: Request,
     next: Next,
 ) -> Response {
     let Ok(_slot) = in_flight.try_acquire_owned() else {
+        service.metrics().shed();
         let mut response = ApiError::overloaded().into_response();
         if let Ok(v) = HeaderValue::from_str(&random_id(&*entropy, "req_")) {
             response.headers_mut().insert("request-id", v);
@@ -243,8 +271,32 @@ pub async fn serve(
     result
 }
 
+/// Where Prometheus scrapes.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Readiness, for load balancers and orchestrators (`/health` is liveness).
+pub const READY_PATH: &str = "/health/ready";
+
+/// Liveness: the process answers.
 async fn health() -> Response {
     (StatusCode::OK, error::json_headers(), br#"{"status":"ok"}"#.to_vec()).into_response()
+}
+
+/// Readiness: 200 when the store answers and every enabled token type has a
+/// key issuing in both environments ([`Service::readiness`]); otherwise 503
+/// with `Retry-After` and the reason (operational detail, no secret).
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.service.readiness().await {
+        Ok(()) => (StatusCode::OK, error::json_headers(), br#"{"status":"ready"}"#.to_vec()).into_response(),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
+            let body = serde_json::json!({"status": "not_ready", "reason": reason.to_string()});
+            let mut response =
+                (StatusCode::SERVICE_UNAVAILABLE, error::json_headers(), body.to_string().into_bytes()).into_response();
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+    }
 }
 
 async fn not_found() -> ApiError {

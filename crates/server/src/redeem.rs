@@ -100,7 +100,10 @@ pub(crate) async fn generate_claim(
         };
         let token = match PresentedToken::parse(&text) {
             Ok(token) => token,
-            Err(why) => return Ok(token_required(&state, &relay, token_rejection(why)).await),
+            Err(why) => {
+                state.service.metrics().rejected_token(why.label());
+                return Ok(token_required(&state, &relay, token_rejection(why)).await);
+            }
         };
         let respond = |r: &Redemption| completion(claim.map(|Extension(c)| c), persona.inflection, r);
         let result = state.service.redeem(&relay, &token, respond).await;

@@ -17,28 +17,6 @@ use serde_json::{Value, json};
 const CLAIM: &str = "age_over18_verified";
 
 impl Harness {
-    /// Challenge → blind → issue over HTTP → finalize: a Persona token.
-    async fn persona_token(&self, env: Environment, claim: &str) -> String {
-        let r = self
-            .public_post(
-                "/api/privacy/v1/relays/challenge",
-                json!({"claim-type": claim, "sandbox": env == Environment::Sandbox}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
-        let offer = r.json();
-        let challenge = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
-        let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
-        let key_id = offer["token-key-id"].as_str().unwrap();
-        assert_eq!(key_id, key.persona_key_id().to_hex());
-        let (blinded, state) = persona::begin_issuance(&key, key_id, &challenge, &mut rand::rng()).unwrap();
-        let api_key = if env == Environment::Sandbox { self.sandbox_key.clone() } else { self.production_key.clone() };
-        let r = self.post_as(&api_key, issue_body(&blinded, key_id), &[]).await;
-        assert_eq!(r.status, StatusCode::CREATED);
-        let blind_sig = b64::decode(r.json()["blind-sig"].as_str().unwrap()).unwrap();
-        persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode()
-    }
-
     async fn record(&self, relay: &str, result: &str) -> Reply {
         self.record_body(
             relay,

@@ -74,6 +74,21 @@ impl Service {
         permissions: Vec<Permission>,
         name: Option<String>,
     ) -> Result<NewApiKey, StoreError> {
+        self.create_api_key_with_limit(environment, permissions, name, None).await
+    }
+
+    /// [`Service::create_api_key`] with the key's own rate limit (requests
+    /// per minute, counted beside its environment's; Persona 2026-09-29).
+    pub async fn create_api_key_with_limit(
+        &self,
+        environment: Environment,
+        permissions: Vec<Permission>,
+        name: Option<String>,
+        rate_limit_per_minute: Option<u64>,
+    ) -> Result<NewApiKey, StoreError> {
+        if rate_limit_per_minute == Some(0) {
+            return Err(StoreError::Other("a rate limit must be at least 1 request per minute".into()));
+        }
         let secret =
             Zeroizing::new(format!("persona_{}_{}", environment.as_str(), blindpass_entropy::uuid_v4(self.entropy())));
         let secret_hash = hash_secret(&secret);
@@ -89,6 +104,7 @@ impl Service {
             secret_hash,
             created_at: self.now(),
             revoked_at: None,
+            rate_limit_per_minute,
         };
         self.store().insert_api_key(&key).await?;
         Ok(NewApiKey { key, secret })
@@ -119,6 +135,18 @@ impl Service {
             self.inner.auth_cache.put(hash, key.clone(), self.now());
         }
         Ok(Authenticated { key })
+    }
+
+    /// Sets (`Some`) or removes (`None`) a key's own rate limit; false when
+    /// there is no such key. Takes effect on this node at once, on others
+    /// within `api_key_cache_secs`.
+    pub async fn set_api_key_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError> {
+        if per_minute == Some(0) {
+            return Err(StoreError::Other("a rate limit must be at least 1 request per minute".into()));
+        }
+        let changed = self.store().set_api_key_rate_limit(id, per_minute).await?;
+        self.inner.auth_cache.forget(id);
+        Ok(changed)
     }
 
     /// Revokes a key by id; false when there is none.

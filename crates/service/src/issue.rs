@@ -109,6 +109,24 @@ pub enum IssueError {
     Internal(String),
 }
 
+impl IssueError {
+    /// The `reason` label of `issuance_key_error_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IssueError::UnknownKey => "unknown_key",
+            IssueError::WrongEnvironment => "wrong_environment",
+            IssueError::KeyNotActive(_) => "key_not_active",
+            IssueError::WrongLength { .. } => "wrong_length",
+            IssueError::OutOfRange => "out_of_range",
+            IssueError::InvalidElement => "invalid_element",
+            IssueError::UnsupportedTokenType(_) => "unsupported_token_type",
+            IssueError::Store(_) => "store",
+            IssueError::Busy => "busy",
+            IssueError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<crate::PoolError> for IssueError {
     fn from(e: crate::PoolError) -> Self {
         match e {
@@ -132,9 +150,25 @@ impl Service {
     /// `environment`. The key operation runs here, on the caller's thread,
     /// unless the node is overloaded (see the module's notes).
     pub async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
-        let key = self.issuing_key(environment, request.selector).await?;
-        let entropy = self.entropy_handle();
-        self.inner.signing.run_here_or_queue(move || key.evaluate(&request.blinded, &*entropy)).await?
+        self.metrics().issuance_request();
+        let result = async {
+            let key = self.issuing_key(environment, request.selector).await?;
+            let (key_id, token_type) = (key.record.id.clone(), key.token_type());
+            let entropy = self.entropy_handle();
+            let signed =
+                self.inner.signing.run_here_or_queue(move || key.evaluate(&request.blinded, &*entropy)).await??;
+            self.metrics().signed(&key_id, token_type, 1);
+            Ok(signed)
+        }
+        .await;
+        self.count_failure(&result);
+        result
+    }
+
+    fn count_failure<T>(&self, result: &Result<T, IssueError>) {
+        if let Err(e) = result {
+            self.metrics().issuance_error(e.reason());
+        }
     }
 
     /// An amortized batch of token type 1 or 5 (draft-ietf-privacypass-
@@ -148,12 +182,21 @@ impl Service {
         truncated: u8,
         blinded: Vec<Vec<u8>>,
     ) -> Result<Vec<u8>, IssueError> {
-        let selector = KeySelector::Truncated { token_type, truncated };
-        let key = self.issuing_key(environment, selector).await?;
-        let entropy = self.entropy_handle();
-        let evaluation = self.inner.signing.run_here_or_queue(move || key.evaluate_many(&blinded, &*entropy)).await??;
-        Ok(AmortizedTokenResponse { evaluated_elements: evaluation.evaluated_elements, proof: evaluation.proof }
-            .encode())
+        self.metrics().issuance_request();
+        let result = async {
+            let selector = KeySelector::Truncated { token_type, truncated };
+            let key = self.issuing_key(environment, selector).await?;
+            let key_id = key.record.id.clone();
+            let entropy = self.entropy_handle();
+            let evaluation =
+                self.inner.signing.run_here_or_queue(move || key.evaluate_many(&blinded, &*entropy)).await??;
+            self.metrics().signed(&key_id, token_type, evaluation.evaluated_elements.len() as u64);
+            Ok(AmortizedTokenResponse { evaluated_elements: evaluation.evaluated_elements, proof: evaluation.proof }
+                .encode())
+        }
+        .await;
+        self.count_failure(&result);
+        result
     }
 
     /// Evaluates every item of a batch for a caller in `environment`: one key
@@ -167,22 +210,40 @@ impl Service {
         environment: Environment,
         requests: Vec<IssueRequest>,
     ) -> Result<Vec<Result<Vec<u8>, IssueError>>, IssueError> {
+        self.metrics().issuance_request();
+        let mut signed_by: Vec<Option<(String, u16)>> = Vec::with_capacity(requests.len());
         let mut work = Vec::with_capacity(requests.len());
         let mut results = Vec::with_capacity(requests.len());
         for (i, request) in requests.into_iter().enumerate() {
+            signed_by.push(None);
             match self.issuing_key(environment, request.selector).await {
                 Ok(key) => {
+                    if let Some(slot) = signed_by.get_mut(i) {
+                        *slot = Some((key.record.id.clone(), key.token_type()));
+                    }
                     work.push((i, key, request.blinded));
                     // Replaced below: every item of `work` is evaluated.
                     results.push(Err(IssueError::Internal("not evaluated".into())));
                 }
-                Err(e @ IssueError::Store(_)) => return Err(e),
+                Err(e @ IssueError::Store(_)) => {
+                    self.metrics().issuance_error(e.reason());
+                    return Err(e);
+                }
                 Err(e) => results.push(Err(e)),
             }
         }
-        for (i, evaluated) in self.evaluate_on_all_cores(work).await? {
+        let evaluated = self.evaluate_on_all_cores(work).await;
+        self.count_failure(&evaluated);
+        for (i, evaluated) in evaluated? {
             if let Some(slot) = results.get_mut(i) {
                 *slot = evaluated;
+            }
+        }
+        for (result, key) in results.iter().zip(&signed_by) {
+            match (result, key) {
+                (Ok(_), Some((key_id, token_type))) => self.metrics().signed(key_id, *token_type, 1),
+                (Err(e), _) => self.metrics().issuance_error(e.reason()),
+                (Ok(_), None) => {}
             }
         }
         Ok(results)

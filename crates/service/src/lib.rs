@@ -22,7 +22,9 @@ pub mod kek;
 mod keyring;
 pub mod lifecycle;
 mod limiter;
+pub mod metrics;
 mod rate_limits;
+mod readiness;
 mod redeem;
 mod relays;
 mod retention;
@@ -43,6 +45,7 @@ pub use issuer_key::{KeyMaterial, LoadedKey, TOKEN_TYPES};
 pub use keyring::{KeyError, KeyRingStats};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use rate_limits::{RateLimitStatus, client_bucket};
+pub use readiness::{NotReady, READINESS_STORE_TIMEOUT};
 pub use redeem::{PresentedToken, RedeemError, Redemption, TokenRejection};
 pub use relays::{NewRelay, RecordError, RelayError};
 pub use retention::{CLOCK_SKEW_MARGIN_SECS, Pruned};
@@ -135,6 +138,7 @@ struct Inner {
     secrets: tokio::sync::OnceCell<secrets::Secrets>,
     signing: signing_pool::SigningPool,
     auth_cache: api_keys::AuthCache,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Service {
@@ -158,6 +162,9 @@ impl Service {
         config: Config,
         limiter: Arc<dyn RateLimiter>,
     ) -> Self {
+        let metrics = Arc::new(metrics::Metrics::new());
+        let store: Arc<dyn Store> =
+            Arc::new(blindpass_store::metered::MeteredStore::new(store, Arc::clone(&metrics) as _));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -169,6 +176,7 @@ impl Service {
                 secrets: tokio::sync::OnceCell::new(),
                 signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
                 auth_cache: api_keys::AuthCache::default(),
+                metrics,
             }),
         }
     }
@@ -190,8 +198,14 @@ impl Service {
                 secrets: tokio::sync::OnceCell::new(),
                 signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
                 auth_cache: api_keys::AuthCache::default(),
+                metrics: Arc::clone(&inner.metrics),
             }),
         }
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// Where randomness comes from.

@@ -2,7 +2,7 @@
 //! address, per relay and per failed authentication, counted by the
 //! configured [`crate::RateLimiter`].
 
-use crate::{Environment, Service, StoreError};
+use crate::{ApiKey, Environment, Service, StoreError};
 
 /// What counting a request gives: where its window stands (`None` when
 /// that limit is off), or the store failure.
@@ -57,7 +57,7 @@ impl Service {
     /// Counts one request against `environment`'s fixed one-minute window.
     /// `None` when rate limiting is off.
     pub async fn rate_limit(&self, environment: Environment) -> Counted {
-        self.count(format!("env:{}", environment.as_str()), self.config().rate_limit_per_minute).await
+        self.count("env", environment.as_str(), self.config().rate_limit_per_minute).await
     }
 
     /// Counts one anonymous request (no API key: challenge, relay creation,
@@ -65,11 +65,9 @@ impl Service {
     /// when the operator set one, against `environment`'s anonymous ceiling.
     /// Returns the tighter of the two.
     pub async fn rate_limit_anonymous(&self, client: &str, environment: Option<Environment>) -> Counted {
-        let per_client = self.count(format!("client:{client}"), self.config().client_rate_limit_per_minute).await?;
+        let per_client = self.count("client", client, self.config().client_rate_limit_per_minute).await?;
         let ceiling = match environment {
-            Some(env) => {
-                self.count(format!("public:{}", env.as_str()), self.config().public_rate_limit_per_minute).await?
-            }
+            Some(env) => self.count("public", env.as_str(), self.config().public_rate_limit_per_minute).await?,
             None => None,
         };
         Ok(RateLimitStatus::tightest(per_client, ceiling))
@@ -78,38 +76,64 @@ impl Service {
     /// Counts one redemption attempt at `relay_token` (generate-claim),
     /// whoever makes it.
     pub async fn rate_limit_relay(&self, relay_token: &str) -> Counted {
-        self.count(format!("relay:{relay_token}"), self.config().relay_rate_limit_per_minute).await
+        self.count("relay", relay_token, self.config().relay_rate_limit_per_minute).await
     }
 
     /// Counts one failed authentication from `client`. Past the limit the
     /// client is answered 429 instead of 401.
     pub async fn rate_limit_auth_failure(&self, client: &str) -> Counted {
-        self.count(format!("authfail:{client}"), self.config().auth_failure_limit_per_minute).await
+        self.count("authfail", client, self.config().auth_failure_limit_per_minute).await
     }
 
-    /// Counts `tokens` more against `environment`'s window: a batch counts
-    /// its tokens, not its request (the request itself was counted when it
-    /// was authenticated, so a batch of n adds n − 1 here).
-    pub async fn rate_limit_tokens(&self, environment: Environment, tokens: u64) -> Counted {
-        self.count_n(format!("env:{}", environment.as_str()), self.config().rate_limit_per_minute, tokens).await
+    /// Counts one request by `key`: against its environment's window and,
+    /// when the key has a limit of its own (Persona 2026-09-29), against the
+    /// key's window too. Returns the status closer to refusing (a refusal by
+    /// either refuses).
+    pub async fn rate_limit_key(&self, key: &ApiKey) -> Counted {
+        self.rate_limit_key_n(key, 1).await
     }
 
-    async fn count(&self, bucket: String, limit: u64) -> Counted {
-        self.count_n(bucket, limit, 1).await
+    /// Counts `tokens` more against `key`'s windows (its environment's and
+    /// its own): a batch counts its tokens, not its request (the request
+    /// itself was counted when it was authenticated, so a batch of n adds
+    /// n − 1 here).
+    pub async fn rate_limit_tokens(&self, key: &ApiKey, tokens: u64) -> Counted {
+        self.rate_limit_key_n(key, tokens).await
     }
 
-    async fn count_n(&self, bucket: String, limit: u64, n: u64) -> Counted {
+    async fn rate_limit_key_n(&self, key: &ApiKey, n: u64) -> Counted {
+        let environment = key.environment.as_str();
+        let env = self.count_n("env", environment, self.config().rate_limit_per_minute, n).await?;
+        let own = match key.rate_limit_per_minute {
+            Some(limit) => self.count_n("apikey", &key.id, limit, n).await?,
+            None => None,
+        };
+        Ok(RateLimitStatus::tightest(env, own))
+    }
+
+    async fn count(&self, kind: &'static str, name: impl std::fmt::Display, limit: u64) -> Counted {
+        self.count_n(kind, name, limit, 1).await
+    }
+
+    /// Counts `n` in the bucket `kind:name`; a refusal is counted in
+    /// `rate_limited_request_total{limit=kind}`.
+    async fn count_n(&self, kind: &'static str, name: impl std::fmt::Display, limit: u64, n: u64) -> Counted {
         if limit == 0 {
             return Ok(None);
         }
+        let bucket = format!("{kind}:{name}");
         let now = self.now();
         let window_start = now - now.rem_euclid(WINDOW_SECS);
         let count = self.inner.limiter.add(&bucket, window_start, WINDOW_SECS, n).await?;
+        let allowed = count <= limit;
+        if !allowed {
+            self.metrics().rate_limited(kind);
+        }
         Ok(Some(RateLimitStatus {
             limit,
             remaining: limit.saturating_sub(count),
             reset_secs: window_start + WINDOW_SECS - now,
-            allowed: count <= limit,
+            allowed,
         }))
     }
 }

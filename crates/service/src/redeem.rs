@@ -72,6 +72,26 @@ pub enum TokenRejection {
     TokenTypeNotAccepted,
 }
 
+impl TokenRejection {
+    /// The `outcome` label of `redemption_total` for this rejection.
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenRejection::AlreadyUsed => "double_spend",
+            TokenRejection::NotBase64url => "rejected_not_base64url",
+            TokenRejection::Malformed => "rejected_malformed",
+            TokenRejection::ChallengeExpired => "rejected_challenge_expired",
+            TokenRejection::ChallengeNotOurs => "rejected_challenge_not_ours",
+            TokenRejection::RfcChallengeUnknown => "rejected_challenge_unknown",
+            TokenRejection::OtherEnvironment => "rejected_other_environment",
+            TokenRejection::OtherClaimType => "rejected_other_claim_type",
+            TokenRejection::UnknownKey => "rejected_unknown_key",
+            TokenRejection::UnknownOrRetiredKey => "rejected_unknown_or_retired_key",
+            TokenRejection::BadSignature => "rejected_bad_signature",
+            TokenRejection::TokenTypeNotAccepted => "rejected_token_type",
+        }
+    }
+}
+
 impl From<KeyError> for RedeemError {
     fn from(e: KeyError) -> Self {
         match e {
@@ -150,6 +170,26 @@ impl Service {
         presented: &PresentedToken,
         respond: impl FnOnce(&Redemption) -> Option<IdempotencyCompletion>,
     ) -> Result<Redemption, RedeemError> {
+        let result = self.redeem_once(relay, presented, respond).await;
+        self.metrics().redemption(match &result {
+            Ok(r) if !r.token_consumed => "not_passed",
+            // Counted by `spend`, which knows a first spend from a replay.
+            Ok(_) => return result,
+            Err(RedeemError::InvalidToken(TokenRejection::AlreadyUsed)) => "double_spend",
+            Err(RedeemError::InvalidToken(why)) => why.label(),
+            Err(RedeemError::Pending) => "pending",
+            Err(RedeemError::PayloadTooLarge) => "payload_too_large",
+            Err(RedeemError::Store(_) | RedeemError::Internal(_)) => "error",
+        });
+        result
+    }
+
+    async fn redeem_once(
+        &self,
+        relay: &Relay,
+        presented: &PresentedToken,
+        respond: impl FnOnce(&Redemption) -> Option<IdempotencyCompletion>,
+    ) -> Result<Redemption, RedeemError> {
         let verified = self.verify(relay, presented).await?;
         let (passed, methodology_json) = claim_result(relay)?;
         let claim_payload = self.claim_payload(relay, passed, &methodology_json)?;
@@ -180,8 +220,14 @@ impl Service {
             idempotency,
         };
         match self.store().spend_token(&spend).await? {
-            SpendOutcome::Spent => Ok(redemption),
+            SpendOutcome::Spent => {
+                self.metrics().redemption("accepted");
+                Ok(redemption)
+            }
             SpendOutcome::SpentHere { claim_payload } => {
+                // The same relay presenting the token again gets its claim
+                // back (an answer that was lost): counted apart.
+                self.metrics().redemption("replayed");
                 Ok(Redemption { claim_payload, token_consumed: true, response_stored: false })
             }
             SpendOutcome::SpentElsewhere => Err(RedeemError::InvalidToken(TokenRejection::AlreadyUsed)),

@@ -20,6 +20,7 @@ mod claims;
 pub mod conformance;
 #[cfg(debug_assertions)]
 mod fault;
+pub mod metered;
 mod model;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -59,6 +60,9 @@ pub trait ApiKeyStore: Send + Sync {
     /// Marks a key revoked at `at`. Returns false when no such key exists;
     /// revoking twice keeps the first time.
     async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Sets (or, with `None`, removes) the key's own rate limit. False when
+    /// no key has that id.
+    async fn set_api_key_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError>;
 }
 
 /// Issuer key pairs and their lifecycle.

@@ -25,6 +25,9 @@ pub struct ApiKey {
     pub created_at: i64,
     /// UNIX seconds, when revoked.
     pub revoked_at: Option<i64>,
+    /// Requests per minute this key may make (counted beside its
+    /// environment's limit); `None`: only the environment's.
+    pub rate_limit_per_minute: Option<u64>,
 }
 
 /// An issuer key pair as stored.
@@ -232,4 +235,17 @@ pub enum RewrapTarget {
     IssuerKey(String),
     /// The setting with this name.
     Setting(String),
+}
+
+/// A per-key rate limit as the databases hold it (a positive BIGINT).
+pub(crate) fn rate_limit_to_db(per_minute: u64) -> Result<i64, crate::StoreError> {
+    match i64::try_from(per_minute) {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(crate::StoreError::Other(format!("rate limit {per_minute} is out of range (1..=2^63-1)"))),
+    }
+}
+
+/// A per-key rate limit read back; anything but a positive value is corrupt.
+pub(crate) fn rate_limit_from_db(value: i64) -> Result<u64, crate::StoreError> {
+    u64::try_from(value).ok().filter(|v| *v > 0).ok_or_else(|| crate::StoreError::Corrupt("api key rate limit".into()))
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use blindpass_protocol::keys::IssuerPublicKey;
-use blindpass_protocol::persona;
+use blindpass_protocol::{b64, persona};
 use blindpass_server::{AppState, IdOverrides, Limits};
 use blindpass_service::{Config, Environment, ManualClock, Permission, Service};
 use blindpass_store::sqlite::SqliteStore;
@@ -99,6 +99,7 @@ pub async fn harness_from(config: Config, limits: Limits) -> Harness {
         ids: std::sync::Arc::new(ids),
         limits,
         trusted_proxies: Default::default(),
+        expose_metrics: true,
     });
     Harness {
         _dir: dir,
@@ -114,6 +115,20 @@ pub async fn harness_from(config: Config, limits: Limits) -> Harness {
 
 impl Harness {
     pub async fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let reply = self.call_allowing_5xx(method, path, headers, body).await;
+        let status = reply.status;
+        assert!(status.as_u16() < 500, "server error {status}: {}", String::from_utf8_lossy(&reply.body));
+        reply
+    }
+
+    /// [`Harness::call`] for routes whose 503 is expected (readiness).
+    pub async fn call_allowing_5xx(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
         let mut request = Request::builder().method(method).uri(path);
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -125,7 +140,6 @@ impl Harness {
         let reply = Reply { status, headers, body };
         let id = reply.header("request-id").unwrap_or_else(|| panic!("no Request-Id on {status}"));
         assert!(id.starts_with("req_") && id.len() == 28, "{id}");
-        assert!(status.as_u16() < 500, "server error {status}: {}", String::from_utf8_lossy(&reply.body));
         reply
     }
 
@@ -172,6 +186,28 @@ impl Harness {
 
     pub async fn key(&self, env: Environment) -> IssuerPublicKey {
         self.service.active_key(env, 2).await.unwrap().expect("an active key").blind_rsa().expect("type 2").clone()
+    }
+
+    /// Challenge → blind → issue over HTTP → finalize: a Persona token.
+    pub async fn persona_token(&self, env: Environment, claim: &str) -> String {
+        let r = self
+            .public_post(
+                "/api/privacy/v1/relays/challenge",
+                json!({"claim-type": claim, "sandbox": env == Environment::Sandbox}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        let offer = r.json();
+        let challenge = persona::Challenge::decode(offer["challenge"].as_str().unwrap()).unwrap();
+        let key = IssuerPublicKey::from_spki_der(&b64::decode(offer["token-key"].as_str().unwrap()).unwrap()).unwrap();
+        let key_id = offer["token-key-id"].as_str().unwrap();
+        assert_eq!(key_id, key.persona_key_id().to_hex());
+        let (blinded, state) = persona::begin_issuance(&key, key_id, &challenge, &mut rand::rng()).unwrap();
+        let api_key = if env == Environment::Sandbox { self.sandbox_key.clone() } else { self.production_key.clone() };
+        let r = self.post_as(&api_key, issue_body(&blinded, key_id), &[]).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let blind_sig = b64::decode(r.json()["blind-sig"].as_str().unwrap()).unwrap();
+        persona::finalize_issuance(&key, &state, &blind_sig).unwrap().encode()
     }
 
     /// A real Persona-style blinded token for the environment's active key.

@@ -64,6 +64,21 @@ pub async fn api_keys(store: Arc<dyn Store>) {
     assert!(!store.revoke_api_key("api_missing", 3_000).await.unwrap());
     let revoked = store.api_key_by_lookup("lookupb").await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(3_000), "the first revocation time is kept");
+
+    // A key's own rate limit: stored at creation, set, changed, removed.
+    let mut c = api_key("api_c", Environment::Sandbox, "lookupc");
+    c.rate_limit_per_minute = Some(7);
+    store.insert_api_key(&c).await.unwrap();
+    assert_eq!(store.api_key_by_lookup("lookupc").await.unwrap(), Some(c.clone()));
+    assert!(store.set_api_key_rate_limit("api_c", Some(u64::MAX >> 1)).await.unwrap());
+    let big = store.api_key_by_lookup("lookupc").await.unwrap().unwrap();
+    assert_eq!(big.rate_limit_per_minute, Some(u64::MAX >> 1), "the largest limit round-trips");
+    assert!(store.set_api_key_rate_limit("api_c", Some(u64::MAX)).await.is_err(), "past i64 is refused, not wrapped");
+    assert!(store.set_api_key_rate_limit("api_c", Some(0)).await.is_err(), "0 is refused");
+    assert!(store.set_api_key_rate_limit("api_c", None).await.unwrap());
+    assert_eq!(store.api_key_by_lookup("lookupc").await.unwrap().unwrap().rate_limit_per_minute, None);
+    assert!(!store.set_api_key_rate_limit("api_missing", Some(5)).await.unwrap());
+    assert_eq!(store.list_api_keys().await.unwrap().len(), 3);
 }
 
 pub async fn issuer_keys(store: Arc<dyn Store>) {

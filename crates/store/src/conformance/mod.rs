@@ -69,6 +69,7 @@ pub fn api_key(id: &str, env: Environment, lookup: &str) -> ApiKey {
         secret_hash: [lookup.len() as u8; 32],
         created_at: 1_000,
         revoked_at: None,
+        rate_limit_per_minute: None,
     }
 }
 

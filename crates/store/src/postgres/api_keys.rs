@@ -1,6 +1,7 @@
 //! API keys in PostgreSQL.
 
 use super::*;
+use crate::model::{rate_limit_from_db, rate_limit_to_db};
 
 fn api_key_from_row(r: &tokio_postgres::Row) -> Result<ApiKey, StoreError> {
     let permissions: String = r.get(3);
@@ -17,17 +18,20 @@ fn api_key_from_row(r: &tokio_postgres::Row) -> Result<ApiKey, StoreError> {
         secret_hash: hash32(r.get(5), "secret hash")?,
         created_at: r.get(6),
         revoked_at: r.get(7),
+        rate_limit_per_minute: r.get::<_, Option<i64>>(8).map(rate_limit_from_db).transpose()?,
     })
 }
 
-const API_KEY_COLUMNS: &str = "id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at, rate_limit_per_minute";
 
 #[async_trait]
 impl ApiKeyStore for PostgresStore {
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO api_keys (id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_keys (id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at,
+                                   rate_limit_per_minute)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &key.id,
                 &key.name,
@@ -37,6 +41,7 @@ impl ApiKeyStore for PostgresStore {
                 &key.secret_hash.as_slice(),
                 &key.created_at,
                 &key.revoked_at,
+                &key.rate_limit_per_minute.map(rate_limit_to_db).transpose()?,
             ],
         )
         .await
@@ -57,6 +62,12 @@ impl ApiKeyStore for PostgresStore {
         let n = self
             .execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1", &[&id, &at])
             .await?;
+        Ok(n > 0)
+    }
+
+    async fn set_api_key_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError> {
+        let value = per_minute.map(rate_limit_to_db).transpose()?;
+        let n = self.execute("UPDATE api_keys SET rate_limit_per_minute = $2 WHERE id = $1", &[&id, &value]).await?;
         Ok(n > 0)
     }
 }

@@ -1,11 +1,12 @@
 //! API keys in SQLite.
 
 use super::*;
+use crate::model::{rate_limit_from_db, rate_limit_to_db};
 
-type ApiKeyRow = (String, Option<String>, String, String, String, Vec<u8>, i64, Option<i64>);
+type ApiKeyRow = (String, Option<String>, String, String, String, Vec<u8>, i64, Option<i64>, Option<i64>);
 
 fn api_key_from_row(row: ApiKeyRow) -> Result<ApiKey, StoreError> {
-    let (id, name, environment, permissions, lookup, hash, created_at, revoked_at) = row;
+    let (id, name, environment, permissions, lookup, hash, created_at, revoked_at, rate_limit) = row;
     Ok(ApiKey {
         id,
         name,
@@ -15,13 +16,15 @@ fn api_key_from_row(row: ApiKeyRow) -> Result<ApiKey, StoreError> {
         secret_hash: hash.try_into().map_err(|_| StoreError::Corrupt("secret hash length".into()))?,
         created_at,
         revoked_at,
+        rate_limit_per_minute: rate_limit.map(rate_limit_from_db).transpose()?,
     })
 }
 
-const API_KEY_COLUMNS: &str = "id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at, rate_limit_per_minute";
 
 fn read_api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
 }
 
 #[async_trait]
@@ -30,8 +33,9 @@ impl ApiKeyStore for SqliteStore {
         let key = key.clone();
         self.with(move |c| {
             c.execute(
-                "INSERT INTO api_keys (id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO api_keys (id, name, environment, permissions, lookup, secret_hash, created_at, revoked_at,
+                                       rate_limit_per_minute)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     key.id,
                     key.name,
@@ -40,7 +44,8 @@ impl ApiKeyStore for SqliteStore {
                     key.lookup,
                     key.secret_hash.to_vec(),
                     key.created_at,
-                    key.revoked_at
+                    key.revoked_at,
+                    key.rate_limit_per_minute.map(rate_limit_to_db).transpose()?
                 ],
             )
             .map_err(map_err)?;
@@ -79,6 +84,18 @@ impl ApiKeyStore for SqliteStore {
         self.with(move |c| {
             let changed = c
                 .execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1", params![id, at])
+                .map_err(map_err)?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn set_api_key_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let value = per_minute.map(rate_limit_to_db).transpose()?;
+        self.with(move |c| {
+            let changed = c
+                .execute("UPDATE api_keys SET rate_limit_per_minute = ?2 WHERE id = ?1", params![id, value])
                 .map_err(map_err)?;
             Ok(changed > 0)
         })
