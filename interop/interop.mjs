@@ -24,7 +24,16 @@
 //   verify TOKEN_HEX TOKEN_KEY_B64URL
 //     Verifies a Token made by blindpass's Rust client with Origin.verify.
 //
+//   jwe-keypair
+//     panva's jose makes an RSA-OAEP-256 key pair (2048 bits); prints the
+//     public JWK (with alg and a kid) and the private JWK.
+//
+//   jwe-decrypt PRIVATE_JWK_JSON COMPACT_JWE
+//     jose decrypts a compact JWE that blindpass made, allowing only
+//     RSA-OAEP-256 / A256GCM; prints the protected header and the plaintext.
+//
 // Prints one JSON object on stdout.
+import * as jose from 'jose';
 import { publicVerif, privateVerif, genericBatched, TOKEN_TYPES, WWWAuthenticateHeader, AuthorizationHeader, Token } from '@cloudflare/privacypass-ts';
 
 const { Client, Origin, BlindRSAMode, convertRSASSAPSSToEnc } = publicVerif;
@@ -203,8 +212,23 @@ async function verify([tokenHex, tokenKeyB64url]) {
   return { verified: await origin.verify(token, await importIssuerKey(b64url(tokenKeyB64url))) };
 }
 
+async function jweKeypair() {
+  const { publicKey, privateKey } = await jose.generateKeyPair('RSA-OAEP-256', { modulusLength: 2048, extractable: true });
+  const pub = { ...(await jose.exportJWK(publicKey)), alg: 'RSA-OAEP-256', kid: 'interop-key-1' };
+  return { public: pub, private: { ...(await jose.exportJWK(privateKey)), alg: 'RSA-OAEP-256' } };
+}
+
+async function jweDecrypt([privateJwk, compact]) {
+  const key = await jose.importJWK(JSON.parse(privateJwk), 'RSA-OAEP-256');
+  const { plaintext, protectedHeader } = await jose.compactDecrypt(compact, key, {
+    keyManagementAlgorithms: ['RSA-OAEP-256'],
+    contentEncryptionAlgorithms: ['A256GCM'],
+  });
+  return { header: protectedHeader, plaintext: new TextDecoder().decode(plaintext) };
+}
+
 const [mode, ...args] = process.argv.slice(2);
-const modes = { flow, batch, private: privateFlow, verify };
+const modes = { flow, batch, private: privateFlow, verify, 'jwe-keypair': jweKeypair, 'jwe-decrypt': jweDecrypt };
 try {
   console.log(JSON.stringify(await modes[mode](args)));
 } catch (e) {

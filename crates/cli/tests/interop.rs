@@ -273,3 +273,69 @@ async fn the_privacypass_crate_gets_a_type_5_amortized_batch_that_blindpass_rede
         assert_eq!(claim(&other, Some(token)).await.unwrap().status(), 401, "spent: refused at another relay");
     }
 }
+
+/// Persona 2026-09-29: a relay created with `encryption-key-jwk` (a key pair
+/// made by panva's `jose`) delivers its claim as a compact JWE that `jose`
+/// decrypts (RSA-OAEP-256 + A256GCM only) to the claim JSON; the private
+/// JWK, a JWK for another algorithm, and both keys at once are refused.
+#[tokio::test]
+#[cfg_attr(not(blindpass_test_interop), ignore = "needs BLINDPASS_TEST_INTEROP, Node.js and npm (.ci/run sets it)")]
+async fn jose_decrypts_the_jwe_claim_of_a_jwk_relay() {
+    let dir = node_ready();
+    let keys = node(&dir, &["jwe-keypair"]);
+    let data = tempfile::tempdir().unwrap();
+    let store = ["--data-dir", data.path().to_str().unwrap()];
+    let server = start(&store, &[]).await;
+    let key = api_key(&store, "sandbox");
+    let http = reqwest::Client::new();
+    let create = async |body: Value| {
+        let r = http.post(format!("{}/api/privacy/v1/relays", server.base)).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let claim = "age_over18_verified";
+    let (status, relay) = create(
+        json!({"claim-type": claim, "encryption-key-pem": null, "encryption-key-jwk": keys["public"], "sandbox": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{relay}");
+    for refused in [
+        json!({"claim-type": claim, "encryption-key-pem": null, "encryption-key-jwk": keys["private"], "sandbox": true}),
+        json!({"claim-type": claim, "encryption-key-pem": null, "sandbox": true,
+               "encryption-key-jwk": {"kty": "RSA", "n": keys["public"]["n"], "e": keys["public"]["e"], "alg": "RSA1_5"}}),
+        json!({"claim-type": claim, "encryption-key-pem": "-----BEGIN PUBLIC KEY-----", "sandbox": true,
+               "encryption-key-jwk": keys["public"]}),
+    ] {
+        let (status, body) = create(refused).await;
+        assert_eq!(status, 422, "{body}");
+    }
+
+    // A token from the bundled client, redeemed at the JWE relay.
+    let out = std::process::Command::new(common::BIN)
+        .args(["client", "issue", "--base-url", &server.base, "--api-key", &key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let answer: Value = http
+        .post(format!(
+            "{}/api/privacy/v1/relays/{}/generate-claim",
+            server.base,
+            relay["relay-token"].as_str().unwrap()
+        ))
+        .header("persona-relay-secret", relay["relay-secret"].as_str().unwrap())
+        .header("authorization", format!("PrivateToken token={token}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["token-consumed"], true, "{answer}");
+    let jwe = answer["claim-payload"].as_str().unwrap();
+    assert_eq!(jwe.split('.').count(), 5, "compact JWE: {jwe}");
+    let decrypted = node(&dir, &["jwe-decrypt", &keys["private"].to_string(), jwe]);
+    assert_eq!(decrypted["header"], json!({"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": "interop-key-1"}));
+    let claim_json: Value = serde_json::from_str(decrypted["plaintext"].as_str().unwrap()).unwrap();
+    assert_eq!(claim_json, json!({"claim_type": claim, "claim_result": "passed", "methodology": []}));
+}

@@ -195,6 +195,7 @@ impl Client {
         sandbox: bool,
     ) -> Result<RelayCredentials, ClientError> {
         let body = api::CreateRelay {
+            encryption_key_jwk: None,
             claim_type: claim_type.to_owned(),
             encryption_key_pem: encryption_key_pem.map(str::to_owned),
             sandbox: Some(sandbox),

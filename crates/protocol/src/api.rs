@@ -87,6 +87,12 @@ pub struct CreateRelay {
     /// `null` (the claim is then delivered in the clear).
     #[serde(deserialize_with = "present_or_null")]
     pub encryption_key_pem: Option<String>,
+    /// Persona 2026-09-29: an RSA public JWK (`kty` RSA, `alg`
+    /// RSA-OAEP-256) the claim is encrypted to as a compact JWE, instead of
+    /// `encryption-key-pem` (which is then `null`). Parsed by
+    /// [`crate::jwk::EncryptionJwk::parse`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_jwk: Option<serde_json::Value>,
     /// The sandbox environment when true.
     #[serde(default)]
     pub sandbox: Option<bool>,

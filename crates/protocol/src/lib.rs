@@ -28,6 +28,7 @@ pub mod batch;
 pub mod blind_rsa;
 pub mod der;
 pub mod directory;
+pub mod jwk;
 pub mod keys;
 pub mod oaep;
 pub mod pem;

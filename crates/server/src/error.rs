@@ -227,7 +227,9 @@ impl From<RelayError> for ApiError {
             RelayError::BadEncryptionKey => ApiError::unprocessable(
                 "encryption-key-pem must be a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY) of 2048 to 4096 bits.",
             ),
-            e @ RelayError::KeyTooSmallForClaim { .. } => ApiError::unprocessable(format!("{e}.")),
+            e @ (RelayError::KeyTooSmallForClaim { .. } | RelayError::BadEncryptionJwk) => {
+                ApiError::unprocessable(format!("{e}."))
+            }
             RelayError::NoKey => ApiError::unavailable(),
             RelayError::Store(s) => s.into(),
             RelayError::Internal(cause) => ApiError::internal(&cause),

@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use blindpass_protocol::api::{
     ChallengeRequest, ChallengeResponse, CreateRelay, Method, RecordResult, RelayCreated, ResultRecorded,
 };
+use blindpass_protocol::jwk::EncryptionJwk;
+use blindpass_service::RelayEncryption;
 use blindpass_service::{ClaimType, Environment};
 
 use crate::AppState;
@@ -49,7 +51,21 @@ pub(crate) async fn create(
 ) -> Result<Inflected<RelayCreated>, ApiError> {
     let environment = count_anonymous(&state, &client, &envelope, body.sandbox).await?;
     let claim = claim_type(&body.claim_type)?;
-    let created = state.service.create_relay(environment, &claim, body.encryption_key_pem.as_deref()).await?;
+    let jwk = match &body.encryption_key_jwk {
+        Some(value) => Some(EncryptionJwk::parse(value).map_err(|e| {
+            ApiError::unprocessable(format!("encryption-key-jwk: {e}. It must be an RSA public key for RSA-OAEP-256."))
+        })?),
+        None => None,
+    };
+    let encryption = match (body.encryption_key_pem.as_deref(), &jwk) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable("Give encryption-key-pem or encryption-key-jwk, not both."));
+        }
+        (Some(pem), None) => RelayEncryption::Pem(pem),
+        (None, Some(jwk)) => RelayEncryption::Jwk(jwk),
+        (None, None) => RelayEncryption::None,
+    };
+    let created = state.service.create_relay_with(environment, &claim, encryption).await?;
     let body = RelayCreated {
         relay_token: created.relay.token.clone(),
         relay_secret: created.secret.to_string(),

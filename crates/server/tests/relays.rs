@@ -618,3 +618,48 @@ async fn a_replayed_token_request_keeps_its_media_type() {
     assert_eq!((replay.status, &replay.body), (first.status, &first.body));
     assert_eq!(replay.header("content-type"), Some("application/private-token-response"));
 }
+
+#[tokio::test]
+async fn jwk_relays_refuse_hostile_keys_and_take_claims_of_any_length() {
+    let h = harness(0).await;
+    let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
+    let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
+    let jwk = json!({"kty": "RSA", "alg": "RSA-OAEP-256", "kid": "k1",
+                     "n": b64::encode_unpadded(public.n()), "e": b64::encode_unpadded(public.e())});
+    let create = async |jwk: Value| {
+        h.public_post(
+            "/api/privacy/v1/relays",
+            json!({"claim-type": CLAIM, "encryption-key-pem": null, "encryption-key-jwk": jwk, "sandbox": false}),
+        )
+        .await
+    };
+    let with = |name: &str, value: Value| {
+        let mut j = jwk.clone();
+        j[name] = value;
+        j
+    };
+    for hostile in [
+        json!("not an object"),
+        json!([]),
+        with("d", json!("AQAB")),
+        with("kty", json!("oct")),
+        with("alg", json!("RSA-OAEP")),
+        with("use", json!("sig")),
+        with("e", json!("AQAB==")),
+        with("n", json!("AAAA")),
+        with("n", json!("!!")),
+        with("n", json!(b64::encode_unpadded(&vec![0xff; 1024]))),
+        with("kid", json!({"nested": true})),
+    ] {
+        let r = create(hostile.clone()).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{hostile}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("encryption-key-jwk"));
+    }
+    let r = create(jwk).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    // A methodology far longer than one RSA-OAEP block holds is accepted.
+    let relay = r.json()["relay-token"].as_str().unwrap().to_owned();
+    let methodology: Vec<Value> = (0..16).map(|i| json!({"method": format!("{i:064}"), "result": "passed"})).collect();
+    let r = h.record_body(&relay, json!({"claim-result": "passed", "methodology": methodology})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+}

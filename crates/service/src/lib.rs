@@ -18,6 +18,7 @@ mod directory;
 pub mod identity;
 mod issue;
 mod issuer_key;
+mod jwe;
 pub mod kek;
 mod keyring;
 pub mod lifecycle;
@@ -47,7 +48,7 @@ pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use rate_limits::{RateLimitStatus, client_bucket};
 pub use readiness::{NotReady, READINESS_STORE_TIMEOUT};
 pub use redeem::{PresentedToken, RedeemError, Redemption, TokenRejection};
-pub use relays::{NewRelay, RecordError, RelayError};
+pub use relays::{NewRelay, RecordError, RelayEncryption, RelayError};
 pub use retention::{CLOCK_SKEW_MARGIN_SECS, Pruned};
 pub use signing_pool::PoolError;
 

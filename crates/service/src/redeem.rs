@@ -328,6 +328,10 @@ impl Service {
         let json = claim_json(&relay.claim_type, passed, methodology_json);
         let Some(der) = &relay.encryption_key_der else { return Ok(json) };
         let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;
+        if let blindpass_store::ClaimFormat::Jwe { kid } = &relay.claim_format {
+            return crate::jwe::encrypt_compact(&key, kid.as_deref(), json.as_bytes(), self.entropy())
+                .map_err(|e| RedeemError::Internal(e.to_string()));
+        }
         let ciphertext = oaep::encrypt(&key, json.as_bytes(), &mut self.entropy().rng())
             .map_err(|_| RedeemError::PayloadTooLarge)?;
         Ok(b64::encode_standard(&ciphertext))

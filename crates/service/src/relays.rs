@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::challenge::SESSION_SECS;
 use crate::{ClaimResult, ClaimType, Environment, KeyError, Relay, Service, StoreError};
+use blindpass_store::ClaimFormat;
 
 /// A new relay with its one-time secrets.
 #[derive(Clone)]
@@ -38,6 +39,9 @@ pub enum RelayError {
     /// The encryption key is not an RSA public key of 2048–4096 bits.
     #[error("encryption-key-pem is not an RSA public key of 2048 to 4096 bits")]
     BadEncryptionKey,
+    /// `encryption-key-jwk`'s modulus is not 2048–4096 bits.
+    #[error("encryption-key-jwk is not an RSA public key of 2048 to 4096 bits")]
+    BadEncryptionJwk,
     /// The encryption key cannot hold even the smallest claim of this type
     /// in one RSA-OAEP block, so the relay could never deliver a claim.
     #[error("encryption-key-pem is too small for a {claim_type} claim ({needed} bytes; the key holds {max})")]
@@ -95,6 +99,18 @@ pub enum RecordError {
     Store(#[from] StoreError),
 }
 
+/// How a new relay's claims are encrypted, as the client asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEncryption<'a> {
+    /// In the clear.
+    None,
+    /// `encryption-key-pem`: one RSA-OAEP-SHA256 block, base64.
+    Pem(&'a str),
+    /// `encryption-key-jwk` (parsed at the edge): a compact JWE,
+    /// RSA-OAEP-256 + A256GCM.
+    Jwk(&'a blindpass_protocol::jwk::EncryptionJwk),
+}
+
 impl Service {
     /// Creates a relay. `encryption_key_pem`, when given, must be an RSA
     /// public key of 2048–4096 bits (SPKI or PKCS#1 PEM).
@@ -104,7 +120,30 @@ impl Service {
         claim_type: &ClaimType,
         encryption_key_pem: Option<&str>,
     ) -> Result<NewRelay, RelayError> {
-        let encryption_key_der = encryption_key_pem.map(|pem| encryption_key(claim_type, pem)).transpose()?;
+        let encryption = encryption_key_pem.map_or(RelayEncryption::None, RelayEncryption::Pem);
+        self.create_relay_with(environment, claim_type, encryption).await
+    }
+
+    /// Creates a relay whose claims are encrypted as `encryption` says.
+    pub async fn create_relay_with(
+        &self,
+        environment: Environment,
+        claim_type: &ClaimType,
+        encryption: RelayEncryption<'_>,
+    ) -> Result<NewRelay, RelayError> {
+        let (encryption_key_der, claim_format) = match encryption {
+            RelayEncryption::None => (None, ClaimFormat::Oaep),
+            RelayEncryption::Pem(pem) => (Some(encryption_key(claim_type, pem)?), ClaimFormat::Oaep),
+            RelayEncryption::Jwk(jwk) => {
+                // The same key sizes as a PEM key; the JWE carries a claim
+                // of any length, so no claim-size check.
+                let bits = jwk.key.modulus_bits();
+                if !(2048..=4096).contains(&bits) {
+                    return Err(RelayError::BadEncryptionJwk);
+                }
+                (Some(jwk.key.to_rsa_encryption_spki()), ClaimFormat::Jwe { kid: jwk.kid.clone() })
+            }
+        };
         let secret = Zeroizing::new(blindpass_entropy::uuid_v4(self.entropy()));
         let relay = Relay {
             token: blindpass_entropy::token(self.entropy(), "relay_", 27),
@@ -112,6 +151,7 @@ impl Service {
             environment,
             claim_type: claim_type.as_str().to_owned(),
             encryption_key_der,
+            claim_format,
             created_at: self.now(),
             expires_at: self.now().saturating_add(self.config().relay_lifetime_secs),
             result: None,
@@ -153,7 +193,8 @@ impl Service {
         if environment == Environment::Sandbox {
             return Err(RecordError::Sandbox);
         }
-        if let Some(der) = &relay.encryption_key_der {
+        // One RSA-OAEP block holds a bounded claim; a JWE holds any.
+        if let (Some(der), ClaimFormat::Oaep) = (&relay.encryption_key_der, &relay.claim_format) {
             let key = RsaPublicKey::from_spki_der(der)
                 .map_err(|e| RecordError::Store(StoreError::Corrupt(format!("relay encryption key: {e}"))))?;
             let needed = claim_json(&relay.claim_type, passed, &methodology_json).len();

@@ -30,6 +30,47 @@ pub struct ApiKey {
     pub rate_limit_per_minute: Option<u64>,
 }
 
+/// How a relay's claim payload is encrypted to its key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ClaimFormat {
+    /// Base64 of one RSA-OAEP-SHA256 block (`encryption-key-pem`).
+    #[default]
+    Oaep,
+    /// A compact JWE, RSA-OAEP-256 + A256GCM (`encryption-key-jwk`), with
+    /// the JWK's `kid` in its header.
+    Jwe {
+        /// The JWK's `kid`.
+        kid: Option<String>,
+    },
+}
+
+impl ClaimFormat {
+    /// The stored name (`oaep` or `jwe`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClaimFormat::Oaep => "oaep",
+            ClaimFormat::Jwe { .. } => "jwe",
+        }
+    }
+
+    /// The JWE `kid`, if any.
+    pub fn kid(&self) -> Option<&str> {
+        match self {
+            ClaimFormat::Jwe { kid } => kid.as_deref(),
+            ClaimFormat::Oaep => None,
+        }
+    }
+
+    /// From the stored name and kid.
+    pub fn from_stored(name: &str, kid: Option<String>) -> Result<Self, crate::StoreError> {
+        match name {
+            "oaep" => Ok(ClaimFormat::Oaep),
+            "jwe" => Ok(ClaimFormat::Jwe { kid }),
+            _ => Err(crate::StoreError::Corrupt("relay claim format".into())),
+        }
+    }
+}
+
 /// An issuer key pair as stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IssuerKey {
@@ -119,6 +160,8 @@ pub struct Relay {
     pub claim_type: String,
     /// SPKI DER of the RSA key claim payloads are encrypted to, if any.
     pub encryption_key_der: Option<Vec<u8>>,
+    /// How claims are encrypted to that key.
+    pub claim_format: ClaimFormat,
     /// UNIX seconds.
     pub created_at: i64,
     /// UNIX seconds from which the relay is gone (answers like an unknown

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0002_spent_token_expiry_and_relay_expiry.sql"),
     include_str!("../migrations/postgres/0003_issuer_key_token_types.sql"),
     include_str!("../migrations/postgres/0004_api_key_rate_limits.sql"),
+    include_str!("../migrations/postgres/0005_relay_claim_format.sql"),
 ];
 
 /// Advisory lock ids (first half of the pair) used by blindpass.

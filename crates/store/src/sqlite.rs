@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_spent_token_expiry_and_relay_expiry.sql"),
     include_str!("../migrations/sqlite/0003_issuer_key_token_types.sql"),
     include_str!("../migrations/sqlite/0004_api_key_rate_limits.sql"),
+    include_str!("../migrations/sqlite/0005_relay_claim_format.sql"),
 ];
 
 /// How many store calls may wait for the connection thread. A burst beyond

@@ -61,7 +61,7 @@ async fn migrating_again_is_a_no_op() {
     create_schema(&url, &name).await.unwrap();
     let _guard = Schema { url: url.clone(), name: name.clone() };
     let store = PostgresStore::connect(&url_with_schema(&url, &name), PoolOptions::default()).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap(), 4, "the schema version");
+    assert_eq!(store.migrate().await.unwrap(), 5, "the schema version");
 }
 
 #[tokio::test]

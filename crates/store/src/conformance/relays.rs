@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{issuer_key, spend};
+use crate::ClaimFormat;
 use crate::{
     ClaimResult, Environment, IdempotencyBegin, IdempotencyCompletion, KeyState, RecordOutcome, Relay, SpendOutcome,
     Store, StoredResponse,
@@ -15,6 +16,7 @@ pub fn relay(token: &str, env: Environment) -> Relay {
         environment: env,
         claim_type: "age_over18_verified".into(),
         encryption_key_der: Some(vec![0x30, 0x00]),
+        claim_format: ClaimFormat::Oaep,
         created_at: 50,
         expires_at: 50 + 86_400,
         result: None,
@@ -42,6 +44,16 @@ pub async fn relays(store: Arc<dyn Store>) {
     plain.encryption_key_der = None;
     store.insert_relay(&plain).await.unwrap();
     assert_eq!(store.relay_by_token("relay_plain").await.unwrap(), Some(plain));
+    // The claim format and the JWE kid round-trip.
+    for (token, format) in [
+        ("relay_jwe", ClaimFormat::Jwe { kid: Some("key-2026".into()) }),
+        ("relay_jwe_nokid", ClaimFormat::Jwe { kid: None }),
+    ] {
+        let mut jwe = relay(token, Environment::Production);
+        jwe.claim_format = format;
+        store.insert_relay(&jwe).await.unwrap();
+        assert_eq!(store.relay_by_token(token).await.unwrap(), Some(jwe));
+    }
 }
 
 pub async fn relays_expire(store: Arc<dyn Store>) {

@@ -2,6 +2,7 @@
 //! (in a group of spends: `spends.rs`).
 
 use super::*;
+use crate::ClaimFormat;
 use tokio_postgres::Transaction;
 
 fn relay_from_row(r: &tokio_postgres::Row) -> Result<Relay, StoreError> {
@@ -21,6 +22,7 @@ fn relay_from_row(r: &tokio_postgres::Row) -> Result<Relay, StoreError> {
         environment: r.get::<_, String>(2).parse().map_err(corrupt("environment"))?,
         claim_type: r.get(3),
         encryption_key_der: r.get(4),
+        claim_format: ClaimFormat::from_stored(r.get(10), r.get(11))?,
         created_at: r.get(5),
         expires_at: r.get(9),
         result,
@@ -36,8 +38,8 @@ impl RelayStore for PostgresStore {
         };
         self.execute(
             "INSERT INTO relays (token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                                 result_passed, methodology, result_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                 result_passed, methodology, result_at, expires_at, claim_format, jwe_kid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &relay.token,
                 &relay.secret_hash.as_slice(),
@@ -49,6 +51,8 @@ impl RelayStore for PostgresStore {
                 &methodology,
                 &at,
                 &relay.expires_at,
+                &relay.claim_format.as_str(),
+                &relay.claim_format.kid(),
             ],
         )
         .await
@@ -59,7 +63,8 @@ impl RelayStore for PostgresStore {
         let rows = self
             .query(
                 "SELECT token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                        result_passed, methodology, result_at, expires_at FROM relays WHERE token = $1",
+                        result_passed, methodology, result_at, expires_at, claim_format, jwe_kid
+                 FROM relays WHERE token = $1",
                 &[&token],
             )
             .await?;

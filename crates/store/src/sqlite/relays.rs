@@ -2,13 +2,40 @@
 //! in a group commit with the spends waiting beside it.
 
 use super::*;
+use crate::ClaimFormat;
 use crate::IdempotencyCompletion;
 use rusqlite::Transaction;
 
-type RelayRow = (String, Vec<u8>, String, String, Option<Vec<u8>>, i64, Option<bool>, Option<String>, Option<i64>, i64);
+type RelayRow = (
+    String,
+    Vec<u8>,
+    String,
+    String,
+    Option<Vec<u8>>,
+    i64,
+    Option<bool>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    String,
+    Option<String>,
+);
 
 fn relay_from_row(row: RelayRow) -> Result<Relay, StoreError> {
-    let (token, hash, environment, claim_type, key, created_at, passed, methodology, result_at, expires_at) = row;
+    let (
+        token,
+        hash,
+        environment,
+        claim_type,
+        key,
+        created_at,
+        passed,
+        methodology,
+        result_at,
+        expires_at,
+        format,
+        kid,
+    ) = row;
     let result = match (passed, result_at) {
         (Some(passed), Some(recorded_at)) => {
             Some(ClaimResult { passed, methodology_json: methodology.unwrap_or_else(|| "[]".into()), recorded_at })
@@ -21,6 +48,7 @@ fn relay_from_row(row: RelayRow) -> Result<Relay, StoreError> {
         environment: environment.parse().map_err(corrupt("environment"))?,
         claim_type,
         encryption_key_der: key,
+        claim_format: ClaimFormat::from_stored(&format, kid)?,
         created_at,
         expires_at,
         result,
@@ -38,8 +66,8 @@ impl RelayStore for SqliteStore {
             };
             c.execute(
                 "INSERT INTO relays (token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                                     result_passed, methodology, result_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                     result_passed, methodology, result_at, expires_at, claim_format, jwe_kid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     relay.token,
                     relay.secret_hash.to_vec(),
@@ -50,7 +78,9 @@ impl RelayStore for SqliteStore {
                     passed,
                     methodology,
                     at,
-                    relay.expires_at
+                    relay.expires_at,
+                    relay.claim_format.as_str(),
+                    relay.claim_format.kid()
                 ],
             )
             .map_err(map_err)?;
@@ -65,7 +95,7 @@ impl RelayStore for SqliteStore {
             let row = c
                 .prepare_cached(
                     "SELECT token, secret_hash, environment, claim_type, encryption_key_der, created_at,
-                            result_passed, methodology, result_at, expires_at
+                            result_passed, methodology, result_at, expires_at, claim_format, jwe_kid
                      FROM relays WHERE token = ?1",
                 )
                 .map_err(map_err)?
@@ -81,6 +111,8 @@ impl RelayStore for SqliteStore {
                         r.get(7)?,
                         r.get(8)?,
                         r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
                     ))
                 })
                 .optional()
