@@ -37,6 +37,14 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let local = listener.local_addr().context("reading the listen address")?;
     let rate_limit = config.rate_limit_per_minute;
     tracing::info!(listen = %local, store = %redact_url(&url), rate_limit, "blindpass listening");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let reload_every = std::time::Duration::from_secs(args.tls_reload_secs.unwrap_or(30).max(1));
+            let files = blindpass_server::tls::TlsFiles { cert: cert.clone(), key: key.clone(), reload_every };
+            Some(blindpass_server::tls::ReloadingTls::load(files)?)
+        }
+        _ => None,
+    };
     let metrics = match &args.metrics_listen {
         Some(addr) => Some(metrics_listener(addr, service.clone()).await?),
         None => None,
@@ -48,7 +56,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         trusted_proxies: Arc::new(trusted_proxies),
         expose_metrics: metrics.is_none(),
     };
-    blindpass_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    blindpass_server::serve(listener, state, tls, shutdown_signal()).await.context("serving")?;
     if let Some(metrics) = metrics {
         metrics.abort();
     }

@@ -26,6 +26,16 @@ pub(crate) struct ServeArgs {
     /// of on the API listener (keep it off the public network).
     #[arg(long, env = "BLINDPASS_METRICS_LISTEN")]
     pub(crate) metrics_listen: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs
+    /// --tls-key. Renewed files are picked up without a restart.
+    #[arg(long, env = "BLINDPASS_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "BLINDPASS_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Seconds between checks of the TLS files for a renewal (default 30).
+    #[arg(long, env = "BLINDPASS_TLS_RELOAD_SECS")]
+    pub(crate) tls_reload_secs: Option<u64>,
     /// Requests per minute per environment (0 turns rate limiting off).
     #[arg(long, env = "BLINDPASS_RATE_LIMIT")]
     pub(crate) rate_limit: Option<u64>,

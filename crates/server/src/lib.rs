@@ -23,6 +23,7 @@ mod privacy_passes;
 mod redeem;
 mod relays;
 mod rfc;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -241,13 +242,15 @@ pub struct IdOverrides {
     pub production: Option<String>,
 }
 
-/// Serves `router(state)` on `addr` until `shutdown` resolves; in-flight
-/// requests finish first. Also prunes expired records periodically.
+/// Serves `router(state)` on `addr` (over TLS when `tls` is given) until
+/// `shutdown` resolves; in-flight requests finish first. Also prunes expired records periodically.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    tls: Option<Arc<tls::ReloadingTls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let reloader = tls.as_ref().map(tls::ReloadingTls::spawn_reloader);
     let service = state.service.clone();
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
@@ -266,8 +269,11 @@ pub async fn serve(
         }
     });
     let connections = state.limits.connections;
-    let result = transport::serve_connections(listener, router(state), connections, shutdown).await;
+    let result = transport::serve_connections_with(listener, router(state), connections, tls, shutdown).await;
     pruner.abort();
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     result
 }
 

@@ -76,6 +76,19 @@ pub async fn serve_connections(
     limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_connections_with(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve_connections`], over TLS when `tls` is given: the handshake runs
+/// in the connection's own task under the header-read timeout, so a client
+/// that stalls it holds only its own connection slot.
+pub async fn serve_connections_with(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    tls: Option<Arc<crate::tls::ReloadingTls>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let builder = builder(&limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -89,7 +102,10 @@ pub async fn serve_connections(
         while connections.try_join_next().is_some() {}
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(max_connections = limits.max_connections, "connection cap reached: shedding");
-            connections.spawn(refuse(stream));
+            // Over TLS the plain-text 503 would be noise: just close.
+            if tls.is_none() {
+                connections.spawn(refuse(stream));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -97,10 +113,27 @@ pub async fn serve_connections(
             request.extensions_mut().insert(ConnectInfo(peer));
             request
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection.into_owned());
+        let service = TowerToHyperService::new(service);
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            connections.spawn(async move {
+                let _slot = slot;
+                if let Err(e) = connection.await {
+                    tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
+                }
+            });
+            continue;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let (builder, watcher, handshake_timeout) = (builder.clone(), graceful.watcher(), limits.header_read_timeout);
         connections.spawn(async move {
             let _slot = slot;
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(peer = %peer, "TLS handshake timed out"),
+            };
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
             }

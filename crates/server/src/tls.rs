@@ -1,0 +1,125 @@
+//! HTTPS for the API listener: rustls (TLS 1.2 and 1.3, aws-lc), HTTP/2
+//! by ALPN, and certificates that are renewed without a restart: the files
+//! are re-read when they change, and a renewal that does not load (a key that
+//! does not match, a half-written file) is logged and the last good pair
+//! kept.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Where the certificate chain and its key are, and how often to look for
+/// a renewal.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the files are checked for a change.
+    pub reload_every: Duration,
+}
+
+/// When the certificate and the key files were last modified.
+type Stamps = Option<(SystemTime, SystemTime)>;
+
+/// A TLS configuration that follows its files.
+pub struct ReloadingTls {
+    files: TlsFiles,
+    /// The serving configuration, and the files' stamps when last loaded.
+    current: RwLock<(Arc<ServerConfig>, Stamps)>,
+}
+
+impl std::fmt::Debug for ReloadingTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingTls").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+/// A certificate or key that cannot be used (one line, naming the file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+impl ReloadingTls {
+    /// Loads the pair once; an error here stops the server from starting.
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let config = load_config(&files.cert, &files.key)?;
+        let stamp = stamps(&files);
+        Ok(Arc::new(Self { files, current: RwLock::new((config, stamp)) }))
+    }
+
+    /// The configuration new connections use.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        let current = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&current.0)
+    }
+
+    /// Reloads when either file changed since the last load; keeps the last
+    /// good pair when the new one does not load. Returns true on a reload.
+    pub fn reload_if_changed(&self) -> bool {
+        let stamp = stamps(&self.files);
+        let seen = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).1;
+        if stamp.is_none() || stamp == seen {
+            return false;
+        }
+        match load_config(&self.files.cert, &self.files.key) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (config, stamp);
+                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                // Remember the stamp so a broken file is reported once, not
+                // every tick; a further change is tried again.
+                self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner).1 = stamp;
+                tracing::error!(error = %e, "TLS certificate renewal does not load; keeping the previous one");
+                false
+            }
+        }
+    }
+
+    /// Checks the files every `reload_every` until the task is dropped.
+    pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let tls = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tls.files.reload_every.max(Duration::from_secs(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                tls.reload_if_changed();
+            }
+        })
+    }
+}
+
+fn stamps(files: &TlsFiles) -> Stamps {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(&files.cert)?, modified(&files.key)?))
+}
+
+fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError(format!("reading the TLS certificate {}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(TlsError(format!("no certificate in {}", cert.display())));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError(format!("reading the TLS key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            TlsError(format!("the TLS key {} does not fit the certificate {}: {e}", key.display(), cert.display()))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
