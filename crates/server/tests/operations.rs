@@ -192,3 +192,39 @@ async fn an_api_keys_own_limit_counts_beside_its_environments() {
     let scrape = Scrape::of(&h).await;
     assert_eq!(scrape.sum("rate_limited_request_total", &[("limit", "apikey")]), 1.0);
 }
+
+/// Every metric the Grafana dashboard (`ops/grafana-dashboard.json`) queries
+/// is one the server exposes, under the name the exposition gives it.
+#[tokio::test]
+async fn the_dashboard_queries_only_exposed_metrics() {
+    let h = harness(300).await;
+    let exposed: std::collections::BTreeSet<&str> =
+        h.service.metrics().sample_names().iter().map(String::as_str).collect();
+    // The list is what a scrape shows, once each family has samples.
+    let scrape = Scrape::of(&h).await;
+    for (series, _) in &scrape.0 {
+        let name = series.split('{').next().unwrap();
+        assert!(exposed.contains(name), "{name} is exposed but not listed");
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            // The dashboard writes every metric as `name{…}`.
+            let segments: Vec<&str> = expr.split('{').collect();
+            let names: Vec<&str> = segments[..segments.len() - 1]
+                .iter()
+                .filter_map(|before| before.rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
+                .filter(|name| !name.is_empty())
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                assert!(exposed.contains(name), "{} queries {name}, which is not exposed", panel["title"]);
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 13, "{queried}");
+}

@@ -1,13 +1,12 @@
 //! The node's Prometheus metrics, on `prometheus-client`: one registry per
 //! [`crate::Service`], written to by the use cases (issuance, redemption,
-//! rotation, the store's latency through [`blindpass_store::metered`]) and by
+//! the store's latency through [`blindpass_store::metered`]) and by
 //! the HTTP edge (requests, latency, in-flight, shed and rate-limited
 //! requests), encoded in the OpenMetrics text format at `/metrics`.
 //!
 //! Names follow Cloudflare's Privacy Pass issuer where they overlap
 //! (`issuance_request_total`, `signed_token_total`,
-//! `issuance_key_error_total`, `key_rotation_total`,
-//! `key_rotation_failure_total`). Every label value comes from a closed set
+//! `issuance_key_error_total`). Every label value comes from a closed set
 //! or from the node's own key ids: nothing a client sends becomes a label
 //! (an unknown path is `route="unmatched"`).
 
@@ -35,12 +34,6 @@ struct KeyStateLabels {
     token_type: String,
     environment: String,
     state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PolicyLabels {
-    environment: String,
-    token_type: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,10 +80,7 @@ pub struct Metrics {
     signed_tokens: Family<KeyLabels, Counter>,
     issuance_key_errors: Family<Reason, Counter>,
     redemptions: Family<Outcome, Counter>,
-    key_rotations: Counter,
-    key_rotation_failures: Counter,
     key_age: Family<KeyStateLabels, Gauge>,
-    next_rotation: Family<PolicyLabels, Gauge>,
     store_duration: Family<Operation, Histogram, fn() -> Histogram>,
     store_errors: Family<Operation, Counter>,
     requests: Family<RequestLabels, Counter>,
@@ -100,6 +90,25 @@ pub struct Metrics {
     rate_limited: Family<LimitLabels, Counter>,
     /// Serialises [`Metrics::encode`] with the scrape-time gauge refresh.
     scrape: Mutex<()>,
+    /// The sample names every registered metric is exposed under.
+    names: Vec<String>,
+}
+
+const COUNTER: &[&str] = &["_total"];
+const HISTOGRAM: &[&str] = &["_bucket", "_count", "_sum"];
+const GAUGE: &[&str] = &[""];
+
+/// Registers `metric` and records the sample names it is exposed under.
+fn reg(
+    registry: &mut Registry,
+    names: &mut Vec<String>,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+    suffixes: &[&str],
+) {
+    registry.register(name, help, metric);
+    names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,10 +132,7 @@ impl Metrics {
             signed_tokens: Family::default(),
             issuance_key_errors: Family::default(),
             redemptions: Family::default(),
-            key_rotations: Counter::default(),
-            key_rotation_failures: Counter::default(),
             key_age: Family::default(),
-            next_rotation: Family::default(),
             store_duration: Family::new_with_constructor(latency_histogram),
             store_errors: Family::default(),
             requests: Family::default(),
@@ -136,32 +142,93 @@ impl Metrics {
             rate_limited: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
+            names: Vec::new(),
         };
+        let mut names = Vec::new();
         let r = &mut registry;
-        r.register("issuance_request", "Issuance requests (single, amortized or batch)", m.issuance_requests.clone());
-        r.register("signed_token", "Tokens signed or evaluated, by issuer key", m.signed_tokens.clone());
-        r.register("issuance_key_error", "Issuance refusals and failures, by reason", m.issuance_key_errors.clone());
-        r.register(
+        reg(
+            r,
+            &mut names,
+            "issuance_request",
+            "Issuance requests (single, amortized or batch)",
+            m.issuance_requests.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "signed_token",
+            "Tokens signed or evaluated, by issuer key",
+            m.signed_tokens.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "issuance_key_error",
+            "Issuance refusals and failures, by reason",
+            m.issuance_key_errors.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
             "redemption",
             "Redemption attempts by outcome (accepted, replayed, double_spend, not_passed, pending, rejected_*, error)",
             m.redemptions.clone(),
+            COUNTER,
         );
-        r.register("key_rotation", "Automatic key rotations (successor announced)", m.key_rotations.clone());
-        r.register("key_rotation_failure", "Automatic rotation ticks that failed", m.key_rotation_failures.clone());
-        r.register("issuer_key_age_seconds", "Age of each live issuer key", m.key_age.clone());
-        r.register(
-            "key_next_rotation_seconds",
-            "Seconds until the active key of a rotation policy is due (negative: overdue)",
-            m.next_rotation.clone(),
+        reg(r, &mut names, "issuer_key_age_seconds", "Age of each live issuer key", m.key_age.clone(), GAUGE);
+        reg(
+            r,
+            &mut names,
+            "store_operation_duration_seconds",
+            "Store call latency",
+            m.store_duration.clone(),
+            HISTOGRAM,
         );
-        r.register("store_operation_duration_seconds", "Store call latency", m.store_duration.clone());
-        r.register("store_error", "Store calls that failed", m.store_errors.clone());
-        r.register("requests", "HTTP requests answered, by route template, method and status", m.requests.clone());
-        r.register("request_duration_seconds", "HTTP request latency by route template", m.request_duration.clone());
-        r.register("requests_in_flight", "HTTP requests being answered", m.in_flight.clone());
-        r.register("shed_request", "Requests refused at once because too many were in flight", m.shed.clone());
-        r.register("rate_limited_request", "Requests refused by a rate limit, by limit", m.rate_limited.clone());
-        Self { registry, ..m }
+        reg(r, &mut names, "store_error", "Store calls that failed", m.store_errors.clone(), COUNTER);
+        reg(
+            r,
+            &mut names,
+            "requests",
+            "HTTP requests answered, by route template, method and status",
+            m.requests.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "request_duration_seconds",
+            "HTTP request latency by route template",
+            m.request_duration.clone(),
+            HISTOGRAM,
+        );
+        reg(r, &mut names, "requests_in_flight", "HTTP requests being answered", m.in_flight.clone(), GAUGE);
+        reg(
+            r,
+            &mut names,
+            "shed_request",
+            "Requests refused at once because too many were in flight",
+            m.shed.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "rate_limited_request",
+            "Requests refused by a rate limit, by limit",
+            m.rate_limited.clone(),
+            COUNTER,
+        );
+        Self { registry, names, ..m }
+    }
+
+    /// Every sample name this registry exposes once it has samples (a
+    /// family with no samples yet is absent from a scrape): what dashboards
+    /// and alerts may query.
+    pub fn sample_names(&self) -> &[String] {
+        &self.names
     }
 
     /// The registry in the OpenMetrics text format ([`CONTENT_TYPE`]).
