@@ -316,21 +316,15 @@ async fn jose_decrypts_the_jwe_claim_of_a_jwk_relay() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let answer: Value = http
-        .post(format!(
-            "{}/api/privacy/v1/relays/{}/generate-claim",
-            server.base,
-            relay["relay-token"].as_str().unwrap()
-        ))
-        .header("persona-relay-secret", relay["relay-secret"].as_str().unwrap())
-        .header("authorization", format!("PrivateToken token={token}"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+    // Redeemed by the bundled client, as a relying party's backend would.
+    let out = std::process::Command::new(common::BIN)
+        .args(["client", "redeem", "--base-url", &server.base, "--json", "--relay-token"])
+        .arg(relay["relay-token"].as_str().unwrap())
+        .args(["--relay-secret", relay["relay-secret"].as_str().unwrap(), "--token", &token])
+        .output()
         .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["token-consumed"], true, "{answer}");
     let jwe = answer["claim-payload"].as_str().unwrap();
     assert_eq!(jwe.split('.').count(), 5, "compact JWE: {jwe}");

@@ -289,14 +289,15 @@ async fn health() -> Response {
 }
 
 /// Readiness: 200 when the store answers and every enabled token type has a
-/// key issuing in both environments ([`Service::readiness`]); otherwise 503
-/// with `Retry-After` and the reason (operational detail, no secret).
+/// key issuing in both environments ([`Service::readiness`], checked at most
+/// once a second however often it is probed); otherwise 503 with
+/// `Retry-After` and the reason (the store's own error text only in the log).
 async fn ready(State(state): State<AppState>) -> Response {
-    match state.service.readiness().await {
+    match state.service.readiness_cached().await {
         Ok(()) => (StatusCode::OK, error::json_headers(), br#"{"status":"ready"}"#.to_vec()).into_response(),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
-            let body = serde_json::json!({"status": "not_ready", "reason": reason.to_string()});
+            let body = serde_json::json!({"status": "not_ready", "reason": reason.public_reason()});
             let mut response =
                 (StatusCode::SERVICE_UNAVAILABLE, error::json_headers(), body.to_string().into_bytes()).into_response();
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"));

@@ -133,6 +133,8 @@ async fn readiness_needs_the_store_and_an_active_key_of_every_type() {
     // Retire the only active type-5 key of production: not ready, and says why.
     let key = h.service.active_key(Environment::Production, 5).await.unwrap().unwrap();
     h.service.retire_key(&key.record.id).await.unwrap();
+    // Probes within one second share one check; the next second sees it.
+    h.clock.advance(1);
     let r = h.call_allowing_5xx(Method::GET, "/health/ready", &[], Vec::new()).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.header("retry-after").is_some());
@@ -142,7 +144,21 @@ async fn readiness_needs_the_store_and_an_active_key_of_every_type() {
     assert_eq!(h.call(Method::GET, "/health", &[], Vec::new()).await.status, StatusCode::OK);
 
     h.service.rotate_key(Environment::Production, 5, None).await.unwrap();
+    h.clock.advance(1);
     assert_eq!(h.call(Method::GET, "/health/ready", &[], Vec::new()).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_flood_of_readiness_probes_costs_the_store_one_check_a_second() {
+    let h = harness(0).await;
+    h.clock.advance(1);
+    let reads = |s: &Scrape| s.sum("store_operation_duration_seconds_count", &[("operation", "issuer_key_metadata")]);
+    let before = reads(&Scrape::of(&h).await);
+    for _ in 0..200 {
+        assert_eq!(h.call(Method::GET, "/health/ready", &[], Vec::new()).await.status, StatusCode::OK);
+    }
+    let after = reads(&Scrape::of(&h).await);
+    assert_eq!(after - before, 1.0, "200 probes in one second, one store read");
 }
 
 #[tokio::test]

@@ -139,6 +139,7 @@ struct Inner {
     secrets: tokio::sync::OnceCell<secrets::Secrets>,
     signing: signing_pool::SigningPool,
     auth_cache: api_keys::AuthCache,
+    readiness: readiness::LastCheck,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -177,6 +178,7 @@ impl Service {
                 secrets: tokio::sync::OnceCell::new(),
                 signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
                 auth_cache: api_keys::AuthCache::default(),
+                readiness: readiness::LastCheck::default(),
                 metrics,
             }),
         }
@@ -199,6 +201,7 @@ impl Service {
                 secrets: tokio::sync::OnceCell::new(),
                 signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
                 auth_cache: api_keys::AuthCache::default(),
+                readiness: readiness::LastCheck::default(),
                 metrics: Arc::clone(&inner.metrics),
             }),
         }

@@ -2,6 +2,7 @@
 //! store must answer within a bound, and every enabled token type must have a
 //! key that issues now, in both environments.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::{Environment, Service};
@@ -15,7 +16,8 @@ pub enum NotReady {
     /// The store did not answer in time.
     #[error("the store did not answer within {0:?}")]
     StoreTimeout(Duration),
-    /// The store answered with an error (its message, for operators).
+    /// The store answered with an error (its message, for operators' logs;
+    /// [`NotReady::public_reason`] leaves it out).
     #[error("the store failed: {0}")]
     Store(String),
     /// No key of `token_type` issues in `environment` now.
@@ -28,7 +30,37 @@ pub enum NotReady {
     },
 }
 
+/// The latest check and the second it was made: probes within the same
+/// second share it, so a flood of probes (the endpoint is public) costs the
+/// store one check a second.
+#[derive(Default)]
+pub(crate) struct LastCheck(Mutex<Option<(i64, Result<(), NotReady>)>>);
+
+impl NotReady {
+    /// The reason as an unauthenticated caller may read it: the store's own
+    /// error text (hosts, schema names) stays in the log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            NotReady::Store(_) => "the store failed".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl Service {
+    /// [`Service::readiness`], at most once a second: a probe in the same
+    /// second as the previous check gets its result.
+    pub async fn readiness_cached(&self) -> Result<(), NotReady> {
+        let now = self.now();
+        let last = self.inner.readiness.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some((_, result)) = last.filter(|(at, _)| *at == now) {
+            return result;
+        }
+        let result = self.readiness().await;
+        *self.inner.readiness.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, result.clone()));
+        result
+    }
+
     /// Ready when the store answers a fresh read of the issuer keys within
     /// [`READINESS_STORE_TIMEOUT`] and, in both environments, every token
     /// type this node issues has a key that issues now.
@@ -48,5 +80,19 @@ impl Service {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_reason_leaves_the_store_error_out() {
+        let e = NotReady::Store("connection to db.internal:5432 refused".into());
+        assert_eq!(e.public_reason(), "the store failed");
+        assert!(e.to_string().contains("db.internal"), "the log keeps it");
+        let e = NotReady::NoActiveKey { environment: Environment::Sandbox, token_type: 5 };
+        assert_eq!(e.public_reason(), e.to_string());
     }
 }
