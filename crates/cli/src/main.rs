@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod config;
 mod load;
+mod rotation;
 mod serve;
 mod settings;
 

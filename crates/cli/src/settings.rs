@@ -19,6 +19,8 @@ use crate::config::{FileConfig, Secret};
 pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) store: crate::config::StoreArgs,
+    #[command(flatten)]
+    pub(crate) rotation: crate::rotation::RotationArgs,
     /// Address to listen on.
     #[arg(long, env = "BLINDPASS_LISTEN")]
     pub(crate) listen: Option<String>,
@@ -263,7 +265,7 @@ impl ServeSettings {
 fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64) -> anyhow::Result<Config> {
     let d = Config::default();
     let (token_types, relay_token_types) = token_types(args, file)?;
-    Ok(Config {
+    let mut config = Config {
         token_types,
         relay_token_types,
         rate_limit_per_minute: pick(&args.rate_limit, &file.rate_limit).unwrap_or(d.rate_limit_per_minute),
@@ -304,7 +306,10 @@ fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64
         )?,
         issuer_name: String::new(),
         key_encryption_key: None,
-    })
+        ..d
+    };
+    args.rotation.apply(&mut config)?;
+    Ok(config)
 }
 
 /// The HTTP and connection limits.

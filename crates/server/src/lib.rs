@@ -243,7 +243,9 @@ pub struct IdOverrides {
 }
 
 /// Serves `router(state)` on `addr` (over TLS when `tls` is given) until
-/// `shutdown` resolves; in-flight requests finish first. Also prunes expired records periodically.
+/// `shutdown` resolves; in-flight requests finish first. Also prunes expired
+/// records periodically and, with a rotation policy, runs the rotation
+/// scheduler every 5 s.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -268,14 +270,28 @@ pub async fn serve(
             }
         }
     });
+    let rotator = (!state.service.config().key_rotation.is_empty()).then(|| {
+        let service = state.service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ROTATION_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                service.rotate_due_keys().await;
+            }
+        })
+    });
     let connections = state.limits.connections;
     let result = transport::serve_connections_with(listener, router(state), connections, tls, shutdown).await;
     pruner.abort();
-    if let Some(reloader) = reloader {
-        reloader.abort();
+    for task in [reloader, rotator].into_iter().flatten() {
+        task.abort();
     }
     result
 }
+
+/// How often every node runs the rotation scheduler (with a policy).
+const ROTATION_TICK: Duration = Duration::from_secs(5);
 
 /// Where Prometheus scrapes.
 pub const METRICS_PATH: &str = "/metrics";

@@ -57,7 +57,7 @@ async fn directory_response(
         blindpass_service::KeyError::Store(e) => ApiError::from(e),
         e => ApiError::internal(&e),
     })?;
-    Ok(cacheable(headers, directory.to_json()))
+    Ok(cacheable(headers, directory.to_json(), directory_max_age(state)))
 }
 
 /// A standard RFC client knows only the challenge's issuer name, shared by
@@ -73,9 +73,20 @@ fn environments(query: Option<&str>) -> Result<&'static [Environment], ApiError>
     })
 }
 
+/// The directory's `max-age`: the configured one, less a random jitter of
+/// up to `directory_max_age_jitter_secs` (so clients' refreshes spread out;
+/// the body and its ETag are the same on every node).
+fn directory_max_age(state: &AppState) -> i64 {
+    let config = state.service.config();
+    let jitter = config.directory_max_age_jitter_secs.clamp(0, config.directory_max_age_secs);
+    let draw = u64::from_le_bytes(state.service.entropy().bytes::<8>());
+    let off = if jitter > 0 { (draw % (jitter as u64 + 1)) as i64 } else { 0 };
+    config.directory_max_age_secs - off
+}
+
 /// The directory with its `ETag` and `Cache-Control`, or 304 when the
 /// client's `If-None-Match` already has it.
-fn cacheable(headers: &HeaderMap, body: Vec<u8>) -> Response {
+fn cacheable(headers: &HeaderMap, body: Vec<u8>, max_age: i64) -> Response {
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
     let matches = headers
         .get(header::IF_NONE_MATCH)
@@ -87,7 +98,9 @@ fn cacheable(headers: &HeaderMap, body: Vec<u8>) -> Response {
             .into_response(),
     };
     let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }

@@ -290,7 +290,11 @@ impl Service {
     /// whose truncated id differs from every live (not retired) key of that
     /// type in the environment, so an RFC 9578 request's truncated id names
     /// one key.
-    async fn generate_key_record(&self, environment: Environment, token_type: u16) -> Result<IssuerKey, KeyError> {
+    pub(crate) async fn generate_key_record(
+        &self,
+        environment: Environment,
+        token_type: u16,
+    ) -> Result<IssuerKey, KeyError> {
         let now = self.now();
         let kek = self.config().key_encryption_key.clone();
         let entropy = self.entropy_handle();

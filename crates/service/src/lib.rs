@@ -29,6 +29,7 @@ mod readiness;
 mod redeem;
 mod relays;
 mod retention;
+pub mod rotation;
 mod secrets;
 mod signing_pool;
 
@@ -100,6 +101,17 @@ pub struct Config {
     /// The token types relays accept at redemption and offer in their 401's
     /// `PrivateToken` challenges, in that order (a subset of `token_types`).
     pub relay_token_types: Vec<u16>,
+    /// Automatic rotation policies (none: keys rotate only when asked).
+    pub key_rotation: Vec<rotation::RotationPolicy>,
+    /// How long before it signs an automatically rotated key is listed in
+    /// the directory (at least `directory_max_age_secs`, so every cached
+    /// directory holds it before it is used).
+    pub key_announce_secs: i64,
+    /// The issuer directory's `Cache-Control: max-age`.
+    pub directory_max_age_secs: i64,
+    /// Up to this many seconds are taken off the max-age at random per
+    /// response, so clients' refreshes spread out.
+    pub directory_max_age_jitter_secs: i64,
 }
 
 impl Default for Config {
@@ -119,6 +131,10 @@ impl Default for Config {
             key_encryption_key: None,
             token_types: TOKEN_TYPES.to_vec(),
             relay_token_types: TOKEN_TYPES.to_vec(),
+            key_rotation: Vec::new(),
+            key_announce_secs: 300 + 60,
+            directory_max_age_secs: 300,
+            directory_max_age_jitter_secs: 0,
         }
     }
 }

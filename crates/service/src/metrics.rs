@@ -1,12 +1,13 @@
 //! The node's Prometheus metrics, on `prometheus-client`: one registry per
 //! [`crate::Service`], written to by the use cases (issuance, redemption,
-//! the store's latency through [`blindpass_store::metered`]) and by
+//! rotation, the store's latency through [`blindpass_store::metered`]) and by
 //! the HTTP edge (requests, latency, in-flight, shed and rate-limited
 //! requests), encoded in the OpenMetrics text format at `/metrics`.
 //!
 //! Names follow Cloudflare's Privacy Pass issuer where they overlap
 //! (`issuance_request_total`, `signed_token_total`,
-//! `issuance_key_error_total`). Every label value comes from a closed set
+//! `issuance_key_error_total`, `key_rotation_total`,
+//! `key_rotation_failure_total`). Every label value comes from a closed set
 //! or from the node's own key ids: nothing a client sends becomes a label
 //! (an unknown path is `route="unmatched"`).
 
@@ -34,6 +35,12 @@ struct KeyStateLabels {
     token_type: String,
     environment: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    environment: &'static str,
+    token_type: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +87,9 @@ pub struct Metrics {
     signed_tokens: Family<KeyLabels, Counter>,
     issuance_key_errors: Family<Reason, Counter>,
     redemptions: Family<Outcome, Counter>,
+    key_rotations: Counter,
+    key_rotation_failures: Counter,
+    next_rotation: Family<PolicyLabels, Gauge>,
     key_age: Family<KeyStateLabels, Gauge>,
     store_duration: Family<Operation, Histogram, fn() -> Histogram>,
     store_errors: Family<Operation, Counter>,
@@ -132,6 +142,9 @@ impl Metrics {
             signed_tokens: Family::default(),
             issuance_key_errors: Family::default(),
             redemptions: Family::default(),
+            key_rotations: Counter::default(),
+            key_rotation_failures: Counter::default(),
+            next_rotation: Family::default(),
             key_age: Family::default(),
             store_duration: Family::new_with_constructor(latency_histogram),
             store_errors: Family::default(),
@@ -177,6 +190,30 @@ impl Metrics {
             "Redemption attempts by outcome (accepted, replayed, double_spend, not_passed, pending, rejected_*, error)",
             m.redemptions.clone(),
             COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "key_rotation",
+            "Automatic rotations: successors announced by this node",
+            m.key_rotations.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "key_rotation_failure",
+            "Automatic rotation steps that failed (retried next tick)",
+            m.key_rotation_failures.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "key_next_rotation_seconds",
+            "Seconds until the active key of a rotation policy is due for a successor (negative: overdue)",
+            m.next_rotation.clone(),
+            GAUGE,
         );
         reg(r, &mut names, "issuer_key_age_seconds", "Age of each live issuer key", m.key_age.clone(), GAUGE);
         reg(
@@ -255,6 +292,24 @@ impl Metrics {
 
     pub(crate) fn redemption(&self, outcome: &'static str) {
         self.redemptions.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub(crate) fn rotated(&self) {
+        self.key_rotations.inc();
+    }
+
+    pub(crate) fn rotation_failed(&self) {
+        self.key_rotation_failures.inc();
+    }
+
+    /// Replaces the time-to-rotation gauges (environment, token type,
+    /// seconds until due).
+    pub(crate) fn set_next_rotations(&self, due: impl Iterator<Item = (crate::Environment, u16, i64)>) {
+        self.next_rotation.clear();
+        for (environment, token_type, secs) in due {
+            let labels = PolicyLabels { environment: environment.as_str(), token_type: token_type.to_string() };
+            self.next_rotation.get_or_create(&labels).set(secs);
+        }
     }
 
     /// Replaces the key-age gauges with `keys` (id, token type, environment,

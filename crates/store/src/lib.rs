@@ -81,6 +81,13 @@ pub trait IssuerKeyStore: Send + Sync {
     async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError>;
     /// Retires a key at `at`. Returns false when no such key exists.
     async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Automatic rotation's one write: inserts `successor` (a pending key,
+    /// announced ahead of its `not_before`) only while `replaces` is still
+    /// the active key of the successor's environment and token type and no
+    /// key of theirs is pending; true when inserted. Checked and written in
+    /// one transaction under the lifecycle lock, so however many nodes reach
+    /// the same due time at once, exactly one announcement is made.
+    async fn announce_issuer_key(&self, successor: &IssuerKey, replaces: &str) -> Result<bool, StoreError>;
     /// Promotes every pending key whose `not_before` has come: in each such
     /// environment the newest due pending key becomes active and the
     /// previous active key verify-only. One transaction; safe to run on every

@@ -75,6 +75,7 @@ metered!(IssuerKeyStore {
     fn issuer_keys(&self, environment: Option<Environment>) -> Vec<IssuerKey>;
     fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> ();
     fn retire_issuer_key(&self, id: &str, at: i64) -> bool;
+    fn announce_issuer_key(&self, successor: &IssuerKey, replaces: &str) -> bool;
     fn promote_due_keys(&self, now: i64) -> u64;
     fn issuer_key_metadata(&self, environment: Option<Environment>) -> Vec<IssuerKey>;
     fn issuer_key_private(&self, id: &str) -> Option<Vec<u8>>;

@@ -124,6 +124,49 @@ pub async fn first_issuer_key_has_one_winner(store: Arc<dyn Store>) {
     assert_eq!(store.issuer_keys(Some(Environment::Sandbox)).await.unwrap().len(), 1);
 }
 
+pub async fn announcing_a_successor_has_one_winner(store: Arc<dyn Store>) {
+    let env = Environment::Sandbox;
+    store.insert_issuer_key(&issuer_key("old", env, KeyState::Active, 10)).await.unwrap();
+    // Another type's pending key does not block this type's announcement.
+    let mut other_type = issuer_key("t5pending", env, KeyState::Pending, 10);
+    other_type.token_type = 5;
+    other_type.not_before = 5_000;
+    store.insert_issuer_key(&other_type).await.unwrap();
+    let successor = move |i: usize| {
+        let mut k = issuer_key(&format!("next{i}"), env, KeyState::Pending, 50);
+        k.not_before = 1_000;
+        k
+    };
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.announce_issuer_key(&successor(i), "old").await.unwrap() })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1, "eight nodes at one due time: one announcement");
+    let pending =
+        |keys: Vec<IssuerKey>| keys.iter().filter(|k| k.state == KeyState::Pending && k.token_type == 2).count();
+    assert_eq!(pending(store.issuer_keys(Some(env)).await.unwrap()), 1);
+    // While one is pending, no other; once it is active, nothing replaces a
+    // key that is no longer active.
+    assert!(!store.announce_issuer_key(&successor(9), "old").await.unwrap());
+    assert_eq!(store.promote_due_keys(1_000).await.unwrap(), 1);
+    assert!(!store.announce_issuer_key(&successor(10), "old").await.unwrap(), "old is verify-only now");
+    assert!(!store.announce_issuer_key(&successor(11), "missing").await.unwrap());
+    let active = store
+        .issuer_keys(Some(env))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.state == KeyState::Active && k.token_type == 2)
+        .unwrap();
+    assert!(store.announce_issuer_key(&successor(12), &active.id).await.unwrap(), "the next cycle");
+}
+
 pub async fn pending_keys_are_promoted_once(store: Arc<dyn Store>) {
     let store = &*store;
     let env = Environment::Production;

@@ -118,6 +118,33 @@ impl IssuerKeyStore for PostgresStore {
         tx.commit().await.map_err(map_err)
     }
 
+    async fn announce_issuer_key(&self, successor: &IssuerKey, replaces: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        // The lifecycle lock: announcements, rotations, promotions and
+        // retirements of every node take it, so the check below still holds
+        // when the insert commits.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
+        let env = successor.environment.as_str();
+        let token_type = i32::from(successor.token_type);
+        let row = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM issuer_keys WHERE id = $1 AND state = 'active'
+                                  AND environment = $2 AND token_type = $3)
+                    AND NOT EXISTS (SELECT 1 FROM issuer_keys WHERE state = 'pending'
+                                      AND environment = $2 AND token_type = $3)",
+                &[&replaces, &env, &token_type],
+            )
+            .await
+            .map_err(map_err)?;
+        if !row.get::<_, bool>(0) {
+            return Ok(false);
+        }
+        insert_issuer_key_tx(&tx, successor).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
     async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(map_err)?;

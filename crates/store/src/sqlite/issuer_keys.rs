@@ -136,6 +136,32 @@ impl IssuerKeyStore for SqliteStore {
         .await
     }
 
+    async fn announce_issuer_key(&self, successor: &IssuerKey, replaces: &str) -> Result<bool, StoreError> {
+        let key = successor.clone();
+        let replaces = replaces.to_owned();
+        self.with(move |c| {
+            // BEGIN IMMEDIATE: the check and the insert hold the write lock.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            let open: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM issuer_keys WHERE id = ?1 AND state = 'active'
+                                      AND environment = ?2 AND token_type = ?3)
+                        AND NOT EXISTS (SELECT 1 FROM issuer_keys WHERE state = 'pending'
+                                          AND environment = ?2 AND token_type = ?3)",
+                    params![replaces, key.environment.as_str(), key.token_type],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            if !open {
+                return Ok(false);
+            }
+            insert_issuer_key_tx(&tx, &key)?;
+            tx.commit().map_err(map_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn promote_due_keys(&self, now: i64) -> Result<u64, StoreError> {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
