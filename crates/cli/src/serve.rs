@@ -40,7 +40,14 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let reload_every = std::time::Duration::from_secs(args.tls_reload_secs.unwrap_or(30).max(1));
-            let files = blindpass_server::tls::TlsFiles { cert: cert.clone(), key: key.clone(), reload_every };
+            let attesters = args.attesters.iter().map(|a| attester(a)).collect::<anyhow::Result<Vec<_>>>()?;
+            let files = blindpass_server::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                reload_every,
+                client_ca: args.client_ca.clone(),
+                attesters,
+            };
             Some(blindpass_server::tls::ReloadingTls::load(files)?)
         }
         _ => None,
@@ -62,6 +69,19 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--attester NAME=ENV[:PERMISSION+PERMISSION]`.
+fn attester(text: &str) -> anyhow::Result<blindpass_server::tls::Attester> {
+    let bad = || anyhow::anyhow!("--attester {text:?}: expected NAME=ENV[:PERMISSION+PERMISSION]");
+    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (environment, permissions) = rest.split_once(':').map_or((rest, None), |(e, p)| (e, Some(p)));
+    let environment = environment.parse().map_err(|_| bad())?;
+    let permissions = match permissions {
+        None => vec![blindpass_service::Permission::PrivacyPassWrite],
+        Some(list) => list.split('+').map(|p| p.parse().map_err(|_| bad())).collect::<anyhow::Result<_>>()?,
+    };
+    blindpass_server::tls::Attester::new(name, environment, permissions).map_err(|e| anyhow::anyhow!("--attester: {e}"))
 }
 
 /// Serves `/metrics` alone on `addr` until the process stops.

@@ -38,6 +38,16 @@ pub(crate) struct ServeArgs {
     /// Seconds between checks of the TLS files for a renewal (default 30).
     #[arg(long, env = "BLINDPASS_TLS_RELOAD_SECS")]
     pub(crate) tls_reload_secs: Option<u64>,
+    /// mTLS: accept client certificates from this PEM CA (optional for
+    /// clients; another CA's certificate fails the handshake).
+    #[arg(long, env = "BLINDPASS_CLIENT_CA", requires = "tls_cert")]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// An attester authenticated by its client certificate instead of an API
+    /// key: `NAME=ENV[:PERMISSION+PERMISSION]`, NAME the DNS name the
+    /// certificate is valid for (default permission privacy_pass.write);
+    /// repeatable.
+    #[arg(long = "attester", env = "BLINDPASS_ATTESTERS", value_delimiter = ',', requires = "client_ca")]
+    pub(crate) attesters: Vec<String>,
     /// Requests per minute per environment (0 turns rate limiting off).
     #[arg(long, env = "BLINDPASS_RATE_LIMIT")]
     pub(crate) rate_limit: Option<u64>,

@@ -4,7 +4,7 @@
 //! restart, a broken renewal that keeps the last good pair serving, and
 //! unusable files refused at start in one line. Each test makes its own
 //! throwaway CA with rcgen.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
 
@@ -149,4 +149,145 @@ fn unusable_tls_files_are_one_line_errors_at_start() {
     }
     let out = Command::new(BIN).args(["serve", "--tls-cert", &cert]).output().unwrap();
     assert!(!out.status.success(), "--tls-cert without --tls-key");
+}
+
+/// A client certificate for `name` signed by `issuer` (PEM cert, PEM key).
+fn client_cert(name: &str, issuer: &rcgen::Issuer<'_, KeyPair>) -> (String, String) {
+    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages.push(rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let key = KeyPair::generate().unwrap();
+    (params.signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
+}
+
+fn client_ca(name: &str) -> (String, rcgen::Issuer<'static, KeyPair>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    (pem, rcgen::Issuer::new(params, key))
+}
+
+/// `POST /token-request` with curl, optionally with a client certificate
+/// and headers: (curl succeeded, HTTP status, response body).
+fn token_request(
+    ca: &str,
+    url: &str,
+    cert: Option<(&str, &str)>,
+    headers: &[&str],
+    body: &Path,
+) -> (bool, u16, Vec<u8>) {
+    let out_file = body.with_extension("out");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "--cacert", ca, "-o", out_file.to_str().unwrap(), "-w", "%{http_code}"]);
+    cmd.args(["-H", "content-type: application/private-token-request", "--data-binary"]);
+    cmd.arg(format!("@{}", body.display()));
+    if let Some((cert, key)) = cert {
+        cmd.args(["--cert", cert, "--key", key]);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (out.status.success(), status, std::fs::read(&out_file).unwrap_or_default())
+}
+
+#[test]
+fn mtls_attesters_get_tokens_without_an_api_key_and_nobody_else_does() {
+    use blindpass_protocol::{b64, keys::IssuerPublicKey, type2, wire};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server_pki = pki("server CA");
+    let ca = write(d, "ca.pem", &server_pki.ca);
+    let cert = write(d, "cert.pem", &server_pki.cert);
+    let key = write(d, "key.pem", &server_pki.key);
+    let (clients_pem, clients) = client_ca("attesters CA");
+    let clients_ca = write(d, "clients.pem", &clients_pem);
+    let (foreign_pem, foreign) = client_ca("foreign CA");
+    let _ = foreign_pem;
+    let mut files = std::collections::HashMap::new();
+    for (label, name, issuer) in [
+        ("attester", "attester.example", &clients),
+        ("verifier", "verifier.example", &clients),
+        ("unmapped", "other.example", &clients),
+        ("foreign", "attester.example", &foreign),
+    ] {
+        let (c, k) = client_cert(name, issuer);
+        files.insert(label, (write(d, &format!("{label}.pem"), &c), write(d, &format!("{label}-key.pem"), &k)));
+    }
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["--data-dir", d.join("data").to_str().unwrap(), "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &clients_ca])
+        .args(["--attester", "attester.example=sandbox", "--attester", "verifier.example=production:relay.verify"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("https://127.0.0.1:{port}") };
+    wait_for(&ca, &format!("{}/health", server.base));
+
+    // The sandbox key from the directory; a TokenRequest for it.
+    let (ok, _, directory) =
+        curl(&ca, &format!("{}/.well-known/private-token-issuer-directory?sandbox=true", server.base));
+    assert!(ok, "API-key clients (no certificate) still connect");
+    let directory: serde_json::Value = serde_json::from_str(&directory).unwrap();
+    let token_key = directory["token-keys"].as_array().unwrap().iter().find(|k| k["token-type"] == 2).unwrap();
+    let issuer_key =
+        IssuerPublicKey::from_rfc9578_spki(&b64::decode(token_key["token-key"].as_str().unwrap()).unwrap()).unwrap();
+    let challenge = wire::TokenChallenge::new(2, "issuer.example", &[], "origin.example").unwrap();
+    let (request, state) = type2::begin_issuance(&issuer_key, &challenge, &mut rand::rng()).unwrap();
+    let body = d.join("request.bin");
+    std::fs::write(&body, request.encode()).unwrap();
+    let url = format!("{}/token-request", server.base);
+    let with = |label: &str| {
+        let (c, k) = &files[label];
+        Some((c.as_str(), k.as_str()))
+    };
+
+    // The attester's certificate, no API key: a token that verifies.
+    let (ok, status, response) = token_request(&ca, &url, with("attester"), &[], &body);
+    assert!(ok && status == 200, "{status}: {}", String::from_utf8_lossy(&response));
+    let token =
+        type2::finalize_issuance(&issuer_key, &state, &wire::TokenResponse::decode(&response).unwrap()).unwrap();
+    type2::verify_token(&issuer_key, &token).unwrap();
+
+    // No certificate and no key; a certificate from the CA that names no
+    // attester; an attester without privacy_pass.write; an Authorization
+    // header beside the certificate (the header wins, and is wrong).
+    assert_eq!(token_request(&ca, &url, None, &[], &body).1, 401);
+    assert_eq!(token_request(&ca, &url, with("unmapped"), &[], &body).1, 401);
+    assert_eq!(token_request(&ca, &url, with("verifier"), &[], &body).1, 403);
+    assert_eq!(token_request(&ca, &url, with("attester"), &["authorization: Bearer nope"], &body).1, 401);
+    // A certificate from another CA, even for the attester's name, fails the handshake.
+    let (ok, status, _) = token_request(&ca, &url, with("foreign"), &[], &body);
+    assert!(!ok && status == 0, "another CA's certificate was accepted ({status})");
+    drop(server);
+}
+
+#[test]
+fn attesters_need_a_client_ca_and_a_dns_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki("ca");
+    let cert = write(dir.path(), "cert.pem", &p.cert);
+    let key = write(dir.path(), "key.pem", &p.key);
+    let ca = write(dir.path(), "ca.pem", &p.ca);
+    for (args, says) in [
+        (vec!["--attester", "a.example=sandbox"], "client-ca"),
+        (vec!["--client-ca", &ca, "--attester", "a.example=staging"], "--attester"),
+        (vec!["--client-ca", &ca, "--attester", "a.example=sandbox:admin"], "--attester"),
+        (vec!["--client-ca", &ca, "--attester", "not a name=sandbox"], "not a DNS name"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap(), "serve", "--listen", "127.0.0.1:0"])
+            .args(["--tls-cert", &cert, "--tls-key", &key])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -1,7 +1,10 @@
 //! Bearer API keys: the `require_api_key` layer authenticates, counts the
 //! request against its environment and checks the route's permission, all
 //! before anything is stored for idempotency (so 401, 403 and 429 are never
-//! replayed); handlers take the result with the [`ApiKey`] extractor.
+//! replayed); handlers take the result with the [`ApiKey`] extractor. Over
+//! mTLS, a client certificate that names a configured attester
+//! ([`crate::tls::Attester`]) authenticates a request that sends no
+//! `Authorization` header.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -10,11 +13,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use blindpass_service::{Authenticated, Permission};
 
+use std::sync::Arc;
+
 use crate::AppState;
 use crate::client_addr::Client;
 use crate::envelope::Envelope;
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyScope;
+use crate::tls::Attester;
 
 /// The authenticated API key of a request that passed `require_api_key`.
 #[derive(Debug, Clone)]
@@ -39,14 +45,24 @@ pub(crate) async fn require_api_key(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match admit(&state, permission, &client, &envelope, request.headers()).await {
+    let attester = request.extensions().get::<Arc<Attester>>().cloned();
+    match admit(&state, permission, &client, &envelope, request.headers(), attester.as_deref()).await {
         Ok(auth) => {
             let scope = IdempotencyScope { scope: format!("api_key:{}", auth.key.id), extra: Vec::new() };
             request.extensions_mut().insert(scope);
             request.extensions_mut().insert(auth);
             next.run(request).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Read (and drop) what the client is still sending, within the
+            // body limit and a second: answering before the body is read makes
+            // HTTP/2 reset the stream, and clients such as curl then report a
+            // transport error instead of the 401/403/429.
+            let limit = state.limits.max_body_bytes;
+            let drain = axum::body::to_bytes(request.into_body(), limit);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+            e.into_response()
+        }
     }
 }
 
@@ -56,14 +72,39 @@ async fn admit(
     client: &Client,
     envelope: &Envelope,
     headers: &HeaderMap,
+    attester: Option<&Attester>,
 ) -> Result<Authenticated, ApiError> {
-    let auth = authenticate(state, headers, client).await?;
+    let auth = match attester {
+        // A verified client certificate stands in for an API key; an
+        // Authorization header, when sent, still wins.
+        Some(attester) if !headers.contains_key(header::AUTHORIZATION) => attested(attester),
+        _ => authenticate(state, headers, client).await?,
+    };
     envelope.environment(auth.key.environment);
     envelope.admit(state.service.rate_limit_key(&auth.key).await?)?;
     if !auth.can(permission) {
         return Err(ApiError::forbidden(format!("The API key does not have the {permission} permission.")));
     }
     Ok(auth)
+}
+
+/// An attester (mTLS) as the key record the rest of the stack reads: its
+/// environment, its permissions, idempotency scoped to it, rate limits of
+/// its environment.
+fn attested(attester: &Attester) -> Authenticated {
+    Authenticated {
+        key: blindpass_service::ApiKey {
+            id: format!("attester:{}", attester.name),
+            name: Some(attester.name.clone()),
+            environment: attester.environment,
+            permissions: attester.permissions.clone(),
+            lookup: String::new(),
+            secret_hash: [0; 32],
+            created_at: 0,
+            revoked_at: None,
+            rate_limit_per_minute: None,
+        },
+    }
 }
 
 /// Checks the bearer secret. Failed authentications count against the

@@ -3,14 +3,22 @@
 //! are re-read when they change, and a renewal that does not load (a key that
 //! does not match, a half-written file) is logged and the last good pair
 //! kept.
+//!
+//! With `client_ca`, clients may present a certificate from that CA (mTLS;
+//! another CA's fails the handshake, none is allowed). A certificate valid
+//! for the DNS name of a configured [`Attester`] (a subjectAltName dNSName,
+//! checked by webpki) authenticates the attester's requests in place of an
+//! API key, as Cloudflare's production issuer authenticates its attesters.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use blindpass_service::{Environment, Permission};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
 
 /// Where the certificate chain and its key are, and how often to look for
 /// a renewal.
@@ -22,6 +30,31 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// How often the files are checked for a change.
     pub reload_every: Duration,
+    /// PEM CA whose client certificates are accepted (mTLS), if any.
+    pub client_ca: Option<PathBuf>,
+    /// Client certificate names that authenticate as an attester.
+    pub attesters: Vec<Attester>,
+}
+
+/// A client authenticated by its certificate instead of an API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attester {
+    /// The DNS name its certificate must be valid for.
+    pub name: String,
+    /// The environment its requests belong to.
+    pub environment: Environment,
+    /// What it may do.
+    pub permissions: Vec<Permission>,
+}
+
+impl Attester {
+    /// Checks that `name` is a DNS name a certificate can be valid for.
+    pub fn new(name: &str, environment: Environment, permissions: Vec<Permission>) -> Result<Self, TlsError> {
+        match ServerName::try_from(name) {
+            Ok(ServerName::DnsName(_)) => Ok(Self { name: name.to_owned(), environment, permissions }),
+            _ => Err(TlsError(format!("attester name {name:?} is not a DNS name"))),
+        }
+    }
 }
 
 /// When the certificate and the key files were last modified.
@@ -48,7 +81,10 @@ pub struct TlsError(String);
 impl ReloadingTls {
     /// Loads the pair once; an error here stops the server from starting.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let config = load_config(&files.cert, &files.key)?;
+        if !files.attesters.is_empty() && files.client_ca.is_none() {
+            return Err(TlsError("attesters need a client CA (--client-ca)".into()));
+        }
+        let config = load_config(&files)?;
         let stamp = stamps(&files);
         Ok(Arc::new(Self { files, current: RwLock::new((config, stamp)) }))
     }
@@ -67,7 +103,7 @@ impl ReloadingTls {
         if stamp.is_none() || stamp == seen {
             return false;
         }
-        match load_config(&self.files.cert, &self.files.key) {
+        match load_config(&self.files) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (config, stamp);
                 tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
@@ -81,6 +117,22 @@ impl ReloadingTls {
                 false
             }
         }
+    }
+
+    /// The attester a verified client certificate chain names, if any: the
+    /// first configured attester whose DNS name the leaf is valid for. The
+    /// chain itself was verified against the client CA in the handshake.
+    pub fn attester(&self, peer: Option<&[CertificateDer<'_>]>) -> Option<Attester> {
+        let leaf = peer?.first()?;
+        let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+        self.files
+            .attesters
+            .iter()
+            .find(|a| {
+                ServerName::try_from(a.name.as_str())
+                    .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            })
+            .cloned()
     }
 
     /// Checks the files every `reload_every` until the task is dropped.
@@ -102,7 +154,8 @@ fn stamps(files: &TlsFiles) -> Stamps {
     Some((modified(&files.cert)?, modified(&files.key)?))
 }
 
-fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+fn load_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let (cert, key) = (files.cert.as_path(), files.key.as_path());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError(format!("reading the TLS certificate {}: {e}", cert.display())))?;
@@ -112,14 +165,33 @@ fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError(format!("reading the TLS key {}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError(format!("TLS versions: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| {
-            TlsError(format!("the TLS key {} does not fit the certificate {}: {e}", key.display(), cert.display()))
-        })?;
+        .map_err(|e| TlsError(format!("TLS versions: {e}")))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| TlsError(format!("reading the client CA {}: {e}", ca.display())))?
+            {
+                roots.add(cert).map_err(|e| TlsError(format!("the client CA {}: {e}", ca.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError(format!("no certificate in the client CA {}", ca.display())));
+            }
+            // Optional: API-key clients present no certificate.
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError(format!("the client CA {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
+        TlsError(format!("the TLS key {} does not fit the certificate {}: {e}", key.display(), cert.display()))
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -109,12 +109,8 @@ pub async fn serve_connections_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = app.clone().map_request(move |mut request: axum::http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request
-        });
-        let service = TowerToHyperService::new(service);
         let Some(tls) = &tls else {
+            let service = TowerToHyperService::new(app.clone().map_request(tag(peer, None)));
             let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             connections.spawn(async move {
                 let _slot = slot;
@@ -126,6 +122,7 @@ pub async fn serve_connections_with(
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let (builder, watcher, handshake_timeout) = (builder.clone(), graceful.watcher(), limits.header_read_timeout);
+        let (tls, app) = (Arc::clone(tls), app.clone());
         connections.spawn(async move {
             let _slot = slot;
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -133,6 +130,9 @@ pub async fn serve_connections_with(
                 Ok(Err(e)) => return tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(peer = %peer, "TLS handshake timed out"),
             };
+            // Who the client certificate names, once per connection.
+            let attester = tls.attester(stream.get_ref().1.peer_certificates()).map(Arc::new);
+            let service = TowerToHyperService::new(app.map_request(tag(peer, attester)));
             let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
@@ -142,6 +142,21 @@ pub async fn serve_connections_with(
     drop(listener);
     drain(connections, graceful, limits.shutdown_deadline).await;
     Ok(())
+}
+
+/// What every request of a connection carries: its peer address and, over
+/// mTLS, the attester its client certificate names.
+fn tag(
+    peer: SocketAddr,
+    attester: Option<Arc<crate::tls::Attester>>,
+) -> impl FnMut(axum::http::Request<Incoming>) -> axum::http::Request<Incoming> + Clone {
+    move |mut request| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(attester) = &attester {
+            request.extensions_mut().insert(Arc::clone(attester));
+        }
+        request
+    }
 }
 
 /// HTTP/1 and HTTP/2 with a timer (so the header-read timeout works) and the
