@@ -52,6 +52,8 @@ enum Command {
     Migrate(StoreOnly),
     /// A Privacy Pass client: challenge, issue, redeem, or the whole flow.
     Client(Box<client::ClientArgs>),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as served at /openapi.json).
+    Openapi,
     /// Benchmarks, with ratios against `openssl speed` measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -96,9 +98,9 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.format(&mut command()).exit(),
     };
     let result = match cli.command {
-        Command::Bench(_) | Command::Client(_) if misplaced_store_option(&matches).is_some() => {
+        Command::Bench(_) | Command::Client(_) | Command::Openapi if misplaced_store_option(&matches).is_some() => {
             let id = misplaced_store_option(&matches).unwrap_or_default().replace('_', "-");
-            Err(anyhow::anyhow!("--{id} is a store option; client and bench commands do not use the store"))
+            Err(anyhow::anyhow!("--{id} is a store option; client, bench and openapi do not use the store"))
         }
         Command::Bench(cmd) => bench::run(cmd),
         Command::Serve(mut args) => {
@@ -110,6 +112,10 @@ fn main() -> std::process::ExitCode {
         Command::IssuerName(c) => admin::run_issuer_name(&c.store.or(&cli.store), c.command),
         Command::Migrate(c) => admin::migrate(&c.store.or(&cli.store)),
         Command::Client(args) => client::run(*args),
+        Command::Openapi => {
+            print!("{}", blindpass_server::openapi::json());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

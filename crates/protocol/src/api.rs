@@ -39,6 +39,7 @@ pub fn generate_claim_path(relay_token: &str) -> String {
 /// `POST /api/v1/privacy-passes` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatePrivacyPass {
     /// base64url of the blinded message (the key's modulus length).
     pub blinded_token: String,
@@ -49,6 +50,7 @@ pub struct CreatePrivacyPass {
 /// `POST /api/v1/privacy-passes` response (201).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PrivacyPass {
     /// base64url (unpadded) of the blind signature.
     pub blind_sig: String,
@@ -57,6 +59,7 @@ pub struct PrivacyPass {
 /// `POST /api/privacy/v1/relays/challenge` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChallengeRequest {
     /// The claim the token will be redeemed for, e.g. `age_over18_verified`.
     pub claim_type: String,
@@ -68,6 +71,7 @@ pub struct ChallengeRequest {
 /// `POST /api/privacy/v1/relays/challenge` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChallengeResponse {
     /// base64url (unpadded) of the challenge JSON.
     pub challenge: String,
@@ -80,18 +84,21 @@ pub struct ChallengeResponse {
 /// `POST /api/privacy/v1/relays` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRelay {
     /// The claim this relay delivers.
     pub claim_type: String,
     /// PEM RSA public key the claim is encrypted to; must be present, may be
     /// `null` (the claim is then delivered in the clear).
     #[serde(deserialize_with = "present_or_null")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub encryption_key_pem: Option<String>,
     /// Persona 2026-09-29: an RSA public JWK (`kty` RSA, `alg`
     /// RSA-OAEP-256) the claim is encrypted to as a compact JWE, instead of
-    /// `encryption-key-pem` (which is then `null`). Parsed by
-    /// [`crate::jwk::EncryptionJwk::parse`].
+    /// `encryption-key-pem` (which is then `null`); parsed by
+    /// `jwk::EncryptionJwk::parse`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub encryption_key_jwk: Option<serde_json::Value>,
     /// The sandbox environment when true.
     #[serde(default)]
@@ -101,6 +108,7 @@ pub struct CreateRelay {
 /// `POST /api/privacy/v1/relays` response (201).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelayCreated {
     /// `relay_…`, the relay's public name.
     pub relay_token: String,
@@ -113,6 +121,7 @@ pub struct RelayCreated {
 /// A claim's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Outcome {
     /// `"passed"`.
     Passed,
@@ -135,6 +144,7 @@ impl Outcome {
 /// One step of how a verifier reached its result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Method {
     /// The method's name, e.g. `government_id`.
     pub method: String,
@@ -145,6 +155,7 @@ pub struct Method {
 /// `POST /api/privacy/v1/relays/{relay-token}/result` request (a verifier's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordResult {
     /// The claim's outcome.
     pub claim_result: Outcome,
@@ -156,6 +167,7 @@ pub struct RecordResult {
 /// `POST /api/privacy/v1/relays/{relay-token}/result` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultRecorded {
     /// The relay.
     pub relay_token: String,
@@ -167,11 +179,13 @@ pub struct ResultRecorded {
 /// travels in `Authorization: PrivateToken token=…`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerateClaim {}
 
 /// `POST …/generate-claim` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Claim {
     /// The claim JSON, or base64 of its RSA-OAEP ciphertext.
     pub claim_payload: String,
@@ -181,6 +195,7 @@ pub struct Claim {
 
 /// Every error: `{"errors":[{"title","details"}]}` (note: `details`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// One item in practice.
     pub errors: Vec<ErrorItem>,
@@ -188,6 +203,7 @@ pub struct ErrorBody {
 
 /// One error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorItem {
     /// A short title, e.g. `Rate limit exceeded`.
     pub title: String,

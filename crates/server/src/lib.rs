@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod inflection;
 pub mod json;
 mod metrics;
+pub mod openapi;
 mod privacy_passes;
 mod redeem;
 mod relays;
@@ -134,26 +135,36 @@ pub fn router(state: AppState) -> Router {
     let shed_service = state.service.clone();
     let observed = state.service.clone();
     let s = &state;
-    let persona = Router::new()
-        .route(PRIVACY_PASSES_PATH, with_api_key(s, Permission::PrivacyPassWrite, post(privacy_passes::create)))
-        .route(rfc::TOKEN_REQUEST_PATH, with_api_key(s, Permission::PrivacyPassWrite, post(rfc::token_request)))
-        .route(CHALLENGE_PATH, post(relays::challenge))
-        .route(RELAYS_PATH, post(relays::create))
-        .route(
-            "/api/privacy/v1/relays/{relay_token}/result",
-            with_api_key(s, Permission::RelayVerify, post(relays::result)),
-        )
-        .route("/api/privacy/v1/relays/{relay_token}/generate-claim", redemption(s))
+    let persona = Router::new();
+    let persona = documented(
+        persona,
+        PRIVACY_PASSES_PATH,
+        with_api_key(s, Permission::PrivacyPassWrite, post(privacy_passes::create)),
+    );
+    let persona = documented(
+        persona,
+        rfc::TOKEN_REQUEST_PATH,
+        with_api_key(s, Permission::PrivacyPassWrite, post(rfc::token_request)),
+    );
+    let persona = documented(persona, CHALLENGE_PATH, post(relays::challenge));
+    let persona = documented(persona, RELAYS_PATH, post(relays::create));
+    let persona = documented(
+        persona,
+        "/api/privacy/v1/relays/{relay_token}/result",
+        with_api_key(s, Permission::RelayVerify, post(relays::result)),
+    );
+    let persona = documented(persona, "/api/privacy/v1/relays/{relay_token}/generate-claim", redemption(s))
         .route_layer(middleware::from_fn_with_state(state.clone(), envelope::persona_envelope));
     let mut public = Router::new();
     if state.expose_metrics {
-        public = public.route(METRICS_PATH, get(metrics::scrape::<AppState>));
+        public = documented(public, METRICS_PATH, get(metrics::scrape::<AppState>));
     }
+    let public = documented(public, "/health", get(health));
+    let public = documented(public, READY_PATH, get(ready));
+    let public = documented(public, openapi::OPENAPI_PATH, get(serve_openapi));
+    let public = documented(public, rfc::DIRECTORY_PATH, get(rfc::directory));
+    let public = documented(public, rfc::DIRECTORY_ALIAS_PATH, get(rfc::directory));
     public
-        .route("/health", get(health))
-        .route(READY_PATH, get(ready))
-        .route(rfc::DIRECTORY_PATH, get(rfc::directory))
-        .route(rfc::DIRECTORY_ALIAS_PATH, get(rfc::directory))
         .merge(persona)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -172,6 +183,19 @@ pub fn router(state: AppState) -> Router {
 /// the public network).
 pub fn metrics_router(service: Service) -> Router {
     Router::new().route(METRICS_PATH, get(metrics::scrape::<Service>)).fallback(not_found).with_state(service)
+}
+
+/// `router.route(path, route)`, for a path the OpenAPI document describes
+/// (checked in debug builds, so a route added without its documentation
+/// fails every test that builds the router).
+fn documented(router: Router<AppState>, path: &str, route: MethodRouter<AppState>) -> Router<AppState> {
+    debug_assert!(openapi::documents(path), "{path} is served but not in the OpenAPI document (openapi.rs)");
+    router.route(path, route)
+}
+
+/// `GET /openapi.json`.
+async fn serve_openapi() -> Response {
+    (StatusCode::OK, error::json_headers(), openapi::json()).into_response()
 }
 
 /// An API-key route: [`api_key::require_api_key`] with `permission`, then
