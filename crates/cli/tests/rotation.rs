@@ -44,10 +44,25 @@ fn redeem(base: &str, key: &str) -> bool {
 }
 
 #[tokio::test]
-async fn two_nodes_rotate_automatically_once_per_due_time() {
+async fn two_nodes_rotate_automatically_once_per_due_time_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let store = ["--data-dir", data];
+    two_nodes_rotate_automatically(&["--data-dir", dir.path().to_str().unwrap()]).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(blindpass_test_postgres), ignore = "needs BLINDPASS_TEST_POSTGRES_URL (.ci/run sets it)")]
+async fn two_nodes_rotate_automatically_once_per_due_time_on_postgres() {
+    use blindpass_store::postgres::testing::{create_schema, drop_schema, random_schema_name, url_with_schema};
+    let base = std::env::var("BLINDPASS_TEST_POSTGRES_URL").expect("BLINDPASS_TEST_POSTGRES_URL");
+    let schema = random_schema_name();
+    create_schema(&base, &schema).await.unwrap();
+    let url = url_with_schema(&base, &schema);
+    two_nodes_rotate_automatically(&["--database-url", &url]).await;
+    drop_schema(&base, &schema).await.unwrap();
+}
+
+async fn two_nodes_rotate_automatically(store: &[&str]) {
+    let store = store.to_vec();
     let policy = [
         "--token-types",
         "2",
