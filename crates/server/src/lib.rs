@@ -20,11 +20,14 @@ pub mod inflection;
 pub mod json;
 mod metrics;
 pub mod openapi;
+mod ops;
 mod privacy_passes;
 mod redeem;
 mod relays;
 mod rfc;
 pub mod tls;
+
+pub use ops::{METRICS_PATH, READY_PATH};
 pub mod transport;
 
 use std::sync::Arc;
@@ -159,9 +162,9 @@ pub fn router(state: AppState) -> Router {
     if state.expose_metrics {
         public = documented(public, METRICS_PATH, get(metrics::scrape::<AppState>));
     }
-    let public = documented(public, "/health", get(health));
-    let public = documented(public, READY_PATH, get(ready));
-    let public = documented(public, openapi::OPENAPI_PATH, get(serve_openapi));
+    let public = documented(public, "/health", get(ops::health));
+    let public = documented(public, READY_PATH, get(ops::ready));
+    let public = documented(public, openapi::OPENAPI_PATH, get(ops::serve_openapi));
     let public = documented(public, rfc::DIRECTORY_PATH, get(rfc::directory));
     let public = documented(public, rfc::DIRECTORY_ALIAS_PATH, get(rfc::directory));
     public
@@ -191,11 +194,6 @@ pub fn metrics_router(service: Service) -> Router {
 fn documented(router: Router<AppState>, path: &str, route: MethodRouter<AppState>) -> Router<AppState> {
     debug_assert!(openapi::documents(path), "{path} is served but not in the OpenAPI document (openapi.rs)");
     router.route(path, route)
-}
-
-/// `GET /openapi.json`.
-async fn serve_openapi() -> Response {
-    (StatusCode::OK, error::json_headers(), openapi::json()).into_response()
 }
 
 /// An API-key route: [`api_key::require_api_key`] with `permission`, then
@@ -316,35 +314,6 @@ pub async fn serve(
 
 /// How often every node runs the rotation scheduler (with a policy).
 const ROTATION_TICK: Duration = Duration::from_secs(5);
-
-/// Where Prometheus scrapes.
-pub const METRICS_PATH: &str = "/metrics";
-
-/// Readiness, for load balancers and orchestrators (`/health` is liveness).
-pub const READY_PATH: &str = "/health/ready";
-
-/// Liveness: the process answers.
-async fn health() -> Response {
-    (StatusCode::OK, error::json_headers(), br#"{"status":"ok"}"#.to_vec()).into_response()
-}
-
-/// Readiness: 200 when the store answers and every enabled token type has a
-/// key issuing in both environments ([`Service::readiness`], checked at most
-/// once a second however often it is probed); otherwise 503 with
-/// `Retry-After` and the reason (the store's own error text only in the log).
-async fn ready(State(state): State<AppState>) -> Response {
-    match state.service.readiness_cached().await {
-        Ok(()) => (StatusCode::OK, error::json_headers(), br#"{"status":"ready"}"#.to_vec()).into_response(),
-        Err(reason) => {
-            tracing::warn!(%reason, "not ready");
-            let body = serde_json::json!({"status": "not_ready", "reason": reason.public_reason()});
-            let mut response =
-                (StatusCode::SERVICE_UNAVAILABLE, error::json_headers(), body.to_string().into_bytes()).into_response();
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-            response
-        }
-    }
-}
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Not found", "No such endpoint.")
