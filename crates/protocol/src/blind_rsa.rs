@@ -102,6 +102,10 @@ pub enum BlindSignError {
     /// (`s^e mod n != m`): possibly a fault. Never returned to a client as-is.
     #[error("signing failure")]
     SigningFailure,
+    /// The private key is out of reach for now (its HSM token is away);
+    /// retrying later may succeed.
+    #[error("the signer is unavailable")]
+    Unavailable,
 }
 
 /// Errors of [`finalize`] (RFC 9474 §4.4).
@@ -251,7 +255,7 @@ pub fn blind(
 }
 
 /// RFC 9474 §4.3 BlindSign, with RFC 9578 §6.2's length check first.
-pub fn blind_sign(signer: &impl RawSigner, blinded_msg: &[u8]) -> Result<Vec<u8>, BlindSignError> {
+pub fn blind_sign(signer: &(impl RawSigner + ?Sized), blinded_msg: &[u8]) -> Result<Vec<u8>, BlindSignError> {
     let pk = signer.public_key();
     if blinded_msg.len() != pk.modulus_len() {
         return Err(BlindSignError::WrongLength { expected: pk.modulus_len(), found: blinded_msg.len() });

@@ -61,7 +61,7 @@ pub fn finalize_issuance(
 
 /// RFC 9578 §6.2, issuer side: BlindSign over the request's blinded message.
 /// The caller has already mapped `truncated_token_key_id` to `signer`.
-pub fn issue(signer: &impl RawSigner, request: &TokenRequest) -> Result<TokenResponse, BlindSignError> {
+pub fn issue(signer: &(impl RawSigner + ?Sized), request: &TokenRequest) -> Result<TokenResponse, BlindSignError> {
     let sig = blind_rsa::blind_sign(signer, &request.blinded_msg[..])?;
     let blind_sig: [u8; NK] = sig.try_into().map_err(|_| BlindSignError::SigningFailure)?;
     Ok(TokenResponse { blind_sig: Box::new(blind_sig) })

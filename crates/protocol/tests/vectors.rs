@@ -104,22 +104,30 @@ fn rfc9474_blind_rsa_all_variants() {
 
 /// The RFC 9578 type-2 evaluator: key encodings and ids, TokenRequest,
 /// TokenResponse (signed by the production signer) and Token.
-fn check_type2(file: &str, index: usize, case: &Value) {
+fn check_type2(file: &str, index: usize, case: &Value, signer_for: SignerFor<'_>) {
     let ctx = format!("{file}[{index}]");
     let (request_bytes, response_bytes) = (hex(&case["token_request"]), hex(&case["token_response"]));
-    check_type2_item(&ctx, case, &request_bytes, &response_bytes);
+    check_type2_item(&ctx, case, &request_bytes, &response_bytes, signer_for);
+}
+
+/// Makes the signer a type-2 case's issuer uses from its key (PKCS#8 PEM):
+/// the production aws-lc key, or the key imported into a PKCS#11 token.
+type SignerFor<'a> = &'a dyn Fn(&str) -> Box<dyn blind_rsa::RawSigner>;
+
+fn aws_lc(pem: &str) -> Box<dyn blind_rsa::RawSigner> {
+    Box::new(RsaPrivateKey::from_pkcs8_pem(pem).unwrap_or_else(|e| panic!("skS: {e}")))
 }
 
 /// One type-2 issuance whose TokenRequest and TokenResponse are given as
 /// bytes (a single issuance's, or one item of a batch).
-fn check_type2_item(ctx: &str, case: &Value, request_bytes: &[u8], response_bytes: &[u8]) {
+fn check_type2_item(ctx: &str, case: &Value, request_bytes: &[u8], response_bytes: &[u8], signer_for: SignerFor<'_>) {
     let field = |go: &str, rs: &str| case.get(go).or_else(|| case.get(rs)).unwrap_or_else(|| panic!("{ctx}: {go}"));
     let pem = String::from_utf8(hex(field("skS", "sk_s"))).unwrap();
-    let signer = RsaPrivateKey::from_pkcs8_pem(&pem).unwrap_or_else(|e| panic!("{ctx}: skS: {e}"));
+    let signer = signer_for(&pem);
     let pk_s = hex(field("pkS", "pk_s"));
     let key = IssuerPublicKey::from_rfc9578_spki(&pk_s).unwrap();
     assert_eq!(key.rfc9578_spki(), &pk_s[..], "{ctx}: SPKI re-encoding");
-    assert_eq!(key.rsa(), blind_rsa::RawSigner::public_key(&signer), "{ctx}: skS/pkS mismatch");
+    assert_eq!(key.rsa(), signer.public_key(), "{ctx}: skS/pkS mismatch");
     // Both encodings parse to the same key and give the documented ids.
     assert_eq!(IssuerPublicKey::from_spki_der(key.rsa_encryption_spki()).unwrap(), key);
     assert_eq!(key.token_key_id(), blindpass_protocol::keys::TokenKeyId::of(&pk_s));
@@ -136,7 +144,7 @@ fn check_type2_item(ctx: &str, case: &Value, request_bytes: &[u8], response_byte
     assert_eq!(request.truncated_token_key_id, key.truncated_token_key_id());
 
     let decoded = TokenRequest::decode(request_bytes).unwrap();
-    let response = type2::issue(&signer, &decoded).unwrap();
+    let response = type2::issue(&*signer, &decoded).unwrap();
     assert_eq!(response.encode(), response_bytes, "{ctx}: token_response");
 
     let token = type2::finalize_issuance(&key, &state, &TokenResponse::decode(response_bytes).unwrap()).unwrap();
@@ -171,7 +179,7 @@ fn check_generic_batch(ctx: &str, case: &Value, framing: Framing) -> (usize, usi
             let mut single = asked.token_type.to_be_bytes().to_vec();
             single.push(asked.truncated_token_key_id);
             single.extend_from_slice(&asked.blinded_msg);
-            check_type2_item(&ctx, item, &single, &answer.body);
+            check_type2_item(&ctx, item, &single, &answer.body, &aws_lc);
             type2_items += 1;
         } else if let Some(suite) = Suite::of_token_type(token_type) {
             let request = VoprfTokenRequest {
@@ -208,8 +216,8 @@ fn generic_batched_issuance_from_three_producers() {
     assert_eq!((cases, type2_items, voprf_items), (13, 12, 12));
 }
 
-#[test]
-fn rfc9578_type2_issuance() {
+/// Every type-2 case of the three producers through `signer_for`'s issuer.
+fn type2_cases(signer_for: SignerFor<'_>) -> usize {
     let mut ran = 0;
     for file in [
         "rfc9578_type2_issuance_vectors.json",
@@ -217,12 +225,35 @@ fn rfc9578_type2_issuance() {
         "type2_issuance_vectors_rust_multikey.json",
     ] {
         for (i, case) in vector_file(file).as_array().unwrap().iter().enumerate() {
-            check_type2(file, i, case);
+            check_type2(file, i, case, signer_for);
             ran += 1;
         }
     }
+    ran
+}
+
+#[test]
+fn rfc9578_type2_issuance() {
+    let ran = type2_cases(&aws_lc);
     println!("RFC 9578 type 2: {ran} cases passed (RFC, pat-go, Rust multi-key)");
     assert_eq!(ran, 15);
+}
+
+/// The same cases with each key imported into a SoftHSM2 token and signed
+/// there by `CKM_RSA_X_509` (blindpass-hsm): byte-identical responses.
+#[test]
+#[cfg_attr(not(blindpass_test_pkcs11), ignore = "set BLINDPASS_TEST_PKCS11=1 (SoftHSM2 installed) to run")]
+fn rfc9578_type2_issuance_through_a_pkcs11_token() {
+    blindpass_hsm::testing::on_fresh_token("rfc9578_type2_issuance_through_a_pkcs11_token", |token| {
+        let hsm = blindpass_hsm::Hsm::open(token.config()).unwrap();
+        let in_token = |pem: &str| -> Box<dyn blind_rsa::RawSigner> {
+            let der = RsaPrivateKey::from_pkcs8_pem(pem).unwrap().to_pkcs8_der().unwrap();
+            Box::new(blindpass_hsm::testing::import_pkcs8(&hsm, &der))
+        };
+        let ran = type2_cases(&in_token);
+        println!("RFC 9578 type 2 through SoftHSM2: {ran} cases passed");
+        assert_eq!(ran, 15);
+    });
 }
 
 /// The RFC 9577 token evaluator: rebuild the TokenChallenge from its fields
