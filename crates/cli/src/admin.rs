@@ -94,6 +94,10 @@ pub(crate) enum KeysCommand {
     Retire {
         /// The key id (hex).
         id: String,
+        /// Also destroy the key's objects in the PKCS#11 token (needs
+        /// --signer pkcs11): the key can then never sign again, anywhere.
+        #[arg(long)]
+        destroy: bool,
     },
     /// Re-encrypt every issuer private key and server secret from the
     /// current key-encryption key (--key-encryption-key-file, or plaintext)
@@ -125,11 +129,18 @@ fn parse_permission(s: &str) -> Result<Permission, String> {
     s.parse().map_err(|_| format!("unknown permission {s:?} (expected privacy_pass.write or relay.verify)"))
 }
 
-fn with_service<T>(store_args: &StoreArgs, f: impl AsyncFnOnce(Service) -> anyhow::Result<T>) -> anyhow::Result<T> {
+/// Runs `f` on a service over the store; `signer`: the command makes or
+/// destroys type-2 keys, so `--signer pkcs11` opens the token.
+fn with_service<T>(
+    store_args: &StoreArgs,
+    signer: bool,
+    f: impl AsyncFnOnce(Service) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let file = FileConfig::load(store_args.config.as_deref())?;
     let key_encryption_key = store_args.kek(&file)?;
+    let pkcs11 = if signer { store_args.signer.open()? } else { None };
     with_store(store_args, async move |store| {
-        let config = Config { key_encryption_key, ..Config::default() };
+        let config = Config { key_encryption_key, pkcs11, ..Config::default() };
         f(Service::new(store, Arc::new(SystemClock), config)).await
     })
 }
@@ -145,7 +156,7 @@ fn with_store<T>(
 }
 
 pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyhow::Result<()> {
-    with_service(store_args, async move |service| match cmd {
+    with_service(store_args, false, async move |service| match cmd {
         ApiKeysCommand::Create(args) => create_api_key(&service, args).await,
         ApiKeysCommand::List => list_api_keys(&service).await,
         ApiKeysCommand::Update { id, rate_limit: RateLimitArg(limit) } => {
@@ -238,7 +249,8 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
         );
         return Ok(());
     }
-    with_service(store_args, async move |service| match cmd {
+    let signer = matches!(cmd, KeysCommand::Rotate { .. } | KeysCommand::Retire { destroy: true, .. });
+    with_service(store_args, signer, async move |service| match cmd {
         KeysCommand::GenerateKek => Ok(()),
         KeysCommand::Rewrap { new_key_encryption_key_file, to_plaintext: _ } => {
             let new = new_key_encryption_key_file.as_deref().map(crate::config::read_kek).transpose()?;
@@ -252,17 +264,28 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
         KeysCommand::List { environment } => list_keys(&service, environment).await,
         KeysCommand::Rotate { environment, token_type, announce_secs } => {
             let key = service.rotate_key(environment, token_type, announce_secs).await?;
+            let kept = if token_type == blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA
+                && let Some(hsm) = &service.config().pkcs11
+            {
+                format!(", kept in the PKCS#11 {}", hsm.describe())
+            } else {
+                String::new()
+            };
             println!(
-                "rotated {environment} type {token_type}: new key {} ({}, issuing from {})",
+                "rotated {environment} type {token_type}: new key {} ({}, issuing from {}{kept})",
                 key.id,
                 key.state.as_str(),
                 blindpass_protocol::time::format_rfc3339(key.not_before.max(0) as u64)
             );
             Ok(())
         }
-        KeysCommand::Retire { id } => {
+        KeysCommand::Retire { id, destroy } => {
             let key = service.retire_key(&id).await?;
             println!("retired {} ({})", key.id, key.environment);
+            if destroy {
+                let n = service.destroy_key_object(&key.id).await?;
+                println!("destroyed {n} objects of {} in the PKCS#11 token", key.id);
+            }
             Ok(())
         }
     })
@@ -305,7 +328,7 @@ pub(crate) fn run_issuer_name(store_args: &StoreArgs, cmd: IssuerNameCommand) ->
 
 pub(crate) fn migrate(store_args: &StoreArgs) -> anyhow::Result<()> {
     // Opening a store applies its migrations, under a lock, exactly once.
-    with_service(store_args, async move |_service| {
+    with_service(store_args, false, async move |_service| {
         println!("migrations applied");
         Ok(())
     })

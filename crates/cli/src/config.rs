@@ -68,6 +68,9 @@ pub(crate) struct StoreArgs {
     /// PostgreSQL: seconds to wait for a connection before answering 503.
     #[arg(long, env = "BLINDPASS_DB_TIMEOUT_SECS")]
     pub(crate) db_timeout_secs: Option<u64>,
+    /// Where type-2 keys are made and kept (software or a PKCS#11 token).
+    #[command(flatten)]
+    pub(crate) signer: crate::signer::SignerArgs,
 }
 
 /// The configuration file. Keys are kebab-case, like the flags.
@@ -135,6 +138,7 @@ impl StoreArgs {
             database_ca_file: self.database_ca_file.or(outer.database_ca_file),
             db_pool_size: self.db_pool_size.or(outer.db_pool_size),
             db_timeout_secs: self.db_timeout_secs.or(outer.db_timeout_secs),
+            signer: self.signer.or(&outer.signer),
         }
     }
 

@@ -11,6 +11,7 @@ mod load;
 mod rotation;
 mod serve;
 mod settings;
+mod signer;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 

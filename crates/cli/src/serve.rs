@@ -23,6 +23,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let ServeSettings { listen, mut config, limits, issuer_name, redis, trusted_proxies, ids: overrides } =
         ServeSettings::resolve(&args, &file)?;
     config.key_encryption_key = store_args.kek(&file)?;
+    config.pkcs11 = store_args.signer.open()?;
     let url = store_args.database_url(&file);
     let store = store_args.open(&file).await?;
     config.issuer_name = blindpass_service::identity::agree_issuer_name(&*store, issuer_name.as_deref(), &listen)

@@ -106,6 +106,12 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", details).retry_after(1)
     }
 
+    /// 503 with `Retry-After`: the issuer key's HSM token cannot be reached.
+    pub fn signer_unavailable() -> Self {
+        let details = "The issuer's signing key is unavailable for now. Please retry.";
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", details).retry_after(5)
+    }
+
     /// 503 with `Retry-After`: the request timed out.
     pub fn timed_out() -> Self {
         let details = "The request took too long. Please retry.";
@@ -214,6 +220,7 @@ impl From<IssueError> for ApiError {
                 ApiError::unprocessable("blinded-token is not a valid message representative for the key.")
             }
             IssueError::Busy => ApiError::overloaded(),
+            IssueError::SignerUnavailable => ApiError::signer_unavailable(),
             IssueError::Store(s) => s.into(),
             IssueError::Internal(cause) => ApiError::internal(&cause),
         }

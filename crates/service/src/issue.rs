@@ -104,6 +104,9 @@ pub enum IssueError {
     /// Every signing thread is busy and the queue is full (retry).
     #[error("the signing queue is full")]
     Busy,
+    /// The key's HSM token cannot be reached now (retry).
+    #[error("the key's PKCS#11 token is unavailable")]
+    SignerUnavailable,
     /// Keys could not be loaded, or signing failed its fault check.
     #[error("internal issuance failure: {0}")]
     Internal(String),
@@ -122,6 +125,7 @@ impl IssueError {
             IssueError::UnsupportedTokenType(_) => "unsupported_token_type",
             IssueError::Store(_) => "store",
             IssueError::Busy => "busy",
+            IssueError::SignerUnavailable => "signer_unavailable",
             IssueError::Internal(_) => "internal",
         }
     }

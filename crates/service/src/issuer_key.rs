@@ -14,13 +14,18 @@ use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
 use blindpass_protocol::voprf::{self, Suite, VoprfError};
 use blindpass_protocol::voprf_wire::VoprfTokenResponse;
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
-use blindpass_rsa::RsaPrivateKey;
 
 use crate::IssuerKey;
 use crate::issue::IssueError;
 
 /// The token types blindpass issues and redeems, in the directory's order.
 pub const TOKEN_TYPES: [u16; 3] = [TOKEN_TYPE_BLIND_RSA, Suite::P384.token_type(), Suite::Ristretto255.token_type()];
+
+/// A type-2 private key, wherever it is kept: RSASP1 with its fault check,
+/// and the public operation for signature checks.
+pub trait RsaSigner: blind_rsa::RawSigner + blind_rsa::RawVerifier + Send + Sync + std::fmt::Debug {}
+
+impl<T: blind_rsa::RawSigner + blind_rsa::RawVerifier + Send + Sync + std::fmt::Debug> RsaSigner for T {}
 
 /// One usable issuer key: its record and its parsed key pair.
 pub struct LoadedKey {
@@ -38,8 +43,9 @@ pub enum KeyMaterial {
     BlindRsa {
         /// The public key.
         public: Box<IssuerPublicKey>,
-        /// The private key (aws-lc).
-        signer: Arc<RsaPrivateKey>,
+        /// The private key: aws-lc in memory, or an object in a PKCS#11
+        /// token ([`crate::custody`]).
+        signer: Arc<dyn RsaSigner>,
     },
     /// Token types 1 and 5: a VOPRF key (RFC 9497, RFC 9578 §5).
     Voprf(Arc<voprf::SecretKey>),
@@ -106,7 +112,8 @@ impl LoadedKey {
     }
 
     /// What does a type-2 key's public operation for a signature check: the
-    /// aws-lc key (about four times faster than the pure one).
+    /// aws-lc key (about four times faster than the pure one), or the public
+    /// key of a key kept in a PKCS#11 token.
     pub fn verifier(&self) -> Option<&dyn blind_rsa::RawVerifier> {
         match &self.material {
             KeyMaterial::BlindRsa { signer, .. } => Some(&**signer),
@@ -156,6 +163,7 @@ impl LoadedKey {
                     tracing::error!(key_id = %self.record.id, "RSA signing failed its fault check");
                     IssueError::Internal("signing failure".into())
                 }
+                BlindSignError::Unavailable => IssueError::SignerUnavailable,
             }),
             KeyMaterial::Voprf(key) => {
                 let expected = key.suite().element_len();

@@ -6,11 +6,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use blindpass_protocol::blind_rsa::RawSigner;
-use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::keys::TokenKeyId;
 use blindpass_protocol::voprf::{self, Suite};
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
-use blindpass_rsa::RsaPrivateKey;
 use zeroize::Zeroizing;
 
 use crate::issuer_key::{KeyMaterial, LoadedKey};
@@ -224,7 +222,7 @@ impl Service {
         let sealed =
             self.store().issuer_key_private(&record.id).await?.ok_or_else(|| KeyError::NotFound(record.id.clone()))?;
         let pkcs8 = crate::kek::open(self.kek(), &sealed, &crate::kek::issuer_key_aad(&record.id))?;
-        load(record, &pkcs8)
+        load(record, &pkcs8, self.config().pkcs11.as_ref())
     }
 
     /// Creates one active key per environment and enabled token type that
@@ -298,6 +296,7 @@ impl Service {
         let now = self.now();
         let kek = self.config().key_encryption_key.clone();
         let entropy = self.entropy_handle();
+        let hsm = self.config().pkcs11.clone();
         let taken: Vec<u8> = self
             .store()
             .issuer_key_metadata(Some(environment))
@@ -308,9 +307,10 @@ impl Service {
             .collect();
         tokio::task::spawn_blocking(move || {
             let (id, private) = (0..TRUNCATED_ID_ATTEMPTS)
-                .map(|_| generate_key(token_type, &*entropy))
-                .find(|k| !matches!(k, Ok((id, _)) if taken.contains(&id.truncated())))
-                .unwrap_or_else(|| Err(KeyError::Key("no free truncated key id".into())))?;
+                .map(|_| generate_key(token_type, &*entropy, hsm.as_ref(), &taken))
+                .find(|k| !matches!(k, Ok(None)))
+                .unwrap_or(Ok(None))?
+                .ok_or_else(|| KeyError::Key("no free truncated key id".into()))?;
             let id = id.to_hex();
             let stored = match &kek {
                 Some(kek) => Zeroizing::new(kek.seal(&private, &crate::kek::issuer_key_aad(&id), &*entropy)),
@@ -334,30 +334,39 @@ impl Service {
 }
 
 /// A fresh key of `token_type`: its id and its private key as stored
-/// (PKCS#8 DER for type 2, the serialized scalar for types 1 and 5).
+/// (for type 2 PKCS#8 DER, or a reference to a key made in the PKCS#11
+/// token; the serialized scalar for types 1 and 5), or `None` when its
+/// truncated id is in `taken` (a key made in the token is then destroyed).
 fn generate_key(
     token_type: u16,
     entropy: &dyn blindpass_entropy::Entropy,
-) -> Result<(TokenKeyId, Zeroizing<Vec<u8>>), KeyError> {
+    hsm: Option<&blindpass_hsm::Hsm>,
+    taken: &[u8],
+) -> Result<Option<(TokenKeyId, Zeroizing<Vec<u8>>)>, KeyError> {
     let key_error = |e: &dyn std::fmt::Display| KeyError::Key(e.to_string());
-    if token_type == TOKEN_TYPE_BLIND_RSA {
-        let key = RsaPrivateKey::generate_2048().map_err(|e| key_error(&e))?;
-        let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| key_error(&e))?;
-        return Ok((public.token_key_id(), key.to_pkcs8_der().map_err(|e| key_error(&e))?));
-    }
-    let suite = Suite::of_token_type(token_type).ok_or(KeyError::UnsupportedTokenType(token_type))?;
-    let key = voprf::SecretKey::generate(suite, &mut entropy.rng()).map_err(|e| key_error(&e))?;
-    Ok((key.public_key().token_key_id(), key.to_bytes()))
+    let (id, stored) = if token_type == TOKEN_TYPE_BLIND_RSA {
+        let (id, stored, object) = crate::custody::generate_rsa(hsm).map_err(|e| key_error(&e))?;
+        if let (Some(hsm), Some(object)) = (hsm, object)
+            && taken.contains(&id.truncated())
+        {
+            hsm.destroy(&object.id).map_err(|e| key_error(&e))?;
+        }
+        (id, stored)
+    } else {
+        let suite = Suite::of_token_type(token_type).ok_or(KeyError::UnsupportedTokenType(token_type))?;
+        let key = voprf::SecretKey::generate(suite, &mut entropy.rng()).map_err(|e| key_error(&e))?;
+        (key.public_key().token_key_id(), key.to_bytes())
+    };
+    Ok((!taken.contains(&id.truncated())).then_some((id, stored)))
 }
 
 /// Parses a stored private key of `record`'s token type and checks that it
 /// is the key the record's id names.
-fn load(record: IssuerKey, private: &[u8]) -> Result<LoadedKey, KeyError> {
+fn load(record: IssuerKey, private: &[u8], hsm: Option<&blindpass_hsm::Hsm>) -> Result<LoadedKey, KeyError> {
     let stored_error = |e: &dyn std::fmt::Display| KeyError::Key(format!("stored key {}: {e}", record.id));
     let material = if record.token_type == TOKEN_TYPE_BLIND_RSA {
-        let signer = RsaPrivateKey::from_pkcs8_der(private).map_err(|e| stored_error(&e))?;
-        let public = IssuerPublicKey::new(signer.public_key().clone()).map_err(|e| stored_error(&e))?;
-        KeyMaterial::BlindRsa { public: Box::new(public), signer: Arc::new(signer) }
+        let (public, signer) = crate::custody::load_rsa(private, hsm).map_err(|e| stored_error(&e))?;
+        KeyMaterial::BlindRsa { public: Box::new(public), signer }
     } else {
         let suite = Suite::of_token_type(record.token_type).ok_or(KeyError::UnsupportedTokenType(record.token_type))?;
         KeyMaterial::Voprf(Arc::new(voprf::SecretKey::from_bytes(suite, private).map_err(|e| stored_error(&e))?))

@@ -14,6 +14,7 @@
 mod api_keys;
 mod challenge;
 mod clock;
+pub mod custody;
 mod directory;
 pub mod identity;
 mod issue;
@@ -43,7 +44,7 @@ pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcom
 pub use challenge::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, PERSONA_ORIGIN_INFO, SESSION_SECS};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use issue::{IssueError, IssueRequest, KeySelector};
-pub use issuer_key::{KeyMaterial, LoadedKey, TOKEN_TYPES};
+pub use issuer_key::{KeyMaterial, LoadedKey, RsaSigner, TOKEN_TYPES};
 pub use keyring::{KeyError, KeyRingStats};
 pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use rate_limits::{RateLimitStatus, client_bucket};
@@ -112,6 +113,9 @@ pub struct Config {
     /// Up to this many seconds are taken off the max-age at random per
     /// response, so clients' refreshes spread out.
     pub directory_max_age_jitter_secs: i64,
+    /// The PKCS#11 token new type-2 keys are generated in (and stored keys
+    /// kept there are signed by); `None` makes software (aws-lc) keys.
+    pub pkcs11: Option<blindpass_hsm::Hsm>,
 }
 
 impl Default for Config {
@@ -135,6 +139,7 @@ impl Default for Config {
             key_announce_secs: 300 + 60,
             directory_max_age_secs: 300,
             directory_max_age_jitter_secs: 0,
+            pkcs11: None,
         }
     }
 }
