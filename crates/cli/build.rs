@@ -8,6 +8,7 @@ fn main() {
         ("BLINDPASS_TEST_POSTGRES_URL", "blindpass_test_postgres"),
         ("BLINDPASS_TEST_BACKEND_TLS", "blindpass_test_backend_tls"),
         ("BLINDPASS_TEST_INTEROP", "blindpass_test_interop"),
+        ("BLINDPASS_TEST_PKCS11", "blindpass_test_pkcs11"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={variable}");

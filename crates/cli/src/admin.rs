@@ -96,6 +96,7 @@ pub(crate) enum KeysCommand {
         id: String,
         /// Also destroy the key's objects in the PKCS#11 token (needs
         /// --signer pkcs11): the key can then never sign again, anywhere.
+        /// Works on a key retired earlier (give its token key id).
         #[arg(long)]
         destroy: bool,
     },
@@ -280,11 +281,18 @@ pub(crate) fn run_keys(store_args: &StoreArgs, cmd: KeysCommand) -> anyhow::Resu
             Ok(())
         }
         KeysCommand::Retire { id, destroy } => {
-            let key = service.retire_key(&id).await?;
-            println!("retired {} ({})", key.id, key.environment);
+            let id = match service.retire_key(&id).await {
+                Ok(key) => {
+                    println!("retired {} ({})", key.id, key.environment);
+                    key.id
+                }
+                // Already retired: its token object may still be destroyed.
+                Err(blindpass_service::KeyError::NotFound(_)) if destroy => id.to_ascii_lowercase(),
+                Err(e) => return Err(e.into()),
+            };
             if destroy {
-                let n = service.destroy_key_object(&key.id).await?;
-                println!("destroyed {n} objects of {} in the PKCS#11 token", key.id);
+                let n = service.destroy_key_object(&id).await?;
+                println!("destroyed {n} objects of {id} in the PKCS#11 token");
             }
             Ok(())
         }

@@ -281,6 +281,7 @@ mod tests {
             database_ca_file: None,
             db_pool_size: None,
             db_timeout_secs: None,
+            signer: Default::default(),
         };
         assert_eq!(args.database_url(&FileConfig::default()), "sqlite:///tmp/d/blindpass.db");
         let file = FileConfig { database_url: Some(Secret("sqlite://f.db".into())), ..FileConfig::default() };
@@ -297,6 +298,7 @@ mod tests {
             database_ca_file: None,
             db_pool_size: None,
             db_timeout_secs: None,
+            signer: Default::default(),
         };
         assert!(!format!("{args:?}").contains("hunter2"));
         let file: FileConfig = toml::from_str("redis-url = \"redis://:hunter2@h\"").unwrap();

@@ -94,19 +94,30 @@ pub(crate) fn load_rsa(stored: &[u8], hsm: Option<&Hsm>) -> Result<(IssuerPublic
 /// A fresh type-2 key: in the token when there is one (the stored form is
 /// then a reference, and the object is returned so that a key the caller
 /// discards can be destroyed), else in software.
-pub(crate) fn generate_rsa(hsm: Option<&Hsm>) -> Result<(TokenKeyId, Zeroizing<Vec<u8>>, Option<ObjectRef>), String> {
+pub(crate) fn generate_rsa(hsm: Option<&Hsm>) -> Result<GeneratedRsa, String> {
     match hsm {
         Some(hsm) => {
             let (object, public) = hsm.generate_rsa_2048().map_err(|e| e.to_string())?;
             let id = IssuerPublicKey::new(public.clone()).map_err(|e| e.to_string())?.token_key_id();
-            Ok((id, Zeroizing::new(encode_pkcs11(&object, &public)), Some(object)))
+            Ok(GeneratedRsa { id, stored: Zeroizing::new(encode_pkcs11(&object, &public)), object: Some(object) })
         }
         None => {
             let key = RsaPrivateKey::generate_2048().map_err(|e| e.to_string())?;
             let public = IssuerPublicKey::new(key.public_key().clone()).map_err(|e| e.to_string())?;
-            Ok((public.token_key_id(), key.to_pkcs8_der().map_err(|e| e.to_string())?, None))
+            let stored = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+            Ok(GeneratedRsa { id: public.token_key_id(), stored, object: None })
         }
     }
+}
+
+/// A type-2 key just made.
+pub(crate) struct GeneratedRsa {
+    /// Its `token_key_id`.
+    pub(crate) id: TokenKeyId,
+    /// What the store keeps (PKCS#8, or a PKCS#11 reference).
+    pub(crate) stored: Zeroizing<Vec<u8>>,
+    /// Its token object, for a key made in the token.
+    pub(crate) object: Option<ObjectRef>,
 }
 
 impl Service {

@@ -333,6 +333,9 @@ impl Service {
     }
 }
 
+/// A new key's id and what the store keeps of it.
+type NewKey = (TokenKeyId, Zeroizing<Vec<u8>>);
+
 /// A fresh key of `token_type`: its id and its private key as stored
 /// (for type 2 PKCS#8 DER, or a reference to a key made in the PKCS#11
 /// token; the serialized scalar for types 1 and 5), or `None` when its
@@ -342,10 +345,11 @@ fn generate_key(
     entropy: &dyn blindpass_entropy::Entropy,
     hsm: Option<&blindpass_hsm::Hsm>,
     taken: &[u8],
-) -> Result<Option<(TokenKeyId, Zeroizing<Vec<u8>>)>, KeyError> {
+) -> Result<Option<NewKey>, KeyError> {
     let key_error = |e: &dyn std::fmt::Display| KeyError::Key(e.to_string());
     let (id, stored) = if token_type == TOKEN_TYPE_BLIND_RSA {
-        let (id, stored, object) = crate::custody::generate_rsa(hsm).map_err(|e| key_error(&e))?;
+        let crate::custody::GeneratedRsa { id, stored, object } =
+            crate::custody::generate_rsa(hsm).map_err(|e| key_error(&e))?;
         if let (Some(hsm), Some(object)) = (hsm, object)
             && taken.contains(&id.truncated())
         {

@@ -56,3 +56,22 @@ pub fn cli(store: &[&str], args: &[&str]) -> String {
 pub fn api_key(store: &[&str], env: &str) -> String {
     cli(store, &["api-keys", "create", "--env", env]).lines().last().unwrap().to_owned()
 }
+
+/// Store options that make and use type-2 keys in SoftHSM2 `token`. The
+/// test must run in `blindpass_hsm::testing::on_fresh_token`, whose process
+/// environment (inherited by every binary it starts) names the token.
+pub fn pkcs11_args(token: &blindpass_hsm::testing::SoftHsm) -> Vec<String> {
+    let module = blindpass_hsm::testing::module_path().expect("SoftHSM2's module");
+    [
+        "--signer",
+        "pkcs11",
+        "--pkcs11-module",
+        module.to_str().unwrap(),
+        "--pkcs11-token-label",
+        blindpass_hsm::testing::LABEL,
+        "--pkcs11-pin-file",
+        token.pin_file().to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
