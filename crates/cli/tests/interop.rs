@@ -95,11 +95,15 @@ async fn relay(http: &reqwest::Client, server: &Server) -> (String, String) {
 #[tokio::test]
 #[cfg_attr(not(blindpass_test_interop), ignore = "needs BLINDPASS_TEST_INTEROP, Node.js and npm (.ci/run sets it)")]
 async fn privacypass_ts_issues_verifies_and_redeems_against_blindpass() {
-    let dir = node_ready();
     let data = tempfile::tempdir().unwrap();
-    let store = ["--data-dir", data.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
-    let api_key = api_key(&store, "sandbox");
+    ts_flow(&["--data-dir", data.path().to_str().unwrap()]).await;
+}
+
+/// privacypass-ts's type-2 flow against a server on `store`.
+async fn ts_flow(store: &[&str]) {
+    let dir = node_ready();
+    let server = start(store, &[]).await;
+    let api_key = api_key(store, "sandbox");
     let (relay_token, relay_secret) = relay(&reqwest::Client::new(), &server).await;
 
     let out = node(&dir, &["flow", &server.base, &api_key, &relay_token, &relay_secret]);
@@ -156,11 +160,16 @@ async fn privacypass_ts_private_verif_gets_a_type_1_token_that_blindpass_redeems
 #[tokio::test]
 #[cfg_attr(not(blindpass_test_interop), ignore = "needs BLINDPASS_TEST_INTEROP, Node.js and npm (.ci/run sets it)")]
 async fn privacypass_ts_generic_batch_is_issued_and_every_token_verifies_and_redeems() {
-    let dir = node_ready();
     let data = tempfile::tempdir().unwrap();
-    let store = ["--data-dir", data.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
-    let api_key = api_key(&store, "sandbox");
+    ts_batch(&["--data-dir", data.path().to_str().unwrap()]).await;
+}
+
+/// privacypass-ts's generic batch of 16 type-2 tokens against a server on
+/// `store`.
+async fn ts_batch(store: &[&str]) {
+    let dir = node_ready();
+    let server = start(store, &[]).await;
+    let api_key = api_key(store, "sandbox");
     let (relay_token, relay_secret) = relay(&reqwest::Client::new(), &server).await;
 
     let out = node(&dir, &["batch", &server.base, &api_key, &relay_token, &relay_secret, "16"]);
@@ -169,6 +178,28 @@ async fn privacypass_ts_generic_batch_is_issued_and_every_token_verifies_and_red
     assert_eq!(out["items"], 16, "{out}");
     assert_eq!(out["verified"], 16, "privacypass-ts's Origin.verify accepts every token of the batch: {out}");
     assert_eq!(out["redeemed"], 16, "blindpass redeems every token privacypass-ts finalized: {out}");
+}
+
+/// The same two privacypass-ts flows with the issuer keys in a SoftHSM2
+/// token (`--signer pkcs11`).
+#[test]
+#[cfg_attr(
+    not(all(blindpass_test_interop, blindpass_test_pkcs11)),
+    ignore = "needs BLINDPASS_TEST_INTEROP and BLINDPASS_TEST_PKCS11 (.ci/run sets both)"
+)]
+fn privacypass_ts_against_keys_in_a_pkcs11_token() {
+    blindpass_hsm::testing::on_fresh_token("privacypass_ts_against_keys_in_a_pkcs11_token", |token| {
+        let data = tempfile::tempdir().unwrap();
+        let mut store = vec!["--data-dir".to_owned(), data.path().to_str().unwrap().to_owned()];
+        store.extend(common::pkcs11_args(token));
+        let store: Vec<&str> = store.iter().map(String::as_str).collect();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            ts_flow(&store).await;
+            ts_batch(&store).await;
+        });
+        let hsm = blindpass_hsm::Hsm::open(token.config()).unwrap();
+        assert_eq!(hsm.key_objects().unwrap().len(), 2, "the type-2 keys (sandbox, production) are in the token");
+    });
 }
 
 #[tokio::test]
