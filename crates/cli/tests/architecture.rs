@@ -78,15 +78,27 @@ fn dependencies_point_one_way() {
         ),
         (
             "protocol",
-            &["blindpass-rsa", "blindpass-store", "blindpass-service", "blindpass-server", "blindpass-client"],
+            &[
+                "blindpass-rsa",
+                "blindpass-hsm",
+                "blindpass-store",
+                "blindpass-service",
+                "blindpass-server",
+                "blindpass-client",
+            ],
         ),
         ("entropy", &["blindpass-protocol", "blindpass-rsa", "blindpass-store", "blindpass-service", "tokio"]),
         ("rsa", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-client"]),
+        // The PKCS#11 signer knows keys and tokens, not storage or HTTP.
+        (
+            "hsm",
+            &["blindpass-rsa", "blindpass-store", "blindpass-service", "blindpass-server", "blindpass-client", "tokio"],
+        ),
         ("store", &["blindpass-service", "blindpass-server", "blindpass-client", "axum", "hyper"]),
         ("service", &["blindpass-server", "blindpass-client", "axum", "hyper", "tower", "tower-http"]),
         ("server", &["blindpass-client", "blindpass-load"]),
-        ("load", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-rsa"]),
-        ("client", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-rsa"]),
+        ("load", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-rsa", "blindpass-hsm"]),
+        ("client", &["blindpass-store", "blindpass-service", "blindpass-server", "blindpass-rsa", "blindpass-hsm"]),
     ];
     for (krate, forbidden) in layers {
         let deps = dependencies(krate);
