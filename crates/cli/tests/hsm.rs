@@ -157,6 +157,9 @@ async fn lifecycle(token: &SoftHsm) {
         assert_eq!(r.status(), 503, "{:?}", r.text().await);
         assert!(r.headers().contains_key("retry-after"));
     }
+    let ready = reqwest::get(format!("{}/health/ready", server.base)).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the token is away");
+    assert!(ready.text().await.unwrap().contains("cannot sign"));
     let unavailable = no_retry(&server.base, &secret).issue(&offer).await.unwrap_err();
     assert_eq!(unavailable.status(), Some(503));
     let relay = client.create_relay("age_over18_verified", None, true).await.unwrap();
@@ -174,6 +177,9 @@ async fn lifecycle(token: &SoftHsm) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     issue_and_redeem(&client).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ready = reqwest::get(format!("{}/health/ready", server.base)).await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again");
     let metrics = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reason=\"signer_unavailable\""), "unavailability is counted");
 

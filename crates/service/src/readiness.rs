@@ -1,6 +1,7 @@
 //! Readiness: whether this node can answer the requests it exists for. The
-//! store must answer within a bound, and every enabled token type must have a
-//! key that issues now, in both environments.
+//! store must answer within a bound, every enabled token type must have a
+//! key that issues now, in both environments, and each type-2 key that
+//! issues must be able to sign (its PKCS#11 token, if it has one, answers).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,6 +28,15 @@ pub enum NotReady {
         environment: Environment,
         /// The token type.
         token_type: u16,
+    },
+    /// The type-2 key that issues in `environment` cannot sign now (its
+    /// PKCS#11 token is away, or this node has none).
+    #[error("the issuing type-2 key in {environment} cannot sign: {reason}")]
+    SignerUnavailable {
+        /// The environment.
+        environment: Environment,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -78,8 +88,34 @@ impl Service {
                     return Err(NotReady::NoActiveKey { environment, token_type });
                 }
             }
+            for key in keys.iter().filter(|k| k.issues_at(now)) {
+                if let crate::KeyMaterial::BlindRsa { signer, .. } = &key.material {
+                    can_sign(std::sync::Arc::clone(signer))
+                        .await
+                        .map_err(|reason| NotReady::SignerUnavailable { environment, reason })?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Signs a fixed message representative (2) with `signer`, fault check
+/// included, within [`READINESS_STORE_TIMEOUT`]: a key in a PKCS#11 token
+/// that is away fails here before it fails a client.
+async fn can_sign(signer: std::sync::Arc<dyn crate::RsaSigner>) -> Result<(), String> {
+    let task = tokio::task::spawn_blocking(move || {
+        let mut m = vec![0u8; signer.public_key().modulus_len()];
+        if let Some(last) = m.last_mut() {
+            *last = 2;
+        }
+        signer.rsasp1(&m)
+    });
+    match tokio::time::timeout(READINESS_STORE_TIMEOUT, task).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(e)) => Err(format!("the signing task failed: {e}")),
+        Err(_) => Err(format!("no signature within {READINESS_STORE_TIMEOUT:?}")),
     }
 }
 
