@@ -276,12 +276,14 @@ async fn two_nodes(token: &SoftHsm) {
     store_owned.extend(pkcs11_args(token));
     let store: Vec<&str> = store_owned.iter().map(String::as_str).collect();
     let serve = ["--token-types", "2", "--key-refresh-secs", "1"];
-    let (a, b) = (start(&store, &serve).await, start(&store, &serve).await);
+    // Both start at once: each may generate the first keys in the token,
+    // one wins per environment, and the loser destroys what it made.
+    let (a, b) = tokio::join!(start(&store, &serve), start(&store, &serve));
     let secret = api_key(&store, "sandbox");
     let (client_a, client_b) =
         (Client::new(&a.base).unwrap().with_api_key(&secret), Client::new(&b.base).unwrap().with_api_key(&secret));
     let hsm = Hsm::open(token.config()).unwrap();
-    assert_eq!(hsm.key_objects().unwrap().len(), 2, "both nodes started: one key per environment");
+    assert_eq!(hsm.key_objects().unwrap().len(), 2, "both nodes started: one key per environment, no orphans");
 
     // Issued on one node, redeemed on the other, once.
     let offer = client_a.challenge("age_over18_verified", true).await.unwrap();

@@ -153,6 +153,30 @@ impl Service {
             .map_err(|e| KeyError::Key(format!("destroy task failed: {e}")))?
             .map_err(|e| KeyError::Key(e.to_string()))
     }
+
+    /// Destroys the token objects of a key this node generated but the
+    /// store did not take (another node won the race, or the write failed),
+    /// so that no orphan key is left in the token. A software key needs
+    /// nothing; a failure is logged (the object is then an orphan, named in
+    /// the log).
+    pub(crate) async fn discard_generated(&self, record: &crate::IssuerKey) {
+        let (Some(hsm), Ok(stored)) = (
+            self.config().pkcs11.clone(),
+            crate::kek::open(self.kek(), &record.private_pkcs8, &crate::kek::issuer_key_aad(&record.id)),
+        ) else {
+            return;
+        };
+        if !is_pkcs11_reference(&stored) {
+            return;
+        }
+        let Ok((object, _)) = decode_pkcs11(&stored) else { return };
+        let label = object.label.clone();
+        match tokio::task::spawn_blocking(move || hsm.destroy(&object.id)).await {
+            Ok(Ok(_)) => tracing::info!(object = %label, "destroyed a generated key the store did not take"),
+            Ok(Err(e)) => tracing::error!(object = %label, error = %e, "could not destroy an unused key in the token"),
+            Err(e) => tracing::error!(object = %label, error = %e, "could not destroy an unused key in the token"),
+        }
+    }
 }
 
 /// The signer of a token key on a node that has no token.

@@ -240,6 +240,8 @@ impl Service {
                 let record = self.generate_key_record(environment, token_type).await?;
                 if self.store().insert_first_issuer_key(&record).await? {
                     created.push(record);
+                } else {
+                    self.discard_generated(&record).await;
                 }
             }
         }
@@ -266,7 +268,10 @@ impl Service {
             record.state = KeyState::Pending;
             record.not_before = self.now() + delay;
         }
-        self.store().rotate_issuer_key(&record, self.now()).await?;
+        if let Err(e) = self.store().rotate_issuer_key(&record, self.now()).await {
+            self.discard_generated(&record).await;
+            return Err(e.into());
+        }
         self.reload_keys().await?;
         Ok(record)
     }

@@ -118,6 +118,10 @@ impl Service {
                            not_before = successor.not_before, "key rotation: successor announced");
             tick.announced += 1;
             self.metrics().rotated();
+        } else {
+            // Another node announced first: a key made in a token is not
+            // left behind there.
+            self.discard_generated(&successor).await;
         }
         Ok(Some(due))
     }
