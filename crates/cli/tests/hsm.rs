@@ -309,6 +309,19 @@ async fn two_nodes(token: &SoftHsm) {
     let relay = client_a.create_relay("age_over18_verified", None, true).await.unwrap();
     let claim = client_a.generate_claim(&relay, &old_token.encode()).await.unwrap();
     assert!(claim.token_consumed, "a token of the rotated-out key verifies during the overlap");
+
+    // Announced ahead: the new production key is made in the token, listed
+    // as pending, and takes over on both nodes at its not-before.
+    let production = Client::new(&b.base).unwrap().with_api_key(&api_key(&store, "production"));
+    let before = production.challenge("age_over18_verified", false).await.unwrap().key_id;
+    let announced = cli(&store, &["keys", "rotate", "--env", "production", "--announce-secs", "3"]);
+    assert!(announced.contains("(pending,") && announced.contains("PKCS#11"), "{announced}");
+    assert_eq!(hsm.key_objects().unwrap().len(), 4);
+    assert_eq!(production.challenge("age_over18_verified", false).await.unwrap().key_id, before);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let offer = production.challenge("age_over18_verified", false).await.unwrap();
+    assert_ne!(offer.key_id, before, "the announced key took over");
+    production.issue(&offer).await.unwrap();
     drop((a, b));
     drop_schema(&base, &schema).await.unwrap();
 }
