@@ -96,7 +96,9 @@ impl RawSigner for HsmKey {
         }
         let s = self.sign_raw(m).map_err(|e| {
             if e.is_unavailable() {
-                tracing::warn!(object = %self.object.label, error = %e, "PKCS#11 signing unavailable");
+                // The pool logs the token going and coming back; a line per
+                // refused request would flood the log during an outage.
+                tracing::debug!(object = %self.object.label, error = %e, "PKCS#11 signing unavailable");
                 BlindSignError::Unavailable
             } else {
                 tracing::error!(object = %self.object.label, error = %e, "PKCS#11 signing failed");

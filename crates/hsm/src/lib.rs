@@ -10,7 +10,7 @@
 //! - [`HsmKey`] is a [`blindpass_protocol::blind_rsa::RawSigner`]: RSASP1 by
 //!   `CKM_RSA_X_509` on the blinded message, then `s^e mod n == m` checked
 //!   here (RFC 9474 §4.3) so that a fault in the token never reaches a client.
-//! - Sessions are pooled ([`pool`]); a token that goes away makes operations
+//! - Sessions are pooled (`pool.rs`); a token that goes away makes operations
 //!   fail with [`HsmError::Unavailable`] (the server answers 503) and the pool
 //!   reconnects, at most once a second, until it is back.
 //!

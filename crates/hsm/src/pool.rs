@@ -136,14 +136,20 @@ impl Pool {
                 return Err(HsmError::Unavailable("reconnecting to the token".into()));
             }
             state.last_attempt = Instant::now();
-            state.epoch = reinitialize(&self.config.module, state.epoch)?;
+            state.epoch = reinitialize(&self.config.module, state.epoch).inspect_err(|e| {
+                tracing::warn!(error = %e, "PKCS#11 module could not be re-initialised");
+            })?;
             match login(&self.context, &self.config) {
                 Ok((connection, description)) => {
                     tracing::info!(token = %description, "PKCS#11 token reconnected");
                     state.connection = Some(connection);
                     state.description = description;
                 }
-                Err(e) => return Err(HsmError::Unavailable(e.to_string())),
+                Err(e) => {
+                    // At most once a second (RECONNECT_INTERVAL).
+                    tracing::warn!(error = %e, "PKCS#11 token still unavailable");
+                    return Err(HsmError::Unavailable(e.to_string()));
+                }
             }
         }
         let generation = state.generation;

@@ -191,8 +191,10 @@ impl RawSigner for NoToken {
         &self.public
     }
 
+    /// Always unavailable (the error was logged when the key was loaded;
+    /// readiness reports it).
     fn rsasp1(&self, _m: &[u8]) -> Result<Vec<u8>, BlindSignError> {
-        tracing::error!(object = %self.object.label, "cannot sign: this node has no PKCS#11 token (--signer pkcs11)");
+        tracing::debug!(object = %self.object.label, "cannot sign: this node has no PKCS#11 token (--signer pkcs11)");
         Err(BlindSignError::Unavailable)
     }
 }
