@@ -298,6 +298,7 @@ async fn two_nodes(token: &SoftHsm) {
     // new token key; the old key still verifies during the overlap.
     let old_offer = offer;
     let old_token = client_b.issue(&old_offer).await.unwrap();
+    let unspent = client_b.issue(&old_offer).await.unwrap();
     let rotated = cli(&store, &["keys", "rotate", "--env", "sandbox"]);
     assert!(rotated.contains("PKCS#11"), "{rotated}");
     assert_eq!(hsm.key_objects().unwrap().len(), 3);
@@ -322,6 +323,22 @@ async fn two_nodes(token: &SoftHsm) {
     let offer = production.challenge("age_over18_verified", false).await.unwrap();
     assert_ne!(offer.key_id, before, "the announced key took over");
     production.issue(&offer).await.unwrap();
+
+    // Retired with --destroy on PostgreSQL: gone from the token; neither
+    // node verifies its tokens any more; issuance goes on with the new key.
+    let old_sandbox = keys(&store).into_iter().find(|k| k[1] == old_offer.key_id).unwrap()[0].clone();
+    let out = cli(&store, &["keys", "retire", &old_sandbox, "--destroy"]);
+    assert!(out.contains("destroyed 2 objects"), "{out}");
+    assert_eq!(hsm.key_objects().unwrap().len(), 3);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for node in [&a, &b] {
+        let relay = client_a.create_relay("age_over18_verified", None, true).await.unwrap();
+        let refused = no_retry(&node.base, &secret).generate_claim(&relay, &unspent.encode()).await;
+        assert!(refused.is_err(), "a retired key's token was accepted: {refused:?}");
+    }
+    let kept = client_b.issue(&client_b.challenge("age_over18_verified", true).await.unwrap()).await.unwrap();
+    let relay = client_b.create_relay("age_over18_verified", None, true).await.unwrap();
+    assert!(client_b.generate_claim(&relay, &kept.encode()).await.unwrap().token_consumed);
     drop((a, b));
     drop_schema(&base, &schema).await.unwrap();
 }

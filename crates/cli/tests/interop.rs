@@ -28,7 +28,12 @@ fn interop_dir() -> PathBuf {
 }
 
 /// `npm ci` in `interop/`, once per test binary; a failure fails the test.
+/// A test's child process (`on_fresh_token`) uses what its parent installed:
+/// a second `npm ci` would empty `node_modules` under the parent's tests.
 fn node_ready() -> PathBuf {
+    if blindpass_hsm::testing::is_child() {
+        return interop_dir();
+    }
     static READY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     READY
         .get_or_init(|| {
@@ -188,6 +193,7 @@ async fn ts_batch(store: &[&str]) {
     ignore = "needs BLINDPASS_TEST_INTEROP and BLINDPASS_TEST_PKCS11 (.ci/run sets both)"
 )]
 fn privacypass_ts_against_keys_in_a_pkcs11_token() {
+    node_ready();
     blindpass_hsm::testing::on_fresh_token("privacypass_ts_against_keys_in_a_pkcs11_token", |token| {
         let data = tempfile::tempdir().unwrap();
         let mut store = vec!["--data-dir".to_owned(), data.path().to_str().unwrap().to_owned()];

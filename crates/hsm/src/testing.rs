@@ -114,6 +114,13 @@ impl Default for SoftHsm {
     }
 }
 
+/// True in the child process [`on_fresh_token`] starts (so that one-time
+/// preparations the parent already made, like installing a tool, are not
+/// repeated under the parent's other tests).
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_TOKEN_DIR).is_some()
+}
+
 /// Runs `body` with a fresh token, in a child process: `test` is the test's
 /// name as the harness knows it (its path within the test binary), so that
 /// the child runs only it. In the child (which has the token in its
