@@ -280,9 +280,9 @@ impl Service {
     pub async fn retire_key(&self, id: &str) -> Result<IssuerKey, KeyError> {
         let wanted = TokenKeyId::from_hex(id).map_err(|_| KeyError::NotFound(id.to_owned()))?;
         let key = self.key_by_id(&wanted).await?.ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        if !self.store().retire_issuer_key(&key.record.id, self.now()).await? {
-            return Err(KeyError::NotFound(id.to_owned()));
-        }
+        // False: it was retired already (earlier, or by another node); the
+        // ring found it, so retiring again is not an error.
+        self.store().retire_issuer_key(&key.record.id, self.now()).await?;
         self.reload_keys().await?;
         let mut record = key.record.clone();
         record.state = KeyState::Retired;

@@ -79,7 +79,9 @@ pub trait IssuerKeyStore: Send + Sync {
     /// Makes `new_key` the environment's only active key: the previous active
     /// keys become verify-only at `at`. One transaction.
     async fn rotate_issuer_key(&self, new_key: &IssuerKey, at: i64) -> Result<(), StoreError>;
-    /// Retires a key at `at`. Returns false when no such key exists.
+    /// Retires a key at `at`. Returns true only when this call retired it:
+    /// false when no such key exists or it was already retired (so that of
+    /// nodes racing to retire a key, one counts it).
     async fn retire_issuer_key(&self, id: &str, at: i64) -> Result<bool, StoreError>;
     /// Automatic rotation's one write: inserts `successor` (a pending key,
     /// announced ahead of its `not_before`) only while `replaces` is still

@@ -98,6 +98,7 @@ pub async fn issuer_keys(store: Arc<dyn Store>) {
     assert_eq!(keys[1].private_pkcs8, k2.private_pkcs8);
 
     assert!(store.retire_issuer_key("k1", 30).await.unwrap());
+    assert!(!store.retire_issuer_key("k1", 35).await.unwrap(), "already retired: not counted again");
     assert!(!store.retire_issuer_key("missing", 30).await.unwrap());
     let keys = store.issuer_keys(Some(env)).await.unwrap();
     assert_eq!((keys[0].state, keys[0].retired_at), (KeyState::Retired, Some(30)));

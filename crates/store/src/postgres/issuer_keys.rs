@@ -153,7 +153,8 @@ impl IssuerKeyStore for PostgresStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEYS]).await.map_err(map_err)?;
         let n = tx
             .execute(
-                "UPDATE issuer_keys SET state = 'retired', retired_at = COALESCE(retired_at, $2) WHERE id = $1",
+                "UPDATE issuer_keys SET state = 'retired', retired_at = COALESCE(retired_at, $2) \
+                 WHERE id = $1 AND state <> 'retired'",
                 &[&id, &at],
             )
             .await

@@ -207,7 +207,8 @@ impl IssuerKeyStore for SqliteStore {
         self.with(move |c| {
             let changed = c
                 .execute(
-                    "UPDATE issuer_keys SET state = 'retired', retired_at = COALESCE(retired_at, ?2) WHERE id = ?1",
+                    "UPDATE issuer_keys SET state = 'retired', retired_at = COALESCE(retired_at, ?2) \
+                 WHERE id = ?1 AND state <> 'retired'",
                     params![id, at],
                 )
                 .map_err(map_err)?;
