@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use blindpass_server::client_addr::TrustedProxies;
+use blindpass_server::admission::AdmissionLimits;
+use blindpass_server::client_addr::{ForwardedHeader, TrustedProxies};
 use blindpass_server::transport::ConnectionLimits;
 use blindpass_server::{IdOverrides, Limits};
 use blindpass_service::Config;
@@ -74,6 +75,11 @@ pub(crate) struct ServeArgs {
     /// other peer these headers are ignored (default: none).
     #[arg(long, env = "BLINDPASS_TRUSTED_PROXIES")]
     pub(crate) trusted_proxies: Option<String>,
+    /// The header trusted proxies write the client's address into:
+    /// x-forwarded-for (default), forwarded or x-real-ip. Only that header
+    /// is read; any other the client sends is ignored.
+    #[arg(long, env = "BLINDPASS_FORWARDED_HEADER")]
+    pub(crate) forwarded_header: Option<String>,
     /// Seconds before a request is answered 503.
     #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
     pub(crate) request_timeout_secs: Option<u64>,
@@ -136,6 +142,33 @@ pub(crate) struct ServeArgs {
     /// Retry-After at once (default 1024).
     #[arg(long, env = "BLINDPASS_MAX_IN_FLIGHT")]
     pub(crate) max_in_flight: Option<usize>,
+    /// Most anonymous requests (no API key or client certificate) answered
+    /// at once; the rest of --max-in-flight is kept for authenticated
+    /// requests (default half of --max-in-flight).
+    #[arg(long, env = "BLINDPASS_MAX_ANONYMOUS_IN_FLIGHT")]
+    pub(crate) max_anonymous_in_flight: Option<usize>,
+    /// Most requests one client address (IPv6 by /64; behind a trusted
+    /// proxy, the forwarded address) has in flight; past it 429 at once
+    /// (default 128).
+    #[arg(long, env = "BLINDPASS_MAX_IN_FLIGHT_PER_CLIENT")]
+    pub(crate) max_in_flight_per_client: Option<usize>,
+    /// Most open connections from one client address (IPv6 by /64; trusted
+    /// proxies are exempt); past it a new connection gets 503 and is closed
+    /// (default 256).
+    #[arg(long, env = "BLINDPASS_MAX_CONNECTIONS_PER_CLIENT")]
+    pub(crate) max_connections_per_client: Option<usize>,
+    /// Seconds a request body has to arrive once its head was admitted, on
+    /// top of what its length needs at --body-min-rate; past it 408 and
+    /// the connection is closed (default 5).
+    #[arg(long, env = "BLINDPASS_BODY_READ_TIMEOUT_SECS")]
+    pub(crate) body_read_timeout_secs: Option<u64>,
+    /// The slowest upload a body may use, in bytes per second (default
+    /// 16384).
+    #[arg(long, env = "BLINDPASS_BODY_MIN_RATE")]
+    pub(crate) body_min_rate: Option<u64>,
+    /// Most concurrent HTTP/2 streams on one connection (default 100).
+    #[arg(long, env = "BLINDPASS_H2_MAX_CONCURRENT_STREAMS")]
+    pub(crate) h2_max_concurrent_streams: Option<u32>,
     /// Seconds in-flight requests get after SIGTERM before their connections are
     /// dropped (default 10).
     #[arg(long, env = "BLINDPASS_SHUTDOWN_DEADLINE_SECS")]
@@ -261,7 +294,12 @@ impl ServeSettings {
                 prefix: pick(&args.redis_key_prefix, &file.redis_key_prefix).unwrap_or_else(|| "blindpass".into()),
                 ca_file: pick(&args.redis_ca_file, &file.redis_ca_file),
             }),
-            trusted_proxies: TrustedProxies::parse(&trusted).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
+            trusted_proxies: TrustedProxies::parse(&trusted)
+                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?
+                .with_header(match pick(&args.forwarded_header, &file.forwarded_header) {
+                    Some(h) => h.parse::<ForwardedHeader>().map_err(|e| anyhow::anyhow!("--forwarded-header: {e}"))?,
+                    None => ForwardedHeader::default(),
+                }),
             ids: IdOverrides {
                 organization: pick(&args.organization_id, &file.organization_id),
                 sandbox: pick(&args.sandbox_environment_id, &file.sandbox_environment_id),
@@ -340,7 +378,7 @@ fn limits(args: &ServeArgs, file: &FileConfig, request_timeout: Duration) -> any
             1,
         )?,
         request_timeout,
-        max_in_flight: at_least("max-in-flight", pick(&args.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?,
+        admission: admission(args, file)?,
         max_uri_bytes: at_least("max-uri-bytes", pick(&args.max_uri_bytes, &file.max_uri_bytes), d.max_uri_bytes, 64)?,
         max_batch_size: at_least(
             "max-batch-size",
@@ -363,9 +401,58 @@ fn limits(args: &ServeArgs, file: &FileConfig, request_timeout: Duration) -> any
                 c.max_connections,
                 1,
             )?,
+            max_connections_per_client: at_least(
+                "max-connections-per-client",
+                pick(&args.max_connections_per_client, &file.max_connections_per_client),
+                c.max_connections_per_client,
+                1,
+            )?,
+            h2_max_concurrent_streams: at_least(
+                "h2-max-concurrent-streams",
+                pick(&args.h2_max_concurrent_streams, &file.h2_max_concurrent_streams),
+                c.h2_max_concurrent_streams,
+                1,
+            )?,
             shutdown_deadline: pick(&args.shutdown_deadline_secs, &file.shutdown_deadline_secs)
                 .map_or(c.shutdown_deadline, Duration::from_secs),
         },
+    })
+}
+
+/// How requests share the node (see `blindpass_server::admission`).
+fn admission(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<AdmissionLimits> {
+    let d = AdmissionLimits::default();
+    let max_in_flight = at_least("max-in-flight", pick(&args.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?;
+    let anonymous = at_least(
+        "max-anonymous-in-flight",
+        pick(&args.max_anonymous_in_flight, &file.max_anonymous_in_flight),
+        max_in_flight.div_ceil(2),
+        1,
+    )?;
+    if anonymous > max_in_flight {
+        bail!("--max-anonymous-in-flight ({anonymous}) must be at most --max-in-flight ({max_in_flight})");
+    }
+    Ok(AdmissionLimits {
+        max_in_flight,
+        max_anonymous_in_flight: anonymous,
+        max_in_flight_per_client: at_least(
+            "max-in-flight-per-client",
+            pick(&args.max_in_flight_per_client, &file.max_in_flight_per_client),
+            d.max_in_flight_per_client,
+            1,
+        )?,
+        body_read_timeout: Duration::from_secs(at_least(
+            "body-read-timeout-secs",
+            pick(&args.body_read_timeout_secs, &file.body_read_timeout_secs),
+            d.body_read_timeout.as_secs(),
+            1,
+        )?),
+        body_min_bytes_per_sec: at_least(
+            "body-min-rate",
+            pick(&args.body_min_rate, &file.body_min_rate),
+            d.body_min_bytes_per_sec,
+            1,
+        )?,
     })
 }
 
@@ -423,6 +510,13 @@ mod tests {
             (&["--max-connections", "0"], "--max-connections"),
             (&["--header-read-timeout-secs", "0"], "--header-read-timeout-secs"),
             (&["--trusted-proxies", "not-an-address"], "--trusted-proxies"),
+            (&["--forwarded-header", "via"], "--forwarded-header"),
+            (&["--max-in-flight", "10", "--max-anonymous-in-flight", "11"], "--max-anonymous-in-flight"),
+            (&["--max-in-flight-per-client", "0"], "--max-in-flight-per-client"),
+            (&["--max-connections-per-client", "0"], "--max-connections-per-client"),
+            (&["--body-read-timeout-secs", "0"], "--body-read-timeout-secs"),
+            (&["--body-min-rate", "0"], "--body-min-rate"),
+            (&["--h2-max-concurrent-streams", "0"], "--h2-max-concurrent-streams"),
         ] {
             let error = resolve(flags, "").expect_err(named).to_string();
             assert!(error.contains(named), "{flags:?}: {error}");

@@ -1,5 +1,5 @@
-//! Bearer API keys: the `require_api_key` layer authenticates, counts the
-//! request against its environment and checks the route's permission, all
+//! Bearer API keys: the `require_api_key` layer authenticates, checks the
+//! route's permission and counts the request against its key and environment, all
 //! before anything is stored for idempotency (so 401, 403 and 429 are never
 //! replayed); handlers take the result with the [`ApiKey`] extractor. Over
 //! mTLS, a client certificate that names a configured attester
@@ -81,10 +81,11 @@ async fn admit(
         _ => authenticate(state, headers, client).await?,
     };
     envelope.environment(auth.key.environment);
-    envelope.admit(state.service.rate_limit_key(&auth.key).await?)?;
+    // A refusal by permission is not charged to anyone's window.
     if !auth.can(permission) {
         return Err(ApiError::forbidden(format!("The API key does not have the {permission} permission.")));
     }
+    envelope.admit(state.service.rate_limit_key(&auth.key).await?)?;
     Ok(auth)
 }
 

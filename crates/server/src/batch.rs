@@ -42,9 +42,11 @@ pub(crate) async fn issue(
     let request = decode(&bytes, framing, state.limits.max_batch_size)?;
     let environment = auth.key.environment;
     let extra = request.items.len().saturating_sub(1) as u64;
-    envelope.admit(state.service.rate_limit_tokens(&auth.key, extra).await?)?;
+    envelope.admit(state.service.rate_limit_would_admit(&auth.key, extra).await?)?;
     let (issuable, positions) = issuable(&request.items);
     let evaluated = state.service.issue_batch(environment, issuable).await?;
+    let issued = evaluated.iter().filter(|r| r.is_ok()).count() as u64;
+    envelope.counted(state.service.rate_limit_tokens(&auth.key, issued.saturating_sub(1)).await?);
     let mut items: Vec<Option<GenericTokenResponse>> = vec![None; request.items.len()];
     let mut first_refusal = None;
     for (position, result) in positions.into_iter().zip(evaluated) {
@@ -82,7 +84,7 @@ pub(crate) async fn issue_amortized(
     })?;
     let environment = auth.key.environment;
     let extra = request.blinded_elements.len().saturating_sub(1) as u64;
-    envelope.admit(state.service.rate_limit_tokens(&auth.key, extra).await?)?;
+    envelope.admit(state.service.rate_limit_would_admit(&auth.key, extra).await?)?;
     let token_type = request.suite.token_type();
     let response = state
         .service
@@ -92,6 +94,7 @@ pub(crate) async fn issue_amortized(
             IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
             other => ApiError::from(other),
         })?;
+    envelope.counted(state.service.rate_limit_tokens(&auth.key, extra).await?);
     let media_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE))];
     Ok((StatusCode::OK, media_type, response).into_response())
 }

@@ -2,11 +2,14 @@
 //! by.
 //!
 //! The TCP peer is the client unless it is one of the operator's
-//! `--trusted-proxies`. Only then are `Forwarded` (RFC 7239) or, without it,
-//! `X-Forwarded-For` read, from the right: each hop appends the address it
-//! received from, so the rightmost address that is not a trusted proxy is
+//! `--trusted-proxies`. Only then is the one header the operator named with
+//! `--forwarded-header` read (`X-Forwarded-For` by default, `Forwarded`
+//! (RFC 7239) or `X-Real-IP`), from the right: each hop appends the address
+//! it received from, so the rightmost address that is not a trusted proxy is
 //! the first one no trusted proxy can vouch for — the client. Anything a
-//! client writes further left is ignored, so it cannot choose its own bucket.
+//! client writes further left, and every other forwarding header (which the
+//! proxy may pass through untouched), is ignored, so a client cannot choose
+//! its own bucket.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -61,24 +64,60 @@ impl Cidr {
     }
 }
 
-/// The proxies whose forwarding headers are believed.
+/// The header a trusted proxy writes the client's address into.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`, HAProxy
+    /// `option forwardfor`).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=…` (RFC 7239).
+    Forwarded,
+    /// `X-Real-IP` (one address, set by the proxy).
+    XRealIp,
+}
+
+impl FromStr for ForwardedHeader {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            "x-real-ip" => Ok(Self::XRealIp),
+            other => Err(format!("{other:?} is not x-forwarded-for, forwarded or x-real-ip")),
+        }
+    }
+}
+
+/// The proxies whose forwarding header is believed, and which header that
+/// is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<Cidr>);
+pub struct TrustedProxies {
+    blocks: Vec<Cidr>,
+    header: ForwardedHeader,
+}
 
 impl TrustedProxies {
-    /// Parses `CIDR,CIDR,…` (empty: none).
+    /// Parses `CIDR,CIDR,…` (empty: none), reading `X-Forwarded-For`.
     pub fn parse(list: &str) -> Result<Self, String> {
-        list.split(',').filter(|s| !s.trim().is_empty()).map(Cidr::from_str).collect::<Result<_, _>>().map(Self)
+        let blocks = list.split(',').filter(|s| !s.trim().is_empty()).map(Cidr::from_str).collect::<Result<_, _>>()?;
+        Ok(Self { blocks, header: ForwardedHeader::default() })
+    }
+
+    /// The same proxies, read through `header`.
+    pub fn with_header(self, header: ForwardedHeader) -> Self {
+        Self { header, ..self }
     }
 
     /// Whether `ip` is a trusted proxy.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(ip))
+        self.blocks.iter().any(|c| c.contains(canonical(ip)))
     }
 
     /// True when no proxy is trusted.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.blocks.is_empty()
     }
 }
 
@@ -99,7 +138,11 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
     if !trusted.contains(peer) {
         return peer;
     }
-    let hops = if headers.contains_key("forwarded") { forwarded_for(headers) } else { x_forwarded_for(headers) };
+    let hops = match trusted.header {
+        ForwardedHeader::XForwardedFor => x_forwarded_for(headers),
+        ForwardedHeader::Forwarded => forwarded_for(headers),
+        ForwardedHeader::XRealIp => x_real_ip(headers),
+    };
     let mut client = peer;
     for hop in hops.into_iter().rev().take(MAX_HOPS) {
         // A hop that does not parse cannot be vouched for: the last trusted
@@ -120,6 +163,18 @@ fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("").split(','))
         .map(|s| parse_node(s.trim()))
+        .collect()
+}
+
+/// The address of the last `X-Real-IP` (a proxy sets it, replacing any the
+/// client sent).
+fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all("x-real-ip")
+        .iter()
+        .last()
+        .map(|v| parse_node(v.to_str().unwrap_or("").trim()))
+        .into_iter()
         .collect()
 }
 
@@ -160,6 +215,10 @@ impl FromRequestParts<AppState> for Client {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // Admission found it already (the same rule, once per request).
+        if let Some(client) = parts.extensions.get::<Client>() {
+            return Ok(client.clone());
+        }
         let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
             return Ok(Self("unknown".into()));
         };
@@ -222,17 +281,30 @@ mod tests {
         // Several header instances are one list.
         let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.8")]);
         assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.8"));
-        // Forwarded wins over X-Forwarded-For, with quoted IPv6 and ports.
+        // Only the named header is read: a Forwarded the client wrote and
+        // the proxy passed through is ignored.
+        let h = headers(&[("x-forwarded-for", "203.0.113.7"), ("forwarded", "for=6.6.6.6")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.7"));
+        let h = headers(&[("forwarded", "for=6.6.6.6")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"), "no X-Forwarded-For: the proxy");
+        // Forwarded, when named, with quoted IPv6 and ports.
+        let forwarded = trusted.clone().with_header(ForwardedHeader::Forwarded);
         let h = headers(&[
             ("x-forwarded-for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https"),
         ]);
-        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("2001:db8:cafe::17"));
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &forwarded), ip("2001:db8:cafe::17"));
+        // X-Real-IP, when named: the last one (the proxy's).
+        let real = trusted.clone().with_header(ForwardedHeader::XRealIp);
+        let h = headers(&[("x-real-ip", "6.6.6.6"), ("x-real-ip", "203.0.113.9"), ("x-forwarded-for", "6.6.6.7")]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &real), ip("203.0.113.9"));
+        assert_eq!("X-Real-IP".parse::<ForwardedHeader>(), Ok(ForwardedHeader::XRealIp));
+        assert!("via".parse::<ForwardedHeader>().is_err());
         // Garbage stops the walk at the last trusted hop.
         let h = headers(&[("x-forwarded-for", "203.0.113.7, garbage")]);
         assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
         let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &forwarded), ip("10.0.0.1"));
         // No header: the proxy itself.
         assert_eq!(client_address(ip("10.0.0.1"), &HeaderMap::new(), &trusted), ip("10.0.0.1"));
     }

@@ -40,14 +40,18 @@ pub(crate) fn require_content_type(headers: &HeaderMap, expected: &str) -> Resul
 }
 
 /// Reads a body of at most `limit` bytes (413 otherwise, at once when the
-/// declared length is already over).
+/// declared length is already over; 408 when it misses the deadline
+/// admission gave it).
 pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::payload_too_large(limit))
+    axum::body::to_bytes(body, limit).await.map_err(|e| match crate::admission::is_body_timeout(&e) {
+        true => crate::admission::body_timed_out(),
+        false => ApiError::payload_too_large(limit),
+    })
 }
 
 /// Parses a JSON object whose keys may be kebab-, camel- or snake-case into

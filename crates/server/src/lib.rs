@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api_key;
 mod batch;
 pub mod client_addr;
@@ -41,7 +42,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use blindpass_protocol::api::{CHALLENGE_PATH, PRIVACY_PASSES_PATH, RELAYS_PATH};
 use blindpass_service::{Environment, Permission, Service};
-use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
@@ -78,9 +78,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Time after which a request is answered 503.
     pub request_timeout: Duration,
-    /// Most requests being answered at once; past it a request gets 503 with
-    /// `Retry-After` at once instead of queueing into the timeout.
-    pub max_in_flight: usize,
+    /// How requests share the node: in-flight caps per class and per
+    /// client, the body read deadline (see [`admission`]).
+    pub admission: admission::AdmissionLimits,
     /// Longest accepted request target (path and query), in bytes (414).
     pub max_uri_bytes: usize,
     /// Most token requests in one batch (422 past it).
@@ -94,7 +94,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(30),
-            max_in_flight: 1024,
+            admission: admission::AdmissionLimits::default(),
             max_uri_bytes: 2048,
             max_batch_size: 100,
             connections: transport::ConnectionLimits::default(),
@@ -133,8 +133,8 @@ impl axum::extract::FromRef<AppState> for Service {
 /// the envelope (Persona routes), then who may call (API key or relay), then
 /// idempotency, then the handler.
 pub fn router(state: AppState) -> Router {
-    let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight.max(1)));
-    let entropy = state.service.entropy_handle();
+    let admission = Arc::new(admission::Admission::new(state.limits.admission));
+    let trusted = Arc::clone(&state.trusted_proxies);
     let shed_service = state.service.clone();
     let observed = state.service.clone();
     let s = &state;
@@ -149,8 +149,8 @@ pub fn router(state: AppState) -> Router {
         rfc::TOKEN_REQUEST_PATH,
         with_api_key(s, Permission::PrivacyPassWrite, post(rfc::token_request)),
     );
-    let persona = documented(persona, CHALLENGE_PATH, post(relays::challenge));
-    let persona = documented(persona, RELAYS_PATH, post(relays::create));
+    let persona = documented(persona, CHALLENGE_PATH, anonymous(s, post(relays::challenge)));
+    let persona = documented(persona, RELAYS_PATH, anonymous(s, post(relays::create)));
     let persona = documented(
         persona,
         "/api/privacy/v1/relays/{relay_token}/result",
@@ -172,10 +172,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
-        .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            shed_load(Arc::clone(&in_flight), Arc::clone(&entropy), shed_service.clone(), request, next)
+            admission::admit(Arc::clone(&admission), Arc::clone(&trusted), shed_service.clone(), request, next)
         }))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             metrics::observe(observed.clone(), request, next)
         }))
@@ -207,6 +207,12 @@ fn with_api_key(state: &AppState, permission: Permission, route: MethodRouter<Ap
         .route_layer(middleware::from_fn_with_state(state.clone(), require))
 }
 
+/// An anonymous Persona route: the client's rate limit is counted before
+/// the body is read ([`relays::count_client`]), then `route`.
+fn anonymous(state: &AppState, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.route_layer(middleware::from_fn_with_state(state.clone(), relays::count_client))
+}
+
 /// generate-claim: the relay's gates, then the rest in a task of its own,
 /// then idempotency, then the redemption.
 fn redemption(state: &AppState) -> MethodRouter<AppState> {
@@ -214,25 +220,6 @@ fn redemption(state: &AppState) -> MethodRouter<AppState> {
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::idempotent))
         .route_layer(middleware::from_fn_with_state(state.clone(), redeem::run_to_completion))
         .route_layer(middleware::from_fn_with_state(state.clone(), redeem::admit_relay))
-}
-
-/// Outermost: a request past the in-flight cap is answered 503 at once.
-async fn shed_load(
-    in_flight: Arc<Semaphore>,
-    entropy: Arc<dyn blindpass_service::Entropy>,
-    service: Service,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Ok(_slot) = in_flight.try_acquire_owned() else {
-        service.metrics().shed();
-        let mut response = ApiError::overloaded().into_response();
-        if let Ok(v) = HeaderValue::from_str(&random_id(&*entropy, "req_")) {
-            response.headers_mut().insert("request-id", v);
-        }
-        return response;
-    };
-    next.run(request).await
 }
 
 /// Loads (creating on first start) the organization and environment ids,
@@ -304,7 +291,8 @@ pub async fn serve(
         })
     });
     let connections = state.limits.connections;
-    let result = transport::serve_connections_with(listener, router(state), connections, tls, shutdown).await;
+    let trusted = Arc::clone(&state.trusted_proxies);
+    let result = transport::serve_connections_with(listener, router(state), connections, tls, trusted, shutdown).await;
     pruner.abort();
     for task in [reloader, rotator].into_iter().flatten() {
         task.abort();

@@ -3,8 +3,10 @@
 //! [`crate::redeem`].)
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use blindpass_protocol::api::{
     ChallengeRequest, ChallengeResponse, CreateRelay, Method, RecordResult, RelayCreated, ResultRecorded,
 };
@@ -93,17 +95,36 @@ pub(crate) async fn result(
     Ok(Inflected(StatusCode::OK, persona.inflection, body))
 }
 
-/// The endpoints without an API key count the client's address (and the
-/// environment's anonymous ceiling, if the operator set one).
+/// The first layer of the anonymous routes (challenge, relay creation):
+/// counts the client's address before the body is read, so a client over
+/// its limit costs one counter and no body.
+pub(crate) async fn count_client(
+    State(state): State<AppState>,
+    client: Client,
+    envelope: Envelope,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.service.rate_limit_client(&client.0).await {
+        Ok(rate) => match envelope.admit(rate) {
+            Ok(()) => next.run(request).await,
+            Err(e) => e.into_response(),
+        },
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Once the body names the environment: its anonymous ceiling, if the
+/// operator set one (the client was counted by [`count_client`]).
 async fn count_anonymous(
     state: &AppState,
-    client: &Client,
+    _client: &Client,
     envelope: &Envelope,
     sandbox: Option<bool>,
 ) -> Result<Environment, ApiError> {
     let environment = if sandbox == Some(true) { Environment::Sandbox } else { Environment::Production };
     envelope.environment(environment);
-    envelope.admit(state.service.rate_limit_anonymous(&client.0, Some(environment)).await?)?;
+    envelope.admit(state.service.rate_limit_public(environment).await?)?;
     Ok(environment)
 }
 

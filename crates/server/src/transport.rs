@@ -9,8 +9,17 @@
 //! - a **header-read timeout** (with a timer), which also bounds how long an
 //!   idle keep-alive connection waits for its next request;
 //! - **header limits**: total header bytes (431), header count (431);
-//! - a **connection cap**: past it a new connection is answered 503 with
-//!   `Retry-After` at once and closed, instead of queueing;
+//! - a **connection cap**, and a **per-client share** of it (by peer
+//!   address, IPv6 by /64; trusted proxies are exempt, their clients are
+//!   told apart per request): past either a new connection is answered 503
+//!   with `Retry-After` at once and closed, instead of queueing;
+//! - an **idle timeout** for every connection, HTTP/1 or HTTP/2: a
+//!   connection with no request in flight for the header-read timeout is
+//!   shut down gracefully (HTTP/2 `GOAWAY`), whether or not it answers
+//!   pings, and dropped if it has not closed a timeout later;
+//! - **HTTP/2 limits** set deliberately: concurrent streams per connection,
+//!   pending-accept and locally-errored stream resets, header list size,
+//!   keep-alive pings;
 //! - a **graceful-shutdown deadline**: after the signal, no new connection is
 //!   accepted, in-flight requests may finish, and whatever is left when the
 //!   deadline passes is dropped.
@@ -19,22 +28,26 @@
 //! outermost middleware (`lib.rs`), where they can answer in Persona's error
 //! shape.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
+
+use crate::client_addr::TrustedProxies;
+use blindpass_service::client_bucket;
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +61,11 @@ pub struct ConnectionLimits {
     pub max_headers: usize,
     /// Most open connections; past it new ones get 503 and are closed.
     pub max_connections: usize,
+    /// Most open connections from one client address (IPv6 by /64);
+    /// trusted proxies are exempt.
+    pub max_connections_per_client: usize,
+    /// Most concurrent HTTP/2 streams on one connection.
+    pub h2_max_concurrent_streams: u32,
     /// After the shutdown signal, how long in-flight requests may take before
     /// their connections are dropped.
     pub shutdown_deadline: Duration,
@@ -60,6 +78,8 @@ impl Default for ConnectionLimits {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_connections: 4096,
+            max_connections_per_client: 256,
+            h2_max_concurrent_streams: 100,
             shutdown_deadline: Duration::from_secs(10),
         }
     }
@@ -76,22 +96,25 @@ pub async fn serve_connections(
     limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_connections_with(listener, app, limits, None, shutdown).await
+    serve_connections_with(listener, app, limits, None, Arc::default(), shutdown).await
 }
 
-/// [`serve_connections`], over TLS when `tls` is given: the handshake runs
+/// [`serve_connections`], over TLS when `tls` is given (the handshake runs
 /// in the connection's own task under the header-read timeout, so a client
-/// that stalls it holds only its own connection slot.
+/// that stalls it holds only its own connection slot), with `trusted`
+/// proxies exempt from the per-client connection share.
 pub async fn serve_connections_with(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     tls: Option<Arc<crate::tls::ReloadingTls>>,
+    trusted: Arc<TrustedProxies>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let builder = builder(&limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    let per_client = Arc::new(Shares::default());
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -100,6 +123,19 @@ pub async fn serve_connections_with(
             () = &mut shutdown => break,
         };
         while connections.try_join_next().is_some() {}
+        let share = match trusted.contains(peer.ip()) {
+            true => None,
+            false => match per_client.take(client_bucket(peer.ip()), limits.max_connections_per_client) {
+                Some(share) => Some(share),
+                None => {
+                    tracing::debug!(peer = %peer, "client's connection share reached: shedding");
+                    if tls.is_none() {
+                        connections.spawn(refuse(stream));
+                    }
+                    continue;
+                }
+            },
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(max_connections = limits.max_connections, "connection cap reached: shedding");
             // Over TLS the plain-text 503 would be noise: just close.
@@ -109,39 +145,186 @@ pub async fn serve_connections_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Some(tls) = &tls else {
-            let service = TowerToHyperService::new(app.clone().map_request(tag(peer, None)));
-            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            connections.spawn(async move {
-                let _slot = slot;
-                if let Err(e) = connection.await {
-                    tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
-                }
-            });
-            continue;
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-        let (builder, watcher, handshake_timeout) = (builder.clone(), graceful.watcher(), limits.header_read_timeout);
-        let (tls, app) = (Arc::clone(tls), app.clone());
+        let (builder, app, tls, stop) = (builder.clone(), app.clone(), tls.clone(), stop.clone());
+        let idle = limits.header_read_timeout;
         connections.spawn(async move {
-            let _slot = slot;
-            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            let _held = (slot, share);
+            let Some(tls) = tls else {
+                let activity = Activity::new();
+                let service = tracked(app, Arc::clone(&activity), peer, None);
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                return drive(connection, activity, idle, stop, peer).await;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let stream = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(peer = %peer, "TLS handshake timed out"),
             };
             // Who the client certificate names, once per connection.
             let attester = tls.attester(stream.get_ref().1.peer_certificates()).map(Arc::new);
-            let service = TowerToHyperService::new(app.map_request(tag(peer, attester)));
-            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            if let Err(e) = connection.await {
-                tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
-            }
+            let activity = Activity::new();
+            let service = tracked(app, Arc::clone(&activity), peer, attester);
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            drive(connection, activity, idle, stop, peer).await;
         });
     }
     drop(listener);
-    drain(connections, graceful, limits.shutdown_deadline).await;
+    let _ = stopping.send(true);
+    drain(connections, limits.shutdown_deadline).await;
     Ok(())
+}
+
+/// Open connections per client bucket; a client without one is forgotten,
+/// so the map is never larger than the connection cap.
+#[derive(Debug, Default)]
+struct Shares(Mutex<HashMap<String, usize>>);
+
+/// One connection's place in its client's share.
+struct Share {
+    shares: Arc<Shares>,
+    client: String,
+}
+
+impl Shares {
+    fn take(self: &Arc<Self>, client: String, max: usize) -> Option<Share> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(client.clone()).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Share { shares: Arc::clone(self), client })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut map = self.shares.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Whether a connection has a request in flight, and since when it has had
+/// none.
+struct Activity {
+    active: AtomicUsize,
+    born: Instant,
+    /// Milliseconds after `born` of the last request's end (or the start).
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { active: AtomicUsize::new(0), born: Instant::now(), last: AtomicU64::new(0) })
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Acquire));
+        Some(self.born.elapsed().saturating_sub(last))
+    }
+}
+
+/// Marks a request in flight on its connection until dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let at = u64::try_from(self.0.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last.store(at, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The app as a hyper service for one connection: each request tagged with
+/// the connection's peer (and attester), and counted in its activity.
+fn tracked(
+    app: Router,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    attester: Option<Arc<crate::tls::Attester>>,
+) -> impl hyper::service::Service<
+    axum::http::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send + 'static,
+> + Clone {
+    let tag = tag(peer, attester);
+    hyper::service::service_fn(move |request: axum::http::Request<Incoming>| {
+        let busy = Busy::new(&activity);
+        let request = tag.clone()(request);
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await;
+            drop(busy);
+            response
+        }
+    })
+}
+
+/// Runs one connection until it ends: shut down gracefully when the server
+/// stops or when it has been idle for `idle`, and dropped if it has not
+/// closed `idle` after that (or, on server shutdown, by [`drain`]).
+async fn drive<C>(
+    connection: C,
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut tick = tokio::time::interval(idle.clamp(Duration::from_millis(50), Duration::from_millis(500)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing: Option<Instant> = None;
+    let mut stopping = *stop.borrow();
+    loop {
+        if stopping && closing.is_none() {
+            connection.as_mut().graceful_shutdown();
+            closing = Some(Instant::now());
+        }
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
+                }
+                return;
+            }
+            changed = stop.changed(), if !stopping => {
+                stopping = changed.is_err() || *stop.borrow();
+            }
+            _ = tick.tick() => {
+                if let Some(since) = closing {
+                    // Graceful shutdown is for connections that stop; one
+                    // that does not (a stalled reader) is dropped.
+                    if !stopping && since.elapsed() >= idle {
+                        return tracing::debug!(peer = %peer, "idle connection did not close: dropped");
+                    }
+                } else if activity.idle_for().is_some_and(|d| d >= idle) {
+                    tracing::debug!(peer = %peer, "idle connection: closing");
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                }
+            }
+        }
+    }
 }
 
 /// What every request of a connection carries: its peer address and, over
@@ -173,9 +356,18 @@ fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams.max(1))
+        // Streams a client opens and resets before they are accepted
+        // (CVE-2023-44487, "rapid reset"), and streams the server had to
+        // reset for the client's errors: past these the connection is
+        // closed with GOAWAY.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(64))
+        // Pings find dead peers; they never keep an idle connection open
+        // (see `drive`).
         .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_send_buf_size(64 * 1024);
     builder
 }
 
@@ -193,12 +385,13 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Lets open connections finish their requests until `deadline`, then drops
-/// the rest.
-async fn drain(mut connections: JoinSet<()>, graceful: GracefulShutdown, deadline: Duration) {
+/// Lets open connections finish their requests until `deadline` (each was
+/// told to shut down gracefully), then drops the rest.
+async fn drain(mut connections: JoinSet<()>, deadline: Duration) {
     let open = connections.len();
     tracing::info!(open, deadline_secs = deadline.as_secs(), "draining connections");
-    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(deadline, finished).await.is_err() {
         tracing::warn!(remaining = connections.len(), "shutdown deadline passed: dropping the remaining connections");
     }
     connections.abort_all();

@@ -187,18 +187,19 @@ async fn an_api_keys_own_limit_counts_beside_its_environments() {
     assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("rate limit of 3 requests"));
 
     // Another key of the environment is not limited by this key's window,
-    // but the 4 requests above counted against the environment: 10 − 4.
+    // and the request the key's own limit refused was not charged to the
+    // environment: only the 3 it admitted count, 10 − 3 − this one.
     let r = h.post(body.clone(), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(r.header("ratelimit-remaining"), Some("5"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("6"));
     assert_eq!(r.header("ratelimit-limit"), Some("10"));
 
     // Raising the key's limit takes effect at once on this node.
     assert!(h.service.set_api_key_rate_limit(&limited.key.id, Some(100)).await.unwrap());
     let r = h.post_as(&secret, body.clone(), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    // Now the environment's window is the closer one (10 − 6).
-    assert_eq!((r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (Some("10"), Some("4")));
+    // Now the environment's window is the closer one (10 − 5).
+    assert_eq!((r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (Some("10"), Some("5")));
 
     // Removing it leaves only the environment's.
     assert!(h.service.set_api_key_rate_limit(&limited.key.id, None).await.unwrap());

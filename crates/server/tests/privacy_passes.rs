@@ -105,7 +105,8 @@ async fn authentication_and_permissions() {
 
     let r = h.post_as(&h.no_permission_key.clone(), body(&blinded, &key_id), &[]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(r.header("ratelimit-limit").is_some(), "authenticated responses carry rate-limit headers");
+    assert_eq!(r.header("ratelimit-limit"), None, "a refusal by permission is not counted, so it reports no window");
+    assert!(r.header("persona-environment-id").is_some(), "but it names the key's environment");
 
     // A production API key naming a sandbox issuer key.
     let r = h.post_as(&h.production_key.clone(), body(&blinded, &sandbox_key.token_key_id().to_hex()), &[]).await;

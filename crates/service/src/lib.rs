@@ -46,7 +46,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use issue::{IssueError, IssueRequest, KeySelector};
 pub use issuer_key::{KeyMaterial, LoadedKey, RsaSigner, TOKEN_TYPES};
 pub use keyring::{KeyError, KeyRingStats};
-pub use limiter::{LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
+pub use limiter::{Bucket, BucketClass, LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
 pub use rate_limits::{RateLimitStatus, client_bucket};
 pub use readiness::{NotReady, READINESS_STORE_TIMEOUT};
 pub use redeem::{PresentedToken, RedeemError, Redemption, TokenRejection};

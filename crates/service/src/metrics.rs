@@ -97,6 +97,7 @@ pub struct Metrics {
     request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     shed: Counter,
+    readiness_checks: Counter,
     rate_limited: Family<LimitLabels, Counter>,
     /// Serialises [`Metrics::encode`] with the scrape-time gauge refresh.
     scrape: Mutex<()>,
@@ -152,6 +153,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             in_flight: Gauge::default(),
             shed: Counter::default(),
+            readiness_checks: Counter::default(),
             rate_limited: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
@@ -246,8 +248,16 @@ impl Metrics {
             r,
             &mut names,
             "shed_request",
-            "Requests refused at once because too many were in flight",
+            "Requests refused at once because too many were in flight (the node's, its class's or their client's share)",
             m.shed.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "readiness_check",
+            "Readiness checks run (one a second at most, however often /health/ready is probed)",
+            m.readiness_checks.clone(),
             COUNTER,
         );
         reg(
@@ -344,6 +354,11 @@ impl Metrics {
     /// One request shed because too many were in flight.
     pub fn shed(&self) {
         self.shed.inc();
+    }
+
+    /// One readiness check ran.
+    pub(crate) fn readiness_check(&self) {
+        self.readiness_checks.inc();
     }
 
     /// One request refused by the rate limit named `limit` (`environment`,

@@ -2,7 +2,7 @@
 //! address, per relay and per failed authentication, counted by the
 //! configured [`crate::RateLimiter`].
 
-use crate::{ApiKey, Environment, Service, StoreError};
+use crate::{ApiKey, Bucket, BucketClass, Environment, Service, StoreError};
 
 /// What counting a request gives: where its window stands (`None` when
 /// that limit is off), or the store failure.
@@ -57,7 +57,7 @@ impl Service {
     /// Counts one request against `environment`'s fixed one-minute window.
     /// `None` when rate limiting is off.
     pub async fn rate_limit(&self, environment: Environment) -> Counted {
-        self.count("env", environment.as_str(), self.config().rate_limit_per_minute).await
+        self.count(PROTECTED, "env", environment.as_str(), self.config().rate_limit_per_minute).await
     }
 
     /// Counts one anonymous request (no API key: challenge, relay creation,
@@ -65,75 +65,138 @@ impl Service {
     /// when the operator set one, against `environment`'s anonymous ceiling.
     /// Returns the tighter of the two.
     pub async fn rate_limit_anonymous(&self, client: &str, environment: Option<Environment>) -> Counted {
-        let per_client = self.count("client", client, self.config().client_rate_limit_per_minute).await?;
+        let per_client = self.rate_limit_client(client).await?;
+        if per_client.is_some_and(|s| !s.allowed) {
+            return Ok(per_client);
+        }
         let ceiling = match environment {
-            Some(env) => self.count("public", env.as_str(), self.config().public_rate_limit_per_minute).await?,
+            Some(env) => self.rate_limit_public(env).await?,
             None => None,
         };
         Ok(RateLimitStatus::tightest(per_client, ceiling))
     }
 
+    /// Counts one anonymous request from `client` (see [`client_bucket`]),
+    /// at admission: before its body is read or anything else is looked up.
+    pub async fn rate_limit_client(&self, client: &str) -> Counted {
+        self.count(CLIENT, "client", client, self.config().client_rate_limit_per_minute).await
+    }
+
+    /// Counts one anonymous request against `environment`'s anonymous
+    /// ceiling, when the operator set one (once the body named the
+    /// environment).
+    pub async fn rate_limit_public(&self, environment: Environment) -> Counted {
+        self.count(PROTECTED, "public", environment.as_str(), self.config().public_rate_limit_per_minute).await
+    }
+
     /// Counts one redemption attempt at `relay_token` (generate-claim),
     /// whoever makes it.
     pub async fn rate_limit_relay(&self, relay_token: &str) -> Counted {
-        self.count("relay", relay_token, self.config().relay_rate_limit_per_minute).await
+        self.count(PROTECTED, "relay", relay_token, self.config().relay_rate_limit_per_minute).await
     }
 
     /// Counts one failed authentication from `client`. Past the limit the
     /// client is answered 429 instead of 401.
     pub async fn rate_limit_auth_failure(&self, client: &str) -> Counted {
-        self.count("authfail", client, self.config().auth_failure_limit_per_minute).await
+        self.count(CLIENT, "authfail", client, self.config().auth_failure_limit_per_minute).await
     }
 
-    /// Counts one request by `key`: against its environment's window and,
-    /// when the key has a limit of its own (Persona 2026-09-29), against the
-    /// key's window too. Returns the status closer to refusing (a refusal by
-    /// either refuses).
+    /// Counts one request by `key`: first against the key's own window
+    /// (Persona 2026-09-29), when it has one, then against its
+    /// environment's. A request the key's own limit refuses is not charged
+    /// to the environment, so a key cannot spend its neighbours' share.
+    /// Returns the status closer to refusing.
     pub async fn rate_limit_key(&self, key: &ApiKey) -> Counted {
-        self.rate_limit_key_n(key, 1).await
-    }
-
-    /// Counts `tokens` more against `key`'s windows (its environment's and
-    /// its own): a batch counts its tokens, not its request (the request
-    /// itself was counted when it was authenticated, so a batch of n adds
-    /// n − 1 here).
-    pub async fn rate_limit_tokens(&self, key: &ApiKey, tokens: u64) -> Counted {
-        self.rate_limit_key_n(key, tokens).await
-    }
-
-    async fn rate_limit_key_n(&self, key: &ApiKey, n: u64) -> Counted {
-        let environment = key.environment.as_str();
-        let env = self.count_n("env", environment, self.config().rate_limit_per_minute, n).await?;
         let own = match key.rate_limit_per_minute {
-            Some(limit) => self.count_n("apikey", &key.id, limit, n).await?,
+            Some(limit) => self.count_n(PROTECTED, "apikey", &key.id, limit, 1).await?,
             None => None,
         };
+        if own.is_some_and(|s| !s.allowed) {
+            return Ok(own);
+        }
+        let env =
+            self.count_n(PROTECTED, "env", key.environment.as_str(), self.config().rate_limit_per_minute, 1).await?;
         Ok(RateLimitStatus::tightest(env, own))
     }
 
-    async fn count(&self, kind: &'static str, name: impl std::fmt::Display, limit: u64) -> Counted {
-        self.count_n(kind, name, limit, 1).await
+    /// Whether `tokens` more would fit in `key`'s windows (its own and its
+    /// environment's), without counting them: a batch is admitted or refused
+    /// whole before anything is charged. The status is what the windows
+    /// would say after the batch.
+    pub async fn rate_limit_would_admit(&self, key: &ApiKey, tokens: u64) -> Counted {
+        let own = match key.rate_limit_per_minute {
+            Some(limit) => self.peek_n("apikey", &key.id, limit, tokens).await?,
+            None => None,
+        };
+        let env = self.peek_n("env", key.environment.as_str(), self.config().rate_limit_per_minute, tokens).await?;
+        let status = RateLimitStatus::tightest(env, own);
+        if status.is_some_and(|s| !s.allowed) {
+            self.metrics().rate_limited(if own.is_some_and(|s| !s.allowed) { "apikey" } else { "env" });
+        }
+        Ok(status)
+    }
+
+    /// Counts `tokens` issued beyond the request itself against `key`'s
+    /// windows: a batch counts its tokens when they are issued (the request
+    /// was counted when it was authenticated, so a batch that issued n adds
+    /// n − 1 here). Never a refusal: the tokens exist.
+    pub async fn rate_limit_tokens(&self, key: &ApiKey, tokens: u64) -> Counted {
+        let own = match key.rate_limit_per_minute {
+            Some(limit) => self.count_n(PROTECTED, "apikey", &key.id, limit, tokens).await?,
+            None => None,
+        };
+        let env = self
+            .count_n(PROTECTED, "env", key.environment.as_str(), self.config().rate_limit_per_minute, tokens)
+            .await?;
+        let keep = |s: Option<RateLimitStatus>| s.map(|s| RateLimitStatus { allowed: true, ..s });
+        Ok(RateLimitStatus::tightest(keep(env), keep(own)))
+    }
+
+    async fn count(&self, class: BucketClass, kind: &'static str, name: &str, limit: u64) -> Counted {
+        self.count_n(class, kind, name, limit, 1).await
+    }
+
+    /// Where `kind:name` would stand with `n` more, without counting them.
+    async fn peek_n(&self, kind: &'static str, name: &str, limit: u64, n: u64) -> Counted {
+        if limit == 0 {
+            return Ok(None);
+        }
+        let (now, window_start) = self.window();
+        let bucket = Bucket { kind, name, class: PROTECTED };
+        let count = self.inner.limiter.add(&bucket, window_start, WINDOW_SECS, 0).await?.saturating_add(n);
+        Ok(Some(status(limit, count, window_start, now)))
+    }
+
+    fn window(&self) -> (i64, i64) {
+        let now = self.now();
+        (now, now - now.rem_euclid(WINDOW_SECS))
     }
 
     /// Counts `n` in the bucket `kind:name`; a refusal is counted in
     /// `rate_limited_request_total{limit=kind}`.
-    async fn count_n(&self, kind: &'static str, name: impl std::fmt::Display, limit: u64, n: u64) -> Counted {
+    async fn count_n(&self, class: BucketClass, kind: &'static str, name: &str, limit: u64, n: u64) -> Counted {
         if limit == 0 {
             return Ok(None);
         }
-        let bucket = format!("{kind}:{name}");
-        let now = self.now();
-        let window_start = now - now.rem_euclid(WINDOW_SECS);
+        let (now, window_start) = self.window();
+        let bucket = Bucket { kind, name, class };
         let count = self.inner.limiter.add(&bucket, window_start, WINDOW_SECS, n).await?;
-        let allowed = count <= limit;
-        if !allowed {
+        let status = status(limit, count, window_start, now);
+        if !status.allowed && n > 0 {
             self.metrics().rate_limited(kind);
         }
-        Ok(Some(RateLimitStatus {
-            limit,
-            remaining: limit.saturating_sub(count),
-            reset_secs: window_start + WINDOW_SECS - now,
-            allowed,
-        }))
+        Ok(Some(status))
+    }
+}
+
+const PROTECTED: BucketClass = BucketClass::Protected;
+const CLIENT: BucketClass = BucketClass::Client;
+
+fn status(limit: u64, count: u64, window_start: i64, now: i64) -> RateLimitStatus {
+    RateLimitStatus {
+        limit,
+        remaining: limit.saturating_sub(count),
+        reset_secs: window_start + WINDOW_SECS - now,
+        allowed: count <= limit,
     }
 }

@@ -3,8 +3,8 @@
 //! key that issues now, in both environments, and each type-2 key that
 //! issues must be able to sign (its PKCS#11 token, if it has one, answers).
 
-use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 use crate::{Environment, Service};
 
@@ -41,8 +41,9 @@ pub enum NotReady {
 }
 
 /// The latest check and the second it was made: probes within the same
-/// second share it, so a flood of probes (the endpoint is public) costs the
-/// store one check a second.
+/// second share it, and the check is single-flight (probes that arrive
+/// while one runs wait for it and share its result), so a flood of probes
+/// (the endpoint is public) costs the store one check a second.
 #[derive(Default)]
 pub(crate) struct LastCheck(Mutex<Option<(i64, Result<(), NotReady>)>>);
 
@@ -61,13 +62,14 @@ impl Service {
     /// [`Service::readiness`], at most once a second: a probe in the same
     /// second as the previous check gets its result.
     pub async fn readiness_cached(&self) -> Result<(), NotReady> {
+        let mut last = self.inner.readiness.0.lock().await;
         let now = self.now();
-        let last = self.inner.readiness.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if let Some((_, result)) = last.filter(|(at, _)| *at == now) {
-            return result;
+        if let Some((_, result)) = last.as_ref().filter(|(at, _)| *at == now) {
+            return result.clone();
         }
         let result = self.readiness().await;
-        *self.inner.readiness.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, result.clone()));
+        self.inner.metrics.readiness_check();
+        *last = Some((self.now(), result.clone()));
         result
     }
 
