@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod client;
 mod config;
+mod edge;
 mod load;
 mod rotation;
 mod serve;

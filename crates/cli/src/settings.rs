@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use blindpass_server::admission::AdmissionLimits;
-use blindpass_server::client_addr::{ForwardedHeader, TrustedProxies};
-use blindpass_server::transport::ConnectionLimits;
+use blindpass_server::client_addr::TrustedProxies;
 use blindpass_server::{IdOverrides, Limits};
 use blindpass_service::Config;
 use clap::Args;
@@ -22,6 +20,8 @@ pub(crate) struct ServeArgs {
     pub(crate) store: crate::config::StoreArgs,
     #[command(flatten)]
     pub(crate) rotation: crate::rotation::RotationArgs,
+    #[command(flatten)]
+    pub(crate) edge: crate::edge::EdgeArgs,
     /// Address to listen on.
     #[arg(long, env = "BLINDPASS_LISTEN")]
     pub(crate) listen: Option<String>,
@@ -70,16 +70,6 @@ pub(crate) struct ServeArgs {
     /// turn from 401 to 429 (default 60; 0 turns it off).
     #[arg(long, env = "BLINDPASS_AUTH_FAILURE_LIMIT")]
     pub(crate) auth_failure_limit: Option<u64>,
-    /// Reverse proxies (comma-separated addresses or CIDR blocks) whose
-    /// `Forwarded` / `X-Forwarded-For` headers name the client; from any
-    /// other peer these headers are ignored (default: none).
-    #[arg(long, env = "BLINDPASS_TRUSTED_PROXIES")]
-    pub(crate) trusted_proxies: Option<String>,
-    /// The header trusted proxies write the client's address into:
-    /// x-forwarded-for (default), forwarded or x-real-ip. Only that header
-    /// is read; any other the client sends is ignored.
-    #[arg(long, env = "BLINDPASS_FORWARDED_HEADER")]
-    pub(crate) forwarded_header: Option<String>,
     /// Seconds before a request is answered 503.
     #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
     pub(crate) request_timeout_secs: Option<u64>,
@@ -119,60 +109,6 @@ pub(crate) struct ServeArgs {
     /// like an unknown one and is pruned).
     #[arg(long, env = "BLINDPASS_RELAY_LIFETIME_SECS")]
     pub(crate) relay_lifetime_secs: Option<i64>,
-    /// Seconds a client has to send a request's headers; also how long an idle
-    /// keep-alive connection stays open (default 10).
-    #[arg(long, env = "BLINDPASS_HEADER_READ_TIMEOUT_SECS")]
-    pub(crate) header_read_timeout_secs: Option<u64>,
-    /// Largest request head (request line and headers) in bytes; larger is 431
-    /// (default 16384).
-    #[arg(long, env = "BLINDPASS_MAX_HEADER_BYTES")]
-    pub(crate) max_header_bytes: Option<usize>,
-    /// Most header fields in one request; more is 431 (default 100).
-    #[arg(long, env = "BLINDPASS_MAX_HEADERS")]
-    pub(crate) max_headers: Option<usize>,
-    /// Longest request target (path and query) in bytes; longer is 414
-    /// (default 2048).
-    #[arg(long, env = "BLINDPASS_MAX_URI_BYTES")]
-    pub(crate) max_uri_bytes: Option<usize>,
-    /// Most open connections; past it a new connection gets 503 and is closed
-    /// (default 4096).
-    #[arg(long, env = "BLINDPASS_MAX_CONNECTIONS")]
-    pub(crate) max_connections: Option<usize>,
-    /// Most requests answered at once; past it a request gets 503 with
-    /// Retry-After at once (default 1024).
-    #[arg(long, env = "BLINDPASS_MAX_IN_FLIGHT")]
-    pub(crate) max_in_flight: Option<usize>,
-    /// Most anonymous requests (no API key or client certificate) answered
-    /// at once; the rest of --max-in-flight is kept for authenticated
-    /// requests (default half of --max-in-flight).
-    #[arg(long, env = "BLINDPASS_MAX_ANONYMOUS_IN_FLIGHT")]
-    pub(crate) max_anonymous_in_flight: Option<usize>,
-    /// Most requests one client address (IPv6 by /64; behind a trusted
-    /// proxy, the forwarded address) has in flight; past it 429 at once
-    /// (default 128).
-    #[arg(long, env = "BLINDPASS_MAX_IN_FLIGHT_PER_CLIENT")]
-    pub(crate) max_in_flight_per_client: Option<usize>,
-    /// Most open connections from one client address (IPv6 by /64; trusted
-    /// proxies are exempt); past it a new connection gets 503 and is closed
-    /// (default 256).
-    #[arg(long, env = "BLINDPASS_MAX_CONNECTIONS_PER_CLIENT")]
-    pub(crate) max_connections_per_client: Option<usize>,
-    /// Seconds a request body has to arrive once its head was admitted, on
-    /// top of what its length needs at --body-min-rate; past it 408 and
-    /// the connection is closed (default 5).
-    #[arg(long, env = "BLINDPASS_BODY_READ_TIMEOUT_SECS")]
-    pub(crate) body_read_timeout_secs: Option<u64>,
-    /// The slowest upload a body may use, in bytes per second (default
-    /// 16384).
-    #[arg(long, env = "BLINDPASS_BODY_MIN_RATE")]
-    pub(crate) body_min_rate: Option<u64>,
-    /// Most concurrent HTTP/2 streams on one connection (default 100).
-    #[arg(long, env = "BLINDPASS_H2_MAX_CONCURRENT_STREAMS")]
-    pub(crate) h2_max_concurrent_streams: Option<u32>,
-    /// Seconds in-flight requests get after SIGTERM before their connections are
-    /// dropped (default 10).
-    #[arg(long, env = "BLINDPASS_SHUTDOWN_DEADLINE_SECS")]
-    pub(crate) shutdown_deadline_secs: Option<u64>,
     /// Redis URL for rate-limit counters shared by several nodes
     /// (default: counters in the store).
     #[arg(long, env = "BLINDPASS_REDIS_URL", hide_env_values = true)]
@@ -259,12 +195,12 @@ pub(crate) struct ServeSettings {
 }
 
 /// The flag's value, else the file's.
-fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
+pub(crate) fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
     flag.clone().or_else(|| file.clone())
 }
 
 /// `value` (or `default`), refused below `min`.
-fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
+pub(crate) fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
     flag: &str,
     value: Option<T>,
     default: T,
@@ -283,23 +219,17 @@ impl ServeSettings {
         let request_timeout_secs =
             at_least("request-timeout-secs", pick(&args.request_timeout_secs, &file.request_timeout_secs), 30, 1)?;
         let config = service_config(args, file, request_timeout_secs)?;
-        let trusted = pick(&args.trusted_proxies, &file.trusted_proxies).unwrap_or_default();
         Ok(Self {
             listen: pick(&args.listen, &file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
             config,
-            limits: limits(args, file, Duration::from_secs(request_timeout_secs))?,
+            limits: crate::edge::limits(args, file, Duration::from_secs(request_timeout_secs))?,
             issuer_name: pick(&args.issuer_name, &file.issuer_name),
             redis: pick(&args.redis_url, &file.redis_url).map(|url| RedisSettings {
                 url: url.as_str().to_owned(),
                 prefix: pick(&args.redis_key_prefix, &file.redis_key_prefix).unwrap_or_else(|| "blindpass".into()),
                 ca_file: pick(&args.redis_ca_file, &file.redis_ca_file),
             }),
-            trusted_proxies: TrustedProxies::parse(&trusted)
-                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?
-                .with_header(match pick(&args.forwarded_header, &file.forwarded_header) {
-                    Some(h) => h.parse::<ForwardedHeader>().map_err(|e| anyhow::anyhow!("--forwarded-header: {e}"))?,
-                    None => ForwardedHeader::default(),
-                }),
+            trusted_proxies: crate::edge::trusted_proxies(&args.edge, file)?,
             ids: IdOverrides {
                 organization: pick(&args.organization_id, &file.organization_id),
                 sandbox: pick(&args.sandbox_environment_id, &file.sandbox_environment_id),
@@ -358,102 +288,6 @@ fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64
     };
     args.rotation.apply(&mut config)?;
     Ok(config)
-}
-
-/// The HTTP and connection limits.
-fn limits(args: &ServeArgs, file: &FileConfig, request_timeout: Duration) -> anyhow::Result<Limits> {
-    let d = Limits::default();
-    let c = d.connections;
-    let header_read_timeout_secs = at_least(
-        "header-read-timeout-secs",
-        pick(&args.header_read_timeout_secs, &file.header_read_timeout_secs),
-        c.header_read_timeout.as_secs(),
-        1,
-    )?;
-    Ok(Limits {
-        max_body_bytes: at_least(
-            "max-body-bytes",
-            pick(&args.max_body_bytes, &file.max_body_bytes),
-            d.max_body_bytes,
-            1,
-        )?,
-        request_timeout,
-        admission: admission(args, file)?,
-        max_uri_bytes: at_least("max-uri-bytes", pick(&args.max_uri_bytes, &file.max_uri_bytes), d.max_uri_bytes, 64)?,
-        max_batch_size: at_least(
-            "max-batch-size",
-            pick(&args.max_batch_size, &file.max_batch_size),
-            d.max_batch_size,
-            1,
-        )?,
-        connections: ConnectionLimits {
-            header_read_timeout: Duration::from_secs(header_read_timeout_secs),
-            max_header_bytes: at_least(
-                "max-header-bytes",
-                pick(&args.max_header_bytes, &file.max_header_bytes),
-                c.max_header_bytes,
-                1024,
-            )?,
-            max_headers: at_least("max-headers", pick(&args.max_headers, &file.max_headers), c.max_headers, 8)?,
-            max_connections: at_least(
-                "max-connections",
-                pick(&args.max_connections, &file.max_connections),
-                c.max_connections,
-                1,
-            )?,
-            max_connections_per_client: at_least(
-                "max-connections-per-client",
-                pick(&args.max_connections_per_client, &file.max_connections_per_client),
-                c.max_connections_per_client,
-                1,
-            )?,
-            h2_max_concurrent_streams: at_least(
-                "h2-max-concurrent-streams",
-                pick(&args.h2_max_concurrent_streams, &file.h2_max_concurrent_streams),
-                c.h2_max_concurrent_streams,
-                1,
-            )?,
-            shutdown_deadline: pick(&args.shutdown_deadline_secs, &file.shutdown_deadline_secs)
-                .map_or(c.shutdown_deadline, Duration::from_secs),
-        },
-    })
-}
-
-/// How requests share the node (see `blindpass_server::admission`).
-fn admission(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<AdmissionLimits> {
-    let d = AdmissionLimits::default();
-    let max_in_flight = at_least("max-in-flight", pick(&args.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?;
-    let anonymous = at_least(
-        "max-anonymous-in-flight",
-        pick(&args.max_anonymous_in_flight, &file.max_anonymous_in_flight),
-        max_in_flight.div_ceil(2),
-        1,
-    )?;
-    if anonymous > max_in_flight {
-        bail!("--max-anonymous-in-flight ({anonymous}) must be at most --max-in-flight ({max_in_flight})");
-    }
-    Ok(AdmissionLimits {
-        max_in_flight,
-        max_anonymous_in_flight: anonymous,
-        max_in_flight_per_client: at_least(
-            "max-in-flight-per-client",
-            pick(&args.max_in_flight_per_client, &file.max_in_flight_per_client),
-            d.max_in_flight_per_client,
-            1,
-        )?,
-        body_read_timeout: Duration::from_secs(at_least(
-            "body-read-timeout-secs",
-            pick(&args.body_read_timeout_secs, &file.body_read_timeout_secs),
-            d.body_read_timeout.as_secs(),
-            1,
-        )?),
-        body_min_bytes_per_sec: at_least(
-            "body-min-rate",
-            pick(&args.body_min_rate, &file.body_min_rate),
-            d.body_min_bytes_per_sec,
-            1,
-        )?,
-    })
 }
 
 #[cfg(test)]

@@ -146,6 +146,13 @@ impl Client {
         self
     }
 
+    /// Sends through `http` instead of the default client (its own TLS
+    /// roots, proxy, timeouts or local address).
+    pub fn with_http(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     /// Replaces the retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
