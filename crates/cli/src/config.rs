@@ -246,26 +246,71 @@ pub(crate) fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a key-encryption key file.
+/// Reads a key-encryption key file, which only its owner may read: a file
+/// that group or others can read is refused with the reason.
 pub(crate) fn read_kek(path: &Path) -> anyhow::Result<blindpass_service::kek::KeyEncryptionKey> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading the key-encryption key {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "the key-encryption key {} is readable by group or others (mode {mode:04o}): chmod 600 it",
+                path.display()
+            );
+        }
+    }
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).with_context(|| format!("reading the key-encryption key {}", path.display()))?,
     );
     blindpass_service::kek::KeyEncryptionKey::from_text(&text).with_context(|| format!("{}", path.display()))
 }
 
-/// A URL with any password replaced by `***`, for messages and logs.
+/// A URL with every password replaced by `***`, for messages and logs: the
+/// one in its user information (`postgres://user:pw@host`, `redis://:pw@host`)
+/// and every `password=` / `sslpassword=` query parameter (libpq takes both
+/// forms).
 pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
-                None => url.to_owned(),
+    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let start = scheme_end + 3;
+    let authority_end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    let authority = &url[start..authority_end];
+    let mut out = url[..start].to_owned();
+    match authority.rfind('@') {
+        Some(at) => {
+            match authority[..at].split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(&authority[..at]),
             }
+            out.push_str(&authority[at..]);
         }
-        _ => url.to_owned(),
+        None => out.push_str(authority),
     }
+    let tail = &url[authority_end..];
+    let Some((path, query)) = tail.split_once('?') else {
+        out.push_str(tail);
+        return out;
+    };
+    out.push_str(path);
+    out.push('?');
+    let secret = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        key == "password" || key == "sslpassword" || key.ends_with("_password")
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if secret(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    out.push_str(&pairs.join("&"));
+    out
 }
 
 #[cfg(test)]
@@ -276,6 +321,26 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact_url("sqlite://./x/blindpass.db"), "sqlite://./x/blindpass.db");
+        assert_eq!(redact_url("redis://:hunter2@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        // libpq's query-parameter password, alone and beside a user-info one.
+        assert_eq!(
+            redact_url("postgres://h/db?sslmode=verify-full&password=hunter2"),
+            "postgres://h/db?sslmode=verify-full&password=***"
+        );
+        assert_eq!(
+            redact_url("postgresql://u:pw@h:5432/db?user=u&PASSWORD=x&sslpassword=y#frag"),
+            "postgresql://u:***@h:5432/db?user=u&PASSWORD=***&sslpassword=***"
+        );
+        // An '@' in the query is not the end of the user information.
+        assert_eq!(redact_url("postgres://h/db?password=a@b"), "postgres://h/db?password=***");
+        for url in [
+            "postgres://u:hunter2@h/db",
+            "postgres://h/db?password=hunter2",
+            "redis://:hunter2@h",
+            "rediss://u:hunter2@h/?x=1&password=hunter2",
+        ] {
+            assert!(!redact_url(url).contains("hunter2"), "{url}: {}", redact_url(url));
+        }
     }
 
     #[test]

@@ -330,7 +330,7 @@ async fn postgres_and_redis_over_tls_and_no_private_key_bytes_in_the_cluster_wit
     // --- a node over verify-full PostgreSQL and rediss:// Redis, with a KEK --
     let redis = TlsRedis::start(dir.path(), &ca, &pki);
     let kek = dir.path().join("kek");
-    std::fs::write(&kek, common::cli(&[], &["keys", "generate-kek"])).unwrap();
+    common::write_kek(&kek);
     let url = cluster.url("localhost", "sslmode=verify-full");
     let store = [
         "--database-url",

@@ -283,7 +283,7 @@ fn store_bytes(dir: &Path) -> Vec<u8> {
 async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
     let dir = tempfile::tempdir().unwrap();
     let kek_file = dir.path().join("kek");
-    std::fs::write(&kek_file, common::cli(&[], &["keys", "generate-kek"])).unwrap();
+    common::write_kek(&kek_file);
     let data = dir.path().join("data");
     let with_kek = ["--data-dir", data.to_str().unwrap(), "--key-encryption-key-file", kek_file.to_str().unwrap()];
     let node = common::start(&with_kek, &[]).await;
@@ -441,4 +441,45 @@ async fn nodes_on_different_addresses_share_one_issuer_name_and_accept_each_othe
     let relay = Client::new(&c.base).unwrap().create_relay(CLAIM, None, true).await.unwrap();
     let challenge = Client::new(&c.base).unwrap().rfc_challenge(&relay).await.unwrap();
     assert_eq!(challenge.challenge.issuer_name, "pp.example");
+}
+
+#[test]
+fn a_kek_file_that_group_or_others_can_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let kek_file = dir.path().join("kek");
+    common::write_kek(&kek_file);
+    let data = dir.path().join("data");
+    let store = ["--data-dir", data.to_str().unwrap(), "--key-encryption-key-file", kek_file.to_str().unwrap()];
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&kek_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        for command in [&["keys", "list"][..], &["serve", "--listen", "127.0.0.1:0"]] {
+            let mut child = std::process::Command::new(common::BIN)
+                .args(store)
+                .args(command)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = std::time::Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(20) {
+                    let _ = child.kill();
+                    panic!("{command:?} with a {mode:o} KEK file is still running");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            };
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(!status.success(), "{command:?} ran with a {mode:o} KEK file");
+            let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("blindpass:")).collect();
+            assert_eq!(lines.len(), 1, "{stderr}");
+            assert!(lines[0].contains("readable by group or others") && lines[0].contains("chmod 600"), "{stderr}");
+        }
+    }
+    std::fs::set_permissions(&kek_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::cli(&store, &["keys", "list"]);
 }

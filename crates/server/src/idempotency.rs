@@ -75,9 +75,10 @@ async fn claimed(state: &AppState, key: String, request: Request, next: Next) ->
     let scope = parts.extensions.get::<IdempotencyScope>().cloned();
     let scope = scope.ok_or_else(|| ApiError::internal(&"idempotency layer without a scope"))?;
     let bytes = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
-    let print = fingerprint(parts.method.as_str(), parts.uri.path(), &bytes, &scope.extra);
+    let media_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let print = fingerprint(parts.method.as_str(), parts.uri.path(), media_type, &bytes, &scope.extra);
     let claim = IdempotencyClaim { scope: scope.scope, key };
-    match begin(state, &claim, &print).await? {
+    match begin_detached(state, &claim, print).await? {
         IdempotencyBegin::Completed(stored) => Ok(replay(stored)),
         IdempotencyBegin::Mismatch => Err(mismatch(&claim.key)),
         IdempotencyBegin::InFlight => Err(in_flight()),
@@ -86,6 +87,29 @@ async fn claimed(state: &AppState, key: String, request: Request, next: Next) ->
             Ok(run(state, claim, Request::from_parts(parts, Body::from(bytes)), next).await)
         }
     }
+}
+
+/// [`begin`] in a task of its own, so that a client leaving while the store
+/// is busy cannot leave a claim behind: if the claim is made after its
+/// request is gone, the task releases it at once (instead of a 409 for the
+/// request timeout).
+async fn begin_detached(
+    state: &AppState,
+    claim: &IdempotencyClaim,
+    print: [u8; 32],
+) -> Result<IdempotencyBegin, StoreError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (state, claim) = (state.clone(), claim.clone());
+    tokio::spawn(async move {
+        let result = begin(&state, &claim, &print).await;
+        if let Err(Ok(IdempotencyBegin::Started)) = tx.send(result) {
+            tracing::debug!("idempotency claim made after its request left: released");
+            if let Err(e) = state.service.store().idempotency_abandon(&claim.scope, &claim.key).await {
+                tracing::warn!(error = %e, "could not release an abandoned idempotency claim");
+            }
+        }
+    });
+    rx.await.unwrap_or_else(|_| Err(StoreError::Other("the idempotency claim task ended without an answer".into())))
 }
 
 /// Claims `(scope, key)` for parameters `print` at the service's `now`. A
@@ -147,10 +171,13 @@ pub(crate) fn storable(status: StatusCode) -> bool {
         ))
 }
 
-/// SHA-256 over method, path, body and `extra`: "the same parameters".
-pub fn fingerprint(method: &str, path: &str, body: &[u8], extra: &[u8]) -> [u8; 32] {
+/// SHA-256 over method, path, media type (its essence, lowercased: one URI
+/// takes several request formats, and a reply to one must never be
+/// replayed to another), body and `extra`: "the same parameters".
+pub fn fingerprint(method: &str, path: &str, media_type: &str, body: &[u8], extra: &[u8]) -> [u8; 32] {
+    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let mut h = Sha256::new();
-    for part in [method.as_bytes(), &[0], path.as_bytes(), &[0], body, extra] {
+    for part in [method.as_bytes(), &[0], path.as_bytes(), &[0], essence.as_bytes(), &[0], body, extra] {
         h.update(part);
     }
     h.finalize().into()

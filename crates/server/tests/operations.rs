@@ -245,3 +245,27 @@ async fn the_dashboard_queries_only_exposed_metrics() {
     }
     assert!(queried >= 13, "{queried}");
 }
+
+/// A ratio whose numerator selects a subset (5xx of all requests) shows 0,
+/// not "No data", while that subset has no series yet: Prometheus drops
+/// `absent / x`, so the numerator must fall back to `vector(0)`.
+#[test]
+fn dashboard_ratios_show_zero_when_the_subset_is_empty() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut ratios = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let Some((numerator, _)) = expr.split_once(" / ") else { continue };
+            ratios += 1;
+            let filtered = numerator.contains("=~") || numerator.contains("=\"");
+            assert!(
+                !filtered || numerator.trim_end().ends_with("or vector(0))"),
+                "{}: the numerator of {expr} has no fallback to 0",
+                panel["title"]
+            );
+        }
+    }
+    assert!(ratios >= 1);
+}

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use blindpass_protocol::{b64, persona};
@@ -230,7 +232,7 @@ async fn idempotency_in_flight_is_409_and_auth_failures_are_not_stored() {
     let raw = serde_json::to_vec(&body(&blinded, &key_id)).unwrap();
     let api_key = h.service.authenticate(&h.sandbox_key).await.unwrap().key;
     // Another request holds the key, still running.
-    let fp = blindpass_server::idempotency::fingerprint("POST", PATH, &raw, &[]);
+    let fp = blindpass_server::idempotency::fingerprint("POST", PATH, "application/json", &raw, &[]);
     let scope = format!("api_key:{}", api_key.id);
     h.service.store().idempotency_begin(&scope, "busy", &fp, h.service.now(), 86_400, 30).await.unwrap();
     let r = h.post(body(&blinded, &key_id), &[("idempotency-key", "busy")]).await;
@@ -355,5 +357,34 @@ proptest::proptest! {
                 h.call(Method::POST, PATH, &[("authorization", &auth), ("content-type", "application/json"), (name, v)], payload.clone()).await;
             }
         });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_claim_whose_client_left_while_the_store_was_busy_is_released_at_once() {
+    // No rate limits: the request's first store write is its claim.
+    let h = harness(0).await;
+    let (_, key_id, _, blinded) = h.blinded(Environment::Sandbox).await;
+    let idem = ("idempotency-key", "left-while-busy");
+    // Warm the API key cache, so authentication needs no store read.
+    assert_eq!(h.post(body(&blinded, &key_id), &[]).await.status, StatusCode::CREATED);
+    // Another process holds the database's write lock.
+    let lock = rusqlite::Connection::open(h._dir.path().join("db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let left = tokio::time::timeout(Duration::from_millis(500), h.post(body(&blinded, &key_id), &[idem])).await;
+    assert!(left.is_err(), "the request should still be waiting for the store");
+    // The client is gone; the store frees up and makes the claim.
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    // Its retry runs at once, not a 409 for the request timeout (30 s).
+    let started = std::time::Instant::now();
+    loop {
+        let r = h.post(body(&blinded, &key_id), &[idem]).await;
+        if r.status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert!(started.elapsed() < Duration::from_secs(3), "still 409 after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

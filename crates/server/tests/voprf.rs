@@ -282,3 +282,41 @@ async fn disabled_types_are_neither_issued_listed_nor_accepted() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.json()["errors"][0]["details"].as_str().unwrap().contains("does not accept"), "{}", r.json());
 }
+
+#[tokio::test]
+async fn an_idempotent_reply_is_never_replayed_to_another_media_type() {
+    let h = harness(300).await;
+    let key = directory_key(&h, Suite::Ristretto255).await;
+    let challenge = TokenChallenge::new(5, "issuer.example", &[], "").unwrap();
+    let (blinded, _) = voprf::begin_issuance(&key, &challenge, 3, &mut rand::rng()).unwrap();
+    let request = AmortizedTokenRequest {
+        suite: Suite::Ristretto255,
+        truncated_token_key_id: key.truncated_token_key_id(),
+        blinded_elements: blinded,
+    }
+    .encode();
+    let auth = format!("Bearer {}", h.sandbox_key);
+    let send = |media: &'static str| {
+        let (auth, request) = (auth.clone(), request.clone());
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                "/token-request",
+                &[("authorization", auth.as_str()), ("content-type", media), ("idempotency-key", "same-key")],
+                request,
+            )
+            .await
+        }
+    };
+    let first = send(MEDIA_TYPE_AMORTIZED_BATCH_REQUEST).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("content-type"), Some(MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE));
+    // The same key and bytes as the same media type: replayed.
+    let again = send(MEDIA_TYPE_AMORTIZED_BATCH_REQUEST).await;
+    assert_eq!((again.status, &again.body), (StatusCode::OK, &first.body));
+    // The same key and bytes as another media type: other parameters.
+    let other = send(MEDIA_TYPE_GENERIC_BATCH_REQUEST).await;
+    assert_ne!(other.header("content-type"), Some(MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE), "replayed across media types");
+    assert_eq!((other.status, other.error_title().as_str()), (StatusCode::BAD_REQUEST, "Idempotency error"));
+}

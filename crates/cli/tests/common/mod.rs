@@ -75,3 +75,11 @@ pub fn pkcs11_args(token: &blindpass_hsm::testing::SoftHsm) -> Vec<String> {
     .map(str::to_owned)
     .to_vec()
 }
+
+/// Writes a fresh key-encryption key to `path`, readable by its owner only
+/// (blindpass refuses a KEK file group or others can read).
+pub fn write_kek(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, cli(&[], &["keys", "generate-kek"])).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
