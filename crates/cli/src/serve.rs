@@ -54,7 +54,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
         _ => None,
     };
     let metrics = match &args.metrics_listen {
-        Some(addr) => Some(metrics_listener(addr, service.clone()).await?),
+        Some(addr) => Some(metrics_listener(addr, service.clone(), limits.connections).await?),
         None => None,
     };
     let state = AppState {
@@ -85,15 +85,22 @@ fn attester(text: &str) -> anyhow::Result<blindpass_server::tls::Attester> {
     blindpass_server::tls::Attester::new(name, environment, permissions).map_err(|e| anyhow::anyhow!("--attester: {e}"))
 }
 
-/// Serves `/metrics` alone on `addr` until the process stops.
-async fn metrics_listener(addr: &str, service: Service) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Serves `/metrics` alone on `addr` until the process stops, with the API
+/// listener's connection defences (header-read timeout, idle close,
+/// connection caps and per-client shares).
+async fn metrics_listener(
+    addr: &str,
+    service: Service,
+    connections: blindpass_server::transport::ConnectionLimits,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
     let local = listener.local_addr().context("reading the metrics address")?;
     tracing::info!(metrics = %local, "metrics listening");
     let app = blindpass_server::metrics_router(service);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let forever = std::future::pending();
+        if let Err(e) = blindpass_server::transport::serve_connections(listener, app, connections, forever).await {
             tracing::error!(error = %e, "the metrics listener stopped");
         }
     }))

@@ -328,3 +328,42 @@ async fn failed_authentications_turn_into_429_per_address() {
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
     assert_eq!(guess(&client_from("127.0.0.7")).await.unwrap().status(), 401, "another address is not affected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_has_the_api_listeners_timeouts_and_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = common::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let _server = common::start(
+        &["--data-dir", dir.path().to_str().unwrap()],
+        &["--metrics-listen", &metrics, "--header-read-timeout-secs", "2", "--max-connections-per-client", "8"],
+    )
+    .await;
+    assert_eq!(raw_status(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await, Some(200));
+    // A trickled head is closed within the header-read timeout.
+    let mut stream = TcpStream::connect(&metrics).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if stream.write_all(b"X-Trickle: a\r\n").await.is_err() {
+                return;
+            }
+            if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok() && started.elapsed() < Duration::from_secs(5), "held {:?}", started.elapsed());
+    // One client's connections are capped (8 here): the ninth is refused.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(&metrics).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(raw_status(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await, Some(503));
+    drop(held);
+}

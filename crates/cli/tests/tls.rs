@@ -291,3 +291,110 @@ fn attesters_need_a_client_ca_and_a_dns_name() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// A TLS connection to `addr` presenting the client certificate `cert`
+/// (PEM) with `key`, trusting `server_ca`; HTTP/1.1 by ALPN.
+async fn mtls_connect(
+    addr: &str,
+    server_ca: &str,
+    cert: &str,
+    key: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// `GET /health` on an open connection: the status, or None when the
+/// server closed it.
+async fn health_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.ok()?.ok()?;
+    String::from_utf8_lossy(&buf[..n]).split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_client_ca_is_picked_up_and_closes_the_connections_it_no_longer_trusts() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server_pki = pki("server CA");
+    let ca = write(d, "ca.pem", &server_pki.ca);
+    let cert = write(d, "cert.pem", &server_pki.cert);
+    let key = write(d, "key.pem", &server_pki.key);
+    let (old_pem, old_ca) = client_ca("old attesters CA");
+    let (new_pem, new_ca) = client_ca("new attesters CA");
+    let clients_ca = write(d, "clients.pem", &old_pem);
+    let (old_cert, old_key) = client_cert("attester.example", &old_ca);
+    let (new_cert, new_key) = client_cert("attester.example", &new_ca);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(BIN)
+        .args(["--data-dir", d.join("data").to_str().unwrap(), "serve", "--listen", &addr])
+        .args(["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &clients_ca, "--tls-reload-secs", "1"])
+        .args(["--attester", "attester.example=sandbox"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("https://{addr}") };
+    wait_for(&ca, &format!("{}/health", server.base));
+
+    // A connection of the old CA's attester, kept open.
+    let mut open = mtls_connect(&addr, &server_pki.ca, &old_cert, &old_key).await.unwrap();
+    assert_eq!(health_on(&mut open).await, Some(200));
+    let refused = async |cert: &str, key: &str| match mtls_connect(&addr, &server_pki.ca, cert, key).await {
+        Err(_) => true,
+        Ok(mut s) => health_on(&mut s).await.is_none(),
+    };
+    assert!(refused(&new_cert, &new_key).await, "the new CA is not trusted yet");
+
+    // The operator replaces the client CA; the server certificate is untouched.
+    std::fs::write(&clients_ca, &new_pem).unwrap();
+    let changed = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(6), open.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the old CA's open connection was not closed at the reload: {closed:?}"
+    );
+    assert!(changed.elapsed() < Duration::from_secs(6));
+    // New handshakes use the new CA.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut fresh = match mtls_connect(&addr, &server_pki.ca, &new_cert, &new_key).await {
+            Ok(s) => s,
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the new CA's certificate is still refused");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if health_on(&mut fresh).await == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new CA's certificate is still refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused(&old_cert, &old_key).await, "the old CA's certificate still gets in");
+    drop(server);
+}

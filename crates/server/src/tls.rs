@@ -9,6 +9,10 @@
 //! for the DNS name of a configured [`Attester`] (a subjectAltName dNSName,
 //! checked by webpki) authenticates the attester's requests in place of an
 //! API key, as Cloudflare's production issuer authenticates its attesters.
+//! The client CA file is followed like the certificate: a changed CA is
+//! used for new handshakes, and every open connection whose client
+//! certificate the new CA no longer trusts is closed at the reload
+//! ([`ReloadingTls::until_untrusted`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -17,8 +21,9 @@ use std::time::{Duration, SystemTime};
 use blindpass_service::{Environment, Permission};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 
 /// Where the certificate chain and its key are, and how often to look for
 /// a renewal.
@@ -57,14 +62,24 @@ impl Attester {
     }
 }
 
-/// When the certificate and the key files were last modified.
-type Stamps = Option<(SystemTime, SystemTime)>;
+/// When the certificate, the key and the client CA files were last
+/// modified.
+type Stamps = Option<(SystemTime, SystemTime, Option<SystemTime>)>;
+
+/// A serving configuration and the client verifier inside it.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
 
 /// A TLS configuration that follows its files.
 pub struct ReloadingTls {
     files: TlsFiles,
     /// The serving configuration, and the files' stamps when last loaded.
-    current: RwLock<(Arc<ServerConfig>, Stamps)>,
+    current: RwLock<(Arc<Loaded>, Stamps)>,
+    /// Bumped at every reload, so connections re-check their client
+    /// certificate.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for ReloadingTls {
@@ -84,15 +99,39 @@ impl ReloadingTls {
         if !files.attesters.is_empty() && files.client_ca.is_none() {
             return Err(TlsError("attesters need a client CA (--client-ca)".into()));
         }
-        let config = load_config(&files)?;
+        let loaded = load_config(&files)?;
         let stamp = stamps(&files);
-        Ok(Arc::new(Self { files, current: RwLock::new((config, stamp)) }))
+        let (generation, _) = tokio::sync::watch::channel(0);
+        Ok(Arc::new(Self { files, current: RwLock::new((Arc::new(loaded), stamp)), generation }))
     }
 
     /// The configuration new connections use.
     pub fn config(&self) -> Arc<ServerConfig> {
         let current = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(&current.0)
+        Arc::clone(&current.0.config)
+    }
+
+    /// Whether the current client CA trusts `chain` (leaf first).
+    pub fn trusts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let loaded = Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).0);
+        let (Some(verifier), Some((leaf, intermediates))) = (&loaded.verifier, chain.split_first()) else {
+            return false;
+        };
+        verifier.verify_client_cert(leaf, intermediates, UnixTime::now()).is_ok()
+    }
+
+    /// Resolves once a reload leaves `chain` (a connection's client
+    /// certificate) untrusted; the connection is then closed.
+    pub async fn until_untrusted(self: Arc<Self>, chain: Vec<CertificateDer<'static>>) {
+        let mut reloads = self.generation.subscribe();
+        loop {
+            if reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if !self.trusts(&chain) {
+                return;
+            }
+        }
     }
 
     /// Reloads when either file changed since the last load; keeps the last
@@ -104,9 +143,10 @@ impl ReloadingTls {
             return false;
         }
         match load_config(&self.files) {
-            Ok(config) => {
-                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (config, stamp);
-                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+            Ok(loaded) => {
+                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(loaded), stamp);
+                self.generation.send_modify(|g| *g += 1);
+                tracing::info!(cert = %self.files.cert.display(), "TLS certificate and client CA reloaded");
                 true
             }
             Err(e) => {
@@ -151,10 +191,14 @@ impl ReloadingTls {
 
 fn stamps(files: &TlsFiles) -> Stamps {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    Some((modified(&files.cert)?, modified(&files.key)?))
+    let client_ca = match &files.client_ca {
+        Some(ca) => Some(modified(ca)?),
+        None => None,
+    };
+    Some((modified(&files.cert)?, modified(&files.key)?, client_ca))
 }
 
-fn load_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+fn load_config(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let (cert, key) = (files.cert.as_path(), files.key.as_path());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -168,6 +212,7 @@ fn load_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError(format!("TLS versions: {e}")))?;
+    let mut client_verifier = None;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -186,6 +231,7 @@ fn load_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError(format!("the client CA {}: {e}", ca.display())))?;
+            client_verifier = Some(Arc::clone(&verifier));
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -193,5 +239,5 @@ fn load_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         TlsError(format!("the TLS key {} does not fit the certificate {}: {e}", key.display(), cert.display()))
     })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Loaded { config: Arc::new(config), verifier: client_verifier })
 }

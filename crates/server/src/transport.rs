@@ -150,7 +150,7 @@ pub async fn serve_connections_with(
                 let activity = Activity::new();
                 let service = tracked(app, Arc::clone(&activity), peer, None);
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                return drive(connection, activity, idle, stop, peer).await;
+                return drive(connection, activity, idle, stop, None, peer).await;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             let stream = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
@@ -159,11 +159,18 @@ pub async fn serve_connections_with(
                 Err(_) => return tracing::debug!(peer = %peer, "TLS handshake timed out"),
             };
             // Who the client certificate names, once per connection.
-            let attester = tls.attester(stream.get_ref().1.peer_certificates()).map(Arc::new);
+            let presented = stream.get_ref().1.peer_certificates();
+            let attester = tls.attester(presented).map(Arc::new);
+            // A connection with a client certificate lives only as long as
+            // the client CA trusts it.
+            let revoked = presented.filter(|chain| !chain.is_empty()).map(|chain| {
+                let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+                Box::pin(Arc::clone(&tls).until_untrusted(chain)) as connection::Revoked
+            });
             let activity = Activity::new();
             let service = tracked(app, Arc::clone(&activity), peer, attester);
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            drive(connection, activity, idle, stop, peer).await;
+            drive(connection, activity, idle, stop, revoked, peer).await;
         });
     }
     drop(listener);

@@ -116,20 +116,27 @@ pub(super) fn tracked(
     })
 }
 
+/// Resolves when a connection must be dropped at once (its client
+/// certificate is no longer trusted).
+pub(super) type Revoked = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Runs one connection until it ends: shut down gracefully when the server
 /// stops or when it has been idle for `idle`, and dropped if it has not
-/// closed `idle` after that (or, on server shutdown, by [`drain`]).
+/// closed `idle` after that (or, on server shutdown, by `drain`); dropped at
+/// once when `revoked` resolves.
 pub(super) async fn drive<C>(
     connection: C,
     activity: Arc<Activity>,
     idle: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    revoked: Option<Revoked>,
     peer: SocketAddr,
 ) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let mut connection = std::pin::pin!(connection);
+    let mut revoked = revoked.unwrap_or_else(|| Box::pin(std::future::pending()));
     let mut tick = tokio::time::interval(idle.clamp(Duration::from_millis(50), Duration::from_millis(500)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing: Option<Instant> = None;
@@ -145,6 +152,9 @@ pub(super) async fn drive<C>(
                     tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
                 }
                 return;
+            }
+            () = &mut revoked => {
+                return tracing::info!(peer = %peer, "the client CA no longer trusts this connection's certificate: closed");
             }
             changed = stop.changed(), if !stopping => {
                 stopping = changed.is_err() || *stop.borrow();
