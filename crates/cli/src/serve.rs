@@ -137,19 +137,16 @@ async fn redis_limiter(redis: &RedisSettings) -> anyhow::Result<blindpass_servic
     Ok(limiter)
 }
 
-/// Refuses to start on key material the configured KEK cannot open; warns
-/// loudly about material stored in plaintext.
+/// Refuses to start on key material the configured KEK cannot open, or
+/// that is stored unsealed although a KEK is configured; warns loudly when
+/// there is no KEK.
 async fn check_key_material(service: &Service) -> anyhow::Result<()> {
     let plaintext = service.check_key_material().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     match &service.config().key_encryption_key {
         None => tracing::warn!(
+            plaintext,
             "NO KEY-ENCRYPTION KEY: issuer private keys and server secrets are stored UNENCRYPTED; \
              anyone who can read the store can mint tokens (see --key-encryption-key-file)"
-        ),
-        Some(kek) if plaintext > 0 => tracing::warn!(
-            kek = %kek.id(),
-            plaintext,
-            "some key material is still stored unencrypted: run `blindpass keys rewrap --new-key-encryption-key-file …`"
         ),
         Some(kek) => tracing::info!(kek = %kek.id(), "key material sealed under the key-encryption key"),
     }

@@ -7,7 +7,10 @@
 //! `kek_id` (a hash of the KEK) names the KEK a value needs, so a wrong or
 //! missing KEK is reported as such instead of as corruption. Values without
 //! the prefix are plaintext (stores written without a KEK, or before one was
-//! configured); `blindpass keys rewrap` converts them.
+//! configured); `blindpass keys rewrap` converts them. Once a KEK is
+//! configured, a plaintext value is refused, never used: someone who can
+//! write the database but has no KEK could otherwise plant a key of their
+//! own and mint tokens that redeem.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use blindpass_entropy::Entropy;
@@ -48,6 +51,12 @@ pub enum KekError {
         /// The KEK given.
         configured: String,
     },
+    /// The value is plaintext although a KEK is configured (stored before
+    /// the KEK, or planted by someone without it): refused, never used.
+    #[error(
+        "{0} is stored unsealed although a key-encryption key is configured: refused (seal it with `blindpass keys rewrap --new-key-encryption-key-file` naming the configured KEK)"
+    )]
+    Unsealed(String),
     /// The value does not open: tampered, truncated or moved to another row.
     #[error("a sealed value of {0} does not authenticate (tampered or moved)")]
     Corrupt(String),
@@ -121,8 +130,22 @@ pub fn is_sealed(value: &[u8]) -> bool {
     value.len() >= MAGIC.len() + ID_LEN + NONCE_LEN + TAG_LEN && value.starts_with(MAGIC)
 }
 
-/// Opens `value` of the row `aad` with `kek`; plaintext passes through.
+/// Opens `value` of the row `aad` with `kek`. Plaintext passes through only
+/// when no KEK is configured ([`KekError::Unsealed`] otherwise).
 pub fn open(kek: Option<&KeyEncryptionKey>, value: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KekError> {
+    if !is_sealed(value) && kek.is_some() {
+        return Err(KekError::Unsealed(aad.to_owned()));
+    }
+    open_for_rewrap(kek, value, aad)
+}
+
+/// [`open`] for `keys rewrap`, which seals what is still plaintext: a
+/// plaintext value passes through whatever the KEK.
+pub fn open_for_rewrap(
+    kek: Option<&KeyEncryptionKey>,
+    value: &[u8],
+    aad: &str,
+) -> Result<Zeroizing<Vec<u8>>, KekError> {
     if !is_sealed(value) {
         return Ok(Zeroizing::new(value.to_vec()));
     }
@@ -181,9 +204,11 @@ mod tests {
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(matches!(open(Some(&k), &tampered, "issuer_key:a"), Err(KekError::Corrupt(_))));
-        // Plaintext passes through, with or without a KEK.
-        assert_eq!(&open(Some(&k), b"0\x82plain", "x").unwrap()[..], b"0\x82plain");
+        // Plaintext passes through without a KEK; with one it is refused
+        // (only `keys rewrap`, which seals it, reads it).
         assert_eq!(&open(None, b"0\x82plain", "x").unwrap()[..], b"0\x82plain");
+        assert_eq!(open(Some(&k), b"0\x82plain", "x").unwrap_err(), KekError::Unsealed("x".into()));
+        assert_eq!(&open_for_rewrap(Some(&k), b"0\x82plain", "x").unwrap()[..], b"0\x82plain");
     }
 
     #[test]

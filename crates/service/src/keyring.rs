@@ -194,6 +194,9 @@ impl Service {
                 | KeyError::Store(_)),
             ) => Err(e),
             Err(e) => {
+                if let KeyError::Kek(crate::kek::KekError::Unsealed(_)) = e {
+                    self.metrics().unsealed_key_material();
+                }
                 tracing::error!(key = %id.to_hex(), error = %e, "skipping an unreadable issuer key");
                 Ok(None)
             }

@@ -275,14 +275,14 @@ impl Service {
         let mut changes = Vec::new();
         for key in self.store().issuer_keys(None).await? {
             let aad = kek::issuer_key_aad(&key.id);
-            let plain = kek::open(self.kek(), &key.private_pkcs8, &aad)?;
+            let plain = kek::open_for_rewrap(self.kek(), &key.private_pkcs8, &aad)?;
             let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad, self.entropy()));
             let target = blindpass_store::RewrapTarget::IssuerKey(key.id.clone());
             changes.push(blindpass_store::Rewrap { target, old: key.private_pkcs8.to_vec(), new: new_value });
         }
         for (name, value) in self.store().settings_with_prefix(secrets::SECRET_PREFIX).await? {
             let aad = kek::setting_aad(&name);
-            let plain = kek::open(self.kek(), &value, &aad)?;
+            let plain = kek::open_for_rewrap(self.kek(), &value, &aad)?;
             let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad, self.entropy()));
             changes.push(blindpass_store::Rewrap {
                 target: blindpass_store::RewrapTarget::Setting(name),
@@ -296,8 +296,9 @@ impl Service {
 
     /// Opens every issuer key and server secret with the configured
     /// key-encryption key: fails, naming the KEK needed, when the store holds
-    /// material sealed under a KEK that is missing or different. Returns how
-    /// many values are stored in plaintext.
+    /// material sealed under a KEK that is missing or different, or, with a
+    /// KEK, material stored unsealed. Returns how many values are stored in
+    /// plaintext (without a KEK).
     pub async fn check_key_material(&self) -> Result<usize, KeyError> {
         let mut plaintext = 0;
         for key in self.store().issuer_keys(None).await? {

@@ -98,6 +98,7 @@ pub struct Metrics {
     in_flight: Gauge,
     shed: Counter,
     readiness_checks: Counter,
+    unsealed_key_material: Counter,
     rate_limited: Family<LimitLabels, Counter>,
     /// Serialises [`Metrics::encode`] with the scrape-time gauge refresh.
     scrape: Mutex<()>,
@@ -154,6 +155,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             shed: Counter::default(),
             readiness_checks: Counter::default(),
+            unsealed_key_material: Counter::default(),
             rate_limited: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
@@ -250,6 +252,14 @@ impl Metrics {
             "shed_request",
             "Requests refused at once because too many were in flight (the node's, its class's or their client's share)",
             m.shed.clone(),
+            COUNTER,
+        );
+        reg(
+            r,
+            &mut names,
+            "unsealed_key_material",
+            "Key material found unsealed although a key-encryption key is configured: refused, never used",
+            m.unsealed_key_material.clone(),
             COUNTER,
         );
         reg(
@@ -354,6 +364,11 @@ impl Metrics {
     /// One request shed because too many were in flight.
     pub fn shed(&self) {
         self.shed.inc();
+    }
+
+    /// Unsealed key material was refused.
+    pub(crate) fn unsealed_key_material(&self) {
+        self.unsealed_key_material.inc();
     }
 
     /// One readiness check ran.

@@ -62,7 +62,12 @@ impl Service {
                         None => Zeroizing::new(fresh.to_vec()),
                     };
                     let stored = Zeroizing::new(self.store().setting_get_or_insert(name, &fresh).await?);
-                    crate::kek::open(self.kek(), &stored, &aad).map_err(|e| StoreError::Corrupt(e.to_string()))
+                    crate::kek::open(self.kek(), &stored, &aad).map_err(|e| {
+                        if let crate::kek::KekError::Unsealed(_) = e {
+                            self.metrics().unsealed_key_material();
+                        }
+                        StoreError::Corrupt(e.to_string())
+                    })
                 };
                 let challenge = get("secret.challenge_mac").await?;
                 let challenge = ChallengeSecret::new(challenge.to_vec())

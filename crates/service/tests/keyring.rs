@@ -88,3 +88,48 @@ async fn truncated_ids_are_unique_among_a_types_live_keys() {
         "a token type blindpass does not issue is refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_kek_a_planted_unsealed_key_is_refused_counted_and_never_used() {
+    use blindpass_service::kek::KeyEncryptionKey;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let kek = KeyEncryptionKey::from_text(&KeyEncryptionKey::generate_hex(&blindpass_service::SystemEntropy)).unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("sealed")).await.unwrap());
+    let config = Config {
+        issuer_name: "issuer.example".into(),
+        key_encryption_key: Some(Arc::new(kek)),
+        ..Config::default()
+    };
+    let sealed = Service::new(store, clock.clone(), config);
+    sealed.ensure_initial_keys().await.unwrap();
+    assert_eq!(sealed.check_key_material().await.unwrap(), 0);
+
+    // Someone who can write the database but has no KEK makes a key of
+    // their own (here: a node without a KEK on another store) and plants
+    // it, unsealed, as a key that still verifies.
+    let theirs = node(&dir.path().join("plain"), Arc::clone(&clock)).await;
+    let mut planted = theirs
+        .store()
+        .issuer_keys(Some(Environment::Sandbox))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.token_type == 2)
+        .unwrap();
+    planted.state = blindpass_service::KeyState::VerifyOnly;
+    planted.rotated_at = Some(START);
+    sealed.store().insert_issuer_key(&planted).await.unwrap();
+
+    clock.advance(Config::default().key_refresh_secs + 1);
+    sealed.reload_keys().await.unwrap();
+    let planted_id = TokenKeyId::from_hex(&planted.id).unwrap();
+    assert!(sealed.key_by_id(&planted_id).await.unwrap().is_none(), "the planted key must never verify");
+    assert!(!sealed.keys_of(Environment::Sandbox).await.unwrap().iter().any(|k| k.record.id == planted.id));
+    assert_eq!(sealed.key_ring_stats().unreadable_keys, 1);
+    assert!(sealed.metrics().encode().contains("unsealed_key_material_total 1"), "counted");
+    // The node's own keys keep working, and a restart refuses the store.
+    assert!(sealed.active_key(Environment::Sandbox, 2).await.unwrap().is_some());
+    let e = sealed.check_key_material().await.unwrap_err().to_string();
+    assert!(e.contains("unsealed") && e.contains(&planted.id), "{e}");
+}
