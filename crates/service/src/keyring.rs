@@ -105,14 +105,21 @@ impl Service {
         Ok(keys)
     }
 
-    /// The key of `token_type` that issues in `environment` now, if any.
+    /// The key of `token_type` that issues in `environment` now, if any: of
+    /// two (a ring that has not yet seen the announced key's promotion
+    /// demote the old one), the one whose `not_before` came last.
     pub async fn active_key(
         &self,
         environment: Environment,
         token_type: u16,
     ) -> Result<Option<Arc<LoadedKey>>, KeyError> {
         let now = self.now();
-        Ok(self.keys_of(environment).await?.into_iter().find(|k| k.token_type() == token_type && k.issues_at(now)))
+        Ok(self
+            .keys_of(environment)
+            .await?
+            .into_iter()
+            .filter(|k| k.token_type() == token_type && k.issues_at(now))
+            .max_by_key(|k| (k.record.not_before, k.record.created_at)))
     }
 
     /// The key ring's counters.

@@ -6,10 +6,15 @@
 //!      └────────────────────────────────(retire)─────────────────────────────────────────────────┘
 //! ```
 //!
-//! - a key **issues** while it is `active` and its `not_before` has come;
+//! - a key **issues** while it is `active` and its `not_before` has come; so
+//!   does a `pending` key whose `not_before` has come, before any node has
+//!   promoted it: every node reads the same record and the same clock, so
+//!   the announced key takes over on every node at once, not at each node's
+//!   next key refresh;
 //! - a key **verifies** while it issues, and after a rotation for
 //!   `overlap_secs` more (tokens signed just before the rotation stay
-//!   redeemable); `pending` and `retired` keys never verify;
+//!   redeemable); `retired` keys never verify, `pending` ones only once
+//!   their `not_before` has come;
 //! - the **directory** lists what verifies plus the `pending` key (announced
 //!   ahead, with its future `not-before`), in lifecycle order;
 //! - a `pending` key is **due** for promotion once its `not_before` has come
@@ -43,7 +48,7 @@ impl Lifecycle {
     /// Whether `key` may issue at `now`, and why not.
     pub fn can_issue(&self, key: &IssuerKey, now: i64) -> Result<(), NotIssuing> {
         match key.state {
-            KeyState::Active if key.not_before <= now => Ok(()),
+            KeyState::Active | KeyState::Pending if key.not_before <= now => Ok(()),
             KeyState::Active | KeyState::Pending => Err(NotIssuing::NotYetValid),
             KeyState::VerifyOnly => Err(NotIssuing::RotatedOut),
             KeyState::Retired => Err(NotIssuing::Retired),
@@ -53,9 +58,9 @@ impl Lifecycle {
     /// Whether a token signed by `key` is accepted at `now`.
     pub fn can_verify(&self, key: &IssuerKey, now: i64) -> bool {
         match key.state {
-            KeyState::Active => key.not_before <= now,
+            KeyState::Active | KeyState::Pending => key.not_before <= now,
             KeyState::VerifyOnly => self.within_overlap(key, now),
-            KeyState::Pending | KeyState::Retired => false,
+            KeyState::Retired => false,
         }
     }
 
@@ -122,7 +127,8 @@ mod tests {
         type Row = (KeyState, i64, Option<i64>, i64, Result<(), NotIssuing>, bool, bool, bool);
         let table: &[Row] = &[
             (Pending, 50, None, 10, Err(NotYetValid), false, true, false),
-            (Pending, 50, None, 50, Err(NotYetValid), false, true, true),
+            // Due: issues and verifies on a node that has not promoted it yet.
+            (Pending, 50, None, 50, Ok(()), true, true, true),
             (Active, 0, None, 10, Ok(()), true, true, false),
             (Active, 50, None, 49, Err(NotYetValid), false, true, false),
             (Active, 50, None, 50, Ok(()), true, true, false),

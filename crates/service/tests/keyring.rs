@@ -96,11 +96,8 @@ async fn with_a_kek_a_planted_unsealed_key_is_refused_counted_and_never_used() {
     let clock = Arc::new(ManualClock::new(START));
     let kek = KeyEncryptionKey::from_text(&KeyEncryptionKey::generate_hex(&blindpass_service::SystemEntropy)).unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("sealed")).await.unwrap());
-    let config = Config {
-        issuer_name: "issuer.example".into(),
-        key_encryption_key: Some(Arc::new(kek)),
-        ..Config::default()
-    };
+    let config =
+        Config { issuer_name: "issuer.example".into(), key_encryption_key: Some(Arc::new(kek)), ..Config::default() };
     let sealed = Service::new(store, clock.clone(), config);
     sealed.ensure_initial_keys().await.unwrap();
     assert_eq!(sealed.check_key_material().await.unwrap(), 0);

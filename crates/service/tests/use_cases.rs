@@ -188,3 +188,33 @@ async fn a_revocation_made_elsewhere_takes_effect_within_the_api_key_cache_bound
     assert_eq!(service.authenticate(&other.secret).await.unwrap_err(), AuthError::Revoked);
     assert_eq!(service.authenticate("persona_sandbox_unknown").await.unwrap_err(), AuthError::Unknown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_key_takes_over_on_every_node_at_its_not_before_not_at_their_next_refresh() {
+    let Node { service: a, clock, _dir } = node().await;
+    // Another node on the same store, its key ring loaded now.
+    let store = Arc::new(SqliteStore::open(&_dir.path().join("db")).await.unwrap());
+    let config = Config { issuer_name: "issuer.example".into(), key_overlap_secs: OVERLAP, ..Config::default() };
+    let b = Service::new(store, Arc::clone(&clock) as _, config);
+    let before = a.challenge(Environment::Sandbox, &claim(CLAIM)).await.unwrap().token_key_id;
+    // Announced 3 s ahead; both rings see it pending.
+    a.rotate_key(Environment::Sandbox, 2, Some(3)).await.unwrap();
+    a.reload_keys().await.unwrap();
+    b.reload_keys().await.unwrap();
+    let relay_b = b.create_relay(Environment::Sandbox, &claim(CLAIM), None).await.unwrap().relay;
+    // Its not-before passes; neither ring is due for a refresh (5 s).
+    clock.advance(4);
+    // A issues with the announced key...
+    let offer = a.challenge(Environment::Sandbox, &claim(CLAIM)).await.unwrap();
+    assert_ne!(offer.token_key_id, before, "A offers the announced key");
+    let announced = offer.token_key_id.clone();
+    let token = issue(&a, Environment::Sandbox, &offer).await.unwrap();
+    // ...and B, whose ring still holds it as pending, accepts its token
+    // and issues with it too.
+    let redeemed = redeem(&b, &relay_b, &token).await.unwrap();
+    assert!(redeemed.token_consumed);
+    let offer = b.challenge(Environment::Sandbox, &claim(CLAIM)).await.unwrap();
+    assert_eq!(offer.token_key_id, announced, "B offers the announced key");
+    issue(&b, Environment::Sandbox, &offer).await.unwrap();
+    // Before its not-before it did neither (the table in lifecycle.rs).
+}
