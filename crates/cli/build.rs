@@ -9,6 +9,7 @@ fn main() {
         ("BLINDPASS_TEST_BACKEND_TLS", "blindpass_test_backend_tls"),
         ("BLINDPASS_TEST_INTEROP", "blindpass_test_interop"),
         ("BLINDPASS_TEST_PKCS11", "blindpass_test_pkcs11"),
+        ("BLINDPASS_TEST_NGINX", "blindpass_test_nginx"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={variable}");

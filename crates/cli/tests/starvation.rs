@@ -452,3 +452,106 @@ async fn five_hundred_concurrent_readiness_probes_cost_one_check_a_second_and_ne
     // One check a second, plus the key ring's own refreshes.
     assert!(ran <= elapsed.ceil() + elapsed / 5.0 + 3.0, "{ran} key reads in {elapsed:.1} s");
 }
+
+/// A throwaway nginx (Debian's) on `listen`, proxying to `upstream` the way
+/// most deployments do: `X-Forwarded-For $proxy_add_x_forwarded_for`, and
+/// whatever else the client sent (a `Forwarded` header included) passed
+/// through untouched. Killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx(listen: &str, upstream: &str) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = format!(
+        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream blindpass {{ server {upstream}; keepalive 64; }}\n\
+           server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://blindpass;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+               proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = std::process::Command::new("nginx")
+        .args(["-p", dir.path().to_str().unwrap(), "-c", path.to_str().unwrap(), "-g", "daemon off;"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx is installed (Debian nginx-light)");
+    Nginx { child, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(blindpass_test_nginx), ignore = "set BLINDPASS_TEST_NGINX=1 (Debian nginx installed) to run")]
+async fn forged_forwarded_headers_through_nginx_neither_escape_the_limit_nor_fill_the_limiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &["--trusted-proxies", "127.0.0.1"]).await;
+    let upstream = server.base.trim_start_matches("http://").to_owned();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let _nginx = nginx(&listen, &upstream);
+    let proxied = format!("http://{listen}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reqwest::get(format!("{proxied}/health")).await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "nginx did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = api_key(&dir, &[]);
+    // 200,000 challenges from one host, each with a fresh forged Forwarded.
+    let started = Instant::now();
+    let attacker = http_from(ATTACKER);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..64u32 {
+        let (attacker, proxied) = (attacker.clone(), proxied.clone());
+        tasks.spawn(async move {
+            let mut seen = BTreeMap::<Option<u16>, u32>::new();
+            for i in 0..3125u32 {
+                let n = worker * 3125 + i;
+                let forged = format!("for=10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+                let status = attacker
+                    .post(format!("{proxied}/api/privacy/v1/relays/challenge"))
+                    .header("forwarded", forged)
+                    .json(&serde_json::json!({"claim-type": "age_over18_verified", "sandbox": true}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .ok();
+                *seen.entry(status).or_default() += 1;
+            }
+            seen
+        });
+    }
+    let mut seen = BTreeMap::<Option<u16>, u32>::new();
+    while let Some(part) = tasks.join_next().await {
+        for (status, n) in part.unwrap() {
+            *seen.entry(status).or_default() += n;
+        }
+    }
+    eprintln!("200,000 forged Forwarded headers through nginx in {:?}: {seen:?}", started.elapsed());
+    // The attacker is one client: 600 a minute (two windows at most while
+    // the flood runs), the rest refused.
+    assert!(seen.get(&Some(200)).is_some_and(|n| *n <= 1_800), "the forged header escaped the limit: {seen:?}");
+    assert!(seen.get(&Some(429)).is_some_and(|n| *n >= 198_000), "{seen:?}");
+    // The victim, a newcomer behind the same proxy, is served throughout.
+    let victim = Victim {
+        base: proxied.clone(),
+        http: http_from(VICTIM),
+        client: Client::new(&proxied)
+            .unwrap()
+            .with_http(http_from(VICTIM))
+            .with_api_key(&key)
+            .with_retry(RetryPolicy { max_retries: 0, ..RetryPolicy::default() }),
+    };
+    victim.is_served().await.unwrap();
+}
