@@ -22,6 +22,10 @@
 # (PROFILE_ALL=1: the whole machine, e.g. to see PostgreSQL and wrk too),
 # RATE=n paces wrk to about n requests/s in all (each connection waits a
 # random 0..2 x connections/n s after each answer; for p99 below the peak).
+# ATTACK=stalled-h1|stalled-h2|idle-h2 runs a hostile host beside the load
+# (crates/load/examples/attack.rs, from 127.0.0.2; wrk is the victim on
+# 127.0.0.1), from 3 s before wrk starts until it ends, and prints what the
+# attacker was answered.
 # openssl runs before and after the load: the ratios use the mean of the two
 # and both are printed, so that drift of the machine shows.
 # Needs wrk, curl, python3, openssl.
@@ -46,6 +50,7 @@ PORT=${PORT:-18080}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 server_pid=
+attack_pid=
 schema=
 store=(--data-dir "$work/data")
 if [[ ${PG:-0} == 1 ]]; then
@@ -57,6 +62,7 @@ if [[ ${PG:-0} == 1 ]]; then
     store=(--database-url "$pg_url${separator}options=-csearch_path%3D$schema")
 fi
 cleanup() {
+    [[ -n $attack_pid ]] && kill "$attack_pid" 2>/dev/null && wait "$attack_pid" 2>/dev/null
     [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
     [[ -n $schema ]] && psql -q "${pg_url%%\?*}" -c "DROP SCHEMA $schema CASCADE" 2>/dev/null
     rm -rf "$work"
@@ -133,6 +139,14 @@ if [[ $mode == redeem ]]; then
     relay_secret=$(echo "$relay" | python3 -c 'import json, sys; print(json.load(sys.stdin)["relay-secret"])')
 fi
 
+if [[ -n ${ATTACK:-} ]]; then
+    attack_bin=${ATTACK_BIN:-target/release/examples/attack}
+    [[ -x $attack_bin ]] || cargo build --release -q -p blindpass-load --example attack
+    "$attack_bin" "$ATTACK" "127.0.0.1:$PORT" 127.0.0.2 >"$work/attack.log" 2>&1 &
+    attack_pid=$!
+    sleep 3
+fi
+
 ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
 before=$(ticks)
 perf_pid=
@@ -158,6 +172,11 @@ else
 fi
 after=$(ticks)
 [[ -n $perf_pid ]] && wait "$perf_pid"
+if [[ -n $attack_pid ]]; then
+    echo "ATTACK $(tail -n 1 "$work/attack.log")"
+    kill "$attack_pid" 2>/dev/null && wait "$attack_pid" 2>/dev/null
+    attack_pid=
+fi
 threads=$(awk '/^Threads:/ {print $2}' "/proc/$server_pid/status")
 hwm_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$server_pid/status")
 echo "$out" | grep -E 'Requests/sec|p50|errors|Latency  '

@@ -4,7 +4,7 @@
 //! case the victim's `/health`, challenge, authenticated issuance, relay
 //! creation and redemption answer 2xx while the attack runs, and the
 //! attacker gets only 408, 429 or 503.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
 

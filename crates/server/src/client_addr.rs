@@ -172,7 +172,7 @@ fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-real-ip")
         .iter()
-        .last()
+        .next_back()
         .map(|v| parse_node(v.to_str().unwrap_or("").trim()))
         .into_iter()
         .collect()
