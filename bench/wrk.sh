@@ -62,7 +62,7 @@ if [[ ${PG:-0} == 1 ]]; then
     store=(--database-url "$pg_url${separator}options=-csearch_path%3D$schema")
 fi
 cleanup() {
-    [[ -n $attack_pid ]] && kill "$attack_pid" 2>/dev/null && wait "$attack_pid" 2>/dev/null
+    if [[ -n $attack_pid ]]; then kill "$attack_pid" 2>/dev/null; wait "$attack_pid" 2>/dev/null; fi
     [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
     [[ -n $schema ]] && psql -q "${pg_url%%\?*}" -c "DROP SCHEMA $schema CASCADE" 2>/dev/null
     rm -rf "$work"
@@ -174,7 +174,8 @@ after=$(ticks)
 [[ -n $perf_pid ]] && wait "$perf_pid"
 if [[ -n $attack_pid ]]; then
     echo "ATTACK $(tail -n 1 "$work/attack.log")"
-    kill "$attack_pid" 2>/dev/null && wait "$attack_pid" 2>/dev/null
+    kill "$attack_pid" 2>/dev/null || true
+    wait "$attack_pid" 2>/dev/null || true
     attack_pid=
 fi
 threads=$(awk '/^Threads:/ {print $2}' "/proc/$server_pid/status")

@@ -1,8 +1,10 @@
 //! A hostile host, for measuring what it costs everyone else (BENCHMARKS.md,
 //! `bench/wrk.sh` with `ATTACK=`). Runs one attack from a local address of
-//! its own until it is killed, keeping it at full strength (a connection or
-//! stream the server closes is opened again), and prints what the server
-//! answered every 5 s.
+//! its own until it is killed, keeping it at strength (a request or
+//! connection the server answers or closes is opened again after `PAUSE`,
+//! 5 s: the attack is the slow kind, whose cost to the attacker is tiny;
+//! without the pause it is a plain flood of refused requests), and prints
+//! what the server answered every 5 s.
 //!
 //! ```text
 //! attack stalled-h1 ADDR FROM [N=1100]     N HTTP/1.1 requests declaring a 60-byte body, one byte every 5 s
@@ -41,6 +43,9 @@ async fn connect(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     socket.connect(to).await
 }
 
+/// How long a slot waits after its request or connection ended.
+const PAUSE: Duration = Duration::from_secs(5);
+
 const HEAD: &str = "POST /api/privacy/v1/relays/challenge HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n";
 
 /// One stalled HTTP/1.1 request, again and again.
@@ -73,6 +78,7 @@ async fn stalled_h1(from: IpAddr, to: SocketAddr, tally: Tally) {
         };
         trickle.abort();
         count(&tally, status);
+        tokio::time::sleep(PAUSE).await;
     }
 }
 
@@ -133,9 +139,11 @@ async fn main() {
                 "stalled-h1" => stalled_h1(from, to, tally).await,
                 "stalled-h2" => loop {
                     h2_connection(from, to, 128, &tally).await;
+                    tokio::time::sleep(PAUSE).await;
                 },
                 _ => loop {
                     h2_connection(from, to, 0, &tally).await;
+                    tokio::time::sleep(PAUSE).await;
                 },
             }
         });
