@@ -555,3 +555,41 @@ async fn forged_forwarded_headers_through_nginx_neither_escape_the_limit_nor_fil
     };
     victim.is_served().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_traffic_from_many_hosts_never_takes_what_authenticated_issuance_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &["--max-in-flight", "64", "--max-anonymous-in-flight", "32"]).await;
+    let victim = Victim::new(&server, &api_key(&dir, &[]), VICTIM);
+    let offers = [
+        victim.client.challenge("age_over18_verified", true).await.unwrap(),
+        victim.client.challenge("age_over18_verified", true).await.unwrap(),
+    ];
+    let to = socket_addr(&server);
+    // 40 hosts, one stalled anonymous body each: no client share is
+    // exceeded, but the anonymous share (32) is full.
+    let head = "POST /api/privacy/v1/relays/challenge HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{";
+    let mut held = Vec::new();
+    for from in distinct_addresses(40) {
+        let mut stream = connect_from(from, to).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another anonymous request is shed...
+    let r = victim
+        .http
+        .post(format!("{}/api/privacy/v1/relays/challenge", server.base))
+        .json(&serde_json::json!({"claim-type": "age_over18_verified", "sandbox": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "the anonymous share is full");
+    // ...while authenticated issuance has its own room, and probes pass.
+    for offer in &offers {
+        victim.client.issue(offer).await.unwrap();
+    }
+    let health = victim.http.get(format!("{}/health/ready", server.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    drop(held);
+}

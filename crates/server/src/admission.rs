@@ -13,10 +13,12 @@
 //! ```
 //!
 //! A request is *authenticated* for this purpose when it carries an
-//! `Authorization` header or arrived over an attester's client certificate;
-//! the credential is checked later (`api_key.rs`), and failed checks are
-//! counted per client address (`--auth-failure-limit`), so a made-up
-//! header buys an attacker at most its own client share. Anonymous routes
+//! `Authorization` header or arrived over an attester's client certificate,
+//! to a route that checks the credential before it reads the body
+//! (`api_key.rs`); failed checks are answered at once and counted per
+//! client address (`--auth-failure-limit`), so a made-up header buys an
+//! attacker at most its own client share, and on an anonymous route
+//! nothing. Anonymous routes
 //! count the client's rate limit in their first layer, before the body
 //! (`relays.rs`, `redeem.rs`, `rfc.rs`).
 
@@ -33,6 +35,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use blindpass_protocol::api::PRIVACY_PASSES_PATH;
 
 use crate::client_addr::{Client, TrustedProxies, client_address};
 use crate::error::ApiError;
@@ -88,20 +92,28 @@ pub enum Class {
 }
 
 impl Class {
-    /// The class of a request, from its head.
+    /// The class of a request, from its head: authenticated when it carries
+    /// a credential (`Authorization`, or an attester's client certificate)
+    /// to a route that checks one before reading the body (issuance, the
+    /// verifier's result); anonymous otherwise, whatever it carries, so a
+    /// made-up header on an anonymous route buys nothing.
     pub fn of(request: &Request) -> Self {
         let path = request.uri().path();
         if path == "/health" || path == READY_PATH {
-            Class::Probe
-        } else if request.headers().contains_key(header::AUTHORIZATION)
-            || request.extensions().get::<Arc<Attester>>().is_some()
-        {
-            Class::Authenticated
-        } else {
-            Class::Anonymous
+            return Class::Probe;
         }
+        let credential = request.headers().contains_key(header::AUTHORIZATION)
+            || request.extensions().get::<Arc<Attester>>().is_some();
+        let checks_credentials = matches!(
+            crate::metrics::route_template(path),
+            PRIVACY_PASSES_PATH | crate::rfc::TOKEN_REQUEST_PATH | RESULT_ROUTE
+        );
+        if credential && checks_credentials { Class::Authenticated } else { Class::Anonymous }
     }
 }
+
+/// The verifier's result route, as `metrics::route_template` names it.
+const RESULT_ROUTE: &str = "/api/privacy/v1/relays/{relay_token}/result";
 
 /// The node's capacity and each client's share of it.
 #[derive(Debug)]
@@ -340,6 +352,31 @@ mod tests {
         drop((held, b, auth));
         assert!(admission.per_client.lock().unwrap().is_empty(), "clients without requests are forgotten");
         assert!(admission.try_admit("a", Class::Anonymous).is_ok());
+    }
+
+    #[test]
+    fn a_credential_makes_a_request_authenticated_only_where_it_is_checked() {
+        let request = |path: &str, auth: bool| {
+            let mut r = Request::builder().uri(path);
+            if auth {
+                r = r.header("authorization", "Bearer x");
+            }
+            Class::of(&r.body(Body::empty()).unwrap())
+        };
+        assert_eq!(request("/api/v1/privacy-passes", true), Class::Authenticated);
+        assert_eq!(request("/token-request", true), Class::Authenticated);
+        assert_eq!(request("/api/privacy/v1/relays/r/result", true), Class::Authenticated);
+        assert_eq!(request("/api/v1/privacy-passes", false), Class::Anonymous);
+        for anonymous in [
+            "/api/privacy/v1/relays/challenge",
+            "/api/privacy/v1/relays",
+            "/api/privacy/v1/relays/r/generate-claim",
+            "/x",
+        ] {
+            assert_eq!(request(anonymous, true), Class::Anonymous, "{anonymous}");
+        }
+        assert_eq!(request("/health", false), Class::Probe);
+        assert_eq!(request("/health/ready", true), Class::Probe);
     }
 
     #[test]
