@@ -18,6 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const ATTACKER: &str = "127.0.0.2";
+
+/// One attack at a time: each test loads both cores on purpose, and what it
+/// asserts of the victim should not depend on the test beside it.
+static ONE_ATTACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const VICTIM: &str = "127.0.0.3";
 
 fn socket_addr(server: &common::Server) -> SocketAddr {
@@ -138,6 +142,7 @@ fn api_key(dir: &tempfile::TempDir, extra: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http1_bodies_from_one_host_starve_no_one_else() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &[]).await;
     let victim = Victim::new(&server, &api_key(&dir, &[]), VICTIM);
@@ -204,6 +209,7 @@ async fn h2_connect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http2_streams_from_one_host_starve_no_one_else() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &[]).await;
     let victim = Victim::new(&server, &api_key(&dir, &[]), VICTIM);
@@ -258,6 +264,7 @@ async fn stalled_http2_streams_from_one_host_starve_no_one_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_from_one_host_are_capped_and_closed() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &["--header-read-timeout-secs", "2"]).await;
     let victim = Victim::new(&server, &api_key(&dir, &[]), VICTIM);
@@ -281,6 +288,8 @@ async fn idle_http2_connections_from_one_host_are_capped_and_closed() {
             None => refused += 1,
         }
     }
+    // Refused connections are closed at once; let their clients notice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let open = held.iter().filter(|(_, task)| !task.is_finished()).count();
     eprintln!("4,200 idle h2c connections: {} handshakes ({refused} failed), {open} still open", held.len());
     assert!(open <= 256, "{open} connections of one host are open (share 256)");
@@ -306,6 +315,7 @@ fn distinct_addresses(n: usize) -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_addresses_cannot_fill_the_limiter_for_anyone_else() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &[]).await;
     let own_limit = api_key(&dir, &["--rate-limit", "1000"]);
@@ -361,6 +371,7 @@ async fn a_hundred_thousand_addresses_cannot_fill_the_limiter_for_anyone_else() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_refused_batches_are_not_charged_to_its_neighbours() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &["--rate-limit", "20"]).await;
     let a = api_key(&dir, &["--rate-limit", "1"]);
@@ -388,6 +399,7 @@ async fn a_keys_refused_batches_are_not_charged_to_its_neighbours() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_readiness_probes_cost_one_check_a_second_and_never_fail_a_balancer() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &[]).await;
     let victim = Victim::new(&server, &api_key(&dir, &[]), VICTIM);
@@ -496,6 +508,7 @@ fn nginx(listen: &str, upstream: &str) -> Nginx {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(blindpass_test_nginx), ignore = "set BLINDPASS_TEST_NGINX=1 (Debian nginx installed) to run")]
 async fn forged_forwarded_headers_through_nginx_neither_escape_the_limit_nor_fill_the_limiter() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &["--trusted-proxies", "127.0.0.1"]).await;
     let upstream = server.base.trim_start_matches("http://").to_owned();
@@ -558,6 +571,7 @@ async fn forged_forwarded_headers_through_nginx_neither_escape_the_limit_nor_fil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_traffic_from_many_hosts_never_takes_what_authenticated_issuance_needs() {
+    let _serial = ONE_ATTACK.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, &["--max-in-flight", "64", "--max-anonymous-in-flight", "32"]).await;
     let victim = Victim::new(&server, &api_key(&dir, &[]), VICTIM);
