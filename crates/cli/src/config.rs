@@ -246,6 +246,25 @@ pub(crate) fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The flag's value, else the file's.
+pub(crate) fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
+    flag.clone().or_else(|| file.clone())
+}
+
+/// `value` (or `default`), refused below `min`.
+pub(crate) fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
+    flag: &str,
+    value: Option<T>,
+    default: T,
+    min: T,
+) -> anyhow::Result<T> {
+    let value = value.unwrap_or(default);
+    if value < min {
+        anyhow::bail!("--{flag} must be at least {min} (got {value})");
+    }
+    Ok(value)
+}
+
 /// Reads a key-encryption key file, which only its owner may read: a file
 /// that group or others can read is refused with the reason.
 pub(crate) fn read_kek(path: &Path) -> anyhow::Result<blindpass_service::kek::KeyEncryptionKey> {

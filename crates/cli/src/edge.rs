@@ -12,11 +12,17 @@ use blindpass_server::transport::ConnectionLimits;
 use clap::Args;
 
 use crate::config::FileConfig;
-use crate::settings::{ServeArgs, at_least, pick};
+use crate::config::{at_least, pick};
 
 /// The edge's flags (each with its `BLINDPASS_` twin).
 #[derive(Debug, Args)]
 pub(crate) struct EdgeArgs {
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "BLINDPASS_MAX_BODY_BYTES")]
+    pub(crate) max_body_bytes: Option<usize>,
+    /// Most token requests in one batched issuance (422 past it).
+    #[arg(long, env = "BLINDPASS_MAX_BATCH_SIZE")]
+    pub(crate) max_batch_size: Option<usize>,
     /// Reverse proxies (comma-separated addresses or CIDR blocks) whose
     /// `Forwarded` / `X-Forwarded-For` headers name the client; from any
     /// other peer these headers are ignored (default: none).
@@ -94,15 +100,8 @@ pub(crate) fn trusted_proxies(args: &EdgeArgs, file: &FileConfig) -> anyhow::Res
 }
 
 /// The HTTP and connection limits.
-pub(crate) fn limits(args: &ServeArgs, file: &FileConfig, request_timeout: Duration) -> anyhow::Result<Limits> {
+pub(crate) fn limits(args: &EdgeArgs, file: &FileConfig, request_timeout: Duration) -> anyhow::Result<Limits> {
     let d = Limits::default();
-    let c = d.connections;
-    let header_read_timeout_secs = at_least(
-        "header-read-timeout-secs",
-        pick(&args.edge.header_read_timeout_secs, &file.header_read_timeout_secs),
-        c.header_read_timeout.as_secs(),
-        1,
-    )?;
     Ok(Limits {
         max_body_bytes: at_least(
             "max-body-bytes",
@@ -112,59 +111,65 @@ pub(crate) fn limits(args: &ServeArgs, file: &FileConfig, request_timeout: Durat
         )?,
         request_timeout,
         admission: admission(args, file)?,
-        max_uri_bytes: at_least(
-            "max-uri-bytes",
-            pick(&args.edge.max_uri_bytes, &file.max_uri_bytes),
-            d.max_uri_bytes,
-            64,
-        )?,
+        max_uri_bytes: at_least("max-uri-bytes", pick(&args.max_uri_bytes, &file.max_uri_bytes), d.max_uri_bytes, 64)?,
         max_batch_size: at_least(
             "max-batch-size",
             pick(&args.max_batch_size, &file.max_batch_size),
             d.max_batch_size,
             1,
         )?,
-        connections: ConnectionLimits {
-            header_read_timeout: Duration::from_secs(header_read_timeout_secs),
-            max_header_bytes: at_least(
-                "max-header-bytes",
-                pick(&args.edge.max_header_bytes, &file.max_header_bytes),
-                c.max_header_bytes,
-                1024,
-            )?,
-            max_headers: at_least("max-headers", pick(&args.edge.max_headers, &file.max_headers), c.max_headers, 8)?,
-            max_connections: at_least(
-                "max-connections",
-                pick(&args.edge.max_connections, &file.max_connections),
-                c.max_connections,
-                1,
-            )?,
-            max_connections_per_client: at_least(
-                "max-connections-per-client",
-                pick(&args.edge.max_connections_per_client, &file.max_connections_per_client),
-                c.max_connections_per_client,
-                1,
-            )?,
-            h2_max_concurrent_streams: at_least(
-                "h2-max-concurrent-streams",
-                pick(&args.edge.h2_max_concurrent_streams, &file.h2_max_concurrent_streams),
-                c.h2_max_concurrent_streams,
-                1,
-            )?,
-            shutdown_deadline: pick(&args.edge.shutdown_deadline_secs, &file.shutdown_deadline_secs)
-                .map_or(c.shutdown_deadline, Duration::from_secs),
-        },
+        connections: connection_limits(args, file)?,
+    })
+}
+
+/// What every connection is held to (see `blindpass_server::transport`).
+fn connection_limits(args: &EdgeArgs, file: &FileConfig) -> anyhow::Result<ConnectionLimits> {
+    let c = ConnectionLimits::default();
+    let header_read_timeout_secs = at_least(
+        "header-read-timeout-secs",
+        pick(&args.header_read_timeout_secs, &file.header_read_timeout_secs),
+        c.header_read_timeout.as_secs(),
+        1,
+    )?;
+    Ok(ConnectionLimits {
+        header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+        max_header_bytes: at_least(
+            "max-header-bytes",
+            pick(&args.max_header_bytes, &file.max_header_bytes),
+            c.max_header_bytes,
+            1024,
+        )?,
+        max_headers: at_least("max-headers", pick(&args.max_headers, &file.max_headers), c.max_headers, 8)?,
+        max_connections: at_least(
+            "max-connections",
+            pick(&args.max_connections, &file.max_connections),
+            c.max_connections,
+            1,
+        )?,
+        max_connections_per_client: at_least(
+            "max-connections-per-client",
+            pick(&args.max_connections_per_client, &file.max_connections_per_client),
+            c.max_connections_per_client,
+            1,
+        )?,
+        h2_max_concurrent_streams: at_least(
+            "h2-max-concurrent-streams",
+            pick(&args.h2_max_concurrent_streams, &file.h2_max_concurrent_streams),
+            c.h2_max_concurrent_streams,
+            1,
+        )?,
+        shutdown_deadline: pick(&args.shutdown_deadline_secs, &file.shutdown_deadline_secs)
+            .map_or(c.shutdown_deadline, Duration::from_secs),
     })
 }
 
 /// How requests share the node (see `blindpass_server::admission`).
-fn admission(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<AdmissionLimits> {
+fn admission(args: &EdgeArgs, file: &FileConfig) -> anyhow::Result<AdmissionLimits> {
     let d = AdmissionLimits::default();
-    let max_in_flight =
-        at_least("max-in-flight", pick(&args.edge.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?;
+    let max_in_flight = at_least("max-in-flight", pick(&args.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?;
     let anonymous = at_least(
         "max-anonymous-in-flight",
-        pick(&args.edge.max_anonymous_in_flight, &file.max_anonymous_in_flight),
+        pick(&args.max_anonymous_in_flight, &file.max_anonymous_in_flight),
         max_in_flight.div_ceil(2),
         1,
     )?;
@@ -176,19 +181,19 @@ fn admission(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<AdmissionLim
         max_anonymous_in_flight: anonymous,
         max_in_flight_per_client: at_least(
             "max-in-flight-per-client",
-            pick(&args.edge.max_in_flight_per_client, &file.max_in_flight_per_client),
+            pick(&args.max_in_flight_per_client, &file.max_in_flight_per_client),
             d.max_in_flight_per_client,
             1,
         )?,
         body_read_timeout: Duration::from_secs(at_least(
             "body-read-timeout-secs",
-            pick(&args.edge.body_read_timeout_secs, &file.body_read_timeout_secs),
+            pick(&args.body_read_timeout_secs, &file.body_read_timeout_secs),
             d.body_read_timeout.as_secs(),
             1,
         )?),
         body_min_bytes_per_sec: at_least(
             "body-min-rate",
-            pick(&args.edge.body_min_rate, &file.body_min_rate),
+            pick(&args.body_min_rate, &file.body_min_rate),
             d.body_min_bytes_per_sec,
             1,
         )?,

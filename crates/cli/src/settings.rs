@@ -12,7 +12,7 @@ use blindpass_server::{IdOverrides, Limits};
 use blindpass_service::Config;
 use clap::Args;
 
-use crate::config::{FileConfig, Secret};
+use crate::config::{FileConfig, Secret, at_least, pick};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -73,12 +73,6 @@ pub(crate) struct ServeArgs {
     /// Seconds before a request is answered 503.
     #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
     pub(crate) request_timeout_secs: Option<u64>,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, env = "BLINDPASS_MAX_BODY_BYTES")]
-    pub(crate) max_body_bytes: Option<usize>,
-    /// Most token requests in one batched issuance (422 past it).
-    #[arg(long, env = "BLINDPASS_MAX_BATCH_SIZE")]
-    pub(crate) max_batch_size: Option<usize>,
     /// Seconds between re-reads of issuer keys from the store.
     #[arg(long, env = "BLINDPASS_KEY_REFRESH_SECS")]
     pub(crate) key_refresh_secs: Option<i64>,
@@ -194,25 +188,6 @@ pub(crate) struct ServeSettings {
     pub(crate) ids: IdOverrides,
 }
 
-/// The flag's value, else the file's.
-pub(crate) fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
-    flag.clone().or_else(|| file.clone())
-}
-
-/// `value` (or `default`), refused below `min`.
-pub(crate) fn at_least<T: PartialOrd + Copy + std::fmt::Display>(
-    flag: &str,
-    value: Option<T>,
-    default: T,
-    min: T,
-) -> anyhow::Result<T> {
-    let value = value.unwrap_or(default);
-    if value < min {
-        bail!("--{flag} must be at least {min} (got {value})");
-    }
-    Ok(value)
-}
-
 impl ServeSettings {
     /// Resolves flags over the file over the defaults, and validates.
     pub(crate) fn resolve(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Self> {
@@ -222,7 +197,7 @@ impl ServeSettings {
         Ok(Self {
             listen: pick(&args.listen, &file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
             config,
-            limits: crate::edge::limits(args, file, Duration::from_secs(request_timeout_secs))?,
+            limits: crate::edge::limits(&args.edge, file, Duration::from_secs(request_timeout_secs))?,
             issuer_name: pick(&args.issuer_name, &file.issuer_name),
             redis: pick(&args.redis_url, &file.redis_url).map(|url| RedisSettings {
                 url: url.as_str().to_owned(),

@@ -8,8 +8,9 @@
 //! - a redemption whose answer is lost to the request timeout (the SQLite
 //!   write lock held by someone else) or to a client hanging up: the retry
 //!   returns the claim, and an `Idempotency-Key` is never stuck in 409;
-//! - a crash between the spend's commit and the response (fault injected in
-//!   debug builds): after a restart the retry returns the claim.
+//! - a crash between the spend's commit and the response (fault injected
+//!   through the store's `fault-injection` feature, which this crate's
+//!   dev-dependency turns on): after a restart the retry returns the claim.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod common;
@@ -221,8 +222,7 @@ async fn client_disconnect_with_an_idempotency_key_is_not_stuck_in_409() {
 }
 
 /// A crash between the spend's commit and the answer: the fault is compiled
-/// into debug builds only.
-#[cfg(debug_assertions)]
+/// in by the store's `fault-injection` feature (on for these tests only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_commit_and_response_then_the_retry_returns_the_claim() {
     let dir = tempfile::tempdir().unwrap();

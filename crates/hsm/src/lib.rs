@@ -17,6 +17,8 @@
 //! Mechanisms the token must offer: `CKM_RSA_PKCS_KEY_PAIR_GEN` and
 //! `CKM_RSA_X_509`.
 
+#![forbid(unsafe_code)]
+
 mod key;
 mod pool;
 #[cfg(feature = "testing")]

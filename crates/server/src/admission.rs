@@ -40,6 +40,7 @@ use blindpass_protocol::api::PRIVACY_PASSES_PATH;
 
 use crate::client_addr::{Client, TrustedProxies, client_address};
 use crate::error::ApiError;
+use crate::json::BodyTimedOut;
 use crate::{READY_PATH, tls::Attester};
 
 /// How requests share the node.
@@ -246,7 +247,7 @@ pub(crate) async fn admit(
 }
 
 /// A request body that fails with [`BodyTimedOut`] once its deadline has
-/// passed without its end.
+/// passed without its end (`json::read_body` answers it 408).
 struct DeadlineBody {
     inner: Body,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -257,11 +258,6 @@ impl DeadlineBody {
         Self { inner, sleep: Box::pin(tokio::time::sleep(deadline)) }
     }
 }
-
-/// The body did not arrive within its deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the request body did not arrive in time")]
-pub struct BodyTimedOut;
 
 impl http_body::Body for DeadlineBody {
     type Data = Bytes;
@@ -290,35 +286,6 @@ impl http_body::Body for DeadlineBody {
 }
 
 use std::future::Future;
-
-/// Whether `error` (from reading a body) is [`BodyTimedOut`], however deep
-/// the body wrappers put it.
-pub(crate) fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<BodyTimedOut>() {
-            return true;
-        }
-        if let Some(inner) = e.downcast_ref::<axum::Error>()
-            && let Some(source) = std::error::Error::source(inner)
-            && source.is::<BodyTimedOut>()
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-/// 408 for a body that missed its deadline, closing the connection (HTTP/1;
-/// HTTP/2 drops the header and resets nothing else).
-pub(crate) fn body_timed_out() -> ApiError {
-    ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "Request Timeout",
-        "The request body did not arrive in time. Send it at once, with the request.",
-    )
-}
 
 /// Adds `Connection: close` to a 408 (HTTP/1 only: HTTP/2 forbids the
 /// header, and hyper leaves it out there).
@@ -406,9 +373,9 @@ mod tests {
     async fn a_stalled_body_times_out_and_is_recognised() {
         let body = Body::new(DeadlineBody::new(Body::new(Stalled), Duration::from_millis(100)));
         let error = axum::body::to_bytes(body, 1024).await.unwrap_err();
-        assert!(is_body_timeout(&error), "{error:?}");
+        assert!(crate::json::is_body_timeout(&error), "{error:?}");
         let other = axum::Error::new(std::io::Error::other("x"));
-        assert!(!is_body_timeout(&other));
+        assert!(!crate::json::is_body_timeout(&other));
     }
 
     /// A body whose next byte never comes.

@@ -48,10 +48,44 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| match crate::admission::is_body_timeout(&e) {
-        true => crate::admission::body_timed_out(),
+    axum::body::to_bytes(body, limit).await.map_err(|e| match is_body_timeout(&e) {
+        true => body_timed_out(),
         false => ApiError::payload_too_large(limit),
     })
+}
+
+/// The body did not arrive within its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimedOut;
+
+/// Whether `error` (from reading a body) is [`BodyTimedOut`], however deep
+/// the body wrappers put it.
+pub(crate) fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<BodyTimedOut>() {
+            return true;
+        }
+        if let Some(inner) = e.downcast_ref::<axum::Error>()
+            && let Some(source) = std::error::Error::source(inner)
+            && source.is::<BodyTimedOut>()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// 408 for a body that missed its deadline, closing the connection (HTTP/1;
+/// HTTP/2 drops the header and resets nothing else).
+pub(crate) fn body_timed_out() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "Request Timeout",
+        "The request body did not arrive in time. Send it at once, with the request.",
+    )
 }
 
 /// Parses a JSON object whose keys may be kebab-, camel- or snake-case into

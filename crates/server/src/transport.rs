@@ -82,6 +82,79 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// A new connection's place: its client's share (unless it comes from a
+/// trusted proxy) and a slot under the connection cap; `None` when either
+/// is full.
+fn admit_connection(
+    peer: SocketAddr,
+    trusted: &TrustedProxies,
+    per_client: &Arc<Shares>,
+    slots: &Arc<Semaphore>,
+    limits: &ConnectionLimits,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, Option<connection::Share>)> {
+    let share = match trusted.contains(peer.ip()) {
+        true => None,
+        false => {
+            let share = per_client.take(client_bucket(peer.ip()), limits.max_connections_per_client);
+            if share.is_none() {
+                tracing::debug!(peer = %peer, "client's connection share reached: shedding");
+                return None;
+            }
+            share
+        }
+    };
+    let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
+        tracing::warn!(max_connections = limits.max_connections, "connection cap reached: shedding");
+        return None;
+    };
+    Some((slot, share))
+}
+
+/// One plain-HTTP connection, to its end.
+async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
+    app: Router,
+    idle: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let activity = Activity::new();
+    let service = tracked(app, Arc::clone(&activity), peer, None);
+    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    drive(connection, activity, idle, stop, None, peer).await;
+}
+
+/// One TLS connection: the handshake under the header-read timeout, the
+/// attester its client certificate names (once per connection), then the
+/// connection to its end, or until the client CA no longer trusts it.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<crate::tls::ReloadingTls>,
+    builder: auto::Builder<TokioExecutor>,
+    app: Router,
+    idle: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let stream = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(peer = %peer, "TLS handshake timed out"),
+    };
+    let presented = stream.get_ref().1.peer_certificates();
+    let attester = tls.attester(presented).map(Arc::new);
+    let revoked = presented.filter(|chain| !chain.is_empty()).map(|chain| {
+        let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+        Box::pin(Arc::clone(&tls).until_untrusted(chain)) as connection::Revoked
+    });
+    let activity = Activity::new();
+    let service = tracked(app, Arc::clone(&activity), peer, attester);
+    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    drive(connection, activity, idle, stop, revoked, peer).await;
+}
+
 /// What a connection over the cap is told before it is closed.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 112\r\n\r\n{\"errors\":[{\"title\":\"Service unavailable\",\"details\":\"The server has too many open connections. Please retry.\"}]}";
 
@@ -120,21 +193,7 @@ pub async fn serve_connections_with(
             () = &mut shutdown => break,
         };
         while connections.try_join_next().is_some() {}
-        let share = match trusted.contains(peer.ip()) {
-            true => None,
-            false => match per_client.take(client_bucket(peer.ip()), limits.max_connections_per_client) {
-                Some(share) => Some(share),
-                None => {
-                    tracing::debug!(peer = %peer, "client's connection share reached: shedding");
-                    if tls.is_none() {
-                        connections.spawn(refuse(stream));
-                    }
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(max_connections = limits.max_connections, "connection cap reached: shedding");
+        let Some(held) = admit_connection(peer, &trusted, &per_client, &slots, &limits) else {
             // Over TLS the plain-text 503 would be noise: just close.
             if tls.is_none() {
                 connections.spawn(refuse(stream));
@@ -145,32 +204,11 @@ pub async fn serve_connections_with(
         let (builder, app, tls, stop) = (builder.clone(), app.clone(), tls.clone(), stop.clone());
         let idle = limits.header_read_timeout;
         connections.spawn(async move {
-            let _held = (slot, share);
-            let Some(tls) = tls else {
-                let activity = Activity::new();
-                let service = tracked(app, Arc::clone(&activity), peer, None);
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                return drive(connection, activity, idle, stop, None, peer).await;
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-            let stream = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(peer = %peer, "TLS handshake timed out"),
-            };
-            // Who the client certificate names, once per connection.
-            let presented = stream.get_ref().1.peer_certificates();
-            let attester = tls.attester(presented).map(Arc::new);
-            // A connection with a client certificate lives only as long as
-            // the client CA trusts it.
-            let revoked = presented.filter(|chain| !chain.is_empty()).map(|chain| {
-                let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
-                Box::pin(Arc::clone(&tls).until_untrusted(chain)) as connection::Revoked
-            });
-            let activity = Activity::new();
-            let service = tracked(app, Arc::clone(&activity), peer, attester);
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            drive(connection, activity, idle, stop, revoked, peer).await;
+            let _held = held;
+            match tls {
+                None => serve_plain(stream, peer, builder, app, idle, stop).await,
+                Some(tls) => serve_tls(stream, peer, tls, builder, app, idle, stop).await,
+            }
         });
     }
     drop(listener);

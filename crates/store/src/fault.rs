@@ -1,9 +1,10 @@
-//! Fault injection for crash tests, compiled into debug (test) builds only.
+//! Fault injection for crash tests, compiled in only with the
+//! `fault-injection` feature (which the binary's tests turn on).
 //!
 //! `BLINDPASS_FAULT=abort-after-commit:spend` makes the process abort right
 //! after the named transaction commits and before its caller sees the
 //! result: the crash between "durable" and "answered" that a redemption must
-//! survive. Release builds contain none of this.
+//! survive. A build of the binary (release or debug) contains none of this.
 
 fn wanted(point: &str, name: &str) -> bool {
     std::env::var("BLINDPASS_FAULT").is_ok_and(|v| v.split(',').any(|f| f == format!("{point}:{name}")))

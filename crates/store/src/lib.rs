@@ -18,7 +18,7 @@
 mod claims;
 #[cfg(feature = "testing")]
 pub mod conformance;
-#[cfg(debug_assertions)]
+#[cfg(feature = "fault-injection")]
 mod fault;
 pub mod metered;
 mod model;

@@ -116,6 +116,25 @@ pub(super) fn tracked(
     })
 }
 
+/// What the idle watchdog does at a tick.
+enum Watchdog {
+    Wait,
+    /// Idle for the timeout: shut down gracefully.
+    Close,
+    /// Told to close a timeout ago and still open (a stalled reader): drop.
+    Drop,
+}
+
+fn watchdog(closing: Option<Instant>, stopping: bool, activity: &Activity, idle: Duration) -> Watchdog {
+    match closing {
+        // On server shutdown, `drain` enforces the deadline.
+        Some(since) if !stopping && since.elapsed() >= idle => Watchdog::Drop,
+        Some(_) => Watchdog::Wait,
+        None if activity.idle_for().is_some_and(|d| d >= idle) => Watchdog::Close,
+        None => Watchdog::Wait,
+    }
+}
+
 /// Resolves when a connection must be dropped at once (its client
 /// certificate is no longer trusted).
 pub(super) type Revoked = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -159,19 +178,15 @@ pub(super) async fn drive<C>(
             changed = stop.changed(), if !stopping => {
                 stopping = changed.is_err() || *stop.borrow();
             }
-            _ = tick.tick() => {
-                if let Some(since) = closing {
-                    // Graceful shutdown is for connections that stop; one
-                    // that does not (a stalled reader) is dropped.
-                    if !stopping && since.elapsed() >= idle {
-                        return tracing::debug!(peer = %peer, "idle connection did not close: dropped");
-                    }
-                } else if activity.idle_for().is_some_and(|d| d >= idle) {
+            _ = tick.tick() => match watchdog(closing, stopping, &activity, idle) {
+                Watchdog::Wait => {}
+                Watchdog::Close => {
                     tracing::debug!(peer = %peer, "idle connection: closing");
                     connection.as_mut().graceful_shutdown();
                     closing = Some(Instant::now());
                 }
-            }
+                Watchdog::Drop => return tracing::debug!(peer = %peer, "idle connection did not close: dropped"),
+            },
         }
     }
 }

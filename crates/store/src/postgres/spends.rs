@@ -178,10 +178,10 @@ async fn spend_together(pool: &Pool, spends: &[&Spend]) -> Result<Vec<SpendOutco
             *outcome = Some(super::relays::earlier_spend(&tx, spend).await?);
         }
     }
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "fault-injection")]
     crate::fault::before_commit("spend");
     tx.commit().await.map_err(map_err)?;
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "fault-injection")]
     crate::fault::after_commit("spend");
     outcomes.into_iter().map(|o| o.ok_or_else(no_outcome)).collect()
 }

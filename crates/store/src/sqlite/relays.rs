@@ -207,10 +207,10 @@ fn spend_all(
 ) -> Result<Vec<Result<SpendOutcome, StoreError>>, StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
     let outcomes = spends.iter().map(|spend| spend_in_savepoint(&mut tx, spend)).collect();
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "fault-injection")]
     crate::fault::before_commit("spend");
     tx.commit().map_err(map_err)?;
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "fault-injection")]
     crate::fault::after_commit("spend");
     Ok(outcomes)
 }
