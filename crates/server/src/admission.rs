@@ -38,7 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use blindpass_protocol::api::PRIVACY_PASSES_PATH;
 
-use crate::client_addr::{Client, TrustedProxies, client_address};
+use crate::client_addr::{ClientAddr, TrustedProxies, client_address};
 use crate::error::ApiError;
 use crate::json::BodyTimedOut;
 use crate::{READY_PATH, tls::Attester};
@@ -214,9 +214,9 @@ pub(crate) async fn admit(
     }
     let client = match request.extensions().get::<ConnectInfo<SocketAddr>>() {
         Some(ConnectInfo(peer)) => {
-            Client(blindpass_service::client_bucket(client_address(peer.ip(), request.headers(), &trusted)))
+            ClientAddr(blindpass_service::client_bucket(client_address(peer.ip(), request.headers(), &trusted)))
         }
-        None => Client("unknown".into()),
+        None => ClientAddr("unknown".into()),
     };
     let slot = match admission.try_admit(&client.0, class) {
         Ok(slot) => slot,

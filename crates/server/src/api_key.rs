@@ -1,7 +1,7 @@
 //! Bearer API keys: the `require_api_key` layer authenticates, checks the
 //! route's permission and counts the request against its key and environment, all
 //! before anything is stored for idempotency (so 401, 403 and 429 are never
-//! replayed); handlers take the result with the [`ApiKey`] extractor. Over
+//! replayed); handlers take the result with the [`Caller`] extractor. Over
 //! mTLS, a client certificate that names a configured attester
 //! ([`crate::tls::Attester`]) authenticates a request that sends no
 //! `Authorization` header.
@@ -11,27 +11,28 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use blindpass_service::{Authenticated, Permission};
+use blindpass_service::{Permission, Principal};
 
 use std::sync::Arc;
 
 use crate::AppState;
-use crate::client_addr::Client;
+use crate::client_addr::ClientAddr;
 use crate::envelope::Envelope;
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyScope;
 use crate::tls::Attester;
 
-/// The authenticated API key of a request that passed `require_api_key`.
+/// Who is calling a route that passed `require_api_key`: an API key or an
+/// attester, as a [`Principal`].
 #[derive(Debug, Clone)]
-pub struct ApiKey(pub Authenticated);
+pub struct Caller(pub Principal);
 
-impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let auth = parts.extensions.get::<Authenticated>().cloned();
-        auth.map(ApiKey).ok_or_else(|| ApiError::internal(&"a route takes ApiKey without require_api_key"))
+        let principal = parts.extensions.get::<Principal>().cloned();
+        principal.map(Caller).ok_or_else(|| ApiError::internal(&"a route takes Caller without require_api_key"))
     }
 }
 
@@ -40,17 +41,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
 pub(crate) async fn require_api_key(
     State(state): State<AppState>,
     permission: Permission,
-    client: Client,
+    client: ClientAddr,
     envelope: Envelope,
     mut request: Request,
     next: Next,
 ) -> Response {
     let attester = request.extensions().get::<Arc<Attester>>().cloned();
     match admit(&state, permission, &client, &envelope, request.headers(), attester.as_deref()).await {
-        Ok(auth) => {
-            let scope = IdempotencyScope { scope: format!("api_key:{}", auth.key.id), extra: Vec::new() };
+        Ok(principal) => {
+            let scope = IdempotencyScope { scope: principal.idempotency_scope(), extra: Vec::new() };
             request.extensions_mut().insert(scope);
-            request.extensions_mut().insert(auth);
+            request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(e) => {
@@ -69,48 +70,36 @@ pub(crate) async fn require_api_key(
 async fn admit(
     state: &AppState,
     permission: Permission,
-    client: &Client,
+    client: &ClientAddr,
     envelope: &Envelope,
     headers: &HeaderMap,
     attester: Option<&Attester>,
-) -> Result<Authenticated, ApiError> {
-    let auth = match attester {
+) -> Result<Principal, ApiError> {
+    let principal = match attester {
         // A verified client certificate stands in for an API key; an
         // Authorization header, when sent, still wins.
-        Some(attester) if !headers.contains_key(header::AUTHORIZATION) => attested(attester),
-        _ => authenticate(state, headers, client).await?,
+        Some(attester) => match headers.contains_key(header::AUTHORIZATION) {
+            false => Principal::attester(&attester.name, attester.environment, attester.permissions.clone()),
+            true => authenticate(state, headers, client).await?.into(),
+        },
+        None => authenticate(state, headers, client).await?.into(),
     };
-    envelope.environment(auth.key.environment);
+    envelope.environment(principal.environment);
     // A refusal by permission is not charged to anyone's window.
-    if !auth.can(permission) {
+    if !principal.can(permission) {
         return Err(ApiError::forbidden(format!("The API key does not have the {permission} permission.")));
     }
-    envelope.admit(state.service.rate_limit_key(&auth.key).await?)?;
-    Ok(auth)
-}
-
-/// An attester (mTLS) as the key record the rest of the stack reads: its
-/// environment, its permissions, idempotency scoped to it, rate limits of
-/// its environment.
-fn attested(attester: &Attester) -> Authenticated {
-    Authenticated {
-        key: blindpass_service::ApiKey {
-            id: format!("attester:{}", attester.name),
-            name: Some(attester.name.clone()),
-            environment: attester.environment,
-            permissions: attester.permissions.clone(),
-            lookup: String::new(),
-            secret_hash: [0; 32],
-            created_at: 0,
-            revoked_at: None,
-            rate_limit_per_minute: None,
-        },
-    }
+    envelope.admit(state.service.rate_limit_key(&principal).await?)?;
+    Ok(principal)
 }
 
 /// Checks the bearer secret. Failed authentications count against the
 /// client's address; past that limit the answer is 429, not 401.
-async fn authenticate(state: &AppState, headers: &HeaderMap, client: &Client) -> Result<Authenticated, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientAddr,
+) -> Result<blindpass_service::Authenticated, ApiError> {
     let e = match bearer(headers) {
         Ok(secret) => match state.service.authenticate(secret).await {
             Ok(auth) => return Ok(auth),

@@ -22,17 +22,17 @@ use blindpass_protocol::batch::{
 };
 use blindpass_protocol::voprf_wire::{AmortizedError, AmortizedTokenRequest, MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE};
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
-use blindpass_service::{Authenticated, IssueError, IssueRequest, KeySelector, TOKEN_TYPES};
+use blindpass_service::{IssueError, IssueRequest, KeySelector, Principal, TOKEN_TYPES};
 
 use crate::AppState;
 use crate::envelope::Envelope;
 use crate::error::ApiError;
 use crate::json::read_body;
 
-/// Issues a batch for `auth`'s environment.
+/// Issues a batch for `caller`'s environment.
 pub(crate) async fn issue(
     state: &AppState,
-    auth: &Authenticated,
+    caller: &Principal,
     envelope: &Envelope,
     framing: Framing,
     headers: &HeaderMap,
@@ -40,13 +40,13 @@ pub(crate) async fn issue(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
     let request = decode(&bytes, framing, state.limits.max_batch_size)?;
-    let environment = auth.key.environment;
+    let environment = caller.environment;
     let extra = request.items.len().saturating_sub(1) as u64;
-    envelope.admit(state.service.rate_limit_would_admit(&auth.key, extra).await?)?;
+    envelope.admit(state.service.rate_limit_would_admit(caller, extra).await?)?;
     let (issuable, positions) = issuable(&request.items);
     let evaluated = state.service.issue_batch(environment, issuable).await?;
     let issued = evaluated.iter().filter(|r| r.is_ok()).count() as u64;
-    envelope.counted(state.service.rate_limit_tokens(&auth.key, issued.saturating_sub(1)).await?);
+    envelope.counted(state.service.rate_limit_tokens(caller, issued.saturating_sub(1)).await?);
     let mut items: Vec<Option<GenericTokenResponse>> = vec![None; request.items.len()];
     let mut first_refusal = None;
     for (position, result) in positions.into_iter().zip(evaluated) {
@@ -60,13 +60,13 @@ pub(crate) async fn issue(
     reply(BatchTokenResponse { items }, framing, first_refusal)
 }
 
-/// Issues an amortized batch of token type 1 or 5 for `auth`'s environment:
+/// Issues an amortized batch of token type 1 or 5 for `caller`'s environment:
 /// 200 with every token, or one error for the whole batch (a 422 for a bad
 /// type, an unknown truncated id, a malformed or invalid element, or more
 /// elements than the batch cap).
 pub(crate) async fn issue_amortized(
     state: &AppState,
-    auth: &Authenticated,
+    caller: &Principal,
     envelope: &Envelope,
     headers: &HeaderMap,
     body: Body,
@@ -82,9 +82,9 @@ pub(crate) async fn issue_amortized(
         }
         e => ApiError::unprocessable(format!("The amortized batch token request cannot be decoded: {e}.")),
     })?;
-    let environment = auth.key.environment;
+    let environment = caller.environment;
     let extra = request.blinded_elements.len().saturating_sub(1) as u64;
-    envelope.admit(state.service.rate_limit_would_admit(&auth.key, extra).await?)?;
+    envelope.admit(state.service.rate_limit_would_admit(caller, extra).await?)?;
     let token_type = request.suite.token_type();
     let response = state
         .service
@@ -94,7 +94,7 @@ pub(crate) async fn issue_amortized(
             IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
             other => ApiError::from(other),
         })?;
-    envelope.counted(state.service.rate_limit_tokens(&auth.key, extra).await?);
+    envelope.counted(state.service.rate_limit_tokens(caller, extra).await?);
     let media_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE))];
     Ok((StatusCode::OK, media_type, response).into_response())
 }

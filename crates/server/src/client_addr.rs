@@ -209,14 +209,14 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 /// [`blindpass_service::client_bucket`]); `unknown` when the request did not
 /// come through a socket (router tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Client(pub String);
+pub struct ClientAddr(pub String);
 
-impl FromRequestParts<AppState> for Client {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         // Admission found it already (the same rule, once per request).
-        if let Some(client) = parts.extensions.get::<Client>() {
+        if let Some(client) = parts.extensions.get::<ClientAddr>() {
             return Ok(client.clone());
         }
         let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {

@@ -11,19 +11,19 @@ use blindpass_protocol::keys::TokenKeyId;
 use blindpass_service::IssueRequest;
 
 use crate::AppState;
-use crate::api_key::ApiKey;
+use crate::api_key::Caller;
 use crate::envelope::PersonaHeaders;
 use crate::error::ApiError;
 use crate::json::{Inflected, PersonaJson};
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    ApiKey(auth): ApiKey,
+    Caller(caller): Caller,
     persona: PersonaHeaders,
     PersonaJson(body): PersonaJson<CreatePrivacyPass>,
 ) -> Result<Inflected<PrivacyPass>, ApiError> {
     let request = issue_request(&body)?;
-    let blind_sig = state.service.issue(auth.key.environment, request).await?;
+    let blind_sig = state.service.issue(caller.environment, request).await?;
     let body = PrivacyPass { blind_sig: b64::encode_unpadded(&blind_sig) };
     Ok(Inflected(StatusCode::CREATED, persona.inflection, body))
 }

@@ -21,7 +21,7 @@ use blindpass_protocol::api::{Claim, GenerateClaim};
 use blindpass_protocol::auth;
 use blindpass_service::{IdempotencyCompletion, PresentedToken, RedeemError, Redemption, Relay, StoredResponse};
 
-use crate::client_addr::Client;
+use crate::client_addr::ClientAddr;
 use crate::envelope::{Envelope, PersonaHeaders};
 use crate::error::{ApiError, token_rejection};
 use crate::idempotency::{AlreadyStored, IdempotencyClaim, IdempotencyScope};
@@ -33,7 +33,7 @@ use crate::{AppState, JSON};
 /// is even looked up), the relay and its secret, then the relay's own limit.
 pub(crate) async fn admit_relay(
     State(state): State<AppState>,
-    client: Client,
+    client: ClientAddr,
     envelope: Envelope,
     relay_token: Result<Path<String>, PathRejection>,
     mut request: Request,
@@ -52,7 +52,7 @@ pub(crate) async fn admit_relay(
 
 async fn admit(
     state: &AppState,
-    client: &Client,
+    client: &ClientAddr,
     envelope: &Envelope,
     relay_token: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,

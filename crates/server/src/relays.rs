@@ -15,8 +15,8 @@ use blindpass_service::RelayEncryption;
 use blindpass_service::{ClaimType, Environment};
 
 use crate::AppState;
-use crate::api_key::ApiKey;
-use crate::client_addr::Client;
+use crate::api_key::Caller;
+use crate::client_addr::ClientAddr;
 use crate::envelope::{Envelope, PersonaHeaders};
 use crate::error::ApiError;
 use crate::json::{Inflected, PersonaJson};
@@ -31,7 +31,7 @@ const MAX_METHOD_LEN: usize = 64;
 /// `POST /api/privacy/v1/relays/challenge`.
 pub(crate) async fn challenge(
     State(state): State<AppState>,
-    client: Client,
+    client: ClientAddr,
     envelope: Envelope,
     persona: PersonaHeaders,
     PersonaJson(body): PersonaJson<ChallengeRequest>,
@@ -46,7 +46,7 @@ pub(crate) async fn challenge(
 /// `POST /api/privacy/v1/relays`.
 pub(crate) async fn create(
     State(state): State<AppState>,
-    client: Client,
+    client: ClientAddr,
     envelope: Envelope,
     persona: PersonaHeaders,
     PersonaJson(body): PersonaJson<CreateRelay>,
@@ -80,7 +80,7 @@ pub(crate) async fn create(
 /// with `relay.verify`) records the claim result of a production relay.
 pub(crate) async fn result(
     State(state): State<AppState>,
-    ApiKey(auth): ApiKey,
+    Caller(caller): Caller,
     persona: PersonaHeaders,
     relay_token: Result<Path<String>, PathRejection>,
     PersonaJson(body): PersonaJson<RecordResult>,
@@ -90,7 +90,7 @@ pub(crate) async fn result(
     };
     let methodology = methodology_json(body.methodology.as_deref().unwrap_or_default())?;
     let passed = body.claim_result.passed();
-    state.service.record_result(auth.key.environment, &relay_token, passed, methodology).await?;
+    state.service.record_result(caller.environment, &relay_token, passed, methodology).await?;
     let body = ResultRecorded { relay_token, claim_result: body.claim_result };
     Ok(Inflected(StatusCode::OK, persona.inflection, body))
 }
@@ -100,7 +100,7 @@ pub(crate) async fn result(
 /// its limit costs one counter and no body.
 pub(crate) async fn count_client(
     State(state): State<AppState>,
-    client: Client,
+    client: ClientAddr,
     envelope: Envelope,
     request: Request,
     next: Next,
@@ -118,7 +118,7 @@ pub(crate) async fn count_client(
 /// operator set one (the client was counted by [`count_client`]).
 async fn count_anonymous(
     state: &AppState,
-    _client: &Client,
+    _client: &ClientAddr,
     envelope: &Envelope,
     sandbox: Option<bool>,
 ) -> Result<Environment, ApiError> {

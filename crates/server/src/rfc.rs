@@ -16,8 +16,8 @@ use blindpass_service::{Environment, IssueError, IssueRequest, KeySelector, Rate
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::api_key::ApiKey;
-use crate::client_addr::Client;
+use crate::api_key::Caller;
+use crate::client_addr::ClientAddr;
 use crate::envelope::{Envelope, rate_limit_headers};
 use crate::error::ApiError;
 use crate::json::{read_body, require_content_type};
@@ -29,7 +29,7 @@ pub(crate) const TOKEN_REQUEST_PATH: &str = "/token-request";
 /// environments; `?sandbox=true` (or `false`) for one environment's.
 pub(crate) async fn directory(
     State(state): State<AppState>,
-    client: Client,
+    client: ClientAddr,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -114,16 +114,16 @@ fn cacheable(headers: &HeaderMap, body: Vec<u8>, max_age: i64) -> Response {
 /// of type 1 or 5 ([`crate::batch::issue_amortized`]).
 pub(crate) async fn token_request(
     State(state): State<AppState>,
-    ApiKey(auth): ApiKey,
+    Caller(caller): Caller,
     envelope: Envelope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     if let Some(framing) = batch_framing(&headers) {
-        return crate::batch::issue(&state, &auth, &envelope, framing, &headers, body).await;
+        return crate::batch::issue(&state, &caller, &envelope, framing, &headers, body).await;
     }
     if require_content_type(&headers, MEDIA_TYPE_AMORTIZED_BATCH_REQUEST).is_ok() {
-        return crate::batch::issue_amortized(&state, &auth, &envelope, &headers, body).await;
+        return crate::batch::issue_amortized(&state, &caller, &envelope, &headers, body).await;
     }
     require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST).map_err(|_| {
         ApiError::unsupported_media_type(&format!(
@@ -133,7 +133,7 @@ pub(crate) async fn token_request(
     })?;
     let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
     let request = issue_request(&bytes)?;
-    let blind_sig = state.service.issue(auth.key.environment, request).await.map_err(|e| match e {
+    let blind_sig = state.service.issue(caller.environment, request).await.map_err(|e| match e {
         IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
         other => ApiError::from(other),
     })?;

@@ -2,7 +2,7 @@
 //! address, per relay and per failed authentication, counted by the
 //! configured [`crate::RateLimiter`].
 
-use crate::{ApiKey, Bucket, BucketClass, Environment, Service, StoreError};
+use crate::{Bucket, BucketClass, Environment, Principal, Service, StoreError};
 
 /// What counting a request gives: where its window stands (`None` when
 /// that limit is off), or the store failure.
@@ -106,9 +106,9 @@ impl Service {
     /// environment's. A request the key's own limit refuses is not charged
     /// to the environment, so a key cannot spend its neighbours' share.
     /// Returns the status closer to refusing.
-    pub async fn rate_limit_key(&self, key: &ApiKey) -> Counted {
-        let own = match key.rate_limit_per_minute {
-            Some(limit) => self.count_n(PROTECTED, "apikey", &key.id, limit, 1).await?,
+    pub async fn rate_limit_key(&self, key: &Principal) -> Counted {
+        let own = match key.own_bucket() {
+            Some((name, limit)) => self.count_n(PROTECTED, "apikey", name, limit, 1).await?,
             None => None,
         };
         if own.is_some_and(|s| !s.allowed) {
@@ -123,9 +123,9 @@ impl Service {
     /// environment's), without counting them: a batch is admitted or refused
     /// whole before anything is charged. The status is what the windows
     /// would say after the batch.
-    pub async fn rate_limit_would_admit(&self, key: &ApiKey, tokens: u64) -> Counted {
-        let own = match key.rate_limit_per_minute {
-            Some(limit) => self.peek_n("apikey", &key.id, limit, tokens).await?,
+    pub async fn rate_limit_would_admit(&self, key: &Principal, tokens: u64) -> Counted {
+        let own = match key.own_bucket() {
+            Some((name, limit)) => self.peek_n("apikey", name, limit, tokens).await?,
             None => None,
         };
         let env = self.peek_n("env", key.environment.as_str(), self.config().rate_limit_per_minute, tokens).await?;
@@ -140,9 +140,9 @@ impl Service {
     /// windows: a batch counts its tokens when they are issued (the request
     /// was counted when it was authenticated, so a batch that issued n adds
     /// n − 1 here). Never a refusal: the tokens exist.
-    pub async fn rate_limit_tokens(&self, key: &ApiKey, tokens: u64) -> Counted {
-        let own = match key.rate_limit_per_minute {
-            Some(limit) => self.count_n(PROTECTED, "apikey", &key.id, limit, tokens).await?,
+    pub async fn rate_limit_tokens(&self, key: &Principal, tokens: u64) -> Counted {
+        let own = match key.own_bucket() {
+            Some((name, limit)) => self.count_n(PROTECTED, "apikey", name, limit, tokens).await?,
             None => None,
         };
         let env = self
