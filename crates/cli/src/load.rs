@@ -145,8 +145,8 @@ fn print_report(workload: Workload, args: &LoadArgs, r: &Report) -> anyhow::Resu
     if args.no_openssl || workload == Workload::Redeem {
         return Ok(());
     }
-    let single = crate::bench::openssl_speed(3, None)?;
-    let multi = crate::bench::openssl_speed(3, Some(2))?;
+    let single = crate::openssl::openssl_speed(3, None)?;
+    let multi = crate::openssl::openssl_speed(3, Some(2))?;
     println!("{:<34} {:>12.1}", "openssl speed rsa2048 (1 core)", single);
     println!("{:<34} {:>12.1}", "openssl speed -multi 2 rsa2048", multi);
     if let Some(us) = r.cpu_per_request_us() {

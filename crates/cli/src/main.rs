@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod edge;
 mod load;
+mod openssl;
 mod rotation;
 mod serve;
 mod settings;

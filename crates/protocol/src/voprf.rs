@@ -29,65 +29,8 @@ pub use client::{IssuanceState, begin_issuance, finalize_issuance};
 /// The `info` of RFC 9578 §5.6 key derivation.
 pub const KEY_INFO: &[u8] = b"PrivacyPass";
 
-/// A VOPRF token type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Suite {
-    /// Token type 0x0001, VOPRF(P-384, SHA-384).
-    P384,
-    /// Token type 0x0005, VOPRF(ristretto255, SHA-512).
-    Ristretto255,
-}
-
-impl Suite {
-    /// Both suites.
-    pub const ALL: [Self; 2] = [Self::P384, Self::Ristretto255];
-
-    /// The RFC 9578 token type.
-    pub const fn token_type(self) -> u16 {
-        match self {
-            Self::P384 => crate::batch::TOKEN_TYPE_VOPRF_P384,
-            Self::Ristretto255 => crate::batch::TOKEN_TYPE_VOPRF_RISTRETTO255,
-        }
-    }
-
-    /// The suite of a token type, if it is a VOPRF one.
-    pub const fn of_token_type(token_type: u16) -> Option<Self> {
-        match token_type {
-            crate::batch::TOKEN_TYPE_VOPRF_P384 => Some(Self::P384),
-            crate::batch::TOKEN_TYPE_VOPRF_RISTRETTO255 => Some(Self::Ristretto255),
-            _ => None,
-        }
-    }
-
-    /// `Ne`: a serialized element.
-    pub const fn element_len(self) -> usize {
-        match self {
-            Self::P384 => 49,
-            Self::Ristretto255 => 32,
-        }
-    }
-
-    /// `Ns`: a serialized scalar.
-    pub const fn scalar_len(self) -> usize {
-        match self {
-            Self::P384 => 48,
-            Self::Ristretto255 => 32,
-        }
-    }
-
-    /// `Nk`: the authenticator (the suite's hash output).
-    pub const fn authenticator_len(self) -> usize {
-        match self {
-            Self::P384 => 48,
-            Self::Ristretto255 => 64,
-        }
-    }
-
-    /// A single TokenResponse: `Ne + 2 Ns`.
-    pub const fn response_len(self) -> usize {
-        self.element_len() + 2 * self.scalar_len()
-    }
-}
+/// A VOPRF token type (its wire sizes live with the wire types).
+pub use crate::voprf_wire::Suite;
 
 /// A VOPRF operation that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

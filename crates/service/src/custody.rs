@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::issuer_key::RsaSigner;
-use crate::keyring::KeyError;
+use crate::key_error::KeyError;
 use crate::{KeyState, Service};
 
 /// The `custody` value of a PKCS#11 reference.

@@ -12,29 +12,9 @@ use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 use zeroize::Zeroizing;
 
 use crate::issuer_key::{KeyMaterial, LoadedKey};
-use crate::{Environment, IssuerKey, KeyState, Service, StoreError};
+use crate::{Environment, IssuerKey, KeyState, Service};
 
-/// Key management failures.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A stored key could not be parsed, or a key could not be generated.
-    #[error("issuer key error: {0}")]
-    Key(String),
-    /// Key material could not be opened with the configured key-encryption
-    /// key (missing, wrong, or the value was tampered with).
-    #[error(transparent)]
-    Kek(#[from] crate::kek::KekError),
-    /// No key with that id.
-    #[error("no issuer key {0}")]
-    NotFound(String),
-    /// A token type blindpass does not issue, or one this node has not
-    /// enabled.
-    #[error("token type {0} is not enabled")]
-    UnsupportedTokenType(u16),
-}
+pub use crate::key_error::KeyError;
 
 /// Fresh keys drawn before giving up on one whose truncated id differs from
 /// every live key of its type (each draw collides with probability n/256).

@@ -21,6 +21,7 @@ mod issue;
 mod issuer_key;
 mod jwe;
 pub mod kek;
+mod key_error;
 mod keyring;
 pub mod lifecycle;
 mod limiter;
