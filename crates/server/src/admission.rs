@@ -73,11 +73,13 @@ impl Default for AdmissionLimits {
 }
 
 impl AdmissionLimits {
-    /// How long a body of `declared` bytes (if declared) may take.
+    /// How long a body of `declared` bytes (if declared) may take. A
+    /// declared length is the client's word: the transfer time it buys is
+    /// capped at an hour (a body that large is refused 413 anyway).
     pub fn body_deadline(&self, declared: Option<u64>) -> Duration {
         let rate = self.body_min_bytes_per_sec.max(1);
-        let transfer = declared.map_or(0, |len| len.div_ceil(rate));
-        self.body_read_timeout + Duration::from_secs(transfer)
+        let transfer = declared.map_or(0, |len| len.div_ceil(rate)).min(3600);
+        self.body_read_timeout.saturating_add(Duration::from_secs(transfer))
     }
 }
 
@@ -367,6 +369,10 @@ mod tests {
         assert_eq!(limits.body_deadline(None), Duration::from_secs(5));
         assert_eq!(limits.body_deadline(Some(60)), Duration::from_secs(6));
         assert_eq!(limits.body_deadline(Some(64 * 1024)), Duration::from_secs(9));
+        // A hostile Content-Length buys at most an hour, and never overflows.
+        let slowest = AdmissionLimits { body_min_bytes_per_sec: 1, body_read_timeout: Duration::MAX, ..limits };
+        assert_eq!(slowest.body_deadline(Some(u64::MAX)), Duration::MAX);
+        assert_eq!(limits.body_deadline(Some(u64::MAX)), Duration::from_secs(5 + 3600));
     }
 
     #[tokio::test]
