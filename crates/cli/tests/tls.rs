@@ -151,6 +151,24 @@ fn unusable_tls_files_are_one_line_errors_at_start() {
     assert!(!out.status.success(), "--tls-cert without --tls-key");
 }
 
+/// `serve` over HTTPS with client certificates from `[cert, key, client CA]`
+/// (files reloaded every second) and `args` (its attesters), up and
+/// answering; returns it and its address.
+fn start_mtls(dir: &Path, server_ca: &str, [cert, key, client_ca]: [&str; 3], args: &[&str]) -> (Server, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(BIN)
+        .args(["--data-dir", dir.join("data").to_str().unwrap(), "serve", "--listen", &addr])
+        .args(["--tls-cert", cert, "--tls-key", key, "--client-ca", client_ca, "--tls-reload-secs", "1"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("https://{addr}") };
+    wait_for(server_ca, &format!("{}/health", server.base));
+    (server, addr)
+}
+
 /// A client certificate for `name` signed by `issuer` (PEM cert, PEM key).
 fn client_cert(name: &str, issuer: &rcgen::Issuer<'_, KeyPair>) -> (String, String) {
     let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
@@ -217,17 +235,9 @@ fn mtls_attesters_get_tokens_without_an_api_key_and_nobody_else_does() {
         let (c, k) = client_cert(name, issuer);
         files.insert(label, (write(d, &format!("{label}.pem"), &c), write(d, &format!("{label}-key.pem"), &k)));
     }
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["--data-dir", d.join("data").to_str().unwrap(), "serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &clients_ca])
-        .args(["--attester", "attester.example=sandbox", "--attester", "verifier.example=production:relay.verify"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, base: format!("https://127.0.0.1:{port}") };
-    wait_for(&ca, &format!("{}/health", server.base));
+    let attesters =
+        ["--attester", "attester.example=sandbox", "--attester", "verifier.example=production:relay.verify"];
+    let (server, _) = start_mtls(d, &ca, [&cert, &key, &clients_ca], &attesters);
 
     // The sandbox key from the directory; a TokenRequest for it.
     let (ok, _, directory) =
@@ -346,18 +356,7 @@ async fn a_changed_client_ca_is_picked_up_and_closes_the_connections_it_no_longe
     let clients_ca = write(d, "clients.pem", &old_pem);
     let (old_cert, old_key) = client_cert("attester.example", &old_ca);
     let (new_cert, new_key) = client_cert("attester.example", &new_ca);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(BIN)
-        .args(["--data-dir", d.join("data").to_str().unwrap(), "serve", "--listen", &addr])
-        .args(["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &clients_ca, "--tls-reload-secs", "1"])
-        .args(["--attester", "attester.example=sandbox"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, base: format!("https://{addr}") };
-    wait_for(&ca, &format!("{}/health", server.base));
+    let (server, addr) = start_mtls(d, &ca, [&cert, &key, &clients_ca], &["--attester", "attester.example=sandbox"]);
 
     // A connection of the old CA's attester, kept open.
     let mut open = mtls_connect(&addr, &server_pki.ca, &old_cert, &old_key).await.unwrap();
