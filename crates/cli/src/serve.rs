@@ -38,21 +38,7 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     let local = listener.local_addr().context("reading the listen address")?;
     let rate_limit = config.rate_limit_per_minute;
     tracing::info!(listen = %local, store = %redact_url(&url), rate_limit, "blindpass listening");
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let reload_every = std::time::Duration::from_secs(args.tls_reload_secs.unwrap_or(30).max(1));
-            let attesters = args.attesters.iter().map(|a| attester(a)).collect::<anyhow::Result<Vec<_>>>()?;
-            let files = blindpass_server::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                reload_every,
-                client_ca: args.client_ca.clone(),
-                attesters,
-            };
-            Some(blindpass_server::tls::ReloadingTls::load(files)?)
-        }
-        _ => None,
-    };
+    let tls = tls(&args)?;
     let metrics = match &args.metrics_listen {
         Some(addr) => Some(metrics_listener(addr, service.clone(), limits.connections).await?),
         None => None,
@@ -70,6 +56,21 @@ async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> any
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// HTTPS from `--tls-cert`/`--tls-key` (and mTLS attesters), if given.
+fn tls(args: &ServeArgs) -> anyhow::Result<Option<Arc<blindpass_server::tls::ReloadingTls>>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
+    let reload_every = std::time::Duration::from_secs(args.tls_reload_secs.unwrap_or(30).max(1));
+    let attesters = args.attesters.iter().map(|a| attester(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let files = blindpass_server::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        reload_every,
+        client_ca: args.client_ca.clone(),
+        attesters,
+    };
+    Ok(Some(blindpass_server::tls::ReloadingTls::load(files)?))
 }
 
 /// `--attester NAME=ENV[:PERMISSION+PERMISSION]`.

@@ -31,12 +31,11 @@ const MAX_METHOD_LEN: usize = 64;
 /// `POST /api/privacy/v1/relays/challenge`.
 pub(crate) async fn challenge(
     State(state): State<AppState>,
-    client: ClientAddr,
     envelope: Envelope,
     persona: PersonaHeaders,
     PersonaJson(body): PersonaJson<ChallengeRequest>,
 ) -> Result<Inflected<ChallengeResponse>, ApiError> {
-    let environment = count_anonymous(&state, &client, &envelope, body.sandbox).await?;
+    let environment = count_anonymous(&state, &envelope, body.sandbox).await?;
     let offer = state.service.challenge(environment, &claim_type(&body.claim_type)?).await?;
     let body =
         ChallengeResponse { challenge: offer.challenge, token_key: offer.token_key, token_key_id: offer.token_key_id };
@@ -46,12 +45,11 @@ pub(crate) async fn challenge(
 /// `POST /api/privacy/v1/relays`.
 pub(crate) async fn create(
     State(state): State<AppState>,
-    client: ClientAddr,
     envelope: Envelope,
     persona: PersonaHeaders,
     PersonaJson(body): PersonaJson<CreateRelay>,
 ) -> Result<Inflected<RelayCreated>, ApiError> {
-    let environment = count_anonymous(&state, &client, &envelope, body.sandbox).await?;
+    let environment = count_anonymous(&state, &envelope, body.sandbox).await?;
     let claim = claim_type(&body.claim_type)?;
     let jwk = match &body.encryption_key_jwk {
         Some(value) => Some(EncryptionJwk::parse(value).map_err(|e| {
@@ -118,7 +116,6 @@ pub(crate) async fn count_client(
 /// operator set one (the client was counted by [`count_client`]).
 async fn count_anonymous(
     state: &AppState,
-    _client: &ClientAddr,
     envelope: &Envelope,
     sandbox: Option<bool>,
 ) -> Result<Environment, ApiError> {
