@@ -14,8 +14,7 @@
 //! types 1 and 5) is [`issue_amortized`]: one key, many elements, one
 //! proof. Rate limits count a batch's tokens, either kind.
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::batch::{
     BatchTokenRequest, BatchTokenResponse, Framing, GenericTokenRequest, GenericTokenResponse,
@@ -27,7 +26,6 @@ use blindpass_service::{IssueError, IssueRequest, KeySelector, Principal, TOKEN_
 use crate::AppState;
 use crate::envelope::Envelope;
 use crate::error::ApiError;
-use crate::json::read_body;
 
 /// Issues a batch for `caller`'s environment.
 pub(crate) async fn issue(
@@ -35,11 +33,9 @@ pub(crate) async fn issue(
     caller: &Principal,
     envelope: &Envelope,
     framing: Framing,
-    headers: &HeaderMap,
-    body: Body,
+    bytes: &[u8],
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
-    let request = decode(&bytes, framing, state.limits.max_batch_size)?;
+    let request = decode(bytes, framing, state.limits.max_batch_size)?;
     let environment = caller.environment;
     let extra = request.items.len().saturating_sub(1) as u64;
     envelope.admit(state.service.rate_limit_would_admit(caller, extra).await?)?;
@@ -68,12 +64,10 @@ pub(crate) async fn issue_amortized(
     state: &AppState,
     caller: &Principal,
     envelope: &Envelope,
-    headers: &HeaderMap,
-    body: Body,
+    bytes: &[u8],
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
     let max = state.limits.max_batch_size;
-    let request = AmortizedTokenRequest::decode(&bytes, max).map_err(|e| match e {
+    let request = AmortizedTokenRequest::decode(bytes, max).map_err(|e| match e {
         AmortizedError::TooMany { found, max } => ApiError::unprocessable(format!(
             "An amortized batch holds at most {max} elements; this one holds {found}. Split it."
         )),

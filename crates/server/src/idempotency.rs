@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::envelope::PersonaHeaders;
 use crate::error::ApiError;
-use crate::json::read_body;
+use crate::json::read_once;
 use crate::{AppState, JSON};
 
 /// How long an idempotent response is kept.
@@ -74,7 +74,7 @@ async fn claimed(state: &AppState, key: String, request: Request, next: Next) ->
     let (mut parts, body) = request.into_parts();
     let scope = parts.extensions.get::<IdempotencyScope>().cloned();
     let scope = scope.ok_or_else(|| ApiError::internal(&"idempotency layer without a scope"))?;
-    let bytes = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
+    let bytes = read_once(&mut parts, body, state.limits.max_body_bytes).await?;
     let media_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let print = fingerprint(parts.method.as_str(), parts.uri.path(), media_type, &bytes, &scope.extra);
     let claim = IdempotencyClaim { scope: scope.scope, key };
@@ -84,7 +84,7 @@ async fn claimed(state: &AppState, key: String, request: Request, next: Next) ->
         IdempotencyBegin::InFlight => Err(in_flight()),
         IdempotencyBegin::Started => {
             parts.extensions.insert(claim.clone());
-            Ok(run(state, claim, Request::from_parts(parts, Body::from(bytes)), next).await)
+            Ok(run(state, claim, Request::from_parts(parts, Body::empty()), next).await)
         }
     }
 }

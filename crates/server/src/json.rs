@@ -7,6 +7,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -25,9 +26,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for PersonaJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         require_content_type(&parts.headers, "application/json")?;
-        let bytes = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
+        let bytes = read_once(&mut parts, body, state.limits.max_body_bytes).await?;
         decode(&bytes).map(Self)
     }
 }
@@ -52,6 +53,24 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
         true => body_timed_out(),
         false => ApiError::payload_too_large(limit),
     })
+}
+
+/// A request body already read from the connection by an earlier layer
+/// (the idempotency layer, or redemption before its own task): later
+/// layers and the handler take it from here, so a body is read once.
+#[derive(Debug, Clone)]
+pub(crate) struct BufferedBody(Bytes);
+
+/// The request's body: the one an earlier layer read ([`BufferedBody`]),
+/// or read now with [`read_body`] and kept in `parts` for the layers after
+/// this one (which get an empty `Body` with it).
+pub(crate) async fn read_once(parts: &mut Parts, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(BufferedBody(bytes)) = parts.extensions.get::<BufferedBody>() {
+        return Ok(bytes.clone());
+    }
+    let bytes = read_body(&parts.headers, body, limit).await?;
+    parts.extensions.insert(BufferedBody(bytes.clone()));
+    Ok(bytes)
 }
 
 /// The body did not arrive within its deadline.

@@ -1,11 +1,19 @@
 //! `POST /api/privacy/v1/relays/{relay-token}/generate-claim`: redemption.
 //!
 //! ```text
-//! admit_relay (client limit → relay and secret → relay limit)
-//!   → run_to_completion (the rest runs in a task of its own)
+//! admit_relay (client limit → relay and secret → relay limit;
+//!              Authorization parsed once → PresentedText)
+//!   → run_to_completion (body read once → BufferedBody; the rest runs in a
+//!                        task of its own)
 //!   → idempotency
-//!   → generate_claim: body check → PresentedToken::parse → Service::redeem → Claim
+//!   → generate_claim: ClaimRequest (body check) → PresentedToken::parse
+//!       → Service::check_redemption → Checked (verified, claim made)
+//!       → Service::spend (spend + claim + idempotent answer, one transaction)
+//!       → Redemption → Claim (rendered by `claim_response`, also for the
+//!         stored answer)
 //! ```
+//!
+//! Every call goes down and returns: the service never runs server code.
 //!
 //! A redemption is one unit: neither the request timeout nor a client
 //! hanging up can cut it between its commit and its answer (a client that
@@ -13,7 +21,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, Request, State};
+use axum::extract::{Extension, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +34,7 @@ use crate::envelope::{Envelope, PersonaHeaders};
 use crate::error::{ApiError, token_rejection};
 use crate::idempotency::{AlreadyStored, IdempotencyClaim, IdempotencyScope};
 use crate::inflection::Inflection;
-use crate::json::{Inflected, decode, inflected_body, read_body, require_content_type};
+use crate::json::{Inflected, decode, inflected_body, read_once, require_content_type};
 use crate::{AppState, JSON};
 
 /// The gates before a redemption: the client's rate limit (before the relay
@@ -41,8 +49,10 @@ pub(crate) async fn admit_relay(
 ) -> Response {
     match admit(&state, &client, &envelope, relay_token, request.headers()).await {
         Ok(relay) => {
-            let extra = presented_token(request.headers()).unwrap_or_default().into_bytes();
+            let presented = PresentedText(presented_token(request.headers()));
+            let extra = presented.0.clone().unwrap_or_default().into_bytes();
             request.extensions_mut().insert(IdempotencyScope { scope: format!("relay:{}", relay.token), extra });
+            request.extensions_mut().insert(presented);
             request.extensions_mut().insert(relay);
             next.run(request).await
         }
@@ -68,67 +78,87 @@ async fn admit(
     Ok(relay)
 }
 
+/// The `token` of the request's `Authorization: PrivateToken`, parsed once
+/// by [`admit_relay`] (for the idempotency fingerprint and the redemption).
+#[derive(Debug, Clone)]
+pub(crate) struct PresentedText(Option<String>);
+
 /// Runs the rest of the stack in a task of its own, so that dropping the
-/// request (timeout, disconnect) cannot cancel it. The body is read first,
-/// under the request's own timeout.
+/// request (timeout, disconnect) cannot cancel it. The body is read first
+/// (once, [`read_once`]), under the request's own timeout.
 pub(crate) async fn run_to_completion(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let bytes = match read_body(&parts.headers, body, state.limits.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(e) => return e.into_response(),
-    };
-    let request = Request::from_parts(parts, Body::from(bytes));
+    let (mut parts, body) = request.into_parts();
+    if let Err(e) = read_once(&mut parts, body, state.limits.max_body_bytes).await {
+        return e.into_response();
+    }
+    let request = Request::from_parts(parts, Body::empty());
     match tokio::spawn(next.run(request)).await {
         Ok(response) => response,
         Err(e) => ApiError::internal(&e).into_response(),
     }
 }
 
-/// The redemption itself.
+/// A generate-claim request, as the handler takes it: the body (Persona's
+/// SDK sends `{}`; an empty body is accepted too) checked, and the token
+/// [`admit_relay`] found in `Authorization`.
+pub(crate) struct ClaimRequest {
+    token: Option<String>,
+}
+
+impl FromRequest<AppState> for ClaimRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let bytes = read_once(&mut parts, body, state.limits.max_body_bytes).await?;
+        if !bytes.iter().all(u8::is_ascii_whitespace) {
+            require_content_type(&parts.headers, "application/json")?;
+            decode::<GenerateClaim>(&bytes).map(|GenerateClaim {}| ())?;
+        }
+        let presented = parts.extensions.get::<PresentedText>().cloned();
+        let PresentedText(token) =
+            presented.ok_or_else(|| ApiError::internal(&"generate-claim without admit_relay"))?;
+        Ok(Self { token })
+    }
+}
+
+/// The redemption itself: check, then spend with the answer a retry under
+/// the same `Idempotency-Key` gets (rendered here, as the reply is).
 pub(crate) async fn generate_claim(
     State(state): State<AppState>,
     Extension(relay): Extension<Relay>,
     persona: PersonaHeaders,
     claim: Option<Extension<IdempotencyClaim>>,
-    headers: HeaderMap,
-    body: Body,
+    request: ClaimRequest,
 ) -> Response {
-    let redemption = async {
-        check_body(&state, &headers, body).await?;
-        let Some(text) = presented_token(&headers) else {
-            return Ok(token_required(&state, &relay, "Request a challenge to obtain a token").await);
-        };
-        let token = match PresentedToken::parse(&text) {
-            Ok(token) => token,
-            Err(why) => {
-                state.service.metrics().rejected_token(why.label());
-                return Ok(token_required(&state, &relay, token_rejection(why)).await);
-            }
-        };
-        let respond = |r: &Redemption| completion(claim.map(|Extension(c)| c), persona.inflection, r);
-        let result = state.service.redeem(&relay, &token, respond).await;
-        redemption_reply(&state, &relay, persona.inflection, result).await
+    let Some(text) = request.token else {
+        return token_required(&state, &relay, "Request a challenge to obtain a token").await;
     };
-    redemption.await.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// Persona's SDK sends `{}`; an empty body is accepted too.
-async fn check_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
-    let bytes = read_body(headers, body, state.limits.max_body_bytes).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
+    let token = match PresentedToken::parse(&text) {
+        Ok(token) => token,
+        Err(why) => {
+            state.service.metrics().rejected_token(why.label());
+            return token_required(&state, &relay, token_rejection(why)).await;
+        }
+    };
+    let result = async {
+        let checked = state.service.check_redemption(&relay, &token).await?;
+        let answer = match (claim, checked.spends()) {
+            (Some(Extension(claim)), true) => stored_answer(claim, persona.inflection, checked.redemption()),
+            _ => None,
+        };
+        state.service.spend(&relay, checked, answer).await
+    };
+    match result.await {
+        Ok(redemption) => claim_response(persona.inflection, &redemption),
+        Err(RedeemError::InvalidToken(why)) => token_required(&state, &relay, token_rejection(why)).await,
+        Err(other) => ApiError::from(other).into_response(),
     }
-    require_content_type(headers, "application/json")?;
-    decode::<GenerateClaim>(&bytes).map(|GenerateClaim {}| ())
 }
 
-/// The idempotent answer a successful redemption stores with its spend.
-fn completion(
-    claim: Option<IdempotencyClaim>,
-    inflection: Inflection,
-    r: &Redemption,
-) -> Option<IdempotencyCompletion> {
-    let claim = claim?;
+/// The idempotent answer a successful redemption stores with its spend:
+/// the same bytes [`claim_response`] sends.
+fn stored_answer(claim: IdempotencyClaim, inflection: Inflection, r: &Redemption) -> Option<IdempotencyCompletion> {
     let body = inflected_body(inflection, &claim_body(r)).ok()?;
     let response = StoredResponse { status: StatusCode::OK.as_u16(), content_type: JSON.to_owned(), body };
     Some(IdempotencyCompletion { scope: claim.scope, key: claim.key, response })
@@ -138,24 +168,14 @@ fn claim_body(r: &Redemption) -> Claim {
     Claim { claim_payload: r.claim_payload.clone(), token_consumed: r.token_consumed }
 }
 
-/// A redemption's outcome as the client sees it.
-async fn redemption_reply(
-    state: &AppState,
-    relay: &Relay,
-    inflection: Inflection,
-    result: Result<Redemption, RedeemError>,
-) -> Result<Response, ApiError> {
-    match result {
-        Ok(redemption) => {
-            let mut response = Inflected(StatusCode::OK, inflection, claim_body(&redemption)).into_response();
-            if redemption.response_stored {
-                response.extensions_mut().insert(AlreadyStored);
-            }
-            Ok(response)
-        }
-        Err(RedeemError::InvalidToken(why)) => Ok(token_required(state, relay, token_rejection(why)).await),
-        Err(other) => Err(other.into()),
+/// A redemption as the client sees it (marked when its answer is stored
+/// already, so the idempotency layer does not store it again).
+fn claim_response(inflection: Inflection, redemption: &Redemption) -> Response {
+    let mut response = Inflected(StatusCode::OK, inflection, claim_body(redemption)).into_response();
+    if redemption.response_stored {
+        response.extensions_mut().insert(AlreadyStored);
     }
+    response
 }
 
 /// The `token` of `Authorization: PrivateToken token=…`, if present.

@@ -1,7 +1,7 @@
 //! The RFC 9578 dialect: the issuer directory and `/token-request`.
 
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::batch::{Framing, MEDIA_TYPE_ARBITRARY_BATCH_REQUEST, MEDIA_TYPE_GENERIC_BATCH_REQUEST};
@@ -20,7 +20,7 @@ use crate::api_key::Caller;
 use crate::client_addr::ClientAddr;
 use crate::envelope::{Envelope, rate_limit_headers};
 use crate::error::ApiError;
-use crate::json::{read_body, require_content_type};
+use crate::json::{read_once, require_content_type};
 
 /// Path of the issuance endpoint named in the directory.
 pub(crate) const TOKEN_REQUEST_PATH: &str = "/token-request";
@@ -108,37 +108,66 @@ fn cacheable(headers: &HeaderMap, body: Vec<u8>, max_age: i64) -> Response {
 }
 
 /// `POST /token-request`: RFC 9578 issuance with a Bearer API key, by media
-/// type: a single `TokenRequest` of type 2 (§6), 1 or 5 (§5) →
-/// [`IssueRequest`] (key by truncated id) → `Service::issue` →
+/// type ([`IssuanceBody`]): a single `TokenRequest` of type 2 (§6), 1 or 5
+/// (§5) → [`IssueRequest`] (key by truncated id) → `Service::issue` →
 /// `TokenResponse`; a generic batch ([`crate::batch`]); an amortized batch
 /// of type 1 or 5 ([`crate::batch::issue_amortized`]).
 pub(crate) async fn token_request(
     State(state): State<AppState>,
     Caller(caller): Caller,
     envelope: Envelope,
-    headers: HeaderMap,
-    body: Body,
+    body: IssuanceBody,
 ) -> Result<Response, ApiError> {
-    if let Some(framing) = batch_framing(&headers) {
-        return crate::batch::issue(&state, &caller, &envelope, framing, &headers, body).await;
-    }
-    if require_content_type(&headers, MEDIA_TYPE_AMORTIZED_BATCH_REQUEST).is_ok() {
-        return crate::batch::issue_amortized(&state, &caller, &envelope, &headers, body).await;
-    }
-    require_content_type(&headers, MEDIA_TYPE_TOKEN_REQUEST).map_err(|_| {
-        ApiError::unsupported_media_type(&format!(
-            "{MEDIA_TYPE_TOKEN_REQUEST}, {MEDIA_TYPE_GENERIC_BATCH_REQUEST}, {MEDIA_TYPE_AMORTIZED_BATCH_REQUEST} \
-             or {MEDIA_TYPE_ARBITRARY_BATCH_REQUEST}"
-        ))
-    })?;
-    let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
-    let request = issue_request(&bytes)?;
+    let request = match body {
+        IssuanceBody::Single(request) => request,
+        IssuanceBody::Generic(framing, bytes) => {
+            return crate::batch::issue(&state, &caller, &envelope, framing, &bytes).await;
+        }
+        IssuanceBody::Amortized(bytes) => {
+            return crate::batch::issue_amortized(&state, &caller, &envelope, &bytes).await;
+        }
+    };
     let blind_sig = state.service.issue(caller.environment, request).await.map_err(|e| match e {
         IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
         other => ApiError::from(other),
     })?;
     let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE))];
     Ok((StatusCode::OK, content_type, blind_sig).into_response())
+}
+
+/// A `/token-request` body, told apart by its media type (415 for another)
+/// and read once (413 over the limit, 408 late).
+pub(crate) enum IssuanceBody {
+    /// One `TokenRequest`, decoded (422 if it is not one).
+    Single(IssueRequest),
+    /// A generic batch in this framing, to decode.
+    Generic(Framing, Bytes),
+    /// An amortized batch of type 1 or 5, to decode.
+    Amortized(Bytes),
+}
+
+impl FromRequest<AppState> for IssuanceBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let framing = batch_framing(&parts.headers);
+        let amortized = require_content_type(&parts.headers, MEDIA_TYPE_AMORTIZED_BATCH_REQUEST).is_ok();
+        if framing.is_none() && !amortized {
+            require_content_type(&parts.headers, MEDIA_TYPE_TOKEN_REQUEST).map_err(|_| {
+                ApiError::unsupported_media_type(&format!(
+                    "{MEDIA_TYPE_TOKEN_REQUEST}, {MEDIA_TYPE_GENERIC_BATCH_REQUEST}, \
+                     {MEDIA_TYPE_AMORTIZED_BATCH_REQUEST} or {MEDIA_TYPE_ARBITRARY_BATCH_REQUEST}"
+                ))
+            })?;
+        }
+        let bytes = read_once(&mut parts, body, state.limits.max_body_bytes).await?;
+        Ok(match framing {
+            Some(framing) => Self::Generic(framing, bytes),
+            None if amortized => Self::Amortized(bytes),
+            None => Self::Single(issue_request(&bytes)?),
+        })
+    }
 }
 
 /// The batch framing the request's media type names, if it names one.

@@ -101,20 +101,45 @@ impl From<KeyError> for RedeemError {
     }
 }
 
-/// The outcome of a redemption.
+/// The outcome of a redemption, as domain data: the server renders it the
+/// same way for a first answer, a replay at the same relay, and the answer
+/// it stores for an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redemption {
     /// The claim JSON, or base64 of its RSA-OAEP ciphertext.
     pub claim_payload: String,
     /// True when the claim passed and the token is now spent.
     pub token_consumed: bool,
-    /// True when the idempotent response built by the caller's `respond`
-    /// was stored in the spend's own transaction.
+    /// True when the answer given to [`Service::spend`] was stored in the
+    /// spend's own transaction.
     pub response_stored: bool,
+}
+
+/// A presented token verified and its claim made, nothing spent yet: the
+/// first half of a redemption ([`Service::check_redemption`]). What it
+/// will answer is [`Checked::redemption`]; [`Service::spend`] finishes it.
+#[derive(Debug)]
+pub struct Checked {
+    redemption: Redemption,
+    /// The token to spend (none when the claim did not pass).
+    to_spend: Option<Verified>,
+}
+
+impl Checked {
+    /// What the redemption answers once spent.
+    pub fn redemption(&self) -> &Redemption {
+        &self.redemption
+    }
+
+    /// Whether [`Service::spend`] will spend a token (the claim passed).
+    pub fn spends(&self) -> bool {
+        self.to_spend.is_some()
+    }
 }
 
 /// A verified token: who signed it, its double-spend key, and the last
 /// moment any node could accept it.
+#[derive(Debug)]
 struct Verified {
     key: Arc<LoadedKey>,
     nonce: Vec<u8>,
@@ -154,62 +179,53 @@ impl PresentedToken {
 }
 
 impl Service {
-    /// Redeems `presented` at `relay`: verifies it, takes the claim result,
-    /// and spends the token only when the claim passed.
-    ///
-    /// The spend, the claim payload and the idempotent response that
-    /// `respond` builds from the successful redemption commit in one
-    /// transaction. Presenting the same token at the same relay again
-    /// returns the stored claim (for a client whose answer was lost); at any
-    /// other relay it is "already used". Callers must not cancel this future
-    /// once started (run it in its own task): cancellation cannot undo a
-    /// commit, only lose its answer.
-    pub async fn redeem(
-        &self,
-        relay: &Relay,
-        presented: &PresentedToken,
-        respond: impl FnOnce(&Redemption) -> Option<IdempotencyCompletion>,
-    ) -> Result<Redemption, RedeemError> {
-        let result = self.redeem_once(relay, presented, respond).await;
-        self.metrics().redemption(match &result {
-            Ok(r) if !r.token_consumed => "not_passed",
-            // Counted by `spend`, which knows a first spend from a replay.
-            Ok(_) => return result,
-            Err(RedeemError::InvalidToken(TokenRejection::AlreadyUsed)) => "double_spend",
-            Err(RedeemError::InvalidToken(why)) => why.label(),
-            Err(RedeemError::Pending) => "pending",
-            Err(RedeemError::PayloadTooLarge) => "payload_too_large",
-            Err(RedeemError::Store(_) | RedeemError::Internal(_)) => "error",
-        });
+    /// Redeems `presented` at `relay` in one call, with no idempotent
+    /// answer to store: [`Self::check_redemption`] then [`Self::spend`].
+    pub async fn redeem(&self, relay: &Relay, presented: &PresentedToken) -> Result<Redemption, RedeemError> {
+        let checked = self.check_redemption(relay, presented).await?;
+        self.spend(relay, checked, None).await
+    }
+
+    /// The first half of a redemption: verifies `presented` for `relay`
+    /// (challenge first, then key and signature), takes the claim result
+    /// and makes the claim payload. Nothing is written.
+    pub async fn check_redemption(&self, relay: &Relay, presented: &PresentedToken) -> Result<Checked, RedeemError> {
+        let result = self.check_once(relay, presented).await;
+        let label = match &result {
+            Ok(checked) if checked.spends() => return result,
+            Ok(_) => "not_passed",
+            Err(e) => error_label(e),
+        };
+        self.metrics().redemption(label);
         result
     }
 
-    async fn redeem_once(
-        &self,
-        relay: &Relay,
-        presented: &PresentedToken,
-        respond: impl FnOnce(&Redemption) -> Option<IdempotencyCompletion>,
-    ) -> Result<Redemption, RedeemError> {
+    async fn check_once(&self, relay: &Relay, presented: &PresentedToken) -> Result<Checked, RedeemError> {
         let verified = self.verify(relay, presented).await?;
         let (passed, methodology_json) = claim_result(relay)?;
         let claim_payload = self.claim_payload(relay, passed, &methodology_json)?;
-        let mut redemption = Redemption { claim_payload, token_consumed: passed, response_stored: false };
-        if !passed {
-            return Ok(redemption);
-        }
-        let idempotency = respond(&redemption);
-        redemption.response_stored = idempotency.is_some();
-        self.spend(relay, verified, redemption, idempotency).await
+        let redemption = Redemption { claim_payload, token_consumed: passed, response_stored: false };
+        Ok(Checked { redemption, to_spend: passed.then_some(verified) })
     }
 
-    /// Spends the verified token with its claim (and idempotent answer).
-    async fn spend(
+    /// The second half: spends the checked token with its claim payload and,
+    /// when given, the idempotent `answer`, all in one transaction. A claim
+    /// that did not pass spends nothing and stores nothing.
+    ///
+    /// Presenting the same token at the same relay again returns the stored
+    /// claim (for a client whose answer was lost); at any other relay it is
+    /// "already used". Callers must not cancel this future once started
+    /// (run it in its own task): cancellation cannot undo a commit, only
+    /// lose its answer.
+    pub async fn spend(
         &self,
         relay: &Relay,
-        verified: Verified,
-        redemption: Redemption,
-        idempotency: Option<IdempotencyCompletion>,
+        checked: Checked,
+        answer: Option<IdempotencyCompletion>,
     ) -> Result<Redemption, RedeemError> {
+        let Checked { mut redemption, to_spend } = checked;
+        let Some(verified) = to_spend else { return Ok(redemption) };
+        redemption.response_stored = answer.is_some();
         let spend = blindpass_store::Spend {
             key_id: verified.key.record.id.clone(),
             nonce: verified.nonce,
@@ -217,21 +233,20 @@ impl Service {
             spent_at: self.now(),
             expires_at: verified.expires_at,
             claim_payload: redemption.claim_payload.clone(),
-            idempotency,
+            idempotency: answer,
         };
-        match self.store().spend_token(&spend).await? {
-            SpendOutcome::Spent => {
-                self.metrics().redemption("accepted");
-                Ok(redemption)
+        let (label, result) = match self.store().spend_token(&spend).await {
+            Ok(SpendOutcome::Spent) => ("accepted", Ok(redemption)),
+            // The same relay presenting the token again gets its claim back
+            // (an answer that was lost): counted apart.
+            Ok(SpendOutcome::SpentHere { claim_payload }) => {
+                ("replayed", Ok(Redemption { claim_payload, token_consumed: true, response_stored: false }))
             }
-            SpendOutcome::SpentHere { claim_payload } => {
-                // The same relay presenting the token again gets its claim
-                // back (an answer that was lost): counted apart.
-                self.metrics().redemption("replayed");
-                Ok(Redemption { claim_payload, token_consumed: true, response_stored: false })
-            }
-            SpendOutcome::SpentElsewhere => Err(RedeemError::InvalidToken(TokenRejection::AlreadyUsed)),
-        }
+            Ok(SpendOutcome::SpentElsewhere) => ("double_spend", Err(reject(TokenRejection::AlreadyUsed))),
+            Err(e) => ("error", Err(RedeemError::Store(e))),
+        };
+        self.metrics().redemption(label);
+        result
     }
 
     /// Checks a presented token of either format: its challenge first (a
@@ -345,6 +360,16 @@ fn claim_result(relay: &Relay) -> Result<(bool, String), RedeemError> {
         (Environment::Sandbox, _) => Ok((true, "[]".to_owned())),
         (Environment::Production, None) => Err(RedeemError::Pending),
         (Environment::Production, Some(r)) => Ok((r.passed, r.methodology_json.clone())),
+    }
+}
+
+/// The `outcome` label of `redemption_total` for a refused redemption.
+fn error_label(e: &RedeemError) -> &'static str {
+    match e {
+        RedeemError::InvalidToken(why) => why.label(),
+        RedeemError::Pending => "pending",
+        RedeemError::PayloadTooLarge => "payload_too_large",
+        RedeemError::Store(_) | RedeemError::Internal(_) => "error",
     }
 }
 

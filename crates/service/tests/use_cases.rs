@@ -65,7 +65,7 @@ fn claim(text: &str) -> ClaimType {
 /// redeem (a parse refusal is the same typed rejection).
 async fn redeem(service: &Service, relay: &Relay, text: &str) -> Result<blindpass_service::Redemption, RedeemError> {
     let token = PresentedToken::parse(text).map_err(RedeemError::InvalidToken)?;
-    service.redeem(relay, &token, |_| None).await
+    service.redeem(relay, &token).await
 }
 
 fn rejection(result: Result<blindpass_service::Redemption, RedeemError>) -> TokenRejection {
