@@ -9,6 +9,10 @@
 
 #![forbid(unsafe_code)]
 
+mod cause;
+
+pub use cause::{Cause, chain};
+
 use std::fmt;
 use std::str::FromStr;
 

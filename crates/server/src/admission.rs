@@ -225,17 +225,11 @@ pub(crate) async fn admit(
         Err(Refusal::ClientShare) => {
             service.metrics().shed();
             tracing::debug!(client = %client.0, "client's in-flight share reached");
-            let details = format!(
-                "This client has {} requests in flight, the most it may have. Please retry.",
-                admission.limits.max_in_flight_per_client
-            );
-            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too many concurrent requests", details)
-                .retry_after(1)
-                .into_response();
+            return ApiError::TooManyInFlight(admission.limits.max_in_flight_per_client).into_response();
         }
         Err(Refusal::Capacity) => {
             service.metrics().shed();
-            return ApiError::overloaded().into_response();
+            return ApiError::Overloaded.into_response();
         }
     };
     request.extensions_mut().insert(client);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::AppState;
 use crate::client_addr::ClientAddr;
 use crate::envelope::Envelope;
-use crate::error::ApiError;
+use crate::error::{ApiError, NoApiKey};
 use crate::idempotency::IdempotencyScope;
 use crate::tls::Attester;
 
@@ -32,7 +32,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let principal = parts.extensions.get::<Principal>().cloned();
-        principal.map(Caller).ok_or_else(|| ApiError::internal(&"a route takes Caller without require_api_key"))
+        principal.map(Caller).ok_or_else(|| ApiError::bug("a route takes Caller without require_api_key"))
     }
 }
 
@@ -87,7 +87,7 @@ async fn admit(
     envelope.environment(principal.environment);
     // A refusal by permission is not charged to anyone's window.
     if !principal.can(permission) {
-        return Err(ApiError::forbidden(format!("The API key does not have the {permission} permission.")));
+        return Err(ApiError::MissingPermission(permission));
     }
     envelope.admit(state.service.rate_limit_key(&principal).await?)?;
     Ok(principal)
@@ -107,13 +107,13 @@ async fn authenticate(
         },
         Err(e) => e,
     };
-    if e.status != StatusCode::UNAUTHORIZED {
+    if e.status() != StatusCode::UNAUTHORIZED {
         return Err(e);
     }
     match state.service.rate_limit_auth_failure(&client.0).await? {
         Some(r) if !r.allowed => {
             tracing::warn!(client = %client.0, "too many failed authentications");
-            Err(ApiError::rate_limited(r.limit, r.reset_secs.max(1) as u64))
+            Err(ApiError::RateLimited { limit: r.limit, retry_after: r.reset_secs.max(1) as u64 })
         }
         _ => Err(e),
     }
@@ -121,9 +121,9 @@ async fn authenticate(
 
 /// The bearer secret of `Authorization: Bearer <key>`.
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let missing = || ApiError::unauthenticated("Provide an API key in the Authorization header: Bearer <key>.");
+    let missing = || ApiError::Unauthenticated(NoApiKey::Missing);
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
-    let value = value.to_str().map_err(|_| ApiError::unauthenticated("The API key is invalid."))?;
+    let value = value.to_str().map_err(|_| ApiError::Unauthenticated(NoApiKey::Invalid))?;
     let (scheme, secret) = value.split_once(' ').unwrap_or((value, ""));
     let secret = secret.trim();
     match scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty() {

@@ -25,7 +25,7 @@ use blindpass_service::{IssueError, IssueRequest, KeySelector, Principal, TOKEN_
 
 use crate::AppState;
 use crate::envelope::Envelope;
-use crate::error::ApiError;
+use crate::error::{ApiError, Unprocessable};
 
 /// Issues a batch for `caller`'s environment.
 pub(crate) async fn issue(
@@ -68,13 +68,9 @@ pub(crate) async fn issue_amortized(
 ) -> Result<Response, ApiError> {
     let max = state.limits.max_batch_size;
     let request = AmortizedTokenRequest::decode(bytes, max).map_err(|e| match e {
-        AmortizedError::TooMany { found, max } => ApiError::unprocessable(format!(
-            "An amortized batch holds at most {max} elements; this one holds {found}. Split it."
-        )),
-        AmortizedError::UnsupportedTokenType(t) => {
-            ApiError::unprocessable(format!("Amortized batches are for token types 1 and 5, not {t:#06x}."))
-        }
-        e => ApiError::unprocessable(format!("The amortized batch token request cannot be decoded: {e}.")),
+        AmortizedError::TooMany { found, max } => Unprocessable::AmortizedTooLarge { found, max },
+        AmortizedError::UnsupportedTokenType(t) => Unprocessable::AmortizedTokenType(t),
+        e => Unprocessable::AmortizedBatch(e.to_string()),
     })?;
     let environment = caller.environment;
     let extra = request.blinded_elements.len().saturating_sub(1) as u64;
@@ -84,10 +80,7 @@ pub(crate) async fn issue_amortized(
         .service
         .issue_amortized(environment, token_type, request.truncated_token_key_id, request.blinded_elements)
         .await
-        .map_err(|e| match e {
-            IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
-            other => ApiError::from(other),
-        })?;
+        .map_err(ApiError::IssueByTruncatedId)?;
     envelope.counted(state.service.rate_limit_tokens(caller, extra).await?);
     let media_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE))];
     Ok((StatusCode::OK, media_type, response).into_response())
@@ -95,13 +88,10 @@ pub(crate) async fn issue_amortized(
 
 /// The batch, decoded and within the size cap.
 fn decode(bytes: &[u8], framing: Framing, max: usize) -> Result<BatchTokenRequest, ApiError> {
-    let request = BatchTokenRequest::decode(bytes, framing)
-        .map_err(|e| ApiError::unprocessable(format!("The batch token request cannot be decoded: {e}.")))?;
+    let request = BatchTokenRequest::decode(bytes, framing).map_err(|e| Unprocessable::Batch(e.to_string()))?;
     match request.items.len() {
-        0 => Err(ApiError::unprocessable("A batch token request holds at least one token request.")),
-        n if n > max => Err(ApiError::unprocessable(format!(
-            "A batch token request holds at most {max} token requests; this one holds {n}. Split it."
-        ))),
+        0 => Err(Unprocessable::EmptyBatch.into()),
+        found if found > max => Err(Unprocessable::BatchTooLarge { found, max }.into()),
         _ => Ok(request),
     }
 }
@@ -138,10 +128,5 @@ fn reply(
 }
 
 fn nothing_issued(first_refusal: Option<IssueError>) -> ApiError {
-    let why = match first_refusal {
-        None => "this issuer issues token types 1, 2 and 5 only".to_owned(),
-        Some(IssueError::UnknownKey) => "no issuing key matches a truncated_token_key_id".to_owned(),
-        Some(e) => ApiError::from(e).details,
-    };
-    ApiError::bad_request(format!("No token of the batch was issued: {why}"))
+    ApiError::NothingIssued(first_refusal)
 }

@@ -18,7 +18,7 @@ use axum::response::Response;
 use blindpass_service::{Environment, RateLimitStatus};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, BadRequest};
 use crate::inflection::Inflection;
 
 /// `Persona-Version` values Persona's OpenAPI lists (plus the 2026-09-29
@@ -64,7 +64,9 @@ impl Envelope {
     pub fn admit(&self, rate: Option<RateLimitStatus>) -> Result<(), ApiError> {
         self.counted(rate);
         match rate {
-            Some(r) if !r.allowed => Err(ApiError::rate_limited(r.limit, r.reset_secs.max(1) as u64)),
+            Some(r) if !r.allowed => {
+                Err(ApiError::RateLimited { limit: r.limit, retry_after: r.reset_secs.max(1) as u64 })
+            }
             _ => Ok(()),
         }
     }
@@ -143,23 +145,16 @@ impl PersonaHeaders {
     pub fn parse(headers: &HeaderMap) -> Result<Self, ApiError> {
         let inflection = match text(headers, "key-inflection")? {
             None => Inflection::default(),
-            Some(v) => Inflection::parse(v).ok_or_else(|| {
-                ApiError::bad_request(format!("Key-Inflection must be one of camel, kebab, snake; got {v:?}."))
-            })?,
+            Some(v) => Inflection::parse(v).ok_or_else(|| BadRequest::KeyInflection(v.to_owned()))?,
         };
         if let Some(v) = text(headers, "persona-version")?
             && !PERSONA_VERSIONS.contains(&v.trim())
         {
-            return Err(ApiError::bad_request(format!(
-                "Persona-Version {v:?} is not a supported version ({}).",
-                PERSONA_VERSIONS.join(", ")
-            )));
+            return Err(BadRequest::PersonaVersion { given: v.to_owned(), supported: PERSONA_VERSIONS }.into());
         }
         let idempotency_key = match text(headers, "idempotency-key")? {
             Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => {
-                return Err(ApiError::bad_request(format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters."
-                )));
+                return Err(BadRequest::IdempotencyKeyLength { max: MAX_IDEMPOTENCY_KEY_LEN }.into());
             }
             k => k.map(str::to_owned),
         };
@@ -168,10 +163,7 @@ impl PersonaHeaders {
 }
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    headers
-        .get(name)
-        .map(|v| v.to_str().map_err(|_| ApiError::bad_request(format!("{name} must be ASCII text."))))
-        .transpose()
+    headers.get(name).map(|v| v.to_str().map_err(|_| BadRequest::HeaderNotText(name.to_owned()).into())).transpose()
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for PersonaHeaders {

@@ -9,23 +9,194 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 #[cfg(doc)]
 use blindpass_protocol::api::ErrorBody;
-use blindpass_service::lifecycle::NotIssuing;
-use blindpass_service::{AuthError, IssueError, RecordError, RedeemError, RelayError, StoreError, TokenRejection};
+use blindpass_service::{
+    AuthError, Cause, IssueError, Permission, RecordError, RedeemError, RelayError, StoreError, TokenRejection,
+};
 use serde_json::Value;
 
-/// An error response in Persona's shape.
+mod words;
+
+/// Every failure the API answers, as data. Its [`IntoResponse`] (through
+/// `words::reply`) is the one place that gives each its status, its words
+/// and its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// `errors[0].title`.
-    pub title: String,
-    /// `errors[0].details`.
-    pub details: String,
-    /// Seconds for a `Retry-After` header.
-    pub retry_after: Option<u64>,
-    /// What went wrong inside, for the log; never sent.
-    pub cause: Option<String>,
+pub enum ApiError {
+    /// 400: a request this server cannot read.
+    BadRequest(BadRequest),
+    /// 400 `Idempotency error`: the key was first used with other parameters.
+    IdempotencyMismatch {
+        /// The `Idempotency-Key`.
+        key: String,
+    },
+    /// 401: no API key, or one that is not a key.
+    Unauthenticated(NoApiKey),
+    /// 401 `Privacy Pass token required` (the redemption handler adds the
+    /// relay's challenges).
+    TokenRequired(Option<TokenRejection>),
+    /// 403: the API key lacks this permission.
+    MissingPermission(Permission),
+    /// 404: no route.
+    NoSuchEndpoint,
+    /// 404: no relay with this token (and secret, when `with_secret`).
+    RelayNotFound {
+        /// Whether a relay secret was part of the lookup.
+        with_secret: bool,
+    },
+    /// 405: the route does not take this method.
+    MethodNotAllowed,
+    /// 408: the body missed its deadline.
+    BodyTimedOut,
+    /// 409 + `Retry-After`: the same `Idempotency-Key` is still running.
+    IdempotencyInFlight,
+    /// 413: a body over this many bytes.
+    PayloadTooLarge(usize),
+    /// 414: a request target over this many bytes.
+    UriTooLong(usize),
+    /// 415: a body that is not of these media types.
+    UnsupportedMediaType(String),
+    /// 422: a request read but not acceptable.
+    Unprocessable(Unprocessable),
+    /// 429 + `Retry-After`: a rate limit of `limit` a minute.
+    RateLimited {
+        /// Requests a minute.
+        limit: u64,
+        /// Seconds until the window resets.
+        retry_after: u64,
+    },
+    /// 429 + `Retry-After`: the client has this many requests in flight.
+    TooManyInFlight(usize),
+    /// 503 + `Retry-After`: more requests in flight than the server takes.
+    Overloaded,
+    /// 503 + `Retry-After`: the request timed out.
+    TimedOut,
+    /// An issuance refused by the service.
+    Issue(IssueError),
+    /// An issuance naming its key by truncated id, refused.
+    IssueByTruncatedId(IssueError),
+    /// No token of a batch was issued (the first item's refusal, if any).
+    NothingIssued(Option<IssueError>),
+    /// A relay refused by the service.
+    Relay(RelayError),
+    /// A claim result refused by the service.
+    Record(RecordError),
+    /// A redemption refused by the service (a bad token is
+    /// [`ApiError::TokenRequired`]).
+    Redeem(RedeemError),
+    /// An API key refused by the service.
+    Auth(AuthError),
+    /// The store failed (503 when it is unavailable, else 500).
+    Store(StoreError),
+    /// 500: the client learns nothing of the cause; the log does.
+    Internal(Cause),
+}
+
+/// Why a request cannot be read (400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadRequest {
+    /// The body is not JSON.
+    NotJson,
+    /// The body is JSON but not an object.
+    NotAnObject,
+    /// A parameter spelled twice (in two casings).
+    Repeated(String),
+    /// A required parameter is missing (its path).
+    Missing(String),
+    /// A parameter the route does not take.
+    Unknown(String),
+    /// A parameter of the wrong shape: its path and serde's words.
+    Invalid {
+        /// Where.
+        path: String,
+        /// serde's description.
+        message: String,
+    },
+    /// `blinded-token` is not base64url.
+    BlindedTokenEncoding,
+    /// `key-id` is not 64 hexadecimal characters.
+    KeyIdEncoding,
+    /// `claim-type` is not a claim type of at most `max` bytes.
+    ClaimType {
+        /// The longest claim type taken.
+        max: usize,
+    },
+    /// `methodology` is too long or has an unnamed method.
+    Methodology {
+        /// The most methods taken.
+        max_methods: usize,
+        /// The longest method name taken.
+        max_len: usize,
+    },
+    /// This header is not ASCII text.
+    HeaderNotText(String),
+    /// `Key-Inflection` is none of camel, kebab, snake.
+    KeyInflection(String),
+    /// `Persona-Version` is not one this server speaks.
+    PersonaVersion {
+        /// The version asked for.
+        given: String,
+        /// The versions this server speaks.
+        supported: &'static [&'static str],
+    },
+    /// `Idempotency-Key` is empty or over `max` characters.
+    IdempotencyKeyLength {
+        /// The longest key taken.
+        max: usize,
+    },
+    /// `sandbox=` is neither true nor false.
+    SandboxFlag,
+    /// A query parameter other than `sandbox`.
+    QueryParameter,
+}
+
+/// Why a request that was read is refused (422).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unprocessable {
+    /// A `TokenRequest` of a VOPRF token type that is not `len` bytes.
+    TokenRequestLength {
+        /// The token type.
+        token_type: u16,
+        /// Its exact length.
+        len: usize,
+    },
+    /// A `TokenRequest` of type 2 of the wrong size.
+    BlindRsaTokenRequestLength,
+    /// A token type this issuer does not know.
+    UnsupportedTokenType(u16),
+    /// A generic batch that does not decode (the decoder's words).
+    Batch(String),
+    /// A generic batch with no item.
+    EmptyBatch,
+    /// A generic batch over the cap.
+    BatchTooLarge {
+        /// Items found.
+        found: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// An amortized batch that does not decode (the decoder's words).
+    AmortizedBatch(String),
+    /// An amortized batch of a type other than 1 and 5.
+    AmortizedTokenType(u16),
+    /// An amortized batch over the cap.
+    AmortizedTooLarge {
+        /// Elements found.
+        found: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// `encryption-key-jwk` is not an RSA-OAEP-256 key (the parser's words).
+    EncryptionJwk(String),
+    /// Both `encryption-key-pem` and `encryption-key-jwk`.
+    TwoEncryptionKeys,
+}
+
+/// Why a request carries no usable API key (401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoApiKey {
+    /// No `Authorization: Bearer <key>`.
+    Missing,
+    /// A header that is not text.
+    Invalid,
 }
 
 /// The cause of a 5xx, attached to its response for the request log.
@@ -33,118 +204,53 @@ pub struct ApiError {
 pub struct InternalCause(pub String);
 
 impl ApiError {
-    /// An error with `status`, `title` and `details`.
-    pub fn new(status: StatusCode, title: impl Into<String>, details: impl Into<String>) -> Self {
-        Self { status, title: title.into(), details: details.into(), retry_after: None, cause: None }
+    /// 500 caused by `error`.
+    pub fn internal(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Cause::of(error))
     }
 
-    /// The same error with a `Retry-After` of `secs`.
-    pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
-        self
+    /// 500 for a broken invariant of this server, said in `what`.
+    pub fn bug(what: &'static str) -> Self {
+        Self::Internal(Cause::from(what))
     }
 
-    /// 400 Bad Request.
-    pub fn bad_request(details: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "Bad Request", details)
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        words::reply(self.clone()).status
     }
 
-    /// 401 for a missing or unknown API key.
-    pub fn unauthenticated(details: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "Must be authenticated to access this endpoint", details)
-    }
-
-    /// 403 Forbidden.
-    pub fn forbidden(details: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "Forbidden", details)
-    }
-
-    /// 404 Record not found.
-    pub fn not_found(details: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "Record not found", details)
-    }
-
-    /// 409 Conflict.
-    pub fn conflict(details: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "Conflict", details)
-    }
-
-    /// 422 Unprocessable entity.
-    pub fn unprocessable(details: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable entity", details)
-    }
-
-    /// 413: a body over `limit` bytes.
-    pub fn payload_too_large(limit: usize) -> Self {
-        let details = format!("The request body must be at most {limit} bytes.");
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", details)
-    }
-
-    /// 415: a body that is not `expected`.
-    pub fn unsupported_media_type(expected: &str) -> Self {
-        let details = format!("Send the request body as {expected}.");
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", details)
-    }
-
-    /// 429 with `Retry-After`.
-    pub fn rate_limited(limit: u64, retry_after: u64) -> Self {
-        let details = format!(
-            "You have hit your rate limit of {limit} requests / min. Please wait {retry_after} seconds before retrying."
-        );
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded", details).retry_after(retry_after)
-    }
-
-    /// 503 with `Retry-After`: the store is unavailable.
-    pub fn unavailable() -> Self {
-        let details = "The service is temporarily unavailable. Please retry.";
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", details).retry_after(1)
-    }
-
-    /// 503 with `Retry-After`: more requests in flight than the server takes.
-    pub fn overloaded() -> Self {
-        let details = "The server is answering too many requests. Please retry.";
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", details).retry_after(1)
-    }
-
-    /// 503 with `Retry-After`: the issuer key's HSM token cannot be reached.
-    pub fn signer_unavailable() -> Self {
-        let details = "The issuer's signing key is unavailable for now. Please retry.";
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", details).retry_after(5)
-    }
-
-    /// 503 with `Retry-After`: the request timed out.
-    pub fn timed_out() -> Self {
-        let details = "The request took too long. Please retry.";
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Request timeout", details).retry_after(1)
-    }
-
-    /// 500: the client learns nothing about `cause`; the log does.
-    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        let mut e =
-            Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error", "An unexpected error occurred.");
-        e.cause = Some(cause.to_string());
-        e
+    /// `errors[0].details`, the words the client reads.
+    pub fn details(&self) -> String {
+        words::reply(self.clone()).details
     }
 
     /// The JSON body: [`ErrorBody`] with one item, written without a
     /// fallible serializer (a JSON string value always renders).
     pub fn body(&self) -> Vec<u8> {
-        let (title, details) = (Value::from(self.title.as_str()), Value::from(self.details.as_str()));
-        format!(r#"{{"errors":[{{"title":{title},"details":{details}}}]}}"#).into_bytes()
+        let reply = words::reply(self.clone());
+        error_body(reply.title, &reply.details)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, json_headers(), self.body()).into_response();
-        if let Some(secs) = self.retry_after {
+        let reply = words::reply(self);
+        let body = error_body(reply.title, &reply.details);
+        let mut response = (reply.status, json_headers(), body).into_response();
+        if let Some(secs) = reply.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(cause) = self.cause {
+        if let Some(cause) = reply.cause {
             response.extensions_mut().insert(InternalCause(cause));
         }
         response
     }
+}
+
+/// Persona's error body with one item.
+fn error_body(title: &str, details: &str) -> Vec<u8> {
+    let (title, details) = (Value::from(title), Value::from(details));
+    format!(r#"{{"errors":[{{"title":{title},"details":{details}}}]}}"#).into_bytes()
 }
 
 /// `Content-Type: application/json; charset=utf-8`.
@@ -154,127 +260,53 @@ pub(crate) fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(cause) => {
-                let mut e = ApiError::unavailable();
-                e.cause = Some(format!("store unavailable: {cause}"));
-                e
-            }
-            other => ApiError::internal(&other),
-        }
+        ApiError::Store(e)
     }
 }
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Unknown => ApiError::unauthenticated("The API key is invalid."),
-            AuthError::Revoked => ApiError::forbidden("The API key has been revoked."),
-            AuthError::Store(s) => s.into(),
-        }
-    }
-}
-
-/// The words a client reads when its token is refused (401).
-pub(crate) fn token_rejection(why: TokenRejection) -> &'static str {
-    match why {
-        TokenRejection::AlreadyUsed => "This Privacy Pass token has already been used.",
-        TokenRejection::NotBase64url => "The token is not base64url.",
-        TokenRejection::Malformed => "The token is not a valid Privacy Pass token.",
-        TokenRejection::ChallengeExpired => "The token's challenge has expired.",
-        TokenRejection::ChallengeNotOurs => "The token's challenge was not issued by this server.",
-        TokenRejection::RfcChallengeUnknown => {
-            "The token answers a challenge this relay did not issue, or one that expired."
-        }
-        TokenRejection::OtherEnvironment => "The token belongs to another environment.",
-        TokenRejection::OtherClaimType => "The token was issued for another claim type.",
-        TokenRejection::UnknownKey => "The token names an unknown key.",
-        TokenRejection::UnknownOrRetiredKey => "The token names an unknown or retired key.",
-        TokenRejection::BadSignature => "The token's signature is invalid.",
-        TokenRejection::TokenTypeNotAccepted => "This relay does not accept tokens of this type.",
+        ApiError::Auth(e)
     }
 }
 
 impl From<IssueError> for ApiError {
     fn from(e: IssueError) -> Self {
-        match e {
-            IssueError::UnknownKey => ApiError::not_found("No signing key matches key-id."),
-            IssueError::WrongEnvironment => {
-                ApiError::forbidden("key-id belongs to a different environment than the API key.")
-            }
-            IssueError::KeyNotActive(why) => ApiError::unprocessable(match why {
-                NotIssuing::NotYetValid => "The signing key is not yet valid.",
-                NotIssuing::RotatedOut => "The signing key is rotated out.",
-                NotIssuing::Retired => "The signing key is retired.",
-            }),
-            IssueError::WrongLength { expected, found } => ApiError::unprocessable(format!(
-                "blinded-token must decode to {expected} bytes (the key's modulus length); found {found}."
-            )),
-            IssueError::InvalidElement => {
-                ApiError::unprocessable("A blinded element is not a valid element of the key's group.")
-            }
-            IssueError::UnsupportedTokenType(t) => {
-                ApiError::unprocessable(format!("This issuer does not issue token type {t:#06x}."))
-            }
-            IssueError::OutOfRange => {
-                ApiError::unprocessable("blinded-token is not a valid message representative for the key.")
-            }
-            IssueError::Busy => ApiError::overloaded(),
-            IssueError::SignerUnavailable => ApiError::signer_unavailable(),
-            IssueError::Store(s) => s.into(),
-            IssueError::Internal(cause) => ApiError::internal(&cause),
-        }
+        ApiError::Issue(e)
     }
 }
 
 impl From<RelayError> for ApiError {
     fn from(e: RelayError) -> Self {
-        match e {
-            RelayError::NotFound => ApiError::not_found("No relay matches this token and secret."),
-            RelayError::BadEncryptionKey => ApiError::unprocessable(
-                "encryption-key-pem must be a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY) of 2048 to 4096 bits.",
-            ),
-            e @ (RelayError::KeyTooSmallForClaim { .. } | RelayError::BadEncryptionJwk) => {
-                ApiError::unprocessable(format!("{e}."))
-            }
-            RelayError::NoKey => ApiError::unavailable(),
-            RelayError::Store(s) => s.into(),
-            RelayError::Internal(cause) => ApiError::internal(&cause),
-        }
+        ApiError::Relay(e)
     }
 }
 
 impl From<RecordError> for ApiError {
     fn from(e: RecordError) -> Self {
-        match e {
-            RecordError::NotFound => ApiError::not_found("No relay with this token in the API key's environment."),
-            RecordError::Sandbox => ApiError::unprocessable("Sandbox relays always pass; they take no result."),
-            RecordError::AlreadyRecorded => ApiError::conflict("A result was already recorded for this relay."),
-            RecordError::ClaimTooLarge { needed, max } => ApiError::unprocessable(format!(
-                "The claim with this methodology is {needed} bytes; the relay's encryption key holds at most {max}. Nothing was recorded."
-            )),
-            RecordError::Store(s) => s.into(),
-        }
+        ApiError::Record(e)
     }
 }
 
 impl From<RedeemError> for ApiError {
-    /// Every refusal but a bad token (a 401 with a fresh challenge, which
-    /// the redemption handler builds).
+    /// A bad token is [`ApiError::TokenRequired`].
     fn from(e: RedeemError) -> Self {
         match e {
-            RedeemError::InvalidToken(why) => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "Privacy Pass token required", token_rejection(why))
-            }
-            RedeemError::Pending => {
-                ApiError::forbidden("The claim result is not available yet. Retry later.").retry_after(5)
-            }
-            RedeemError::PayloadTooLarge => ApiError::unprocessable(
-                "The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.",
-            ),
-            RedeemError::Store(s) => s.into(),
-            RedeemError::Internal(cause) => ApiError::internal(&cause),
+            RedeemError::InvalidToken(why) => ApiError::TokenRequired(Some(why)),
+            other => ApiError::Redeem(other),
         }
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(why: BadRequest) -> Self {
+        ApiError::BadRequest(why)
+    }
+}
+
+impl From<Unprocessable> for ApiError {
+    fn from(why: Unprocessable) -> Self {
+        ApiError::Unprocessable(why)
     }
 }
 
@@ -287,9 +319,9 @@ mod tests {
 
     #[test]
     fn the_body_is_the_contracts_error_body_whatever_the_text() {
-        let e = ApiError::bad_request("a \"quoted\" \\ line\nbreak and ünïcode \u{0}");
+        let e = ApiError::BadRequest(BadRequest::Unknown("a \"quoted\" \\ line\nbreak and ünïcode \u{0}".into()));
         let body: ErrorBody = serde_json::from_slice(&e.body()).unwrap();
-        let item = ErrorItem { title: "Bad Request".into(), details: e.details.clone() };
+        let item = ErrorItem { title: "Bad Request".into(), details: e.details() };
         assert_eq!(body, ErrorBody { errors: vec![item] });
     }
 }

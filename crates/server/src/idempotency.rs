@@ -73,15 +73,15 @@ pub(crate) async fn idempotent(State(state): State<AppState>, request: Request, 
 async fn claimed(state: &AppState, key: String, request: Request, next: Next) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let scope = parts.extensions.get::<IdempotencyScope>().cloned();
-    let scope = scope.ok_or_else(|| ApiError::internal(&"idempotency layer without a scope"))?;
+    let scope = scope.ok_or_else(|| ApiError::bug("idempotency layer without a scope"))?;
     let bytes = read_once(&mut parts, body, state.limits.max_body_bytes).await?;
     let media_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let print = fingerprint(parts.method.as_str(), parts.uri.path(), media_type, &bytes, &scope.extra);
     let claim = IdempotencyClaim { scope: scope.scope, key };
     match begin_detached(state, &claim, print).await? {
         IdempotencyBegin::Completed(stored) => Ok(replay(stored)),
-        IdempotencyBegin::Mismatch => Err(mismatch(&claim.key)),
-        IdempotencyBegin::InFlight => Err(in_flight()),
+        IdempotencyBegin::Mismatch => Err(ApiError::IdempotencyMismatch { key: claim.key }),
+        IdempotencyBegin::InFlight => Err(ApiError::IdempotencyInFlight),
         IdempotencyBegin::Started => {
             parts.extensions.insert(claim.clone());
             Ok(run(state, claim, Request::from_parts(parts, Body::empty()), next).await)
@@ -129,7 +129,7 @@ async fn run(state: &AppState, claim: IdempotencyClaim, request: Request, next: 
     guard.state = None;
     let bytes = match bytes {
         Ok(bytes) => bytes,
-        Err(e) => return release(state, &claim, ApiError::internal(&e).into_response()).await,
+        Err(e) => return release(state, &claim, ApiError::internal(e).into_response()).await,
     };
     let outcome = match parts.extensions.get::<AlreadyStored>() {
         Some(AlreadyStored) => Ok(()),
@@ -188,20 +188,8 @@ pub fn fingerprint(method: &str, path: &str, media_type: &str, body: &[u8], extr
 fn replay(stored: StoredResponse) -> Response {
     match (StatusCode::from_u16(stored.status), HeaderValue::from_str(&stored.content_type)) {
         (Ok(status), Ok(media)) => (status, [(header::CONTENT_TYPE, media)], stored.body).into_response(),
-        _ => ApiError::internal(&"a stored idempotent response is damaged").into_response(),
+        _ => ApiError::bug("a stored idempotent response is damaged").into_response(),
     }
-}
-
-fn mismatch(key: &str) -> ApiError {
-    let details = format!(
-        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
-    );
-    ApiError::new(StatusCode::BAD_REQUEST, "Idempotency error", details)
-}
-
-fn in_flight() -> ApiError {
-    ApiError::conflict("A request with this Idempotency-Key is still being processed. Retry after it completes.")
-        .retry_after(1)
 }
 
 /// Releases an idempotency claim whose work was cancelled.

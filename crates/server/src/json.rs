@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::AppState;
-use crate::error::{ApiError, json_headers};
+use crate::error::{ApiError, BadRequest, json_headers};
 use crate::inflection::{Inflection, to_kebab};
 
 /// A JSON request body, parsed into `T`.
@@ -37,7 +37,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for PersonaJson<T> {
 pub(crate) fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    mime.eq_ignore_ascii_case(expected).then_some(()).ok_or_else(|| ApiError::unsupported_media_type(expected))
+    mime.eq_ignore_ascii_case(expected).then_some(()).ok_or_else(|| ApiError::UnsupportedMediaType(expected.to_owned()))
 }
 
 /// Reads a body of at most `limit` bytes (413 otherwise, at once when the
@@ -47,11 +47,11 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
+        return Err(ApiError::PayloadTooLarge(limit));
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| match is_body_timeout(&e) {
-        true => body_timed_out(),
-        false => ApiError::payload_too_large(limit),
+        true => ApiError::BodyTimedOut,
+        false => ApiError::PayloadTooLarge(limit),
     })
 }
 
@@ -97,23 +97,12 @@ pub(crate) fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool
     false
 }
 
-/// 408 for a body that missed its deadline, closing the connection (HTTP/1;
-/// HTTP/2 drops the header and resets nothing else).
-pub(crate) fn body_timed_out() -> ApiError {
-    ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "Request Timeout",
-        "The request body did not arrive in time. Send it at once, with the request.",
-    )
-}
-
 /// Parses a JSON object whose keys may be kebab-, camel- or snake-case into
 /// `T` (whose fields are kebab-case). Every failure is a Persona 400.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|_| ApiError::bad_request("The body is not valid JSON."))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| BadRequest::NotJson)?;
     let Value::Object(map) = value else {
-        return Err(ApiError::bad_request("The body must be a JSON object."));
+        return Err(BadRequest::NotAnObject.into());
     };
     let (kebab, spelled) = normalise(map)?;
     serde_path_to_error::deserialize(Value::Object(kebab)).map_err(|e| describe(&e, &spelled))
@@ -129,7 +118,7 @@ fn normalise(map: Map<String, Value>) -> Result<(Map<String, Value>, Spelled), A
     for (key, value) in map {
         let kebab = to_kebab(&key);
         if out.insert(kebab.clone(), value).is_some() {
-            return Err(ApiError::bad_request(format!("Parameter {key:?} is given more than once.")));
+            return Err(BadRequest::Repeated(key).into());
         }
         spelled.insert(kebab, key);
     }
@@ -145,7 +134,7 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, spelled: &Spelled
     let at = |field: &str| if path == "." { field.to_owned() } else { format!("{path}.{field}") };
     let quoted = |rest: &str| rest.split('`').next().unwrap_or_default().to_owned();
     if let Some(rest) = message.strip_prefix("missing field `") {
-        return ApiError::bad_request(format!("Missing required parameter {:?}.", at(&quoted(rest))));
+        return BadRequest::Missing(at(&quoted(rest))).into();
     }
     if let Some(rest) = message.strip_prefix("unknown field `") {
         // The path of an unknown field ends with the field itself.
@@ -153,9 +142,9 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, spelled: &Spelled
             Some(original) if path == quoted(rest) => original.clone(),
             _ => path.clone(),
         };
-        return ApiError::bad_request(format!("Unknown parameter {field:?}."));
+        return BadRequest::Unknown(field).into();
     }
-    ApiError::bad_request(format!("Parameter {path:?} is invalid: {message}."))
+    BadRequest::Invalid { path, message }.into()
 }
 
 /// A contract type as the response body, keys in the requested casing.
@@ -167,7 +156,7 @@ impl<T: Serialize> IntoResponse for Inflected<T> {
         let Self(status, inflection, body) = self;
         match inflected_body(inflection, &body) {
             Ok(bytes) => (status, json_headers(), bytes).into_response(),
-            Err(e) => ApiError::internal(&e).into_response(),
+            Err(e) => ApiError::internal(e).into_response(),
         }
     }
 }
@@ -189,8 +178,8 @@ mod tests {
     use super::*;
 
     fn details(e: ApiError) -> String {
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        e.details
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        e.details()
     }
 
     #[test]
@@ -228,7 +217,7 @@ mod tests {
         #[test]
         fn any_bytes_decode_or_are_a_400(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
             for e in [decode::<CreatePrivacyPass>(&bytes).err(), decode::<RecordResult>(&bytes).err()].into_iter().flatten() {
-                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                proptest::prop_assert_eq!(e.status(), StatusCode::BAD_REQUEST);
             }
         }
 

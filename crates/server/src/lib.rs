@@ -171,7 +171,7 @@ pub fn router(state: AppState) -> Router {
         .merge(persona)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
+        .layer(CatchPanicLayer::custom(|_| ApiError::bug("handler panicked").into_response()))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             admission::admit(Arc::clone(&admission), Arc::clone(&trusted), shed_service.clone(), request, next)
         }))
@@ -304,11 +304,11 @@ pub async fn serve(
 const ROTATION_TICK: Duration = Duration::from_secs(5);
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "Not found", "No such endpoint.")
+    ApiError::NoSuchEndpoint
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", "This endpoint does not accept this method.")
+    ApiError::MethodNotAllowed
 }
 
 /// Outermost middleware: a request id on the response and on every log line,
@@ -335,14 +335,13 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
 async fn bounded(limits: &Limits, request: Request, next: Next) -> Response {
     let uri_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > limits.max_uri_bytes {
-        let details = format!("The request target must be at most {} bytes.", limits.max_uri_bytes);
-        return ApiError::new(StatusCode::URI_TOO_LONG, "URI Too Long", details).into_response();
+        return ApiError::UriTooLong(limits.max_uri_bytes).into_response();
     }
     match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!("request timed out");
-            ApiError::timed_out().into_response()
+            ApiError::TimedOut.into_response()
         }
     }
 }

@@ -13,7 +13,7 @@ use blindpass_service::IssueRequest;
 use crate::AppState;
 use crate::api_key::Caller;
 use crate::envelope::PersonaHeaders;
-use crate::error::ApiError;
+use crate::error::{ApiError, BadRequest};
 use crate::json::{Inflected, PersonaJson};
 
 pub(crate) async fn create(
@@ -30,9 +30,7 @@ pub(crate) async fn create(
 
 /// The Persona body as an issuance: the key by id, the blinded message.
 fn issue_request(body: &CreatePrivacyPass) -> Result<IssueRequest, ApiError> {
-    let blinded =
-        b64::decode(&body.blinded_token).map_err(|_| ApiError::bad_request("blinded-token must be base64url."))?;
-    let key_id = TokenKeyId::from_hex(&body.key_id)
-        .map_err(|_| ApiError::bad_request("key-id must be 64 hexadecimal characters."))?;
+    let blinded = b64::decode(&body.blinded_token).map_err(|_| BadRequest::BlindedTokenEncoding)?;
+    let key_id = TokenKeyId::from_hex(&body.key_id).map_err(|_| BadRequest::KeyIdEncoding)?;
     Ok(IssueRequest::by_id(key_id, blinded))
 }

@@ -27,11 +27,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::api::{Claim, GenerateClaim};
 use blindpass_protocol::auth;
-use blindpass_service::{IdempotencyCompletion, PresentedToken, RedeemError, Redemption, Relay, StoredResponse};
+use blindpass_service::{
+    IdempotencyCompletion, PresentedToken, RedeemError, Redemption, Relay, StoredResponse, TokenRejection,
+};
 
 use crate::client_addr::ClientAddr;
 use crate::envelope::{Envelope, PersonaHeaders};
-use crate::error::{ApiError, token_rejection};
+use crate::error::ApiError;
 use crate::idempotency::{AlreadyStored, IdempotencyClaim, IdempotencyScope};
 use crate::inflection::Inflection;
 use crate::json::{Inflected, decode, inflected_body, read_once, require_content_type};
@@ -69,7 +71,7 @@ async fn admit(
 ) -> Result<Relay, ApiError> {
     envelope.admit(state.service.rate_limit_anonymous(&client.0, None).await?)?;
     let Ok(Path(relay_token)) = relay_token else {
-        return Err(ApiError::not_found("No relay matches this token and secret."));
+        return Err(ApiError::RelayNotFound { with_secret: true });
     };
     let secret = headers.get("persona-relay-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
     let relay = state.service.relay_for(&relay_token, secret).await?;
@@ -94,7 +96,7 @@ pub(crate) async fn run_to_completion(State(state): State<AppState>, request: Re
     let request = Request::from_parts(parts, Body::empty());
     match tokio::spawn(next.run(request)).await {
         Ok(response) => response,
-        Err(e) => ApiError::internal(&e).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
     }
 }
 
@@ -116,8 +118,7 @@ impl FromRequest<AppState> for ClaimRequest {
             decode::<GenerateClaim>(&bytes).map(|GenerateClaim {}| ())?;
         }
         let presented = parts.extensions.get::<PresentedText>().cloned();
-        let PresentedText(token) =
-            presented.ok_or_else(|| ApiError::internal(&"generate-claim without admit_relay"))?;
+        let PresentedText(token) = presented.ok_or_else(|| ApiError::bug("generate-claim without admit_relay"))?;
         Ok(Self { token })
     }
 }
@@ -132,13 +133,13 @@ pub(crate) async fn generate_claim(
     request: ClaimRequest,
 ) -> Response {
     let Some(text) = request.token else {
-        return token_required(&state, &relay, "Request a challenge to obtain a token").await;
+        return token_required(&state, &relay, None).await;
     };
     let token = match PresentedToken::parse(&text) {
         Ok(token) => token,
         Err(why) => {
             state.service.metrics().rejected_token(why.label());
-            return token_required(&state, &relay, token_rejection(why)).await;
+            return token_required(&state, &relay, Some(why)).await;
         }
     };
     let result = async {
@@ -151,7 +152,7 @@ pub(crate) async fn generate_claim(
     };
     match result.await {
         Ok(redemption) => claim_response(persona.inflection, &redemption),
-        Err(RedeemError::InvalidToken(why)) => token_required(&state, &relay, token_rejection(why)).await,
+        Err(RedeemError::InvalidToken(why)) => token_required(&state, &relay, Some(why)).await,
         Err(other) => ApiError::from(other).into_response(),
     }
 }
@@ -189,8 +190,8 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 /// type relays accept (type 2 first, in one `WWW-Authenticate` value), so
 /// both Persona's SDKs and standard clients know what to do; `Token-Key-Id`
 /// names the type-2 key as Persona does.
-async fn token_required(state: &AppState, relay: &Relay, details: &str) -> Response {
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "Privacy Pass token required", details).into_response();
+async fn token_required(state: &AppState, relay: &Relay, why: Option<TokenRejection>) -> Response {
+    let mut response = ApiError::TokenRequired(why).into_response();
     match state.service.rfc_challenges(relay).await {
         Ok(challenges) => {
             let value = challenges

@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::api_key::Caller;
 use crate::client_addr::ClientAddr;
 use crate::envelope::{Envelope, PersonaHeaders};
-use crate::error::ApiError;
+use crate::error::{ApiError, BadRequest, Unprocessable};
 use crate::json::{Inflected, PersonaJson};
 
 /// Longest claim type the API accepts (the domain's bound is larger).
@@ -52,14 +52,12 @@ pub(crate) async fn create(
     let environment = count_anonymous(&state, &envelope, body.sandbox).await?;
     let claim = claim_type(&body.claim_type)?;
     let jwk = match &body.encryption_key_jwk {
-        Some(value) => Some(EncryptionJwk::parse(value).map_err(|e| {
-            ApiError::unprocessable(format!("encryption-key-jwk: {e}. It must be an RSA public key for RSA-OAEP-256."))
-        })?),
+        Some(value) => Some(EncryptionJwk::parse(value).map_err(|e| Unprocessable::EncryptionJwk(e.to_string()))?),
         None => None,
     };
     let encryption = match (body.encryption_key_pem.as_deref(), &jwk) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::unprocessable("Give encryption-key-pem or encryption-key-jwk, not both."));
+            return Err(Unprocessable::TwoEncryptionKeys.into());
         }
         (Some(pem), None) => RelayEncryption::Pem(pem),
         (None, Some(jwk)) => RelayEncryption::Jwk(jwk),
@@ -84,7 +82,7 @@ pub(crate) async fn result(
     PersonaJson(body): PersonaJson<RecordResult>,
 ) -> Result<Inflected<ResultRecorded>, ApiError> {
     let Ok(Path(relay_token)) = relay_token else {
-        return Err(ApiError::not_found("No relay matches this token."));
+        return Err(ApiError::RelayNotFound { with_secret: false });
     };
     let methodology = methodology_json(body.methodology.as_deref().unwrap_or_default())?;
     let passed = body.claim_result.passed();
@@ -127,18 +125,14 @@ async fn count_anonymous(
 
 fn claim_type(text: &str) -> Result<ClaimType, ApiError> {
     let parsed = ClaimType::parse(text).ok().filter(|_| text.len() <= MAX_CLAIM_TYPE_LEN);
-    parsed.ok_or_else(|| {
-        ApiError::bad_request(format!("claim-type must be 1 to {MAX_CLAIM_TYPE_LEN} letters, digits, '_', '-' or '.'."))
-    })
+    parsed.ok_or(ApiError::BadRequest(BadRequest::ClaimType { max: MAX_CLAIM_TYPE_LEN }))
 }
 
 /// A verifier's methodology, bounded, as the JSON text the claim carries.
 fn methodology_json(methods: &[Method]) -> Result<String, ApiError> {
     let named = |m: &Method| !m.method.is_empty() && m.method.len() <= MAX_METHOD_LEN;
     if methods.len() > MAX_METHODS || !methods.iter().all(named) {
-        return Err(ApiError::bad_request(format!(
-            "methodology must be at most {MAX_METHODS} {{\"method\": string of 1 to {MAX_METHOD_LEN} characters, \"result\": \"passed\" or \"failed\"}}."
-        )));
+        return Err(BadRequest::Methodology { max_methods: MAX_METHODS, max_len: MAX_METHOD_LEN }.into());
     }
-    serde_json::to_string(methods).map_err(|e| ApiError::internal(&e))
+    serde_json::to_string(methods).map_err(ApiError::internal)
 }

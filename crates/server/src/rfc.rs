@@ -12,14 +12,14 @@ use blindpass_protocol::wire::{
     MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA, TokenRequest,
     WireError,
 };
-use blindpass_service::{Environment, IssueError, IssueRequest, KeySelector, RateLimitStatus};
+use blindpass_service::{Environment, IssueRequest, KeySelector, RateLimitStatus};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::api_key::Caller;
 use crate::client_addr::ClientAddr;
 use crate::envelope::{Envelope, rate_limit_headers};
-use crate::error::ApiError;
+use crate::error::{ApiError, BadRequest, Unprocessable};
 use crate::json::{read_once, require_content_type};
 
 /// Path of the issuance endpoint named in the directory.
@@ -50,12 +50,12 @@ async fn directory_response(
     rate: Option<RateLimitStatus>,
 ) -> Result<Response, ApiError> {
     if let Some(r) = rate.filter(|r| !r.allowed) {
-        return Err(ApiError::rate_limited(r.limit, r.reset_secs.max(1) as u64));
+        return Err(ApiError::RateLimited { limit: r.limit, retry_after: r.reset_secs.max(1) as u64 });
     }
     let directory = state.service.directory(environments(query)?, TOKEN_REQUEST_PATH).await.map_err(|e| match e {
         // The store is unavailable: 503 + Retry-After, never 500.
         blindpass_service::KeyError::Store(e) => ApiError::from(e),
-        e => ApiError::internal(&e),
+        e => ApiError::internal(e),
     })?;
     Ok(cacheable(headers, directory.to_json(), directory_max_age(state)))
 }
@@ -127,10 +127,7 @@ pub(crate) async fn token_request(
             return crate::batch::issue_amortized(&state, &caller, &envelope, &bytes).await;
         }
     };
-    let blind_sig = state.service.issue(caller.environment, request).await.map_err(|e| match e {
-        IssueError::UnknownKey => ApiError::unprocessable("No issuing key matches truncated_token_key_id."),
-        other => ApiError::from(other),
-    })?;
+    let blind_sig = state.service.issue(caller.environment, request).await.map_err(ApiError::IssueByTruncatedId)?;
     let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_TOKEN_RESPONSE))];
     Ok((StatusCode::OK, content_type, blind_sig).into_response())
 }
@@ -155,7 +152,7 @@ impl FromRequest<AppState> for IssuanceBody {
         let amortized = require_content_type(&parts.headers, MEDIA_TYPE_AMORTIZED_BATCH_REQUEST).is_ok();
         if framing.is_none() && !amortized {
             require_content_type(&parts.headers, MEDIA_TYPE_TOKEN_REQUEST).map_err(|_| {
-                ApiError::unsupported_media_type(&format!(
+                ApiError::UnsupportedMediaType(format!(
                     "{MEDIA_TYPE_TOKEN_REQUEST}, {MEDIA_TYPE_GENERIC_BATCH_REQUEST}, \
                      {MEDIA_TYPE_AMORTIZED_BATCH_REQUEST} or {MEDIA_TYPE_ARBITRARY_BATCH_REQUEST}"
                 ))
@@ -184,20 +181,17 @@ fn issue_request(bytes: &[u8]) -> Result<IssueRequest, ApiError> {
         _ => 0,
     };
     if let Some(suite) = Suite::of_token_type(token_type) {
-        let request = VoprfTokenRequest::decode(bytes).map_err(|_| {
-            ApiError::unprocessable(format!(
-                "A TokenRequest for token type {} is exactly {} bytes.",
-                suite.token_type(),
-                3 + suite.element_len()
-            ))
+        let request = VoprfTokenRequest::decode(bytes).map_err(|_| Unprocessable::TokenRequestLength {
+            token_type: suite.token_type(),
+            len: 3 + suite.element_len(),
         })?;
         let selector =
             KeySelector::Truncated { token_type: suite.token_type(), truncated: request.truncated_token_key_id };
         return Ok(IssueRequest { selector, blinded: request.blinded_element });
     }
     let request = TokenRequest::decode(bytes).map_err(|e| match e {
-        WireError::UnsupportedTokenType(t) => ApiError::unprocessable(format!("Unsupported token type {t:#06x}.")),
-        _ => ApiError::unprocessable("A TokenRequest for token type 2 is exactly 259 bytes."),
+        WireError::UnsupportedTokenType(t) => Unprocessable::UnsupportedTokenType(t),
+        _ => Unprocessable::BlindRsaTokenRequestLength,
     })?;
     let selector =
         KeySelector::Truncated { token_type: TOKEN_TYPE_BLIND_RSA, truncated: request.truncated_token_key_id };
@@ -216,8 +210,8 @@ fn sandbox_flag(query: Option<&str>) -> Result<Option<bool>, ApiError> {
         match pair.split_once('=').unwrap_or((pair, "")) {
             ("sandbox", "true" | "1") => sandbox = Some(true),
             ("sandbox", "false" | "0") => sandbox = Some(false),
-            ("sandbox", _) => return Err(ApiError::bad_request("sandbox must be true or false.")),
-            _ => return Err(ApiError::bad_request("The only query parameter is sandbox.")),
+            ("sandbox", _) => return Err(BadRequest::SandboxFlag.into()),
+            _ => return Err(BadRequest::QueryParameter.into()),
         }
     }
     Ok(sandbox)

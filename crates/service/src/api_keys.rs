@@ -40,7 +40,7 @@ impl Authenticated {
 }
 
 /// Why a bearer token was not accepted.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No key has this secret.
     #[error("unknown API key")]

@@ -35,6 +35,7 @@ use blindpass_protocol::keys::TokenKeyId;
 use blindpass_protocol::voprf_wire::AmortizedTokenResponse;
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
+use crate::Cause;
 use crate::{Environment, KeyError, LoadedKey, Service, StoreError};
 
 /// Which key an issuance asks for.
@@ -70,7 +71,7 @@ impl IssueRequest {
 }
 
 /// Why an issuance was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IssueError {
     /// No key answers to this id.
     #[error("unknown key id")]
@@ -109,7 +110,7 @@ pub enum IssueError {
     SignerUnavailable,
     /// Keys could not be loaded, or signing failed its fault check.
     #[error("internal issuance failure: {0}")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 impl IssueError {
@@ -144,7 +145,7 @@ impl From<KeyError> for IssueError {
     fn from(e: KeyError) -> Self {
         match e {
             KeyError::Store(s) => IssueError::Store(s),
-            other => IssueError::Internal(other.to_string()),
+            other => IssueError::Internal(Cause::of(other)),
         }
     }
 }

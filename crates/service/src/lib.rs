@@ -39,7 +39,7 @@ mod signing_pool;
 use std::sync::Arc;
 
 pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret};
-pub use blindpass_domain::{ClaimType, Environment, InvalidClaimType, KeyState, Permission};
+pub use blindpass_domain::{Cause, ClaimType, Environment, InvalidClaimType, KeyState, Permission, chain};
 pub use blindpass_entropy::{Entropy, SeededEntropy, SystemEntropy};
 pub use blindpass_store::{ApiKey, IssuerKey, Store, StoreError};
 pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcome, StoredResponse};

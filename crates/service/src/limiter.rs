@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::Cause;
 use crate::{Store, StoreError};
 
 /// Which counters a bucket may share memory with, and whether it may be
@@ -110,11 +111,11 @@ impl RedisLimiter {
                 redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
             }
         }
-        .map_err(|e| StoreError::Other(format!("invalid Redis URL or CA: {e}")))?;
+        .map_err(|e| StoreError::Other(Cause::while_("invalid Redis URL or CA", e)))?;
         let connection = client
             .get_connection_manager()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("connecting to Redis: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(Cause::while_("connecting to Redis", e)))?;
         Ok(Self { connection, prefix: prefix.to_owned() })
     }
 }
@@ -130,7 +131,7 @@ impl RateLimiter for RedisLimiter {
             .expire(&key, window_secs * 2)
             .query_async(&mut connection)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(Cause::while_("Redis", e)))?;
         Ok(count)
     }
 }

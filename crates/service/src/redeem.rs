@@ -16,12 +16,13 @@ use blindpass_protocol::voprf::Suite;
 use blindpass_protocol::voprf_wire::VoprfToken;
 use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, Token};
 
+use crate::Cause;
 use crate::challenge::CONTEXT_WINDOW_SECS;
 use crate::relays::claim_json;
 use crate::{Environment, IdempotencyCompletion, KeyError, LoadedKey, Relay, Service, SpendOutcome, StoreError};
 
 /// Why a redemption was refused. Nothing is spent in any of these cases.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedeemError {
     /// The token is malformed, forged, expired, for another scope, or spent.
     #[error("invalid token: {0:?}")]
@@ -37,7 +38,7 @@ pub enum RedeemError {
     Store(#[from] StoreError),
     /// Keys could not be loaded.
     #[error("{0}")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 /// Why a presented token is refused (the server words it for the client).
@@ -96,7 +97,7 @@ impl From<KeyError> for RedeemError {
     fn from(e: KeyError) -> Self {
         match e {
             KeyError::Store(s) => RedeemError::Store(s),
-            other => RedeemError::Internal(other.to_string()),
+            other => RedeemError::Internal(Cause::of(other)),
         }
     }
 }
@@ -342,10 +343,10 @@ impl Service {
     fn claim_payload(&self, relay: &Relay, passed: bool, methodology_json: &str) -> Result<String, RedeemError> {
         let json = claim_json(&relay.claim_type, passed, methodology_json);
         let Some(der) = &relay.encryption_key_der else { return Ok(json) };
-        let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(e.to_string()))?;
+        let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(Cause::of(e)))?;
         if let blindpass_store::ClaimFormat::Jwe { kid } = &relay.claim_format {
             return crate::jwe::encrypt_compact(&key, kid.as_deref(), json.as_bytes(), self.entropy())
-                .map_err(|e| RedeemError::Internal(e.to_string()));
+                .map_err(|e| RedeemError::Internal(Cause::of(e)));
         }
         let ciphertext = oaep::encrypt(&key, json.as_bytes(), &mut self.entropy().rng())
             .map_err(|_| RedeemError::PayloadTooLarge)?;

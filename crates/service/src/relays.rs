@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::Cause;
 use crate::challenge::SESSION_SECS;
 use crate::{ClaimResult, ClaimType, Environment, KeyError, Relay, Service, StoreError};
 use blindpass_store::ClaimFormat;
@@ -31,7 +32,7 @@ impl std::fmt::Debug for NewRelay {
 }
 
 /// Relay creation and lookup failures.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
     /// No relay with that token, or the secret does not match.
     #[error("relay not found")]
@@ -61,20 +62,20 @@ pub enum RelayError {
     Store(#[from] StoreError),
     /// Key loading failed.
     #[error("{0}")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 impl From<KeyError> for RelayError {
     fn from(e: KeyError) -> Self {
         match e {
             KeyError::Store(s) => RelayError::Store(s),
-            other => RelayError::Internal(other.to_string()),
+            other => RelayError::Internal(Cause::of(other)),
         }
     }
 }
 
 /// Recording a verifier result failed.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// No such relay in the caller's environment.
     #[error("relay not found")]
@@ -196,7 +197,7 @@ impl Service {
         // One RSA-OAEP block holds a bounded claim; a JWE holds any.
         if let (Some(der), ClaimFormat::Oaep) = (&relay.encryption_key_der, &relay.claim_format) {
             let key = RsaPublicKey::from_spki_der(der)
-                .map_err(|e| RecordError::Store(StoreError::Corrupt(format!("relay encryption key: {e}"))))?;
+                .map_err(|e| RecordError::Store(StoreError::Corrupt(Cause::while_("relay encryption key", e))))?;
             let needed = claim_json(&relay.claim_type, passed, &methodology_json).len();
             let max = oaep::max_message_len(&key);
             if needed > max {

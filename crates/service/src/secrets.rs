@@ -7,6 +7,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::Cause;
 use crate::{Service, StoreError};
 
 pub(crate) struct Secrets {
@@ -24,7 +25,7 @@ impl HmacKey {
     fn new(name: &str, key: &[u8]) -> Result<Self, StoreError> {
         <Hmac<Sha256> as KeyInit>::new_from_slice(key)
             .map(Self)
-            .map_err(|_| StoreError::Corrupt(format!("{name}: not an HMAC key")))
+            .map_err(|_| StoreError::Corrupt(format!("{name}: not an HMAC key").into()))
     }
 
     /// HMAC of `message` (JWT HS256).
@@ -66,12 +67,12 @@ impl Service {
                         if let crate::kek::KekError::Unsealed(_) = e {
                             self.metrics().unsealed_key_material();
                         }
-                        StoreError::Corrupt(e.to_string())
+                        StoreError::Corrupt(Cause::of(e))
                     })
                 };
                 let challenge = get("secret.challenge_mac").await?;
                 let challenge = ChallengeSecret::new(challenge.to_vec())
-                    .map_err(|e| StoreError::Corrupt(format!("challenge secret: {e}")))?;
+                    .map_err(|e| StoreError::Corrupt(Cause::while_("challenge secret", e)))?;
                 Ok(Secrets {
                     challenge,
                     context: HmacKey::new("secret.redemption_context", &get("secret.redemption_context").await?)?,

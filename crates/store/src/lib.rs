@@ -28,24 +28,27 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
+pub use blindpass_domain::Cause;
 
 pub use model::*;
 
-/// A storage failure. Callers map it to 503 (unavailable) or 500.
+/// A storage failure. Callers map it to 503 (unavailable) or 500. Each
+/// variant carries its [`Cause`]: the backend's own error where there is
+/// one (its `source` chain intact), or what the store found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached or is busy; the request may be retried.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// A uniqueness constraint was violated.
     #[error("conflict: {0}")]
-    Conflict(String),
+    Conflict(#[source] Cause),
     /// Stored data could not be read back (corruption or a newer schema).
     #[error("corrupt store data: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
     /// Any other backend error.
     #[error("store error: {0}")]
-    Other(String),
+    Other(#[source] Cause),
 }
 
 /// API keys. Secrets are stored only as SHA-256 hashes.

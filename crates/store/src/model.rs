@@ -284,7 +284,7 @@ pub enum RewrapTarget {
 pub(crate) fn rate_limit_to_db(per_minute: u64) -> Result<i64, crate::StoreError> {
     match i64::try_from(per_minute) {
         Ok(v) if v > 0 => Ok(v),
-        _ => Err(crate::StoreError::Other(format!("rate limit {per_minute} is out of range (1..=2^63-1)"))),
+        _ => Err(crate::StoreError::Other(format!("rate limit {per_minute} is out of range (1..=2^63-1)").into())),
     }
 }
 

@@ -27,9 +27,9 @@ use tokio_postgres::types::ToSql;
 use zeroize::Zeroizing;
 
 use crate::{
-    ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
-    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget, SettingsStore, Spend,
-    SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
+    ApiKey, ApiKeyStore, Cause, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey,
+    IssuerKeyStore, KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget,
+    SettingsStore, Spend, SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
 };
 
 /// Schema migrations, applied in order under an advisory lock.
@@ -112,7 +112,7 @@ impl PostgresStore {
             .create_timeout(Some(options.timeout))
             .recycle_timeout(Some(options.timeout))
             .build()
-            .map_err(|e| StoreError::Other(format!("building the connection pool: {e}")))?;
+            .map_err(|e| StoreError::Other(Cause::while_("building the connection pool", e)))?;
         Ok(Self { pool, spends: std::sync::Arc::default(), ssl_mode: mode, another_host })
     }
 
@@ -141,7 +141,9 @@ impl PostgresStore {
         let current: i64 =
             tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(map_err)?.get(0);
         if current > MIGRATIONS.len() as i64 {
-            return Err(StoreError::Corrupt(format!("database schema version {current} is newer than this binary")));
+            return Err(StoreError::Corrupt(
+                format!("database schema version {current} is newer than this binary").into(),
+            ));
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tx.batch_execute(sql).await.map_err(map_err)?;
@@ -187,13 +189,13 @@ impl PostgresStore {
 fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => map_err(e),
-        other => StoreError::Unavailable(other.to_string()),
+        other => StoreError::Unavailable(Cause::of(other)),
     }
 }
 
 fn map_err(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
-        Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(e.to_string()),
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(Cause::of(e)),
         Some(code)
             if *code == SqlState::ADMIN_SHUTDOWN
                 || *code == SqlState::CRASH_SHUTDOWN
@@ -201,37 +203,22 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
                 || *code == SqlState::TOO_MANY_CONNECTIONS
                 || code.code().starts_with("08") =>
         {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(Cause::of(e))
         }
-        Some(_) => StoreError::Other(e.to_string()),
+        Some(_) => StoreError::Other(Cause::of(e)),
         // No SQLSTATE: an I/O, TLS or protocol failure talking to the
         // server; the cause (e.g. which certificate check failed) is in the
         // source chain.
-        None => StoreError::Unavailable(with_sources(&e)),
+        None => StoreError::Unavailable(Cause::with_chain(e)),
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn corrupt(what: &'static str) -> impl Fn(crate::UnknownName) -> StoreError {
-    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+    move |e| StoreError::Corrupt(format!("{what}: {e}").into())
 }
 
 fn hash32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], StoreError> {
-    bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{what} length")))
+    bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{what} length").into()))
 }
 
 fn permissions_to_text(permissions: &[Permission]) -> String {

@@ -26,9 +26,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use zeroize::Zeroizing;
 
 use crate::{
-    ApiKey, ApiKeyStore, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey, IssuerKeyStore,
-    KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget, SettingsStore, Spend,
-    SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
+    ApiKey, ApiKeyStore, Cause, ClaimResult, Environment, IdempotencyBegin, IdempotencyStore, IssuerKey,
+    IssuerKeyStore, KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget,
+    SettingsStore, Spend, SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -97,14 +97,14 @@ impl SqliteStore {
         let opened = path.clone();
         let mut conn = tokio::task::spawn_blocking(move || open_blocking(&opened))
             .await
-            .map_err(|e| StoreError::Other(format!("open task failed: {e}")))??;
+            .map_err(|e| StoreError::Other(Cause::while_("open task failed", e)))??;
         let (jobs, queue) = std::sync::mpsc::sync_channel::<Work>(QUEUE_CAPACITY);
         let spend_commits = Arc::new(SpendCommits::default());
         let counts = Arc::clone(&spend_commits);
         std::thread::Builder::new()
             .name("blindpass-sqlite".into())
             .spawn(move || connection_thread(&mut conn, &queue, &counts))
-            .map_err(|e| StoreError::Other(format!("starting the SQLite thread: {e}")))?;
+            .map_err(|e| StoreError::Other(Cause::while_("starting the SQLite thread", e)))?;
         Ok(Self { jobs, path, spend_commits })
     }
 
@@ -137,7 +137,7 @@ impl SqliteStore {
     fn enqueue(&self, work: Work) -> Result<(), StoreError> {
         self.jobs.try_send(work).map_err(|e| match e {
             std::sync::mpsc::TrySendError::Full(_) => {
-                StoreError::Unavailable(format!("more than {QUEUE_CAPACITY} store calls waiting"))
+                StoreError::Unavailable(format!("more than {QUEUE_CAPACITY} store calls waiting").into())
             }
             std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Other("the SQLite thread stopped".into()),
         })
@@ -197,7 +197,7 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }
-    let unavailable = |e: std::io::Error| StoreError::Unavailable(format!("creating {}: {e}", dir.display()));
+    let unavailable = |e: std::io::Error| StoreError::Unavailable(format!("creating {}: {e}", dir.display()).into());
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -218,7 +218,7 @@ fn restrict_database_files(path: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let unavailable = |p: &Path, e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", p.display()));
+        let unavailable = |p: &Path, e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", p.display()).into());
         match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -256,7 +256,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 =
         tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(map_err)?;
     if current > MIGRATIONS.len() as i64 {
-        return Err(StoreError::Corrupt(format!("database schema version {current} is newer than this binary")));
+        return Err(StoreError::Corrupt(format!("database schema version {current} is newer than this binary").into()));
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql).map_err(map_err)?;
@@ -271,17 +271,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 fn map_err(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(e.to_string()),
-        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(Cause::of(e)),
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(Cause::of(e)),
         Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::DiskFull | ErrorCode::SystemIoFailure) => {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(Cause::of(e))
         }
-        _ => StoreError::Other(e.to_string()),
+        _ => StoreError::Other(Cause::of(e)),
     }
 }
 
 fn corrupt(what: &str) -> impl Fn(crate::UnknownName) -> StoreError + '_ {
-    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+    move |e| StoreError::Corrupt(format!("{what}: {e}").into())
 }
 
 fn permissions_to_text(permissions: &[Permission]) -> String {

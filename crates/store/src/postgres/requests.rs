@@ -89,7 +89,7 @@ impl SettingsStore for PostgresStore {
         )
         .await?;
         let rows = self.query("SELECT value FROM settings WHERE name = $1", &[&name]).await?;
-        rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))
+        rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished").into()))
     }
 
     async fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -124,7 +124,7 @@ impl SettingsStore for PostgresStore {
             }
             .map_err(map_err)?;
             if updated != 1 {
-                return Err(StoreError::Conflict(format!("{:?} changed during the rewrap", change.target)));
+                return Err(StoreError::Conflict(format!("{:?} changed during the rewrap", change.target).into()));
             }
         }
         tx.commit().await.map_err(map_err)

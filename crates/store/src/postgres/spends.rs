@@ -80,7 +80,7 @@ impl SpendBatcher {
         let (reply, answer) = oneshot::channel();
         self.queue.try_send(Pending { spend: spend.clone(), reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
-                StoreError::Unavailable(format!("more than {QUEUE_CAPACITY} spends waiting"))
+                StoreError::Unavailable(format!("more than {QUEUE_CAPACITY} spends waiting").into())
             }
             mpsc::error::TrySendError::Closed(_) => StoreError::Other("the spend committer stopped".into()),
         })?;

@@ -36,7 +36,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
-use crate::StoreError;
+use crate::{Cause, StoreError};
 
 /// libpq's `sslmode`, as far as blindpass supports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl SslMode {
                         .into(),
                 ));
             }
-            other => return Err(StoreError::Other(format!("unknown sslmode {other:?}"))),
+            other => return Err(StoreError::Other(format!("unknown sslmode {other:?}").into())),
         })
     }
 
@@ -122,15 +122,18 @@ pub(crate) fn prepare(url: &str, ca_file: Option<&Path>) -> Result<Prepared, Sto
     let roots = roots_for(root_param.as_deref(), ca_file)?;
     let mode = mode.unwrap_or(SslMode::Prefer);
     if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && roots == Roots::None {
-        return Err(StoreError::Other(format!(
-            "sslmode={} needs a CA: the database CA file option, sslrootcert=/path/to/ca.pem or sslrootcert=system",
-            mode.as_str()
-        )));
+        return Err(StoreError::Other(
+            format!(
+                "sslmode={} needs a CA: the database CA file option, sslrootcert=/path/to/ca.pem or sslrootcert=system",
+                mode.as_str()
+            )
+            .into(),
+        ));
     }
     kept.push(mode.for_tokio_postgres());
     let config: tokio_postgres::Config = format!("{base}?{}", kept.join("&"))
         .parse()
-        .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
+        .map_err(|e| StoreError::Other(Cause::while_("invalid PostgreSQL URL", e)))?;
     let tls = MakeRustlsConnect::new(client_config(mode, &roots)?);
     Ok(Prepared { config, mode, tls })
 }
@@ -147,7 +150,7 @@ impl<'a> TlsParams<'a> {
         let mut params = Self { mode: None, root_param: None, kept: Vec::new() };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let twice = || StoreError::Other(format!("{key} is given twice in the database URL"));
+            let twice = || StoreError::Other(format!("{key} is given twice in the database URL").into());
             match key {
                 "sslmode" => {
                     if params.mode.replace(SslMode::parse(&decode(key, value)?)?).is_some() {
@@ -170,7 +173,7 @@ fn decode(key: &str, value: &str) -> Result<String, StoreError> {
     percent_encoding::percent_decode_str(value)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| StoreError::Other(format!("invalid percent-encoding in the {key} parameter")))
+        .map_err(|_| StoreError::Other(format!("invalid percent-encoding in the {key} parameter").into()))
 }
 
 /// The trust anchors named by `sslrootcert` or the CA file option (not both).
@@ -202,23 +205,27 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn load_roots(roots: &Roots) -> Result<Option<RootCertStore>, StoreError> {
-    let certs: Vec<CertificateDer<'static>> =
-        match roots {
-            Roots::None => return Ok(None),
-            Roots::File(path) => CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| StoreError::Other(format!("reading the PostgreSQL CA file {}: {e}", path.display())))?,
-            Roots::System => {
-                let found = rustls_native_certs::load_native_certs();
-                if found.certs.is_empty() {
-                    return Err(StoreError::Other(format!(
+    let certs: Vec<CertificateDer<'static>> = match roots {
+        Roots::None => return Ok(None),
+        Roots::File(path) => {
+            CertificateDer::pem_file_iter(path).and_then(|iter| iter.collect::<Result<Vec<_>, _>>()).map_err(|e| {
+                StoreError::Other(format!("reading the PostgreSQL CA file {}: {e}", path.display()).into())
+            })?
+        }
+        Roots::System => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err(StoreError::Other(
+                    format!(
                         "sslrootcert=system: no certificates in the system trust store ({} errors)",
                         found.errors.len()
-                    )));
-                }
-                found.certs
+                    )
+                    .into(),
+                ));
             }
-        };
+            found.certs
+        }
+    };
     let mut store = RootCertStore::empty();
     let (added, _ignored) = store.add_parsable_certificates(certs);
     if added == 0 {
@@ -234,13 +241,13 @@ fn client_config(mode: SslMode, roots: &Roots) -> Result<Arc<ClientConfig>, Stor
         (SslMode::VerifyFull, Some(store)) => {
             rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
                 .build()
-                .map_err(|e| StoreError::Other(format!("building the PostgreSQL certificate verifier: {e}")))?
+                .map_err(|e| StoreError::Other(Cause::while_("building the PostgreSQL certificate verifier", e)))?
         }
         (_, roots) => Arc::new(ChainVerifier { roots: roots.map(Arc::new), algorithms }),
     };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Other(format!("TLS configuration: {e}")))?
+        .map_err(|e| StoreError::Other(Cause::while_("TLS configuration", e)))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();

@@ -132,7 +132,7 @@ impl SettingsStore for SqliteStore {
                 }
                 .map_err(map_err)?;
                 if updated != 1 {
-                    return Err(StoreError::Conflict(format!("{:?} changed during the rewrap", change.target)));
+                    return Err(StoreError::Conflict(format!("{:?} changed during the rewrap", change.target).into()));
                 }
             }
             tx.commit().map_err(map_err)
