@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
         decode::<GenerateClaim>(data).err(),
     ];
     for e in errors.into_iter().flatten() {
-        assert_eq!(e.status.as_u16(), 400, "{e:?}");
+        assert_eq!(e.status().as_u16(), 400, "{e:?}");
     }
 });
