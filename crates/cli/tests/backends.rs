@@ -342,7 +342,7 @@ async fn postgres_and_redis_over_tls_and_no_private_key_bytes_in_the_cluster_wit
     ];
     let redis_url = format!("rediss://localhost:{}", redis.port);
     let serve = ["--redis-url", &redis_url, "--redis-ca-file", ca.to_str().unwrap()];
-    let node = common::start(&store, &serve).await;
+    let node = common::Node::spawn(&store, &serve).await;
     let api_key = common::api_key(&store, "sandbox");
     let retry = RetryPolicy { max_retries: 0, ..RetryPolicy::default() };
     let client = Client::new(&node.base).unwrap().with_api_key(&api_key).with_retry(retry);

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{BIN, cli, start};
+use common::{BIN, Node, cli};
 
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
@@ -18,7 +18,7 @@ use blindpass_protocol::{b64, persona};
 async fn cli_key_then_issue_over_http_then_finalize_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let store = ["--data-dir", dir.path().to_str().unwrap()];
-    let mut server = start(&store, &["--api-key-cache-secs", "2"]).await;
+    let mut server = Node::spawn(&store, &["--api-key-cache-secs", "2"]).await;
 
     // An API key made by the CLI on the store the server is using.
     let out = cli(&store, &["api-keys", "create", "--env", "sandbox", "--name", "e2e"]);
@@ -142,7 +142,7 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
 async fn client_flow_completes_the_sandbox_relay_flow_and_prints_the_claim() {
     let dir = tempfile::tempdir().unwrap();
     let store = ["--data-dir", dir.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
+    let server = Node::spawn(&store, &[]).await;
     let key = cli(&store, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
     let out =
         Command::new(BIN).args(["client", "--base-url", &server.base, "--api-key", &key, "flow"]).output().unwrap();
@@ -213,7 +213,7 @@ async fn client_flow_completes_the_sandbox_relay_flow_and_prints_the_claim() {
 async fn rust_client_library_runs_both_dialects() {
     let dir = tempfile::tempdir().unwrap();
     let store = ["--data-dir", dir.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
+    let server = Node::spawn(&store, &[]).await;
     let key = cli(&store, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
     let client = blindpass_client::Client::new(&server.base).unwrap().with_api_key(&key);
 
@@ -249,7 +249,7 @@ async fn rust_client_library_runs_both_dialects() {
 async fn the_single_node_rate_limit_counts_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let store = ["--data-dir", dir.path().to_str().unwrap()];
-    let server = start(&store, &["--rate-limit", "2"]).await;
+    let server = Node::spawn(&store, &["--rate-limit", "2"]).await;
     let key = common::api_key(&store, "sandbox");
     let http = reqwest::Client::new();
     // Keep the three requests inside one minute window.
@@ -281,7 +281,7 @@ async fn the_single_node_rate_limit_counts_every_request() {
 async fn client_issue_in_batches_gives_rfc_tokens_that_each_redeem_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = ["--data-dir", dir.path().to_str().unwrap()];
-    let server = start(&store, &["--max-batch-size", "4"]).await;
+    let server = Node::spawn(&store, &["--max-batch-size", "4"]).await;
     let key = cli(&store, &["api-keys", "create", "--env", "sandbox"]).lines().last().unwrap().to_owned();
     // 10 tokens in batches of 4: three batches (4, 4, 2) under the cap.
     let out = Command::new(BIN)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn addr(server: &common::Server) -> String {
+fn addr(server: &common::Node) -> String {
     server.base.trim_start_matches("http://").to_owned()
 }
 
@@ -54,7 +54,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_header_trickled_slower_than_the_timeout_is_closed_within_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server =
-        common::start(&["--data-dir", dir.path().to_str().unwrap()], &["--header-read-timeout-secs", "2"]).await;
+        common::Node::spawn(&["--data-dir", dir.path().to_str().unwrap()], &["--header-read-timeout-secs", "2"]).await;
     let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let started = Instant::now();
@@ -85,7 +85,7 @@ async fn a_header_trickled_slower_than_the_timeout_is_closed_within_the_timeout(
 #[tokio::test]
 async fn sigterm_with_a_stalled_client_exits_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = common::start(
+    let mut server = common::Node::spawn(
         &["--data-dir", dir.path().to_str().unwrap()],
         &["--header-read-timeout-secs", "60", "--shutdown-deadline-secs", "2"],
     )
@@ -110,7 +110,7 @@ async fn sigterm_with_a_stalled_client_exits_within_the_deadline() {
 #[tokio::test]
 async fn oversized_heads_get_4xx_never_5xx() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(&["--data-dir", dir.path().to_str().unwrap()], &[]).await;
+    let server = common::Node::spawn(&["--data-dir", dir.path().to_str().unwrap()], &[]).await;
     let a = addr(&server);
     let mut huge_header = b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ".to_vec();
     huge_header.extend(std::iter::repeat_n(b'a', 1 << 20));
@@ -143,7 +143,7 @@ async fn oversized_heads_get_4xx_never_5xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_connections_get_only_2xx_429_503_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(
+    let server = common::Node::spawn(
         &["--data-dir", dir.path().to_str().unwrap()],
         &["--max-connections", "1000", "--max-in-flight", "256", "--public-rate-limit", "0"],
     )
@@ -200,7 +200,7 @@ async fn two_thousand_concurrent_connections_get_only_2xx_429_503_and_the_server
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server =
-        common::start(&["--data-dir", dir.path().to_str().unwrap()], &["--header-read-timeout-secs", "1"]).await;
+        common::Node::spawn(&["--data-dir", dir.path().to_str().unwrap()], &["--header-read-timeout-secs", "1"]).await;
     let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -239,7 +239,7 @@ async fn challenge(http: &reqwest::Client, base: &str, forwarded_for: Option<&st
 #[tokio::test]
 async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(
+    let server = common::Node::spawn(
         &["--data-dir", dir.path().to_str().unwrap()],
         &["--client-rate-limit", "20", "--trusted-proxies", "127.0.0.4"],
     )
@@ -313,7 +313,8 @@ async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
 #[tokio::test]
 async fn failed_authentications_turn_into_429_per_address() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(&["--data-dir", dir.path().to_str().unwrap()], &["--auth-failure-limit", "5"]).await;
+    let server =
+        common::Node::spawn(&["--data-dir", dir.path().to_str().unwrap()], &["--auth-failure-limit", "5"]).await;
     let guesser = client_from("127.0.0.6");
     let guess = |http: &reqwest::Client| {
         http.post(format!("{}/api/v1/privacy-passes", server.base))
@@ -334,7 +335,7 @@ async fn the_metrics_listener_has_the_api_listeners_timeouts_and_caps() {
     let dir = tempfile::tempdir().unwrap();
     let metrics_port = common::free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let _server = common::start(
+    let _server = common::Node::spawn(
         &["--data-dir", dir.path().to_str().unwrap()],
         &["--metrics-listen", &metrics, "--header-read-timeout-secs", "2", "--max-connections-per-client", "8"],
     )

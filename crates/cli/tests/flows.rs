@@ -16,7 +16,7 @@ const CLAIM: &str = "age_over18_verified";
 
 /// The server under test and an HTTP client for it.
 struct Server {
-    _node: common::Server,
+    _node: common::Node,
     base: String,
     http: reqwest::Client,
 }
@@ -31,7 +31,7 @@ fn api_key(data_dir: &Path, env: &str, permission: &str) -> String {
 }
 
 async fn start(data_dir: &Path) -> Server {
-    let node = common::start(&store(data_dir), &["--rate-limit", "0"]).await;
+    let node = common::Node::spawn(&store(data_dir), &["--rate-limit", "0"]).await;
     Server { base: node.base.clone(), _node: node, http: reqwest::Client::new() }
 }
 

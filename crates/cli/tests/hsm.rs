@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use blindpass_client::{ChallengeOffer, Client, RetryPolicy};
 use blindpass_hsm::Hsm;
 use blindpass_hsm::testing::{SoftHsm, on_fresh_token};
-use common::{BIN, api_key, cli, pkcs11_args, start};
+use common::{BIN, Node, api_key, cli, pkcs11_args};
 
 /// The DER prefix of a PKCS#8 RSA private key (version 0, rsaEncryption,
 /// then the OCTET STRING holding RSAPrivateKey): what a software key leaves
@@ -101,7 +101,7 @@ async fn lifecycle(token: &SoftHsm) {
     let mut store_owned = vec!["--data-dir".to_owned(), data.path().to_str().unwrap().to_owned()];
     store_owned.extend(pkcs11_args(token));
     let store: Vec<&str> = store_owned.iter().map(String::as_str).collect();
-    let server = start(&store, &["--token-types", "2", "--key-refresh-secs", "1"]).await;
+    let server = Node::spawn(&store, &["--token-types", "2", "--key-refresh-secs", "1"]).await;
     let secret = api_key(&store, "sandbox");
     let client = Client::new(&server.base).unwrap().with_api_key(&secret);
     let hsm = Hsm::open(token.config()).unwrap();
@@ -278,7 +278,7 @@ async fn two_nodes(token: &SoftHsm) {
     let serve = ["--token-types", "2", "--key-refresh-secs", "1"];
     // Both start at once: each may generate the first keys in the token,
     // one wins per environment, and the loser destroys what it made.
-    let (a, b) = tokio::join!(start(&store, &serve), start(&store, &serve));
+    let (a, b) = tokio::join!(Node::spawn(&store, &serve), Node::spawn(&store, &serve));
     let secret = api_key(&store, "sandbox");
     let (client_a, client_b) =
         (Client::new(&a.base).unwrap().with_api_key(&secret), Client::new(&b.base).unwrap().with_api_key(&secret));

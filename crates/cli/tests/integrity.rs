@@ -16,7 +16,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blindpass_client::{Client, RelayCredentials, RetryPolicy};
@@ -33,13 +33,13 @@ fn no_retries() -> RetryPolicy {
 }
 
 /// A sandbox Persona token issued by `node`.
-async fn token(node: &common::Server, api_key: &str) -> String {
+async fn token(node: &common::Node, api_key: &str) -> String {
     let client = Client::new(&node.base).unwrap().with_api_key(api_key).with_retry(no_retries());
     let offer = client.challenge(CLAIM, true).await.unwrap();
     client.issue(&offer).await.unwrap().encode()
 }
 
-async fn relay(node: &common::Server) -> RelayCredentials {
+async fn relay(node: &common::Node) -> RelayCredentials {
     Client::new(&node.base).unwrap().with_retry(no_retries()).create_relay(CLAIM, None, true).await.unwrap()
 }
 
@@ -90,7 +90,7 @@ async fn retire_then_prune_on_another_node_with_a_stale_key_cache_keeps_the_toke
     let api_key = common::api_key(&s, "sandbox");
     // Node A keeps its key cache for an hour: it still believes the key is
     // active after the retirement.
-    let a = common::start(&s, &["--key-refresh-secs", "3600"]).await;
+    let a = common::Node::spawn(&s, &["--key-refresh-secs", "3600"]).await;
     let http = reqwest::Client::new();
     let t = token(&a, &api_key).await;
     let first = relay(&a).await;
@@ -103,7 +103,7 @@ async fn retire_then_prune_on_another_node_with_a_stale_key_cache_keeps_the_toke
     common::cli(&s, &["keys", "rotate", "--env", "sandbox"]);
     common::cli(&s, &["keys", "retire", &key_id]);
     // Node B starts on the same store: its first prune runs at start.
-    let b = common::start(&s, &[]).await;
+    let b = common::Node::spawn(&s, &[]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let second = relay(&a).await;
@@ -118,7 +118,7 @@ async fn held_write_lock_times_the_request_out_and_the_retry_returns_the_claim()
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let api_key = common::api_key(&s, "sandbox");
-    let node = common::start(&s, &["--request-timeout-secs", "1", "--rate-limit", "0"]).await;
+    let node = common::Node::spawn(&s, &["--request-timeout-secs", "1", "--rate-limit", "0"]).await;
     let http = reqwest::Client::new();
     let t = token(&node, &api_key).await;
     let r = relay(&node).await;
@@ -153,7 +153,7 @@ async fn client_disconnect_with_an_idempotency_key_is_not_stuck_in_409() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let api_key = common::api_key(&s, "sandbox");
-    let node = common::start(&s, &["--request-timeout-secs", "2", "--rate-limit", "0"]).await;
+    let node = common::Node::spawn(&s, &["--request-timeout-secs", "2", "--rate-limit", "0"]).await;
     let t = token(&node, &api_key).await;
     let r = relay(&node).await;
 
@@ -228,27 +228,10 @@ async fn crash_between_commit_and_response_then_the_retry_returns_the_claim() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let api_key = common::api_key(&s, "sandbox");
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let spawn = |fault: Option<&str>| {
-        let mut command = Command::new(common::BIN);
-        command.args(s).args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
-        command.stdout(Stdio::null()).stderr(Stdio::null());
-        match fault {
-            Some(f) => command.env("BLINDPASS_FAULT", f),
-            None => command.env_remove("BLINDPASS_FAULT"),
-        };
-        common::Server { child: command.spawn().unwrap(), base: base.clone() }
-    };
-    let wait_up = async |node: &common::Server| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reqwest::get(format!("{}/health", node.base)).await.is_ok_and(|r| r.status().is_success()) {
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let mut node = spawn(Some("abort-after-commit:spend"));
-    wait_up(&node).await;
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let base = format!("http://{addr}");
+    let spawn = |fault: Option<&str>| common::Node::command(&s, &[]).listen(&addr).env("BLINDPASS_FAULT", fault);
+    let mut node = spawn(Some("abort-after-commit:spend")).start().await;
     let t = token(&node, &api_key).await;
     let r = relay(&node).await;
     let http = reqwest::Client::new();
@@ -256,8 +239,7 @@ async fn crash_between_commit_and_response_then_the_retry_returns_the_claim() {
     let exit = node.child.wait().unwrap();
     assert!(!exit.success(), "aborted: {exit:?}");
 
-    let node = spawn(None);
-    wait_up(&node).await;
+    let node = spawn(None).start().await;
     let (status, body, _) = claim(&http, &base, &r, &t, None).await.unwrap();
     assert_eq!(status, 200, "the committed claim survives the crash: {body}");
     assert_eq!(body["token-consumed"], true);
@@ -286,7 +268,7 @@ async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
     common::write_kek(&kek_file);
     let data = dir.path().join("data");
     let with_kek = ["--data-dir", data.to_str().unwrap(), "--key-encryption-key-file", kek_file.to_str().unwrap()];
-    let node = common::start(&with_kek, &[]).await;
+    let node = common::Node::spawn(&with_kek, &[]).await;
     let api_key = common::api_key(&with_kek, "sandbox");
     let t = token(&node, &api_key).await;
     let r = relay(&node).await;
@@ -310,7 +292,7 @@ async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
     // Rewrapped to plaintext (the control: the pattern finds real keys).
     common::cli(&with_kek, &["keys", "rewrap", "--to-plaintext"]);
     let plain = ["--data-dir", data.to_str().unwrap()];
-    let node = common::start(&plain, &[]).await;
+    let node = common::Node::spawn(&plain, &[]).await;
     drop(node);
     let db = rusqlite::Connection::open(data.join("blindpass.db")).unwrap();
     let key: Vec<u8> =
@@ -331,20 +313,6 @@ async fn with_a_kek_no_private_key_bytes_reach_the_database_file() {
     }
 }
 
-/// Runs `blindpass <args>` under umask 000 (the most permissive), in the
-/// background; the caller waits for it.
-fn spawn_with_open_umask(args: &[&str]) -> std::process::Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg("umask 000; exec \"$0\" \"$@\"")
-        .arg(common::BIN)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[cfg(unix)]
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -359,12 +327,8 @@ async fn data_dir_is_0700_and_database_files_0600_whatever_the_umask() {
 
     // A fresh data directory, created by a server running under umask 000.
     let data = dir.path().join("fresh").join("data");
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let base = format!("http://{listen}");
-    let serve = ["--data-dir", data.to_str().unwrap(), "serve", "--listen", &listen];
-    let node = common::Server { child: spawn_with_open_umask(&serve), base: base.clone() };
-    wait_healthy(&base).await;
+    let store = ["--data-dir", data.to_str().unwrap()];
+    let node = common::Node::command(&store, &[]).open_umask().start().await;
     // Traffic that writes: the WAL and shared-memory files exist now.
     let api_key = common::api_key(&["--data-dir", data.to_str().unwrap()], "sandbox");
     let _ = token(&node, &api_key).await;
@@ -383,8 +347,7 @@ async fn data_dir_is_0700_and_database_files_0600_whatever_the_umask() {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
     }
-    let node = common::Server { child: spawn_with_open_umask(&serve), base: base.clone() };
-    wait_healthy(&base).await;
+    let node = common::Node::command(&store, &[]).open_umask().start().await;
     drop(node);
     assert_eq!(mode(&data), 0o700, "existing data directory");
     for name in ["blindpass.db", "blindpass.db-wal", "blindpass.db-shm"] {
@@ -395,22 +358,14 @@ async fn data_dir_is_0700_and_database_files_0600_whatever_the_umask() {
     }
 }
 
-async fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reqwest::get(format!("{base}/health")).await.is_ok_and(|r| r.status().is_success()) {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_on_different_addresses_share_one_issuer_name_and_accept_each_others_rfc_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     // Neither node names itself: the first writes its listen address, the
     // second adopts it.
-    let a = common::start(&s, &[]).await;
-    let b = common::start(&s, &[]).await;
+    let a = common::Node::spawn(&s, &[]).await;
+    let b = common::Node::spawn(&s, &[]).await;
     let relay = Client::new(&b.base).unwrap().with_retry(no_retries()).create_relay(CLAIM, None, true).await.unwrap();
     let api_key = common::api_key(&s, "sandbox");
     let at_a = Client::new(&a.base).unwrap().with_api_key(&api_key).with_retry(no_retries());
@@ -437,7 +392,7 @@ async fn nodes_on_different_addresses_share_one_issuer_name_and_accept_each_othe
     drop((a, b));
     common::cli(&s, &["issuer-name", "set", "pp.example"]);
     assert_eq!(common::cli(&s, &["issuer-name", "show"]).trim(), "pp.example");
-    let c = common::start(&s, &["--issuer-name", "pp.example"]).await;
+    let c = common::Node::spawn(&s, &["--issuer-name", "pp.example"]).await;
     let relay = Client::new(&c.base).unwrap().create_relay(CLAIM, None, true).await.unwrap();
     let challenge = Client::new(&c.base).unwrap().rfc_challenge(&relay).await.unwrap();
     assert_eq!(challenge.challenge.issuer_name, "pp.example");

@@ -20,7 +20,7 @@ use blindpass_protocol::b64;
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::type2;
 use blindpass_protocol::wire::{TokenChallenge, TokenResponse};
-use common::{Server, api_key, start};
+use common::{Node, api_key};
 use serde_json::{Value, json};
 
 fn interop_dir() -> PathBuf {
@@ -84,7 +84,7 @@ fn rust_peer(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-async fn relay(http: &reqwest::Client, server: &Server) -> (String, String) {
+async fn relay(http: &reqwest::Client, server: &Node) -> (String, String) {
     let relay: Value = http
         .post(format!("{}/api/privacy/v1/relays", server.base))
         .json(&json!({"claim-type": "age_over18_verified", "encryption-key-pem": null, "sandbox": true}))
@@ -107,7 +107,7 @@ async fn privacypass_ts_issues_verifies_and_redeems_against_blindpass() {
 /// privacypass-ts's type-2 flow against a server on `store`.
 async fn ts_flow(store: &[&str]) {
     let dir = node_ready();
-    let server = start(store, &[]).await;
+    let server = Node::spawn(store, &[]).await;
     let api_key = api_key(store, "sandbox");
     let (relay_token, relay_secret) = relay(&reqwest::Client::new(), &server).await;
 
@@ -132,7 +132,7 @@ async fn privacypass_ts_private_verif_gets_a_type_1_token_that_blindpass_redeems
     let dir = node_ready();
     let data = tempfile::tempdir().unwrap();
     let store = ["--data-dir", data.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
+    let server = Node::spawn(&store, &[]).await;
     let api_key = api_key(&store, "sandbox");
     let http = reqwest::Client::new();
     let (relay_token, relay_secret) = relay(&http, &server).await;
@@ -173,7 +173,7 @@ async fn privacypass_ts_generic_batch_is_issued_and_every_token_verifies_and_red
 /// `store`.
 async fn ts_batch(store: &[&str]) {
     let dir = node_ready();
-    let server = start(store, &[]).await;
+    let server = Node::spawn(store, &[]).await;
     let api_key = api_key(store, "sandbox");
     let (relay_token, relay_secret) = relay(&reqwest::Client::new(), &server).await;
 
@@ -214,7 +214,7 @@ async fn a_token_from_the_rust_client_verifies_in_privacypass_ts() {
     let dir = node_ready();
     let data = tempfile::tempdir().unwrap();
     let store = ["--data-dir", data.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
+    let server = Node::spawn(&store, &[]).await;
     let api_key = api_key(&store, "sandbox");
     let http = reqwest::Client::new();
 
@@ -271,7 +271,7 @@ async fn the_privacypass_crate_gets_a_type_5_amortized_batch_that_blindpass_rede
     rust_peer_ready();
     let data = tempfile::tempdir().unwrap();
     let store = ["--data-dir", data.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
+    let server = Node::spawn(&store, &[]).await;
     let api_key = api_key(&store, "sandbox");
     let http = reqwest::Client::new();
     let (first, other) = (relay(&http, &server).await, relay(&http, &server).await);
@@ -322,7 +322,7 @@ async fn jose_decrypts_the_jwe_claim_of_a_jwk_relay() {
     let keys = node(&dir, &["jwe-keypair"]);
     let data = tempfile::tempdir().unwrap();
     let store = ["--data-dir", data.path().to_str().unwrap()];
-    let server = start(&store, &[]).await;
+    let server = Node::spawn(&store, &[]).await;
     let key = api_key(&store, "sandbox");
     let http = reqwest::Client::new();
     let create = async |body: Value| {

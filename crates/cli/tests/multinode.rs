@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 use blindpass_store::postgres::testing::{create_schema, drop_schema, random_schema_name, url_with_schema};
-use common::Server as Node;
+use common::Node;
 use serde_json::{Value, json};
 
 const CLAIM: &str = "age_over18_verified";
@@ -34,7 +34,7 @@ fn postgres_url() -> String {
 /// A node on `database_url` that re-reads keys every second.
 async fn start(database_url: &str, extra: &[&str]) -> Node {
     let serve_args: Vec<&str> = ["--key-refresh-secs", "1"].into_iter().chain(extra.iter().copied()).collect();
-    common::start(&["--database-url", database_url], &serve_args).await
+    common::Node::spawn(&["--database-url", database_url], &serve_args).await
 }
 
 fn cli(database_url: &str, args: &[&str]) -> String {

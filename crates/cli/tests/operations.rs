@@ -22,7 +22,7 @@ fn stderr(out: &std::process::Output) -> String {
 async fn client_options_work_after_the_subcommand_and_store_options_stay_off_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let server = start(&["--data-dir", data], &[]).await;
+    let server = Node::spawn(&["--data-dir", data], &[]).await;
     // Store options after the store command (and the nested subcommand).
     let key =
         cli(&[], &["api-keys", "create", "--env", "sandbox", "--data-dir", data]).lines().last().unwrap().to_owned();
@@ -74,7 +74,7 @@ async fn metrics_on_their_own_listener_and_readiness() {
     let data = dir.path().to_str().unwrap();
     let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let server = start(&["--data-dir", data], &["--metrics-listen", &metrics_addr]).await;
+    let server = Node::spawn(&["--data-dir", data], &["--metrics-listen", &metrics_addr]).await;
     let key = api_key(&["--data-dir", data], "sandbox");
     let out = run(&["client", "flow", "--base-url", &server.base, "--api-key", &key]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -79,8 +79,8 @@ async fn two_nodes_rotate_automatically(store: &[&str]) {
         "--key-refresh-secs",
         "1",
     ];
-    let a = start(&store, &policy).await;
-    let b = start(&store, &policy).await;
+    let a = Node::spawn(&store, &policy).await;
+    let b = Node::spawn(&store, &policy).await;
     let key = api_key(&store, "sandbox");
     let first = sandbox_type2(&store);
     assert_eq!(first.len(), 1);

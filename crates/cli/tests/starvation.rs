@@ -24,7 +24,7 @@ const ATTACKER: &str = "127.0.0.2";
 static ONE_ATTACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const VICTIM: &str = "127.0.0.3";
 
-fn socket_addr(server: &common::Server) -> SocketAddr {
+fn socket_addr(server: &common::Node) -> SocketAddr {
     server.base.trim_start_matches("http://").parse().unwrap()
 }
 
@@ -53,7 +53,7 @@ struct Victim {
 }
 
 impl Victim {
-    fn new(server: &common::Server, api_key: &str, from: &str) -> Self {
+    fn new(server: &common::Node, api_key: &str, from: &str) -> Self {
         let http = http_from(from);
         let client = Client::new(&server.base)
             .unwrap()
@@ -126,10 +126,10 @@ fn store_of(dir: &tempfile::TempDir) -> Vec<String> {
     vec!["--data-dir".into(), dir.path().to_str().unwrap().into()]
 }
 
-async fn start(dir: &tempfile::TempDir, args: &[&str]) -> common::Server {
+async fn start(dir: &tempfile::TempDir, args: &[&str]) -> common::Node {
     let store = store_of(dir);
     let store: Vec<&str> = store.iter().map(String::as_str).collect();
-    common::start(&store, args).await
+    common::Node::spawn(&store, args).await
 }
 
 fn api_key(dir: &tempfile::TempDir, extra: &[&str]) -> String {

@@ -9,10 +9,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, free_port};
+use common::{BIN, Node};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 
 /// A CA and a leaf for localhost / 127.0.0.1 signed by it, in PEM.
@@ -54,27 +54,6 @@ fn curl(ca: &str, url: &str) -> (bool, String, String) {
     (out.status.success(), version.to_owned(), body.to_owned())
 }
 
-fn start_tls(data: &str, cert: &str, key: &str) -> (Server, String) {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["--data-dir", data, "serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--tls-cert", cert, "--tls-key", key, "--tls-reload-secs", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, base: format!("https://127.0.0.1:{port}") };
-    (server, format!("127.0.0.1:{port}"))
-}
-
-fn wait_for(ca: &str, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !curl(ca, url).0 {
-        assert!(Instant::now() < deadline, "HTTPS server did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn https_with_h2_and_certificates_renewed_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,9 +62,9 @@ fn https_with_h2_and_certificates_renewed_without_a_restart() {
     let ca1 = write(dir.path(), "ca1.pem", &first.ca);
     let cert = write(dir.path(), "cert.pem", &first.cert);
     let key = write(dir.path(), "key.pem", &first.key);
-    let (server, addr) = start_tls(data.to_str().unwrap(), &cert, &key);
-    let health = format!("{}/health", server.base);
-    wait_for(&ca1, &health);
+    let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-reload-secs", "1"];
+    let server = Node::command(&["--data-dir", data.to_str().unwrap()], &tls).https(&ca1).start_blocking();
+    let (addr, health) = (server.addr.clone(), format!("{}/health", server.base));
 
     let (ok, version, body) = curl(&ca1, &health);
     assert!(ok);
@@ -153,20 +132,11 @@ fn unusable_tls_files_are_one_line_errors_at_start() {
 
 /// `serve` over HTTPS with client certificates from `[cert, key, client CA]`
 /// (files reloaded every second) and `args` (its attesters), up and
-/// answering; returns it and its address.
-fn start_mtls(dir: &Path, server_ca: &str, [cert, key, client_ca]: [&str; 3], args: &[&str]) -> (Server, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
-        .args(["--data-dir", dir.join("data").to_str().unwrap(), "serve", "--listen", &addr])
-        .args(["--tls-cert", cert, "--tls-key", key, "--client-ca", client_ca, "--tls-reload-secs", "1"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, base: format!("https://{addr}") };
-    wait_for(server_ca, &format!("{}/health", server.base));
-    (server, addr)
+/// answering.
+fn start_mtls(dir: &Path, server_ca: &str, [cert, key, client_ca]: [&str; 3], args: &[&str]) -> Node {
+    let tls = ["--tls-cert", cert, "--tls-key", key, "--client-ca", client_ca, "--tls-reload-secs", "1"];
+    let flags: Vec<&str> = tls.iter().chain(args).copied().collect();
+    Node::command(&["--data-dir", dir.join("data").to_str().unwrap()], &flags).https(server_ca).start_blocking()
 }
 
 /// A client certificate for `name` signed by `issuer` (PEM cert, PEM key).
@@ -237,7 +207,7 @@ fn mtls_attesters_get_tokens_without_an_api_key_and_nobody_else_does() {
     }
     let attesters =
         ["--attester", "attester.example=sandbox", "--attester", "verifier.example=production:relay.verify"];
-    let (server, _) = start_mtls(d, &ca, [&cert, &key, &clients_ca], &attesters);
+    let server = start_mtls(d, &ca, [&cert, &key, &clients_ca], &attesters);
 
     // The sandbox key from the directory; a TokenRequest for it.
     let (ok, _, directory) =
@@ -356,7 +326,8 @@ async fn a_changed_client_ca_is_picked_up_and_closes_the_connections_it_no_longe
     let clients_ca = write(d, "clients.pem", &old_pem);
     let (old_cert, old_key) = client_cert("attester.example", &old_ca);
     let (new_cert, new_key) = client_cert("attester.example", &new_ca);
-    let (server, addr) = start_mtls(d, &ca, [&cert, &key, &clients_ca], &["--attester", "attester.example=sandbox"]);
+    let server = start_mtls(d, &ca, [&cert, &key, &clients_ca], &["--attester", "attester.example=sandbox"]);
+    let addr = server.addr.clone();
 
     // A connection of the old CA's attester, kept open.
     let mut open = mtls_connect(&addr, &server_pki.ca, &old_cert, &old_key).await.unwrap();

@@ -55,7 +55,7 @@ fn key_id_of(token: &str) -> String {
 }
 
 async fn types_1_and_5_end_to_end(store: &[&str]) {
-    let server = common::start(store, &["--key-refresh-secs", "1"]).await;
+    let server = common::Node::spawn(store, &["--key-refresh-secs", "1"]).await;
     let api_key = common::api_key(store, "sandbox");
     let directory = reqwest::get(format!("{}/.well-known/token-issuer-directory?sandbox=true", server.base))
         .await

@@ -35,6 +35,8 @@ mod retention;
 pub mod rotation;
 mod secrets;
 mod signing_pool;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 

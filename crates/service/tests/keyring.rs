@@ -12,11 +12,8 @@ use blindpass_store::sqlite::SqliteStore;
 const START: i64 = 1_800_000_000;
 
 async fn node(path: &std::path::Path, clock: Arc<ManualClock>) -> Service {
-    let store = Arc::new(SqliteStore::open(path).await.unwrap());
-    let service = Service::new(store, clock, Config { issuer_name: "issuer.example".into(), ..Config::default() });
-    service.ensure_initial_keys().await.unwrap();
-    service.reload_keys().await.unwrap();
-    service
+    let config = Config { issuer_name: "issuer.example".into(), ..Config::default() };
+    blindpass_service::testing::on_store(path, clock, config).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use blindpass_service::rotation::RotationPolicy;
 use blindpass_service::{Config, Environment, KeyState, ManualClock, Service};
-use blindpass_store::sqlite::SqliteStore;
 
 const START: i64 = 1_800_000_000;
 const LIFETIME: i64 = 24 * 3600;
@@ -35,10 +34,7 @@ fn config() -> Config {
 }
 
 async fn node(path: &std::path::Path, clock: Arc<ManualClock>) -> Service {
-    let store = Arc::new(SqliteStore::open(path).await.unwrap());
-    let service = Service::new(store, clock, config());
-    service.ensure_initial_keys().await.unwrap();
-    service
+    blindpass_service::testing::on_store(path, clock, config()).await.unwrap()
 }
 
 /// (state, not_before) of every key of `env` and type 2, oldest first.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
 use blindpass_protocol::{b64, persona};
 use blindpass_service::lifecycle::NotIssuing;
+use blindpass_service::testing::TestNode;
 use blindpass_service::{
     AuthError, ChallengeOffer, ClaimType, Config, Environment, IssueError, IssueRequest, ManualClock, Permission,
     PresentedToken, RedeemError, Relay, Service, TokenRejection,
@@ -27,13 +28,8 @@ struct Node {
 }
 
 async fn node() -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(START));
-    let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
     let config = Config { issuer_name: "issuer.example".into(), key_overlap_secs: OVERLAP, ..Config::default() };
-    let service = Service::new(store, Arc::clone(&clock) as _, config);
-    service.ensure_initial_keys().await.unwrap();
-    service.reload_keys().await.unwrap();
+    let TestNode { service, clock, dir } = TestNode::start(config, START).await.unwrap();
     Node { service, clock, _dir: dir }
 }
 

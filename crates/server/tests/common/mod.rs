@@ -18,8 +18,8 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 use blindpass_server::{AppState, IdOverrides, Limits};
+use blindpass_service::testing::TestNode;
 use blindpass_service::{Config, Environment, ManualClock, Permission, Service};
-use blindpass_store::sqlite::SqliteStore;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -82,11 +82,7 @@ pub async fn harness_with(rate_limit: u64, limits: Limits) -> Harness {
 }
 
 pub async fn harness_from(config: Config, limits: Limits) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("db")).await.unwrap());
-    let clock = Arc::new(ManualClock::new(T0));
-    let service = Service::new(store, clock.clone(), config);
-    service.ensure_initial_keys().await.unwrap();
+    let TestNode { service, clock, dir } = TestNode::start(config, T0).await.unwrap();
     let secret = async |env, perms: Vec<Permission>| service.create_api_key(env, perms, None).await.unwrap();
     let sandbox = secret(Environment::Sandbox, vec![Permission::PrivacyPassWrite]).await;
     let production = secret(Environment::Production, vec![Permission::PrivacyPassWrite]).await;
