@@ -1,8 +1,8 @@
 //! Key encodings: SPKI (both algorithms), PKCS#1, PKCS#8 (into aws-lc), PEM.
 #![no_main]
 
-use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::rsa::RsaPublicKey;
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_rsa::RsaPrivateKey;
 use libfuzzer_sys::fuzz_target;
 

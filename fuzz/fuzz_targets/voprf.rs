@@ -6,10 +6,10 @@
 
 use std::sync::OnceLock;
 
-use blindpass_protocol::voprf::{SecretKey, Suite};
-use blindpass_protocol::voprf_wire::{
+use blindpass_protocol::voprf::wire::{
     AmortizedTokenRequest, AmortizedTokenResponse, VoprfToken, VoprfTokenRequest, VoprfTokenResponse,
 };
+use blindpass_protocol::voprf::{SecretKey, Suite};
 use libfuzzer_sys::fuzz_target;
 
 /// Fixed keys (derived from fixed seeds) and a fixed-seed RNG for the proof:

@@ -3,7 +3,8 @@
 //! same bytes.
 #![no_main]
 
-use blindpass_protocol::wire::{Token, TokenChallenge, TokenRequest, TokenResponse};
+use blindpass_protocol::type2::wire::{Token, TokenRequest, TokenResponse};
+use blindpass_protocol::wire::TokenChallenge;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

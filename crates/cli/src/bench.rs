@@ -5,9 +5,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use blindpass_protocol::blind_rsa::{self, RawSigner};
-use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::type2;
+use blindpass_protocol::type2::blind_rsa::{self, RawSigner};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_protocol::wire::TokenChallenge;
 use blindpass_rsa::RsaPrivateKey;
 use clap::{Args, Subcommand};

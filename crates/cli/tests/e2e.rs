@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, Node, cli};
 
-use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 
 #[tokio::test]
@@ -122,7 +122,8 @@ async fn sandbox_public_key(data_dir: &Path, key_id: &str) -> IssuerPublicKey {
     let keys = store.issuer_keys(Some(blindpass_store::Environment::Sandbox)).await.unwrap();
     let key = keys.iter().find(|k| k.token_type == 2).expect("a type-2 key");
     let signer = blindpass_rsa::RsaPrivateKey::from_pkcs8_der(&key.private_pkcs8).unwrap();
-    let public = IssuerPublicKey::new(blindpass_protocol::blind_rsa::RawSigner::public_key(&signer).clone()).unwrap();
+    let public =
+        IssuerPublicKey::new(blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&signer).clone()).unwrap();
     assert_eq!(public.persona_key_id().to_hex(), key_id);
     public
 }
@@ -293,7 +294,7 @@ async fn client_issue_in_batches_gives_rfc_tokens_that_each_redeem_once() {
     assert_eq!(tokens.len(), 10);
     for token in &tokens {
         let bytes = b64::decode(token).unwrap();
-        assert!(blindpass_protocol::wire::Token::decode(&bytes).is_ok(), "an RFC 9577 token of type 2");
+        assert!(blindpass_protocol::type2::wire::Token::decode(&bytes).is_ok(), "an RFC 9577 token of type 2");
     }
     let distinct: std::collections::HashSet<_> = tokens.iter().collect();
     assert_eq!(distinct.len(), 10);

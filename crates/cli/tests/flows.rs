@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use blindpass_protocol::keys::IssuerPublicKey;
-use blindpass_protocol::wire::TokenResponse;
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::type2::wire::TokenResponse;
 use blindpass_protocol::{auth, b64, persona, type2};
 use serde_json::{Value, json};
 

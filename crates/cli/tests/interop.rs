@@ -17,9 +17,10 @@ use std::process::Command;
 mod common;
 
 use blindpass_protocol::b64;
-use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::type2;
-use blindpass_protocol::wire::{TokenChallenge, TokenResponse};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::type2::wire::TokenResponse;
+use blindpass_protocol::wire::TokenChallenge;
 use common::{Node, api_key};
 use serde_json::{Value, json};
 
@@ -119,7 +120,7 @@ async fn ts_flow(store: &[&str]) {
     assert_eq!(out["redeemStatus"], 200, "blindpass redeems the token privacypass-ts made: {out}");
     assert_eq!(out["tokenConsumed"], true);
     // And our own decoder and verifier agree with the TypeScript token bytes.
-    let token = blindpass_protocol::wire::Token::decode(&hex_decode(out["token"].as_str().unwrap())).unwrap();
+    let token = blindpass_protocol::type2::wire::Token::decode(&hex_decode(out["token"].as_str().unwrap())).unwrap();
     assert_eq!(token.encode().len(), 354);
 }
 
@@ -145,7 +146,7 @@ async fn privacypass_ts_private_verif_gets_a_type_1_token_that_blindpass_redeems
     assert_eq!(out["tokenConsumed"], true);
     assert_eq!(out["againStatus"], 200, "the same relay answers a retry with the stored claim");
     let bytes = hex_decode(out["token"].as_str().unwrap());
-    let token = blindpass_protocol::voprf_wire::VoprfToken::decode(&bytes).unwrap();
+    let token = blindpass_protocol::voprf::wire::VoprfToken::decode(&bytes).unwrap();
     assert_eq!(token.encode(), bytes);
     assert_eq!(token.suite, blindpass_protocol::voprf::Suite::P384, "a type-1 token");
     // At another relay the token is spent.
@@ -301,7 +302,7 @@ async fn the_privacypass_crate_gets_a_type_5_amortized_batch_that_blindpass_rede
     let tokens: Vec<Vec<u8>> = out.lines().map(hex_decode).collect();
     assert_eq!(tokens.len(), 10, "{out}");
     for token in &tokens {
-        let decoded = blindpass_protocol::voprf_wire::VoprfToken::decode(token).unwrap();
+        let decoded = blindpass_protocol::voprf::wire::VoprfToken::decode(token).unwrap();
         assert_eq!(decoded.suite, blindpass_protocol::voprf::Suite::Ristretto255);
         let r = claim(&first, Some(token)).await.unwrap();
         assert_eq!(r.status(), 200, "blindpass redeems the token the privacypass crate finalized");

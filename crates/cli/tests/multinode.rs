@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 use blindpass_store::postgres::testing::{create_schema, drop_schema, random_schema_name, url_with_schema};
 use common::Node;

@@ -184,7 +184,8 @@ fn token_request(
 
 #[test]
 fn mtls_attesters_get_tokens_without_an_api_key_and_nobody_else_does() {
-    use blindpass_protocol::{b64, keys::IssuerPublicKey, type2, wire};
+    use blindpass_protocol::type2::keys::IssuerPublicKey;
+    use blindpass_protocol::{b64, type2, wire};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server_pki = pki("server CA");
@@ -231,7 +232,7 @@ fn mtls_attesters_get_tokens_without_an_api_key_and_nobody_else_does() {
     let (ok, status, response) = token_request(&ca, &url, with("attester"), &[], &body);
     assert!(ok && status == 200, "{status}: {}", String::from_utf8_lossy(&response));
     let token =
-        type2::finalize_issuance(&issuer_key, &state, &wire::TokenResponse::decode(&response).unwrap()).unwrap();
+        type2::finalize_issuance(&issuer_key, &state, &type2::wire::TokenResponse::decode(&response).unwrap()).unwrap();
     type2::verify_token(&issuer_key, &token).unwrap();
 
     // No certificate and no key; a certificate from the CA that names no

@@ -10,8 +10,9 @@ mod common;
 
 use std::process::Command;
 
+use blindpass_protocol::b64;
 use blindpass_protocol::directory::IssuerDirectory;
-use blindpass_protocol::{b64, voprf_wire::VoprfToken};
+use blindpass_protocol::voprf::wire::VoprfToken;
 use serde_json::{Value, json};
 
 const CLAIM: &str = "age_over18_verified";

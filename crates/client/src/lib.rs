@@ -30,7 +30,7 @@ use transport::json_body;
 use std::time::Duration;
 
 use blindpass_entropy::{Entropy, SystemEntropy};
-use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_protocol::{api, b64, persona};
 use reqwest::Method;
 use std::sync::Arc;

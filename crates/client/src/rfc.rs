@@ -5,15 +5,14 @@
 
 use blindpass_protocol::auth::{self, PrivateTokenChallenge};
 use blindpass_protocol::directory::IssuerDirectory;
-use blindpass_protocol::keys::IssuerPublicKey;
-use blindpass_protocol::voprf::{self, Suite};
-use blindpass_protocol::voprf_wire::{
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::type2::wire::{Token, TokenResponse};
+use blindpass_protocol::voprf::wire::{
     AmortizedTokenRequest, AmortizedTokenResponse, MEDIA_TYPE_AMORTIZED_BATCH_REQUEST,
     MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE, VoprfToken, VoprfTokenRequest, VoprfTokenResponse,
 };
-use blindpass_protocol::wire::{
-    MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA, Token, TokenResponse,
-};
+use blindpass_protocol::voprf::{self, Suite};
+use blindpass_protocol::wire::{MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA};
 use blindpass_protocol::{api, batch, type2};
 use reqwest::{StatusCode, header};
 

@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use blindpass_protocol::blind_rsa::{BlindSignError, RawSigner, RawVerifier};
 use blindpass_protocol::rsa::RsaPublicKey;
+use blindpass_protocol::type2::blind_rsa::{BlindSignError, RawSigner, RawVerifier};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};

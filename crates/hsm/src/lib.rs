@@ -7,7 +7,7 @@
 //!   the token: a token object, private, sensitive and never extractable. The
 //!   caller keeps its [`ObjectRef`] (CKA_ID and CKA_LABEL) and public key; the
 //!   private key has no bytes outside the token.
-//! - [`HsmKey`] is a [`blindpass_protocol::blind_rsa::RawSigner`]: RSASP1 by
+//! - [`HsmKey`] is a [`blindpass_protocol::type2::blind_rsa::RawSigner`]: RSASP1 by
 //!   `CKM_RSA_X_509` on the blinded message, then `s^e mod n == m` checked
 //!   here (RFC 9474 §4.3) so that a fault in the token never reaches a client.
 //! - Sessions are pooled (`pool.rs`); a token that goes away makes operations

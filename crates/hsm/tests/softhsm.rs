@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use blindpass_hsm::testing::on_fresh_token;
 use blindpass_hsm::{Hsm, HsmConfig, HsmError, TokenSelector};
-use blindpass_protocol::blind_rsa::{self, BlindSignError, RawSigner, Variant};
+use blindpass_protocol::type2::blind_rsa::{self, BlindSignError, RawSigner, Variant};
 use cryptoki::context::Pkcs11;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;

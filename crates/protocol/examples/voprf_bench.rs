@@ -12,8 +12,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use blindpass_protocol::b64;
+use blindpass_protocol::voprf::wire::{AmortizedTokenRequest, VoprfTokenRequest};
 use blindpass_protocol::voprf::{self, PublicKey, SecretKey, Suite};
-use blindpass_protocol::voprf_wire::{AmortizedTokenRequest, VoprfTokenRequest};
 use blindpass_protocol::wire::TokenChallenge;
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::b64;
-use crate::keys::IssuerPublicKey;
 use crate::rsa::KeyError;
+use crate::type2::keys::IssuerPublicKey;
 use crate::wire::TOKEN_TYPE_BLIND_RSA;
 
 /// Well-known path of the directory.

@@ -32,11 +32,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::b64;
-use crate::blind_rsa::{self, BlindError, BlindingSecret, FinalizeError, VerifyError};
-use crate::keys::IssuerPublicKey;
 use crate::time;
 use crate::type2::VARIANT;
-use crate::wire::{NK, TOKEN_INPUT_LEN, TOKEN_TYPE_BLIND_RSA};
+use crate::type2::blind_rsa::{self, BlindError, BlindingSecret, FinalizeError, VerifyError};
+use crate::type2::keys::IssuerPublicKey;
+use crate::type2::wire::NK;
+use crate::wire::{TOKEN_INPUT_LEN, TOKEN_TYPE_BLIND_RSA};
 
 /// Domain separation prefix of the MAC input.
 pub const MAC_DOMAIN: &[u8; 30] = b"blindpass persona challenge v1";

@@ -7,13 +7,14 @@ mod common;
 use std::sync::OnceLock;
 
 use blindpass_protocol::batch::{BatchTokenRequest, BatchTokenResponse, Framing, GenericTokenRequest};
-use blindpass_protocol::blind_rsa::{self, RawSigner, Variant};
-use blindpass_protocol::keys::IssuerPublicKey;
-use blindpass_protocol::voprf::{self, SecretKey, Suite};
-use blindpass_protocol::voprf_wire::{
+use blindpass_protocol::type2::blind_rsa::{self, RawSigner, Variant};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::type2::wire::{Token, TokenRequest, TokenResponse};
+use blindpass_protocol::voprf::wire::{
     AmortizedTokenRequest, AmortizedTokenResponse, VoprfToken, VoprfTokenRequest, VoprfTokenResponse,
 };
-use blindpass_protocol::wire::{Token, TokenChallenge, TokenRequest, TokenResponse};
+use blindpass_protocol::voprf::{self, SecretKey, Suite};
+use blindpass_protocol::wire::TokenChallenge;
 use blindpass_protocol::{auth, b64, directory, pem, persona, rsa, time, type2};
 use blindpass_rsa::RsaPrivateKey;
 use proptest::prelude::*;

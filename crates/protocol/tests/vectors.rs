@@ -8,15 +8,16 @@ mod common;
 
 use blindpass_protocol::auth;
 use blindpass_protocol::batch::{BatchTokenRequest, BatchTokenResponse, Framing};
-use blindpass_protocol::blind_rsa::{self, Variant};
-use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::rsa::RsaPublicKey;
 use blindpass_protocol::type2;
-use blindpass_protocol::voprf::{self, SecretKey, Suite};
-use blindpass_protocol::voprf_wire::{
+use blindpass_protocol::type2::blind_rsa::{self, Variant};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::type2::wire::{Token, TokenRequest, TokenResponse};
+use blindpass_protocol::voprf::wire::{
     AmortizedTokenRequest, AmortizedTokenResponse, VoprfToken, VoprfTokenRequest, VoprfTokenResponse,
 };
-use blindpass_protocol::wire::{self, Token, TokenChallenge, TokenRequest, TokenResponse, WireError};
+use blindpass_protocol::voprf::{self, SecretKey, Suite};
+use blindpass_protocol::wire::{self, TokenChallenge, WireError};
 use blindpass_rsa::RsaPrivateKey;
 use common::{ReplayRng, hex, vector_file};
 use crypto_bigint::{BoxedUint, Odd};
@@ -275,7 +276,7 @@ fn check_rfc9577_token(case: &Value) -> bool {
     .unwrap();
     let nonce: [u8; 32] = hex(&case["nonce"]).try_into().unwrap();
     let key_id = blindpass_protocol::keys::TokenKeyId(hex(&case["token_key_id"]).try_into().unwrap());
-    assert_eq!(wire::token_input(&nonce, &challenge.digest(), &key_id).to_vec(), expected);
+    assert_eq!(type2::wire::token_input(&nonce, &challenge.digest(), &key_id).to_vec(), expected);
     true
 }
 

@@ -1,6 +1,6 @@
 //! # blindpass-rsa
 //!
-//! The RSA private-key backend behind [`blindpass_protocol::blind_rsa::RawSigner`]:
+//! The RSA private-key backend behind [`blindpass_protocol::type2::blind_rsa::RawSigner`]:
 //! aws-lc's RSA, which is constant-time, base-blinded, CRT-based, and checks
 //! `s^e mod n == m` before returning (the RFC 9474 §4.3 fault check), at
 //! about the speed of `openssl speed rsa2048`.
@@ -17,10 +17,10 @@
 
 mod ffi;
 
-use blindpass_protocol::blind_rsa::{BlindSignError, RawSigner, RawVerifier};
 use blindpass_protocol::der::{self, DerError, tag};
 use blindpass_protocol::pem;
 use blindpass_protocol::rsa::{KeyError, RSA_ENCRYPTION_ALGORITHM, RsaPublicKey};
+use blindpass_protocol::type2::blind_rsa::{BlindSignError, RawSigner, RawVerifier};
 use crypto_bigint::{BoxedUint, NonZero, Odd};
 use zeroize::Zeroizing;
 

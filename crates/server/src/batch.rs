@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use blindpass_protocol::batch::{
     BatchTokenRequest, BatchTokenResponse, Framing, GenericTokenRequest, GenericTokenResponse,
 };
-use blindpass_protocol::voprf_wire::{AmortizedError, AmortizedTokenRequest, MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE};
+use blindpass_protocol::voprf::wire::{AmortizedError, AmortizedTokenRequest, MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE};
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 use blindpass_service::{IssueError, IssueRequest, KeySelector, Principal, TOKEN_TYPES};
 

@@ -12,7 +12,7 @@ use blindpass_protocol::batch::{
     MEDIA_TYPE_ARBITRARY_BATCH_REQUEST, MEDIA_TYPE_ARBITRARY_BATCH_RESPONSE, MEDIA_TYPE_GENERIC_BATCH_REQUEST,
     MEDIA_TYPE_GENERIC_BATCH_RESPONSE,
 };
-use blindpass_protocol::voprf_wire::{MEDIA_TYPE_AMORTIZED_BATCH_REQUEST, MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE};
+use blindpass_protocol::voprf::wire::{MEDIA_TYPE_AMORTIZED_BATCH_REQUEST, MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE};
 use blindpass_protocol::wire::{MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE};
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};

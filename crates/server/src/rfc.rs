@@ -6,11 +6,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::batch::{Framing, MEDIA_TYPE_ARBITRARY_BATCH_REQUEST, MEDIA_TYPE_GENERIC_BATCH_REQUEST};
 use blindpass_protocol::directory::WELL_KNOWN_PATH;
+use blindpass_protocol::type2::wire::TokenRequest;
 use blindpass_protocol::voprf::Suite;
-use blindpass_protocol::voprf_wire::{MEDIA_TYPE_AMORTIZED_BATCH_REQUEST, VoprfTokenRequest};
+use blindpass_protocol::voprf::wire::{MEDIA_TYPE_AMORTIZED_BATCH_REQUEST, VoprfTokenRequest};
 use blindpass_protocol::wire::{
-    MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA, TokenRequest,
-    WireError,
+    MEDIA_TYPE_DIRECTORY, MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TOKEN_TYPE_BLIND_RSA, WireError,
 };
 use blindpass_service::{Environment, IssueRequest, KeySelector, RateLimitStatus};
 use sha2::{Digest, Sha256};

@@ -12,9 +12,10 @@ use blindpass_protocol::batch::{
     MEDIA_TYPE_ARBITRARY_BATCH_RESPONSE, MEDIA_TYPE_GENERIC_BATCH_REQUEST, MEDIA_TYPE_GENERIC_BATCH_RESPONSE,
     encode_varint,
 };
-use blindpass_protocol::keys::IssuerPublicKey;
 use blindpass_protocol::type2;
-use blindpass_protocol::wire::{TokenChallenge, TokenResponse};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::type2::wire::TokenResponse;
+use blindpass_protocol::wire::TokenChallenge;
 use blindpass_server::Limits;
 use blindpass_service::Environment;
 use common::*;

@@ -7,8 +7,8 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use blindpass_protocol::directory::IssuerDirectory;
-use blindpass_protocol::keys::IssuerPublicKey;
-use blindpass_protocol::wire::{TokenRequest, TokenResponse};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::type2::wire::{TokenRequest, TokenResponse};
 use blindpass_protocol::{auth, b64, oaep, persona, type2};
 use blindpass_service::{ClaimType, Environment, Permission};
 use common::*;
@@ -91,11 +91,11 @@ async fn creating_relays_validates_the_encryption_key() {
     let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
     let spki_pem = blindpass_protocol::pem::encode(
         "PUBLIC KEY",
-        &blindpass_protocol::blind_rsa::RawSigner::public_key(&key).to_rsa_encryption_spki(),
+        &blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&key).to_rsa_encryption_spki(),
     );
     let pkcs1_pem = blindpass_protocol::pem::encode(
         "RSA PUBLIC KEY",
-        &blindpass_protocol::blind_rsa::RawSigner::public_key(&key).to_pkcs1_der(),
+        &blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&key).to_pkcs1_der(),
     );
     h.relay(Environment::Sandbox, CLAIM, None).await;
     h.relay(Environment::Sandbox, CLAIM, Some(&spki_pem)).await;
@@ -260,7 +260,7 @@ async fn result_endpoint_checks_permission_environment_and_relay() {
 async fn a_result_that_would_not_fit_the_relay_key_is_422_and_the_relay_stays_usable() {
     let h = harness(300).await;
     let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
-    let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
+    let public = blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&key);
     let pem = blindpass_protocol::pem::encode("PUBLIC KEY", &public.to_rsa_encryption_spki());
     let relay = h.relay(Environment::Production, CLAIM, Some(&pem)).await;
     // 2048-bit RSA-OAEP-SHA256 holds 190 bytes: this methodology cannot fit.
@@ -275,7 +275,7 @@ async fn a_result_that_would_not_fit_the_relay_key_is_422_and_the_relay_stays_us
     let r = h.claim(&relay, Some(&token), &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     let ciphertext = b64::decode_standard(r.json()["claim-payload"].as_str().unwrap()).unwrap();
-    let em = blindpass_protocol::blind_rsa::RawSigner::rsasp1(&key, &ciphertext).unwrap();
+    let em = blindpass_protocol::type2::blind_rsa::RawSigner::rsasp1(&key, &ciphertext).unwrap();
     let claim: Value = serde_json::from_slice(&oaep::decode(&em).unwrap()).unwrap();
     assert_eq!(claim["claim_result"], "passed");
 }
@@ -286,7 +286,7 @@ async fn relay_creation_refuses_a_key_too_small_for_any_claim_of_its_type() {
     // holds; the service still guards callers that are not the HTTP edge.
     let h = harness(300).await;
     let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
-    let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
+    let public = blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&key);
     let pem = blindpass_protocol::pem::encode("PUBLIC KEY", &public.to_rsa_encryption_spki());
     let long_type = "c".repeat(200);
     let e = h
@@ -304,14 +304,14 @@ async fn relay_creation_refuses_a_key_too_small_for_any_claim_of_its_type() {
 async fn encrypted_claim_payloads_decrypt_with_the_relay_key() {
     let h = harness(300).await;
     let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
-    let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
+    let public = blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&key);
     let pem = blindpass_protocol::pem::encode("PUBLIC KEY", &public.to_rsa_encryption_spki());
     let relay = h.relay(Environment::Sandbox, CLAIM, Some(&pem)).await;
     let token = h.persona_token(Environment::Sandbox, CLAIM).await;
     let r = h.claim(&relay, Some(&token), &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     let ciphertext = b64::decode_standard(r.json()["claim-payload"].as_str().unwrap()).unwrap();
-    let em = blindpass_protocol::blind_rsa::RawSigner::rsasp1(&key, &ciphertext).unwrap();
+    let em = blindpass_protocol::type2::blind_rsa::RawSigner::rsasp1(&key, &ciphertext).unwrap();
     let claim: Value = serde_json::from_slice(&oaep::decode(&em).unwrap()).unwrap();
     assert_eq!(claim["claim_result"], "passed");
 }
@@ -623,7 +623,7 @@ async fn a_replayed_token_request_keeps_its_media_type() {
 async fn jwk_relays_refuse_hostile_keys_and_take_claims_of_any_length() {
     let h = harness(0).await;
     let key = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
-    let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&key);
+    let public = blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&key);
     let jwk = json!({"kty": "RSA", "alg": "RSA-OAEP-256", "kid": "k1",
                      "n": b64::encode_unpadded(public.n()), "e": b64::encode_unpadded(public.e())});
     let create = async |jwk: Value| {

@@ -12,11 +12,11 @@ use blindpass_protocol::batch::{
     BatchTokenRequest, BatchTokenResponse, Framing, GenericTokenRequest, MEDIA_TYPE_GENERIC_BATCH_REQUEST,
 };
 use blindpass_protocol::directory::IssuerDirectory;
-use blindpass_protocol::voprf::{self, PublicKey, Suite};
-use blindpass_protocol::voprf_wire::{
+use blindpass_protocol::voprf::wire::{
     AmortizedTokenRequest, AmortizedTokenResponse, MEDIA_TYPE_AMORTIZED_BATCH_REQUEST,
     MEDIA_TYPE_AMORTIZED_BATCH_RESPONSE, VoprfToken, VoprfTokenRequest, VoprfTokenResponse,
 };
+use blindpass_protocol::voprf::{self, PublicKey, Suite};
 use blindpass_protocol::wire::{MEDIA_TYPE_TOKEN_REQUEST, MEDIA_TYPE_TOKEN_RESPONSE, TokenChallenge};
 use blindpass_protocol::{auth, b64, type2};
 use blindpass_server::Limits;
@@ -225,7 +225,7 @@ async fn a_generic_batch_mixes_types_1_2_and_5() {
     assert_eq!(types, [2, 1, 5]);
     let body = &response.items[0].as_ref().unwrap().body;
     let token =
-        type2::finalize_issuance(&rsa, &state2, &blindpass_protocol::wire::TokenResponse::decode(body).unwrap())
+        type2::finalize_issuance(&rsa, &state2, &blindpass_protocol::type2::wire::TokenResponse::decode(body).unwrap())
             .unwrap();
     type2::verify_token(&rsa, &token).unwrap();
     for ((suite, state), item) in states.iter().zip(&response.items[1..]) {

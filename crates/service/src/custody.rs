@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use blindpass_hsm::{Hsm, ObjectRef};
-use blindpass_protocol::blind_rsa::{BlindSignError, RawSigner, RawVerifier};
-use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::keys::TokenKeyId;
 use blindpass_protocol::rsa::RsaPublicKey;
+use blindpass_protocol::type2::blind_rsa::{BlindSignError, RawSigner, RawVerifier};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_rsa::RsaPrivateKey;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;

@@ -32,7 +32,7 @@
 use std::sync::Arc;
 
 use blindpass_protocol::keys::TokenKeyId;
-use blindpass_protocol::voprf_wire::AmortizedTokenResponse;
+use blindpass_protocol::voprf::wire::AmortizedTokenResponse;
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::Cause;

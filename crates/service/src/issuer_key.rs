@@ -8,11 +8,12 @@
 use std::sync::Arc;
 
 use blindpass_entropy::Entropy;
-use blindpass_protocol::blind_rsa::{self, BlindSignError};
 use blindpass_protocol::directory::DirectoryKey;
-use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::keys::TokenKeyId;
+use blindpass_protocol::type2::blind_rsa::{self, BlindSignError};
+use blindpass_protocol::type2::keys::IssuerPublicKey;
+use blindpass_protocol::voprf::wire::VoprfTokenResponse;
 use blindpass_protocol::voprf::{self, Suite, VoprfError};
-use blindpass_protocol::voprf_wire::VoprfTokenResponse;
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::IssuerKey;

@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn five_parts_with_the_header_and_kid() {
         let private = blindpass_rsa::RsaPrivateKey::generate_2048().unwrap();
-        let public = blindpass_protocol::blind_rsa::RawSigner::public_key(&private).clone();
+        let public = blindpass_protocol::type2::blind_rsa::RawSigner::public_key(&private).clone();
         let entropy = blindpass_entropy::SeededEntropy::new(7);
         let jwe = encrypt_compact(&public, Some("k\"1"), br#"{"claim":"x"}"#, &entropy).unwrap();
         let parts: Vec<&str> = jwe.split('.').collect();

@@ -12,9 +12,10 @@ use blindpass_protocol::oaep;
 use blindpass_protocol::persona;
 use blindpass_protocol::rsa::RsaPublicKey;
 use blindpass_protocol::type2;
+use blindpass_protocol::type2::wire::Token;
 use blindpass_protocol::voprf::Suite;
-use blindpass_protocol::voprf_wire::VoprfToken;
-use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, Token};
+use blindpass_protocol::voprf::wire::VoprfToken;
+use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::Cause;
 use crate::challenge::CONTEXT_WINDOW_SECS;

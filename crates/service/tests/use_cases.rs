@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use blindpass_protocol::keys::{IssuerPublicKey, TokenKeyId};
+use blindpass_protocol::keys::TokenKeyId;
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 use blindpass_service::lifecycle::NotIssuing;
 use blindpass_service::testing::TestNode;

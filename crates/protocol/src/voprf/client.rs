@@ -6,7 +6,7 @@ use rand_core::CryptoRng;
 use voprf_ng::{CipherSuite, EvaluationElement, Group, Proof, Ristretto255, VoprfClient};
 
 use super::{PublicKey, Suite, VoprfError, map_err};
-use crate::voprf_wire::{VoprfToken, token_input};
+use crate::voprf::wire::{VoprfToken, token_input};
 use crate::wire::{NONCE_LEN, TokenChallenge};
 
 enum Clients {

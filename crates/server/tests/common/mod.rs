@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use blindpass_protocol::keys::IssuerPublicKey;
+use blindpass_protocol::type2::keys::IssuerPublicKey;
 use blindpass_protocol::{b64, persona};
 use blindpass_server::{AppState, IdOverrides, Limits};
 use blindpass_service::testing::TestNode;

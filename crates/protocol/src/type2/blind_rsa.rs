@@ -12,9 +12,9 @@ use crypto_bigint::BoxedUint;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use crate::pss::HASH_LEN;
-pub use crate::pss::{emsa_pss_encode, emsa_pss_verify};
 use crate::rsa::RsaPublicKey;
+use crate::type2::pss::HASH_LEN;
+pub use crate::type2::pss::{emsa_pss_encode, emsa_pss_verify};
 
 /// Length of the random prefix of the Randomized variants (RFC 9474 §4.1).
 pub const PREFIX_LEN: usize = 32;

@@ -21,16 +21,17 @@ use voprf_ng::{BlindedElement, CipherSuite, Group, Ristretto255, VoprfServer};
 use zeroize::Zeroizing;
 
 use crate::keys::TokenKeyId;
-use crate::voprf_wire::VoprfToken;
+use crate::voprf::wire::VoprfToken;
 
 mod client;
+pub mod wire;
 pub use client::{IssuanceState, begin_issuance, finalize_issuance};
 
 /// The `info` of RFC 9578 §5.6 key derivation.
 pub const KEY_INFO: &[u8] = b"PrivacyPass";
 
 /// A VOPRF token type (its wire sizes live with the wire types).
-pub use crate::voprf_wire::Suite;
+pub use crate::voprf::wire::Suite;
 
 /// A VOPRF operation that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,13 +1,19 @@
 //! Token type 2 issuance and verification (RFC 9578 §6), on top of
-//! [`crate::blind_rsa`] with RSABSSA-SHA384-PSS-Deterministic.
+//! [`crate::type2::blind_rsa`] with RSABSSA-SHA384-PSS-Deterministic.
 
 use rand_core::CryptoRng;
 
-use crate::blind_rsa::{
-    self, BlindError, BlindSignError, BlindingSecret, FinalizeError, RawSigner, Variant, VerifyError,
+pub mod blind_rsa;
+pub mod keys;
+mod pss;
+pub mod wire;
+
+use crate::type2::blind_rsa::{
+    BlindError, BlindSignError, BlindingSecret, FinalizeError, RawSigner, Variant, VerifyError,
 };
-use crate::keys::IssuerPublicKey;
-use crate::wire::{NK, NONCE_LEN, Token, TokenChallenge, TokenRequest, TokenResponse, token_input};
+use crate::type2::keys::IssuerPublicKey;
+use crate::type2::wire::{NK, Token, TokenRequest, TokenResponse, token_input};
+use crate::wire::{NONCE_LEN, TokenChallenge};
 
 /// Type 2 uses RSABSSA-SHA384-PSS-Deterministic (salt 48, identity prepare).
 pub const VARIANT: Variant = Variant::Sha384PssDeterministic;
