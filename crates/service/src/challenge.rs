@@ -9,20 +9,11 @@ use blindpass_protocol::b64;
 use blindpass_protocol::persona::{self, ChallengeFields};
 use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, TokenChallenge};
 
+use crate::timing::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS};
 use crate::{ClaimType, Environment, LoadedKey, RedeemError, Relay, RelayError, Service};
 
 /// Persona's `origin_info` for relay challenges.
 pub const PERSONA_ORIGIN_INFO: &str = "/api/privacy/v1/relays";
-/// Lifetime of a relay session access token.
-pub const SESSION_SECS: i64 = 30 * 60;
-/// RFC challenges rotate their redemption context every hour; the current
-/// and the previous hour's challenges are accepted, so a token answering
-/// window `w` is accepted until `(w + 2) * CONTEXT_WINDOW_SECS`.
-pub const CONTEXT_WINDOW_SECS: i64 = 3600;
-/// Persona challenges are valid for at least this long, and expire on the
-/// next full hour after it (so at most two hours).
-pub const CHALLENGE_VALIDITY_SECS: u64 = 3600;
-
 /// What the challenge endpoint returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChallengeOffer {
@@ -77,23 +68,5 @@ impl Service {
             return Err(RedeemError::Internal("no active key".into()));
         }
         Ok(out)
-    }
-
-    /// The challenge of `token_type` for `relay` in context window `window`.
-    pub(crate) async fn rfc_challenge_for(
-        &self,
-        relay: &Relay,
-        window: i64,
-        token_type: u16,
-    ) -> Result<TokenChallenge, RedeemError> {
-        let secrets = self.secrets().await?;
-        let context = secrets.context.tag_parts(&[
-            b"rfc9577 redemption context",
-            relay.environment.as_str().as_bytes(),
-            relay.claim_type.as_bytes(),
-            &window.to_be_bytes(),
-        ]);
-        TokenChallenge::new(token_type, &self.config().issuer_name, &context, "")
-            .map_err(|_| RedeemError::Internal("issuer name is not a valid challenge field".into()))
     }
 }

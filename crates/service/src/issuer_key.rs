@@ -17,7 +17,7 @@ use blindpass_protocol::voprf::{self, Suite, VoprfError};
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::IssuerKey;
-use crate::issue::IssueError;
+use crate::issue_error::IssueError;
 
 /// The token types blindpass issues and redeems, in the directory's order.
 pub const TOKEN_TYPES: [u16; 3] = [TOKEN_TYPE_BLIND_RSA, Suite::P384.token_type(), Suite::Ristretto255.token_type()];

@@ -13,11 +13,13 @@
 
 mod api_keys;
 mod challenge;
+mod claims;
 mod clock;
 pub mod custody;
 mod directory;
 pub mod identity;
 mod issue;
+mod issue_error;
 mod issuer_key;
 mod jwe;
 pub mod kek;
@@ -32,11 +34,13 @@ mod readiness;
 mod redeem;
 mod relays;
 mod retention;
+mod rfc_context;
 pub mod rotation;
 mod secrets;
 mod signing_pool;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod timing;
 
 use std::sync::Arc;
 
@@ -45,9 +49,10 @@ pub use blindpass_domain::{Cause, ClaimType, Environment, InvalidClaimType, KeyS
 pub use blindpass_entropy::{Entropy, SeededEntropy, SystemEntropy};
 pub use blindpass_store::{ApiKey, IssuerKey, Store, StoreError};
 pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcome, StoredResponse};
-pub use challenge::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, ChallengeOffer, PERSONA_ORIGIN_INFO, SESSION_SECS};
+pub use challenge::{ChallengeOffer, PERSONA_ORIGIN_INFO};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use issue::{IssueError, IssueRequest, KeySelector};
+pub use issue::{IssueRequest, KeySelector};
+pub use issue_error::IssueError;
 pub use issuer_key::{KeyMaterial, LoadedKey, RsaSigner, TOKEN_TYPES};
 pub use keyring::{KeyError, KeyRingStats};
 pub use limiter::{Bucket, BucketClass, LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
@@ -58,6 +63,7 @@ pub use redeem::{PresentedToken, RedeemError, Redemption, TokenRejection};
 pub use relays::{NewRelay, RecordError, RelayEncryption, RelayError};
 pub use retention::{CLOCK_SKEW_MARGIN_SECS, Pruned};
 pub use signing_pool::PoolError;
+pub use timing::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, SESSION_SECS};
 
 /// Key operations waiting for a signing thread before more are refused
 /// (503): at 1 ms a signature per core, a queue this long drains in well

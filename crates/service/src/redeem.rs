@@ -18,8 +18,8 @@ use blindpass_protocol::voprf::wire::VoprfToken;
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::Cause;
-use crate::challenge::CONTEXT_WINDOW_SECS;
-use crate::relays::claim_json;
+use crate::claims::claim_json;
+use crate::timing::CONTEXT_WINDOW_SECS;
 use crate::{Environment, IdempotencyCompletion, KeyError, LoadedKey, Relay, Service, SpendOutcome, StoreError};
 
 /// Why a redemption was refused. Nothing is spent in any of these cases.

@@ -10,7 +10,8 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::Cause;
-use crate::challenge::SESSION_SECS;
+use crate::claims::claim_json;
+use crate::timing::SESSION_SECS;
 use crate::{ClaimResult, ClaimType, Environment, KeyError, Relay, Service, StoreError};
 use blindpass_store::ClaimFormat;
 
@@ -242,21 +243,4 @@ fn encryption_key(claim_type: &ClaimType, pem: &str) -> Result<Vec<u8>, RelayErr
         return Err(RelayError::KeyTooSmallForClaim { claim_type: claim_type.to_string(), needed, max });
     }
     Ok(key.to_rsa_encryption_spki())
-}
-
-/// The claim JSON a redemption delivers: Persona's claim schema, fields in
-/// its documented order. A stored methodology that is not JSON (never written
-/// by this server) becomes `[]`.
-pub(crate) fn claim_json(claim_type: &str, passed: bool, methodology_json: &str) -> String {
-    #[derive(serde::Serialize)]
-    struct ClaimJson<'a> {
-        claim_type: &'a str,
-        claim_result: &'a str,
-        methodology: serde_json::Value,
-    }
-    let methodology: serde_json::Value =
-        serde_json::from_str(methodology_json).unwrap_or(serde_json::Value::Array(Vec::new()));
-    let claim = ClaimJson { claim_type, claim_result: if passed { "passed" } else { "failed" }, methodology };
-    // Serializing strings and an already-parsed JSON value cannot fail.
-    serde_json::to_string(&claim).unwrap_or_default()
 }
