@@ -261,7 +261,6 @@ const LONG_FUNCTIONS: &[&str] = &[
     "crates/cli/src/admin.rs::run_keys",
     "crates/server/src/openapi.rs::operation",
     "crates/server/src/openapi.rs::routes",
-    "crates/service/src/metrics.rs::new",
     "crates/store/src/conformance/relays.rs::concurrent_spends_each_have_one_winner",
 ];
 

@@ -206,7 +206,7 @@ impl Admission {
 pub(crate) async fn admit(
     admission: Arc<Admission>,
     trusted: Arc<TrustedProxies>,
-    service: blindpass_service::Service,
+    metrics: Arc<crate::metrics::HttpMetrics>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -223,12 +223,12 @@ pub(crate) async fn admit(
     let slot = match admission.try_admit(&client.0, class) {
         Ok(slot) => slot,
         Err(Refusal::ClientShare) => {
-            service.metrics().shed();
+            metrics.shed();
             tracing::debug!(client = %client.0, "client's in-flight share reached");
             return ApiError::TooManyInFlight(admission.limits.max_in_flight_per_client).into_response();
         }
         Err(Refusal::Capacity) => {
-            service.metrics().shed();
+            metrics.shed();
             return ApiError::Overloaded.into_response();
         }
     };

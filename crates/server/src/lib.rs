@@ -135,8 +135,8 @@ impl axum::extract::FromRef<AppState> for Service {
 pub fn router(state: AppState) -> Router {
     let admission = Arc::new(admission::Admission::new(state.limits.admission));
     let trusted = Arc::clone(&state.trusted_proxies);
-    let shed_service = state.service.clone();
-    let observed = state.service.clone();
+    let http_metrics = metrics::HttpMetrics::of(&state.service);
+    let shed_metrics = Arc::clone(&http_metrics);
     let s = &state;
     let persona = Router::new();
     let persona = documented(
@@ -173,11 +173,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| ApiError::bug("handler panicked").into_response()))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            admission::admit(Arc::clone(&admission), Arc::clone(&trusted), shed_service.clone(), request, next)
+            admission::admit(Arc::clone(&admission), Arc::clone(&trusted), Arc::clone(&shed_metrics), request, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            metrics::observe(observed.clone(), request, next)
+            metrics::observe(Arc::clone(&http_metrics), request, next)
         }))
         .with_state(state)
 }
@@ -185,6 +185,9 @@ pub fn router(state: AppState) -> Router {
 /// `/metrics` alone, for `--metrics-listen` (a listener operators keep off
 /// the public network).
 pub fn metrics_router(service: Service) -> Router {
+    // The edge's metrics are listed from the first scrape, whichever
+    // listener starts first.
+    let _ = metrics::HttpMetrics::of(&service);
     Router::new().route(METRICS_PATH, get(metrics::scrape::<Service>)).fallback(not_found).with_state(service)
 }
 

@@ -1,7 +1,10 @@
-//! The HTTP side of the node's metrics: the `/metrics` scrape and the
-//! middleware that counts every request by route template, method and
-//! status, times it, and keeps the in-flight gauge.
+//! The HTTP side of the node's metrics, owned by the server: requests by
+//! route template, method and status, their latency, the in-flight gauge
+//! and shed requests ([`HttpMetrics`], registered in the node's registry
+//! through `Metrics::layer`), the middleware that keeps them, and the
+//! `/metrics` scrape.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -10,6 +13,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use blindpass_protocol::api::{CHALLENGE_PATH, PRIVACY_PASSES_PATH, RELAYS_PATH};
 use blindpass_service::Service;
+use blindpass_service::metrics::latency_histogram;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::rfc::{DIRECTORY_ALIAS_PATH, DIRECTORY_PATH, TOKEN_REQUEST_PATH};
 use crate::{METRICS_PATH, READY_PATH};
@@ -27,20 +36,76 @@ where
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// The HTTP edge's metrics. Every label value is a route template, a
+/// method from a closed set, or a status: nothing a client sends.
+#[derive(Debug)]
+pub(crate) struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    shed: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+impl HttpMetrics {
+    /// The edge's metrics of `service`'s node (registered once per node).
+    pub(crate) fn of(service: &Service) -> Arc<HttpMetrics> {
+        service.metrics().layer(|r| {
+            let m = HttpMetrics {
+                requests: Family::default(),
+                request_duration: Family::new_with_constructor(latency_histogram),
+                in_flight: Gauge::default(),
+                shed: Counter::default(),
+            };
+            let counted = "HTTP requests answered, by route template, method and status";
+            r.counter("requests", counted, m.requests.clone());
+            r.histogram("request_duration_seconds", "HTTP request latency by route template", m.request_duration.clone());
+            r.gauge("requests_in_flight", "HTTP requests being answered", m.in_flight.clone());
+            let shed = "Requests refused at once because too many were in flight (the node's, its class's or their client's share)";
+            r.counter("shed_request", shed, m.shed.clone());
+            m
+        })
+    }
+
+    /// One HTTP request answered (`route` is the matched route template or
+    /// `unmatched`).
+    fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = RequestLabels { route: route.to_owned(), method: method.to_owned(), status: status.to_string() };
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
+    }
+
+    /// One request shed because too many were in flight.
+    pub(crate) fn shed(&self) {
+        self.shed.inc();
+    }
+}
+
 /// Outermost middleware: counts and times every request, under the route
 /// template it matches (never the raw path: a path is client input).
-pub(crate) async fn observe(service: Service, request: Request, next: Next) -> Response {
+pub(crate) async fn observe(metrics: Arc<HttpMetrics>, request: Request, next: Next) -> Response {
     let route = route_template(request.uri().path());
     let method = method_label(request.method());
     let started = Instant::now();
-    let gauge = service.metrics().in_flight().clone();
+    let gauge = metrics.in_flight.clone();
     gauge.inc();
     // Decremented on every exit, a dropped (cancelled) request's too.
     let _in_flight = scopeguard(move || {
         gauge.dec();
     });
     let response = next.run(request).await;
-    service.metrics().request(route, method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    metrics.request(route, method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 

@@ -215,8 +215,8 @@ async fn an_api_keys_own_limit_counts_beside_its_environments() {
 #[tokio::test]
 async fn the_dashboard_queries_only_exposed_metrics() {
     let h = harness(300).await;
-    let exposed: std::collections::BTreeSet<&str> =
-        h.service.metrics().sample_names().iter().map(String::as_str).collect();
+    let names = h.service.metrics().sample_names();
+    let exposed: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
     // The list is what a scrape shows, once each family has samples.
     let scrape = Scrape::of(&h).await;
     for (series, _) in &scrape.0 {

@@ -1,8 +1,10 @@
 //! The node's Prometheus metrics, on `prometheus-client`: one registry per
 //! [`crate::Service`], written to by the use cases (issuance, redemption,
-//! rotation, the store's latency through [`blindpass_store::metered`]) and by
-//! the HTTP edge (requests, latency, in-flight, shed and rate-limited
-//! requests), encoded in the OpenMetrics text format at `/metrics`.
+//! rotation, the store's latency through [`blindpass_store::metered`], rate
+//! limits), encoded in the OpenMetrics text format at `/metrics`. Another
+//! layer's metrics (the server's HTTP requests, latency, in-flight and shed
+//! requests) are its own, registered here through [`Metrics::layer`] so one
+//! scrape shows them all.
 //!
 //! Names follow Cloudflare's Privacy Pass issuer where they overlap
 //! (`issuance_request_total`, `signed_token_total`,
@@ -11,7 +13,9 @@
 //! or from the node's own key ids: nothing a client sends becomes a label
 //! (an unknown path is `route="unmatched"`).
 
-use std::sync::Mutex;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,18 +27,16 @@ use prometheus_client::registry::Registry;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 mod labels;
-use labels::{
-    KeyLabels, KeyStateLabels, LimitLabels, Operation, Outcome, PolicyLabels, Reason, RequestLabels, RouteLabels,
-};
+use labels::{KeyLabels, KeyStateLabels, LimitLabels, Operation, Outcome, PolicyLabels, Reason};
 
-fn latency_histogram() -> Histogram {
-    // 100 µs … ~13 s.
+/// The latency histogram every duration metric uses: 100 µs … ~13 s.
+pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
 /// Every metric of one node.
 pub struct Metrics {
-    registry: Registry,
+    registry: Mutex<Registry>,
     issuance_requests: Counter,
     signed_tokens: Family<KeyLabels, Counter>,
     issuance_key_errors: Family<Reason, Counter>,
@@ -45,17 +47,15 @@ pub struct Metrics {
     key_age: Family<KeyStateLabels, Gauge>,
     store_duration: Family<Operation, Histogram, fn() -> Histogram>,
     store_errors: Family<Operation, Counter>,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    in_flight: Gauge,
-    shed: Counter,
     readiness_checks: Counter,
     unsealed_key_material: Counter,
     rate_limited: Family<LimitLabels, Counter>,
     /// Serialises [`Metrics::encode`] with the scrape-time gauge refresh.
     scrape: Mutex<()>,
     /// The sample names every registered metric is exposed under.
-    names: Vec<String>,
+    names: Mutex<Vec<String>>,
+    /// Metrics another layer owns ([`Metrics::layer`]), by type.
+    layers: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 const COUNTER: &[&str] = &["_total"];
@@ -73,6 +73,35 @@ fn reg(
 ) {
     registry.register(name, help, metric);
     names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+}
+
+/// Where a layer registers its metrics ([`Metrics::layer`]).
+pub struct Registrar<'a> {
+    registry: &'a mut Registry,
+    names: &'a mut Vec<String>,
+}
+
+impl std::fmt::Debug for Registrar<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar").finish_non_exhaustive()
+    }
+}
+
+impl Registrar<'_> {
+    /// Registers a counter (exposed as `NAME_total`).
+    pub fn counter(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        reg(self.registry, self.names, name, help, metric, COUNTER);
+    }
+
+    /// Registers a histogram (`NAME_bucket`, `NAME_count`, `NAME_sum`).
+    pub fn histogram(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        reg(self.registry, self.names, name, help, metric, HISTOGRAM);
+    }
+
+    /// Registers a gauge (`NAME`).
+    pub fn gauge(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        reg(self.registry, self.names, name, help, metric, GAUGE);
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,150 +131,92 @@ impl Metrics {
             key_age: Family::default(),
             store_duration: Family::new_with_constructor(latency_histogram),
             store_errors: Family::default(),
-            requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
-            in_flight: Gauge::default(),
-            shed: Counter::default(),
             readiness_checks: Counter::default(),
             unsealed_key_material: Counter::default(),
             rate_limited: Family::default(),
             scrape: Mutex::new(()),
-            registry: Registry::default(),
-            names: Vec::new(),
+            registry: Mutex::new(Registry::default()),
+            names: Mutex::new(Vec::new()),
+            layers: Mutex::new(HashMap::new()),
         };
         let mut names = Vec::new();
-        let r = &mut registry;
-        reg(
-            r,
-            &mut names,
-            "issuance_request",
-            "Issuance requests (single, amortized or batch)",
-            m.issuance_requests.clone(),
-            COUNTER,
-        );
-        reg(
-            r,
-            &mut names,
-            "signed_token",
-            "Tokens signed or evaluated, by issuer key",
-            m.signed_tokens.clone(),
-            COUNTER,
-        );
-        reg(
-            r,
-            &mut names,
-            "issuance_key_error",
-            "Issuance refusals and failures, by reason",
-            m.issuance_key_errors.clone(),
-            COUNTER,
-        );
-        reg(
-            r,
-            &mut names,
+        let mut r = Registrar { registry: &mut registry, names: &mut names };
+        m.register_issuance(&mut r);
+        m.register_operations(&mut r);
+        Self { registry: Mutex::new(registry), names: Mutex::new(names), ..m }
+    }
+
+    /// Issuance, redemption and key metrics.
+    fn register_issuance(&self, r: &mut Registrar<'_>) {
+        r.counter("issuance_request", "Issuance requests (single, amortized or batch)", self.issuance_requests.clone());
+        r.counter("signed_token", "Tokens signed or evaluated, by issuer key", self.signed_tokens.clone());
+        r.counter("issuance_key_error", "Issuance refusals and failures, by reason", self.issuance_key_errors.clone());
+        r.counter(
             "redemption",
             "Redemption attempts by outcome (accepted, replayed, double_spend, not_passed, pending, rejected_*, error)",
-            m.redemptions.clone(),
-            COUNTER,
+            self.redemptions.clone(),
         );
-        reg(
-            r,
-            &mut names,
-            "key_rotation",
-            "Automatic rotations: successors announced by this node",
-            m.key_rotations.clone(),
-            COUNTER,
-        );
-        reg(
-            r,
-            &mut names,
+        r.counter("key_rotation", "Automatic rotations: successors announced by this node", self.key_rotations.clone());
+        r.counter(
             "key_rotation_failure",
             "Automatic rotation steps that failed (retried next tick)",
-            m.key_rotation_failures.clone(),
-            COUNTER,
+            self.key_rotation_failures.clone(),
         );
-        reg(
-            r,
-            &mut names,
+        r.gauge(
             "key_next_rotation_seconds",
             "Seconds until the active key of a rotation policy is due for a successor (negative: overdue)",
-            m.next_rotation.clone(),
-            GAUGE,
+            self.next_rotation.clone(),
         );
-        reg(r, &mut names, "issuer_key_age_seconds", "Age of each live issuer key", m.key_age.clone(), GAUGE);
-        reg(
-            r,
-            &mut names,
-            "store_operation_duration_seconds",
-            "Store call latency",
-            m.store_duration.clone(),
-            HISTOGRAM,
-        );
-        reg(r, &mut names, "store_error", "Store calls that failed", m.store_errors.clone(), COUNTER);
-        reg(
-            r,
-            &mut names,
-            "requests",
-            "HTTP requests answered, by route template, method and status",
-            m.requests.clone(),
-            COUNTER,
-        );
-        reg(
-            r,
-            &mut names,
-            "request_duration_seconds",
-            "HTTP request latency by route template",
-            m.request_duration.clone(),
-            HISTOGRAM,
-        );
-        reg(r, &mut names, "requests_in_flight", "HTTP requests being answered", m.in_flight.clone(), GAUGE);
-        reg(
-            r,
-            &mut names,
-            "shed_request",
-            "Requests refused at once because too many were in flight (the node's, its class's or their client's share)",
-            m.shed.clone(),
-            COUNTER,
-        );
-        reg(
-            r,
-            &mut names,
+        r.gauge("issuer_key_age_seconds", "Age of each live issuer key", self.key_age.clone());
+    }
+
+    /// The store's, readiness, key material and rate-limit metrics.
+    fn register_operations(&self, r: &mut Registrar<'_>) {
+        r.histogram("store_operation_duration_seconds", "Store call latency", self.store_duration.clone());
+        r.counter("store_error", "Store calls that failed", self.store_errors.clone());
+        r.counter(
             "unsealed_key_material",
             "Key material found unsealed although a key-encryption key is configured: refused, never used",
-            m.unsealed_key_material.clone(),
-            COUNTER,
+            self.unsealed_key_material.clone(),
         );
-        reg(
-            r,
-            &mut names,
+        r.counter(
             "readiness_check",
             "Readiness checks run (one a second at most, however often /health/ready is probed)",
-            m.readiness_checks.clone(),
-            COUNTER,
+            self.readiness_checks.clone(),
         );
-        reg(
-            r,
-            &mut names,
-            "rate_limited_request",
-            "Requests refused by a rate limit, by limit",
-            m.rate_limited.clone(),
-            COUNTER,
-        );
-        Self { registry, names, ..m }
+        r.counter("rate_limited_request", "Requests refused by a rate limit, by limit", self.rate_limited.clone());
+    }
+
+    /// The metrics of another layer (the HTTP edge's), made by `make` and
+    /// registered in this node's registry the first time a layer asks for
+    /// a `T`; later calls get the same ones. The service knows nothing of
+    /// them but that they are exposed with its own.
+    pub fn layer<T: Send + Sync + 'static>(&self, make: impl FnOnce(&mut Registrar<'_>) -> T) -> Arc<T> {
+        let mut layers = self.layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(Ok(found)) = layers.get(&TypeId::of::<T>()).map(|l| Arc::clone(l).downcast::<T>()) {
+            return found;
+        }
+        let mut registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let made = Arc::new(make(&mut Registrar { registry: &mut registry, names: &mut names }));
+        layers.insert(TypeId::of::<T>(), Arc::clone(&made) as Arc<dyn Any + Send + Sync>);
+        made
     }
 
     /// Every sample name this registry exposes once it has samples (a
     /// family with no samples yet is absent from a scrape): what dashboards
     /// and alerts may query.
-    pub fn sample_names(&self) -> &[String] {
-        &self.names
+    pub fn sample_names(&self) -> Vec<String> {
+        self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The registry in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let _scrape = self.scrape.lock();
+        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 
@@ -298,24 +269,6 @@ impl Metrics {
     /// not be parsed): a redemption attempt all the same.
     pub fn rejected_token(&self, outcome: &'static str) {
         self.redemption(outcome);
-    }
-
-    /// One HTTP request answered (`route` is the matched route template or
-    /// `unmatched`).
-    pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        let labels = RequestLabels { route: route.to_owned(), method: method.to_owned(), status: status.to_string() };
-        self.requests.get_or_create(&labels).inc();
-        self.request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
-    }
-
-    /// The in-flight gauge.
-    pub fn in_flight(&self) -> &Gauge {
-        &self.in_flight
-    }
-
-    /// One request shed because too many were in flight.
-    pub fn shed(&self) {
-        self.shed.inc();
     }
 
     /// Unsealed key material was refused.

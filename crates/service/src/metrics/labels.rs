@@ -39,18 +39,6 @@ pub(super) struct Operation {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(super) struct RequestLabels {
-    pub(super) route: String,
-    pub(super) method: String,
-    pub(super) status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(super) struct RouteLabels {
-    pub(super) route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct LimitLabels {
     pub(super) limit: &'static str,
 }
