@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use blindpass_service::{Config, Environment, Permission, Service, SystemClock};
 use clap::{Args, Subcommand};
 
-use crate::config::{FileConfig, StoreArgs};
+use crate::config::StoreArgs;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ApiKeysCommand {
@@ -137,8 +137,7 @@ fn with_service<T>(
     signer: bool,
     f: impl AsyncFnOnce(Service) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let file = FileConfig::load(store_args.config.as_deref())?;
-    let key_encryption_key = store_args.kek(&file)?;
+    let key_encryption_key = store_args.kek()?;
     let pkcs11 = if signer { store_args.signer.open()? } else { None };
     with_store(store_args, async move |store| {
         let config = Config { key_encryption_key, pkcs11, ..Config::default() };
@@ -151,9 +150,8 @@ fn with_store<T>(
     store_args: &StoreArgs,
     f: impl AsyncFnOnce(Arc<dyn blindpass_store::Store>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let file = FileConfig::load(store_args.config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async { f(store_args.open(&file).await?).await })
+    runtime.block_on(async { f(store_args.open().await?).await })
 }
 
 pub(crate) fn run_api_keys(store_args: &StoreArgs, cmd: ApiKeysCommand) -> anyhow::Result<()> {

@@ -1,6 +1,6 @@
-//! Layered configuration: defaults → `--config` TOML file → environment →
-//! flags. Flags and environment variables are merged by clap; the file fills
-//! in what neither gave.
+//! Where the store is, and the checks every store command shares. The
+//! layers — defaults → `--config` TOML file → environment → flags — are
+//! merged before clap parses (`config_file`), so the options here are final.
 
 use std::path::{Path, PathBuf};
 
@@ -66,70 +66,11 @@ pub(crate) struct StoreArgs {
     #[arg(long, env = "BLINDPASS_DB_POOL_SIZE")]
     pub(crate) db_pool_size: Option<usize>,
     /// PostgreSQL: seconds to wait for a connection before answering 503.
-    #[arg(long, env = "BLINDPASS_DB_TIMEOUT_SECS")]
+    #[arg(long, value_parser = crate::units::secs, env = "BLINDPASS_DB_TIMEOUT_SECS")]
     pub(crate) db_timeout_secs: Option<u64>,
     /// Where type-2 keys are made and kept (software or a PKCS#11 token).
     #[command(flatten)]
     pub(crate) signer: crate::signer::SignerArgs,
-}
-
-/// The configuration file. Keys are kebab-case, like the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct FileConfig {
-    pub(crate) listen: Option<String>,
-    pub(crate) data_dir: Option<PathBuf>,
-    pub(crate) database_url: Option<Secret>,
-    pub(crate) rate_limit: Option<u64>,
-    pub(crate) public_rate_limit: Option<u64>,
-    pub(crate) request_timeout_secs: Option<u64>,
-    pub(crate) max_body_bytes: Option<usize>,
-    pub(crate) max_batch_size: Option<usize>,
-    pub(crate) key_refresh_secs: Option<i64>,
-    pub(crate) api_key_cache_secs: Option<i64>,
-    pub(crate) organization_id: Option<String>,
-    pub(crate) sandbox_environment_id: Option<String>,
-    pub(crate) production_environment_id: Option<String>,
-    pub(crate) log_format: Option<String>,
-    pub(crate) issuer_name: Option<String>,
-    pub(crate) key_overlap_secs: Option<i64>,
-    pub(crate) redis_url: Option<Secret>,
-    pub(crate) redis_key_prefix: Option<String>,
-    pub(crate) redis_ca_file: Option<PathBuf>,
-    pub(crate) database_ca_file: Option<PathBuf>,
-    pub(crate) db_pool_size: Option<usize>,
-    pub(crate) db_timeout_secs: Option<u64>,
-    pub(crate) relay_lifetime_secs: Option<i64>,
-    pub(crate) key_encryption_key_file: Option<PathBuf>,
-    pub(crate) client_rate_limit: Option<u64>,
-    pub(crate) relay_rate_limit: Option<u64>,
-    pub(crate) auth_failure_limit: Option<u64>,
-    pub(crate) trusted_proxies: Option<String>,
-    pub(crate) header_read_timeout_secs: Option<u64>,
-    pub(crate) max_header_bytes: Option<usize>,
-    pub(crate) max_headers: Option<usize>,
-    pub(crate) max_uri_bytes: Option<usize>,
-    pub(crate) max_connections: Option<usize>,
-    pub(crate) max_in_flight: Option<usize>,
-    pub(crate) max_anonymous_in_flight: Option<usize>,
-    pub(crate) max_in_flight_per_client: Option<usize>,
-    pub(crate) max_connections_per_client: Option<usize>,
-    pub(crate) body_read_timeout_secs: Option<u64>,
-    pub(crate) body_min_rate: Option<u64>,
-    pub(crate) h2_max_concurrent_streams: Option<u32>,
-    pub(crate) forwarded_header: Option<String>,
-    pub(crate) shutdown_deadline_secs: Option<u64>,
-    pub(crate) token_types: Option<String>,
-    pub(crate) relay_token_types: Option<String>,
-}
-
-impl FileConfig {
-    /// Reads the file named by `--config`, or an empty configuration.
-    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
 }
 
 impl StoreArgs {
@@ -161,55 +102,49 @@ impl StoreArgs {
     }
 
     /// The database URL: flag/env, then file, then the data directory.
-    pub(crate) fn database_url(&self, file: &FileConfig) -> String {
-        if let Some(url) = self.database_url.as_ref().or(file.database_url.as_ref()) {
+    pub(crate) fn database_url(&self) -> String {
+        if let Some(url) = self.database_url.as_ref() {
             return url.as_str().to_owned();
         }
-        let dir = self.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let dir = self.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         format!("sqlite://{}", dir.join(SQLITE_FILE).display())
     }
 
     /// The key-encryption key named by `--key-encryption-key-file`, if any.
-    pub(crate) fn kek(
-        &self,
-        file: &FileConfig,
-    ) -> anyhow::Result<Option<std::sync::Arc<blindpass_service::kek::KeyEncryptionKey>>> {
-        let Some(path) = self.key_encryption_key_file.clone().or_else(|| file.key_encryption_key_file.clone()) else {
+    pub(crate) fn kek(&self) -> anyhow::Result<Option<std::sync::Arc<blindpass_service::kek::KeyEncryptionKey>>> {
+        let Some(path) = self.key_encryption_key_file.clone() else {
             return Ok(None);
         };
         read_kek(&path).map(|k| Some(std::sync::Arc::new(k)))
     }
 
     /// Opens the store (and applies migrations).
-    pub(crate) async fn open(&self, file: &FileConfig) -> anyhow::Result<std::sync::Arc<dyn blindpass_store::Store>> {
-        let url = self.database_url(file);
+    pub(crate) async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn blindpass_store::Store>> {
+        let url = self.database_url();
         let context = || format!("opening store {}", redact_url(&url));
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let defaults = blindpass_store::postgres::PoolOptions::default();
             let options = blindpass_store::postgres::PoolOptions {
-                max_size: self.db_pool_size.or(file.db_pool_size).unwrap_or(defaults.max_size),
-                timeout: self
-                    .db_timeout_secs
-                    .or(file.db_timeout_secs)
-                    .map_or(defaults.timeout, std::time::Duration::from_secs),
-                ca_file: self.database_ca_file.clone().or_else(|| file.database_ca_file.clone()),
+                max_size: self.db_pool_size.unwrap_or(defaults.max_size),
+                timeout: self.db_timeout_secs.map_or(defaults.timeout, std::time::Duration::from_secs),
+                ca_file: self.database_ca_file.clone(),
             };
             let store = blindpass_store::postgres::PostgresStore::connect(&url, options).await.with_context(context)?;
             warn_unless_verified(&store);
             return Ok(std::sync::Arc::new(store));
         }
-        if let Some(dir) = self.data_dir_in_use(file) {
+        if let Some(dir) = self.data_dir_in_use() {
             secure_data_dir(&dir)?;
         }
         blindpass_store::open(&url).await.with_context(context)
     }
 
     /// The data directory, when the store lives in it (no explicit URL).
-    fn data_dir_in_use(&self, file: &FileConfig) -> Option<PathBuf> {
-        if self.database_url.is_some() || file.database_url.is_some() {
+    fn data_dir_in_use(&self) -> Option<PathBuf> {
+        if self.database_url.is_some() {
             return None;
         }
-        Some(self.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
+        Some(self.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
     }
 }
 
@@ -244,11 +179,6 @@ pub(crate) fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The flag's value, else the file's.
-pub(crate) fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
-    flag.clone().or_else(|| file.clone())
 }
 
 /// `value` (or `default`), refused below `min`.
@@ -374,9 +304,9 @@ mod tests {
             db_timeout_secs: None,
             signer: Default::default(),
         };
-        assert_eq!(args.database_url(&FileConfig::default()), "sqlite:///tmp/d/blindpass.db");
-        let file = FileConfig { database_url: Some(Secret("sqlite://f.db".into())), ..FileConfig::default() };
-        assert_eq!(args.database_url(&file), "sqlite://f.db");
+        assert_eq!(args.database_url(), "sqlite:///tmp/d/blindpass.db");
+        let args = StoreArgs { database_url: Some(Secret("sqlite://f.db".into())), ..args };
+        assert_eq!(args.database_url(), "sqlite://f.db");
     }
 
     #[test]
@@ -392,14 +322,5 @@ mod tests {
             signer: Default::default(),
         };
         assert!(!format!("{args:?}").contains("hunter2"));
-        let file: FileConfig = toml::from_str("redis-url = \"redis://:hunter2@h\"").unwrap();
-        assert!(!format!("{file:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn unknown_file_keys_are_refused() {
-        assert!(toml::from_str::<FileConfig>("listen = \"x\"\nbogus = 1").is_err());
-        let c: FileConfig = toml::from_str("rate-limit = 5\norganization-id = \"org_x\"").unwrap();
-        assert_eq!(c.rate_limit, Some(5));
     }
 }

@@ -11,14 +11,13 @@ use blindpass_server::client_addr::{ForwardedHeader, TrustedProxies};
 use blindpass_server::transport::ConnectionLimits;
 use clap::Args;
 
-use crate::config::FileConfig;
-use crate::config::{at_least, pick};
+use crate::config::at_least;
 
 /// The edge's flags (each with its `BLINDPASS_` twin).
 #[derive(Debug, Args)]
 pub(crate) struct EdgeArgs {
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "BLINDPASS_MAX_BODY_BYTES")]
+    #[arg(long, value_parser = crate::units::size, env = "BLINDPASS_MAX_BODY_BYTES")]
     pub(crate) max_body_bytes: Option<usize>,
     /// Most token requests in one batched issuance (422 past it).
     #[arg(long, env = "BLINDPASS_MAX_BATCH_SIZE")]
@@ -35,18 +34,18 @@ pub(crate) struct EdgeArgs {
     pub(crate) forwarded_header: Option<String>,
     /// Seconds a client has to send a request's headers; also how long an idle
     /// keep-alive connection stays open (default 10).
-    #[arg(long, env = "BLINDPASS_HEADER_READ_TIMEOUT_SECS")]
+    #[arg(long, value_parser = crate::units::secs, env = "BLINDPASS_HEADER_READ_TIMEOUT_SECS")]
     pub(crate) header_read_timeout_secs: Option<u64>,
     /// Largest request head (request line and headers) in bytes; larger is 431
     /// (default 16384).
-    #[arg(long, env = "BLINDPASS_MAX_HEADER_BYTES")]
+    #[arg(long, value_parser = crate::units::size, env = "BLINDPASS_MAX_HEADER_BYTES")]
     pub(crate) max_header_bytes: Option<usize>,
     /// Most header fields in one request; more is 431 (default 100).
     #[arg(long, env = "BLINDPASS_MAX_HEADERS")]
     pub(crate) max_headers: Option<usize>,
     /// Longest request target (path and query) in bytes; longer is 414
     /// (default 2048).
-    #[arg(long, env = "BLINDPASS_MAX_URI_BYTES")]
+    #[arg(long, value_parser = crate::units::size, env = "BLINDPASS_MAX_URI_BYTES")]
     pub(crate) max_uri_bytes: Option<usize>,
     /// Most open connections; past it a new connection gets 503 and is closed
     /// (default 4096).
@@ -74,25 +73,25 @@ pub(crate) struct EdgeArgs {
     /// Seconds a request body has to arrive once its head was admitted, on
     /// top of what its length needs at --body-min-rate; past it 408 and
     /// the connection is closed (default 5).
-    #[arg(long, env = "BLINDPASS_BODY_READ_TIMEOUT_SECS")]
+    #[arg(long, value_parser = crate::units::secs, env = "BLINDPASS_BODY_READ_TIMEOUT_SECS")]
     pub(crate) body_read_timeout_secs: Option<u64>,
     /// The slowest upload a body may use, in bytes per second (default
     /// 16384).
-    #[arg(long, env = "BLINDPASS_BODY_MIN_RATE")]
+    #[arg(long, value_parser = crate::units::bytes, env = "BLINDPASS_BODY_MIN_RATE")]
     pub(crate) body_min_rate: Option<u64>,
     /// Most concurrent HTTP/2 streams on one connection (default 100).
     #[arg(long, env = "BLINDPASS_H2_MAX_CONCURRENT_STREAMS")]
     pub(crate) h2_max_concurrent_streams: Option<u32>,
     /// Seconds in-flight requests get after SIGTERM before their connections are
     /// dropped (default 10).
-    #[arg(long, env = "BLINDPASS_SHUTDOWN_DEADLINE_SECS")]
+    #[arg(long, value_parser = crate::units::secs, env = "BLINDPASS_SHUTDOWN_DEADLINE_SECS")]
     pub(crate) shutdown_deadline_secs: Option<u64>,
 }
 
 /// `--trusted-proxies`, read through `--forwarded-header`.
-pub(crate) fn trusted_proxies(args: &EdgeArgs, file: &FileConfig) -> anyhow::Result<TrustedProxies> {
-    let trusted = pick(&args.trusted_proxies, &file.trusted_proxies).unwrap_or_default();
-    let header = match pick(&args.forwarded_header, &file.forwarded_header) {
+pub(crate) fn trusted_proxies(args: &EdgeArgs) -> anyhow::Result<TrustedProxies> {
+    let trusted = args.trusted_proxies.clone().unwrap_or_default();
+    let header = match args.forwarded_header.clone() {
         Some(h) => h.parse::<ForwardedHeader>().map_err(|e| anyhow::anyhow!("--forwarded-header: {e}"))?,
         None => ForwardedHeader::default(),
     };
@@ -100,79 +99,49 @@ pub(crate) fn trusted_proxies(args: &EdgeArgs, file: &FileConfig) -> anyhow::Res
 }
 
 /// The HTTP and connection limits.
-pub(crate) fn limits(args: &EdgeArgs, file: &FileConfig, request_timeout: Duration) -> anyhow::Result<Limits> {
+pub(crate) fn limits(args: &EdgeArgs, request_timeout: Duration) -> anyhow::Result<Limits> {
     let d = Limits::default();
     Ok(Limits {
-        max_body_bytes: at_least(
-            "max-body-bytes",
-            pick(&args.max_body_bytes, &file.max_body_bytes),
-            d.max_body_bytes,
-            1,
-        )?,
+        max_body_bytes: at_least("max-body-bytes", args.max_body_bytes, d.max_body_bytes, 1)?,
         request_timeout,
-        admission: admission(args, file)?,
-        max_uri_bytes: at_least("max-uri-bytes", pick(&args.max_uri_bytes, &file.max_uri_bytes), d.max_uri_bytes, 64)?,
-        max_batch_size: at_least(
-            "max-batch-size",
-            pick(&args.max_batch_size, &file.max_batch_size),
-            d.max_batch_size,
-            1,
-        )?,
-        connections: connection_limits(args, file)?,
+        admission: admission(args)?,
+        max_uri_bytes: at_least("max-uri-bytes", args.max_uri_bytes, d.max_uri_bytes, 64)?,
+        max_batch_size: at_least("max-batch-size", args.max_batch_size, d.max_batch_size, 1)?,
+        connections: connection_limits(args)?,
     })
 }
 
 /// What every connection is held to (see `blindpass_server::transport`).
-fn connection_limits(args: &EdgeArgs, file: &FileConfig) -> anyhow::Result<ConnectionLimits> {
+fn connection_limits(args: &EdgeArgs) -> anyhow::Result<ConnectionLimits> {
     let c = ConnectionLimits::default();
-    let header_read_timeout_secs = at_least(
-        "header-read-timeout-secs",
-        pick(&args.header_read_timeout_secs, &file.header_read_timeout_secs),
-        c.header_read_timeout.as_secs(),
-        1,
-    )?;
+    let header_read_timeout_secs =
+        at_least("header-read-timeout-secs", args.header_read_timeout_secs, c.header_read_timeout.as_secs(), 1)?;
     Ok(ConnectionLimits {
         header_read_timeout: Duration::from_secs(header_read_timeout_secs),
-        max_header_bytes: at_least(
-            "max-header-bytes",
-            pick(&args.max_header_bytes, &file.max_header_bytes),
-            c.max_header_bytes,
-            1024,
-        )?,
-        max_headers: at_least("max-headers", pick(&args.max_headers, &file.max_headers), c.max_headers, 8)?,
-        max_connections: at_least(
-            "max-connections",
-            pick(&args.max_connections, &file.max_connections),
-            c.max_connections,
-            1,
-        )?,
+        max_header_bytes: at_least("max-header-bytes", args.max_header_bytes, c.max_header_bytes, 1024)?,
+        max_headers: at_least("max-headers", args.max_headers, c.max_headers, 8)?,
+        max_connections: at_least("max-connections", args.max_connections, c.max_connections, 1)?,
         max_connections_per_client: at_least(
             "max-connections-per-client",
-            pick(&args.max_connections_per_client, &file.max_connections_per_client),
+            args.max_connections_per_client,
             c.max_connections_per_client,
             1,
         )?,
         h2_max_concurrent_streams: at_least(
             "h2-max-concurrent-streams",
-            pick(&args.h2_max_concurrent_streams, &file.h2_max_concurrent_streams),
+            args.h2_max_concurrent_streams,
             c.h2_max_concurrent_streams,
             1,
         )?,
-        shutdown_deadline: pick(&args.shutdown_deadline_secs, &file.shutdown_deadline_secs)
-            .map_or(c.shutdown_deadline, Duration::from_secs),
+        shutdown_deadline: args.shutdown_deadline_secs.map_or(c.shutdown_deadline, Duration::from_secs),
     })
 }
 
 /// How requests share the node (see `blindpass_server::admission`).
-fn admission(args: &EdgeArgs, file: &FileConfig) -> anyhow::Result<AdmissionLimits> {
+fn admission(args: &EdgeArgs) -> anyhow::Result<AdmissionLimits> {
     let d = AdmissionLimits::default();
-    let max_in_flight = at_least("max-in-flight", pick(&args.max_in_flight, &file.max_in_flight), d.max_in_flight, 1)?;
-    let anonymous = at_least(
-        "max-anonymous-in-flight",
-        pick(&args.max_anonymous_in_flight, &file.max_anonymous_in_flight),
-        max_in_flight.div_ceil(2),
-        1,
-    )?;
+    let max_in_flight = at_least("max-in-flight", args.max_in_flight, d.max_in_flight, 1)?;
+    let anonymous = at_least("max-anonymous-in-flight", args.max_anonymous_in_flight, max_in_flight.div_ceil(2), 1)?;
     if anonymous > max_in_flight {
         bail!("--max-anonymous-in-flight ({anonymous}) must be at most --max-in-flight ({max_in_flight})");
     }
@@ -181,21 +150,16 @@ fn admission(args: &EdgeArgs, file: &FileConfig) -> anyhow::Result<AdmissionLimi
         max_anonymous_in_flight: anonymous,
         max_in_flight_per_client: at_least(
             "max-in-flight-per-client",
-            pick(&args.max_in_flight_per_client, &file.max_in_flight_per_client),
+            args.max_in_flight_per_client,
             d.max_in_flight_per_client,
             1,
         )?,
         body_read_timeout: Duration::from_secs(at_least(
             "body-read-timeout-secs",
-            pick(&args.body_read_timeout_secs, &file.body_read_timeout_secs),
+            args.body_read_timeout_secs,
             d.body_read_timeout.as_secs(),
             1,
         )?),
-        body_min_bytes_per_sec: at_least(
-            "body-min-rate",
-            pick(&args.body_min_rate, &file.body_min_rate),
-            d.body_min_bytes_per_sec,
-            1,
-        )?,
+        body_min_bytes_per_sec: at_least("body-min-rate", args.body_min_rate, d.body_min_bytes_per_sec, 1)?,
     })
 }

@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod client;
 mod config;
+mod config_file;
 mod edge;
 mod load;
 mod openssl;
@@ -14,6 +15,7 @@ mod rotation;
 mod serve;
 mod settings;
 mod signer;
+mod units;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -95,7 +97,14 @@ fn misplaced_store_option(matches: &ArgMatches) -> Option<String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let matches = command().get_matches();
+    let argv = match config_file::apply(&command(), std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(err) => {
+            eprintln!("blindpass: {}", format!("{err:#}").replace('\n', " "));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let matches = command().get_matches_from(argv);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.format(&mut command()).exit(),

@@ -23,14 +23,14 @@ pub(crate) struct RotationArgs {
     pub(crate) key_lifetime: Vec<String>,
     /// Seconds a new key is listed in the directory before it signs
     /// (default: the directory max-age + 60; never below the max-age).
-    #[arg(long, env = "BLINDPASS_KEY_ANNOUNCE_SECS")]
+    #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_KEY_ANNOUNCE_SECS")]
     pub(crate) key_announce_secs: Option<i64>,
     /// The issuer directory's Cache-Control max-age (default 300).
-    #[arg(long, env = "BLINDPASS_DIRECTORY_MAX_AGE_SECS")]
+    #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_DIRECTORY_MAX_AGE_SECS")]
     pub(crate) directory_max_age_secs: Option<i64>,
     /// Up to this many seconds taken off the max-age at random per response,
     /// to spread clients' refreshes (default 0).
-    #[arg(long, env = "BLINDPASS_DIRECTORY_MAX_AGE_JITTER_SECS")]
+    #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_DIRECTORY_MAX_AGE_JITTER_SECS")]
     pub(crate) directory_max_age_jitter_secs: Option<i64>,
 }
 

@@ -6,26 +6,25 @@ use anyhow::Context;
 use blindpass_server::AppState;
 use blindpass_service::{Service, SystemClock};
 
-use crate::config::{FileConfig, StoreArgs, redact_url};
+use crate::config::{StoreArgs, redact_url};
 pub(crate) use crate::settings::ServeArgs;
 use crate::settings::{RedisSettings, ServeSettings};
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store_args = &args.store.clone();
-    let file = FileConfig::load(store_args.config.as_deref())?;
-    let log_format = args.log_format.clone().or_else(|| file.log_format.clone()).unwrap_or_else(|| "text".into());
+    let log_format = args.log_format.clone().unwrap_or_else(|| "text".into());
     init_logging(&log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(serve(store_args, args, file))
+    runtime.block_on(serve(store_args, args))
 }
 
-async fn serve(store_args: &StoreArgs, args: ServeArgs, file: FileConfig) -> anyhow::Result<()> {
+async fn serve(store_args: &StoreArgs, args: ServeArgs) -> anyhow::Result<()> {
     let ServeSettings { listen, mut config, limits, issuer_name, redis, trusted_proxies, ids: overrides } =
-        ServeSettings::resolve(&args, &file)?;
-    config.key_encryption_key = store_args.kek(&file)?;
+        ServeSettings::resolve(&args)?;
+    config.key_encryption_key = store_args.kek()?;
     config.pkcs11 = store_args.signer.open()?;
-    let url = store_args.database_url(&file);
-    let store = store_args.open(&file).await?;
+    let url = store_args.database_url();
+    let store = store_args.open().await?;
     config.issuer_name = blindpass_service::identity::agree_issuer_name(&*store, issuer_name.as_deref(), &listen)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

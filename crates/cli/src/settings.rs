@@ -12,7 +12,7 @@ use blindpass_server::{IdOverrides, Limits};
 use blindpass_service::Config;
 use clap::Args;
 
-use crate::config::{FileConfig, Secret, at_least, pick};
+use crate::config::{Secret, at_least};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -37,7 +37,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "BLINDPASS_TLS_KEY", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
     /// Seconds between checks of the TLS files for a renewal (default 30).
-    #[arg(long, env = "BLINDPASS_TLS_RELOAD_SECS")]
+    #[arg(long, value_parser = crate::units::secs, env = "BLINDPASS_TLS_RELOAD_SECS")]
     pub(crate) tls_reload_secs: Option<u64>,
     /// mTLS: accept client certificates from this PEM CA (optional for
     /// clients; another CA's certificate fails the handshake).
@@ -71,15 +71,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "BLINDPASS_AUTH_FAILURE_LIMIT")]
     pub(crate) auth_failure_limit: Option<u64>,
     /// Seconds before a request is answered 503.
-    #[arg(long, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
+    #[arg(long, value_parser = crate::units::secs, env = "BLINDPASS_REQUEST_TIMEOUT_SECS")]
     pub(crate) request_timeout_secs: Option<u64>,
     /// Seconds between re-reads of issuer keys from the store.
-    #[arg(long, env = "BLINDPASS_KEY_REFRESH_SECS")]
+    #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_KEY_REFRESH_SECS")]
     pub(crate) key_refresh_secs: Option<i64>,
     /// Seconds an API key found valid is trusted without asking the store:
     /// a revocation made elsewhere takes effect within this bound (0: ask
     /// on every request).
-    #[arg(long, env = "BLINDPASS_API_KEY_CACHE_SECS")]
+    #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_API_KEY_CACHE_SECS")]
     pub(crate) api_key_cache_secs: Option<i64>,
     /// `Persona-Organization-Id` to report (default: generated once, stored).
     #[arg(long, env = "BLINDPASS_ORGANIZATION_ID")]
@@ -96,12 +96,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "BLINDPASS_ISSUER_NAME")]
     pub(crate) issuer_name: Option<String>,
     /// Seconds a rotated-out key still verifies tokens.
-    #[arg(long, env = "BLINDPASS_KEY_OVERLAP_SECS")]
+    #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_KEY_OVERLAP_SECS")]
     pub(crate) key_overlap_secs: Option<i64>,
     /// Seconds a relay lives after its creation (default 86400: a day covers
     /// a verification flow that pauses overnight; after it the relay answers
     /// like an unknown one and is pruned).
-    #[arg(long, env = "BLINDPASS_RELAY_LIFETIME_SECS")]
+    #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_RELAY_LIFETIME_SECS")]
     pub(crate) relay_lifetime_secs: Option<i64>,
     /// Redis URL for rate-limit counters shared by several nodes
     /// (default: counters in the store).
@@ -145,15 +145,15 @@ fn parse_token_types(flag: &str, text: &str) -> anyhow::Result<Vec<u16>> {
 }
 
 /// `--token-types` and `--relay-token-types`, checked together.
-fn token_types(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<(Vec<u16>, Vec<u16>)> {
-    let issued = match pick(&args.token_types, &file.token_types) {
+fn token_types(args: &ServeArgs) -> anyhow::Result<(Vec<u16>, Vec<u16>)> {
+    let issued = match args.token_types.clone() {
         Some(text) => parse_token_types("token-types", &text)?,
         None => blindpass_service::TOKEN_TYPES.to_vec(),
     };
     if !issued.contains(&2) {
         bail!("--token-types must include 2: the Persona dialect issues type 2");
     }
-    let accepted = match pick(&args.relay_token_types, &file.relay_token_types) {
+    let accepted = match args.relay_token_types.clone() {
         Some(text) => parse_token_types("relay-token-types", &text)?,
         None => issued.clone(),
     };
@@ -190,73 +190,48 @@ pub(crate) struct ServeSettings {
 
 impl ServeSettings {
     /// Resolves flags over the file over the defaults, and validates.
-    pub(crate) fn resolve(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Self> {
-        let request_timeout_secs =
-            at_least("request-timeout-secs", pick(&args.request_timeout_secs, &file.request_timeout_secs), 30, 1)?;
-        let config = service_config(args, file, request_timeout_secs)?;
+    pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let request_timeout_secs = at_least("request-timeout-secs", args.request_timeout_secs, 30, 1)?;
+        let config = service_config(args, request_timeout_secs)?;
         Ok(Self {
-            listen: pick(&args.listen, &file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            listen: args.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into()),
             config,
-            limits: crate::edge::limits(&args.edge, file, Duration::from_secs(request_timeout_secs))?,
-            issuer_name: pick(&args.issuer_name, &file.issuer_name),
-            redis: pick(&args.redis_url, &file.redis_url).map(|url| RedisSettings {
+            limits: crate::edge::limits(&args.edge, Duration::from_secs(request_timeout_secs))?,
+            issuer_name: args.issuer_name.clone(),
+            redis: args.redis_url.clone().map(|url| RedisSettings {
                 url: url.as_str().to_owned(),
-                prefix: pick(&args.redis_key_prefix, &file.redis_key_prefix).unwrap_or_else(|| "blindpass".into()),
-                ca_file: pick(&args.redis_ca_file, &file.redis_ca_file),
+                prefix: args.redis_key_prefix.clone().unwrap_or_else(|| "blindpass".into()),
+                ca_file: args.redis_ca_file.clone(),
             }),
-            trusted_proxies: crate::edge::trusted_proxies(&args.edge, file)?,
+            trusted_proxies: crate::edge::trusted_proxies(&args.edge)?,
             ids: IdOverrides {
-                organization: pick(&args.organization_id, &file.organization_id),
-                sandbox: pick(&args.sandbox_environment_id, &file.sandbox_environment_id),
-                production: pick(&args.production_environment_id, &file.production_environment_id),
+                organization: args.organization_id.clone(),
+                sandbox: args.sandbox_environment_id.clone(),
+                production: args.production_environment_id.clone(),
             },
         })
     }
 }
 
 /// The service's tunables.
-fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64) -> anyhow::Result<Config> {
+fn service_config(args: &ServeArgs, request_timeout_secs: u64) -> anyhow::Result<Config> {
     let d = Config::default();
-    let (token_types, relay_token_types) = token_types(args, file)?;
+    let (token_types, relay_token_types) = token_types(args)?;
     let mut config = Config {
         token_types,
         relay_token_types,
-        rate_limit_per_minute: pick(&args.rate_limit, &file.rate_limit).unwrap_or(d.rate_limit_per_minute),
-        public_rate_limit_per_minute: pick(&args.public_rate_limit, &file.public_rate_limit)
-            .unwrap_or(d.public_rate_limit_per_minute),
-        client_rate_limit_per_minute: pick(&args.client_rate_limit, &file.client_rate_limit)
-            .unwrap_or(d.client_rate_limit_per_minute),
-        relay_rate_limit_per_minute: pick(&args.relay_rate_limit, &file.relay_rate_limit)
-            .unwrap_or(d.relay_rate_limit_per_minute),
-        auth_failure_limit_per_minute: pick(&args.auth_failure_limit, &file.auth_failure_limit)
-            .unwrap_or(d.auth_failure_limit_per_minute),
-        key_refresh_secs: at_least(
-            "key-refresh-secs",
-            pick(&args.key_refresh_secs, &file.key_refresh_secs),
-            d.key_refresh_secs,
-            1,
-        )?,
-        api_key_cache_secs: at_least(
-            "api-key-cache-secs",
-            pick(&args.api_key_cache_secs, &file.api_key_cache_secs),
-            d.api_key_cache_secs,
-            0,
-        )?,
+        rate_limit_per_minute: args.rate_limit.unwrap_or(d.rate_limit_per_minute),
+        public_rate_limit_per_minute: args.public_rate_limit.unwrap_or(d.public_rate_limit_per_minute),
+        client_rate_limit_per_minute: args.client_rate_limit.unwrap_or(d.client_rate_limit_per_minute),
+        relay_rate_limit_per_minute: args.relay_rate_limit.unwrap_or(d.relay_rate_limit_per_minute),
+        auth_failure_limit_per_minute: args.auth_failure_limit.unwrap_or(d.auth_failure_limit_per_minute),
+        key_refresh_secs: at_least("key-refresh-secs", args.key_refresh_secs, d.key_refresh_secs, 1)?,
+        api_key_cache_secs: at_least("api-key-cache-secs", args.api_key_cache_secs, d.api_key_cache_secs, 0)?,
         // Past the request timeout no request is still being answered, so
         // an unfinished idempotency claim belongs to a request that died.
         idempotency_stale_secs: i64::try_from(request_timeout_secs).unwrap_or(i64::MAX),
-        relay_lifetime_secs: at_least(
-            "relay-lifetime-secs",
-            pick(&args.relay_lifetime_secs, &file.relay_lifetime_secs),
-            d.relay_lifetime_secs,
-            60,
-        )?,
-        key_overlap_secs: at_least(
-            "key-overlap-secs",
-            pick(&args.key_overlap_secs, &file.key_overlap_secs),
-            d.key_overlap_secs,
-            0,
-        )?,
+        relay_lifetime_secs: at_least("relay-lifetime-secs", args.relay_lifetime_secs, d.relay_lifetime_secs, 60)?,
+        key_overlap_secs: at_least("key-overlap-secs", args.key_overlap_secs, d.key_overlap_secs, 0)?,
         issuer_name: String::new(),
         key_encryption_key: None,
         ..d
@@ -267,20 +242,100 @@ fn service_config(args: &ServeArgs, file: &FileConfig, request_timeout_secs: u64
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use clap::FromArgMatches;
+    use clap::parser::ValueSource;
 
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        serve: ServeArgs,
+    /// `serve FLAGS` with `file` as its `--config`, through the binary's own
+    /// command line and config-file layering.
+    fn resolve(flags: &[&str], file: &str) -> anyhow::Result<ServeSettings> {
+        resolve_args(flags, file).and_then(|args| ServeSettings::resolve(&args))
     }
 
-    fn resolve(flags: &[&str], file: &str) -> anyhow::Result<ServeSettings> {
-        let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
-        let file: FileConfig = toml::from_str(file)?;
-        ServeSettings::resolve(&cli.serve, &file)
+    fn resolve_args(flags: &[&str], file: &str) -> anyhow::Result<ServeArgs> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("blindpass.toml");
+        std::fs::write(&path, file)?;
+        let path = path.to_str().unwrap_or_default().to_owned();
+        let argv = ["blindpass", "serve", "--config", &path].iter().chain(flags).map(|s| s.into()).collect();
+        let argv = crate::config_file::apply(&crate::command(), argv)?;
+        let matches = crate::command().try_get_matches_from(argv)?;
+        match crate::Cli::from_arg_matches(&matches)?.command {
+            crate::Command::Serve(args) => Ok(*args),
+            _ => anyhow::bail!("not serve"),
+        }
+    }
+
+    /// Every flag of `serve`, set through the file alone, reaches the
+    /// command as if given on the command line (with the TLS files every
+    /// mTLS option requires beside it).
+    #[test]
+    fn every_flag_can_be_set_in_the_file() {
+        let mut cmd = crate::command();
+        cmd.build();
+        let serve = cmd.find_subcommand("serve").unwrap().clone();
+        let mut checked = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "config" | "help" | "version") {
+                continue;
+            }
+            let possible: Vec<String> = arg.get_possible_values().iter().map(|v| v.get_name().to_owned()).collect();
+            let candidates = possible.iter().map(String::as_str).chain(SAMPLES.iter().copied());
+            let set = candidates.into_iter().any(|value| {
+                let mut file = format!("{long} = {}\n", toml::Value::String(value.to_owned()));
+                for (companion, path) in [("tls-cert", "c.pem"), ("tls-key", "k.pem"), ("client-ca", "ca.pem")] {
+                    if companion != long {
+                        file.push_str(&format!("{companion} = \"{path}\"\n"));
+                    }
+                }
+                serve_matches(&file)
+                    .is_ok_and(|m| m.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
+            });
+            assert!(set, "--{long} cannot be set through the configuration file (or add a sample value to SAMPLES)");
+            checked += 1;
+        }
+        assert!(checked >= 55, "only {checked} options walked");
+    }
+
+    /// Values that some option takes, tried in turn.
+    const SAMPLES: &[&str] = &["1", "x", "127.0.0.1/32", "2,1,5", "attester.example=sandbox", "30d"];
+
+    fn serve_matches(file: &str) -> anyhow::Result<clap::ArgMatches> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("blindpass.toml");
+        std::fs::write(&path, file)?;
+        let path = path.to_str().unwrap_or_default().to_owned();
+        let argv = ["blindpass", "serve", "--config", &path].iter().map(|s| s.into()).collect();
+        let argv = crate::config_file::apply(&crate::command(), argv)?;
+        let matches = crate::command().try_get_matches_from(argv)?;
+        matches.subcommand_matches("serve").cloned().ok_or_else(|| anyhow::anyhow!("not serve"))
+    }
+
+    #[test]
+    fn durations_and_sizes_take_units_in_flags_and_in_the_file() {
+        let s = resolve(&["--request-timeout-secs", "2m"], "max-body-bytes = \"64KiB\"\nrelay-lifetime-secs = \"1d\"")
+            .unwrap();
+        assert_eq!(s.limits.request_timeout, Duration::from_secs(120));
+        assert_eq!(s.limits.max_body_bytes, 64 * 1024);
+        assert_eq!(s.config.relay_lifetime_secs, 86_400);
+        let old = resolve(&["--request-timeout-secs", "7"], "max-body-bytes = 4096").unwrap();
+        assert_eq!((old.limits.request_timeout, old.limits.max_body_bytes), (Duration::from_secs(7), 4096));
+    }
+
+    #[test]
+    fn secrets_from_the_file_are_redacted_in_debug() {
+        let file = resolve_args(&[], "redis-url = \"redis://:hunter2@h\"").unwrap();
+        assert!(!format!("{file:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(resolve_args(&[], "listen = \"x\"\nbogus = 1").is_err());
+        let c = resolve_args(&[], "rate-limit = 5\norganization-id = \"org_x\"").unwrap();
+        assert_eq!(c.rate_limit, Some(5));
     }
 
     #[test]

@@ -135,3 +135,56 @@ fn api_key_rate_limits_from_the_cli() {
     assert!(!missing.status.success());
     assert_eq!(stderr(&missing).trim(), "blindpass: no API key with id api_nope");
 }
+
+/// The `--config` file through the binary: a store command takes the store
+/// options from it and leaves the server's alone; the environment beats the
+/// file; a server started from the file alone serves on the file's
+/// address with its typed values; an unknown key is a one-line error.
+#[tokio::test]
+async fn the_config_file_sets_options_below_the_environment_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from_file, from_env) = (dir.path().join("from-file"), dir.path().join("from-env"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("blindpass.toml");
+    let toml = format!(
+        "data-dir = {:?}\nlisten = {addr:?}\nrequest-timeout-secs = \"30s\"\nmax-body-bytes = \"64KiB\"\nrate-limit = 0\n",
+        from_file.to_str().unwrap()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let config = config.to_str().unwrap();
+
+    assert!(run(&["--config", config, "api-keys", "create", "--env", "sandbox"]).status.success());
+    assert!(from_file.join("blindpass.db").exists(), "the file's data-dir");
+    let out = Command::new(BIN)
+        .args(["--config", config, "api-keys", "create", "--env", "sandbox"])
+        .env("BLINDPASS_DATA_DIR", &from_env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(from_env.join("blindpass.db").exists(), "the environment beats the file");
+
+    // No --listen: the address is the file's.
+    let child = Command::new(BIN)
+        .args(["--config", config, "serve"])
+        .env_remove("BLINDPASS_DATA_DIR")
+        .env_remove("BLINDPASS_LISTEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node { child, base: format!("http://{addr}"), addr: addr.clone() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reqwest::get(format!("http://{addr}/health")).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(std::time::Instant::now() < deadline, "serve did not come up on the file's address");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(node);
+
+    std::fs::write(dir.path().join("bad.toml"), "listen = \"127.0.0.1:0\"\nlisten-address = 1\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let out = run(&["--config", bad.to_str().unwrap(), "keys", "list"]);
+    assert!(!out.status.success());
+    let lines: Vec<String> = stderr(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("listen-address"), "{lines:?}");
+}
