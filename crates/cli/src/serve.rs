@@ -120,7 +120,7 @@ async fn service(
         // Several nodes without Redis: the database counts.
         None => return Ok(Service::new(store, Arc::new(SystemClock), config)),
     };
-    Ok(Service::with_limiter(store, Arc::new(SystemClock), config, limiter))
+    Ok(Service::builder(store, Arc::new(SystemClock), config).limiter(limiter).build())
 }
 
 async fn redis_limiter(redis: &RedisSettings) -> anyhow::Result<blindpass_service::RedisLimiter> {

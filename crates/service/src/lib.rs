@@ -175,37 +175,49 @@ struct Inner {
     metrics: Arc<metrics::Metrics>,
 }
 
-impl std::fmt::Debug for Service {
+/// [`Service::builder`]: what a service runs on, with the system's defaults
+/// for what is not given.
+pub struct ServiceBuilder {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    limiter: Option<Arc<dyn RateLimiter>>,
+    entropy: Option<Arc<dyn Entropy>>,
+}
+
+impl std::fmt::Debug for ServiceBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("ServiceBuilder").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-impl Service {
-    /// A service over `store`, counting rate limits in the store.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
-        let limiter = Arc::new(StoreLimiter::new(Arc::clone(&store)));
-        Self::with_limiter(store, clock, config, limiter)
+impl ServiceBuilder {
+    /// Rate-limit counters in `limiter` (e.g. Redis) instead of the store.
+    pub fn limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
-    /// A service whose rate-limit counters live in `limiter` (e.g. Redis)
-    /// instead of the store.
-    pub fn with_limiter(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        config: Config,
-        limiter: Arc<dyn RateLimiter>,
-    ) -> Self {
+    /// Randomness from `entropy` instead of the system's (a seeded source
+    /// makes tests deterministic).
+    pub fn entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        self.entropy = Some(entropy);
+        self
+    }
+
+    /// The service: its store metered, its signing pool one thread a core.
+    pub fn build(self) -> Service {
         let metrics = Arc::new(metrics::Metrics::new());
         let store: Arc<dyn Store> =
-            Arc::new(blindpass_store::metered::MeteredStore::new(store, Arc::clone(&metrics) as _));
-        Self {
+            Arc::new(blindpass_store::metered::MeteredStore::new(self.store, Arc::clone(&metrics) as _));
+        let limiter = self.limiter.unwrap_or_else(|| Arc::new(StoreLimiter::new(Arc::clone(&store))));
+        Service {
             inner: Arc::new(Inner {
                 store,
                 limiter,
-                clock,
-                entropy: Arc::new(blindpass_entropy::SystemEntropy),
-                config,
+                clock: self.clock,
+                entropy: self.entropy.unwrap_or_else(|| Arc::new(blindpass_entropy::SystemEntropy)),
+                config: self.config,
                 keyring: keyring::KeyRing::default(),
                 secrets: tokio::sync::OnceCell::new(),
                 signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
@@ -215,28 +227,24 @@ impl Service {
             }),
         }
     }
+}
 
-    /// A service over the same store, limiter, clock and configuration that
-    /// draws its randomness from `entropy` (the system's by default; a seeded
-    /// source makes tests deterministic). Its key ring and secret cache start
-    /// empty; clones of `self` are not affected.
-    pub fn with_entropy(self, entropy: Arc<dyn Entropy>) -> Self {
-        let inner = &self.inner;
-        Self {
-            inner: Arc::new(Inner {
-                store: Arc::clone(&inner.store),
-                limiter: Arc::clone(&inner.limiter),
-                clock: Arc::clone(&inner.clock),
-                entropy,
-                config: inner.config.clone(),
-                keyring: keyring::KeyRing::default(),
-                secrets: tokio::sync::OnceCell::new(),
-                signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
-                auth_cache: api_keys::AuthCache::default(),
-                readiness: readiness::LastCheck::default(),
-                metrics: Arc::clone(&inner.metrics),
-            }),
-        }
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service over `store`, counting rate limits in the store, drawing
+    /// randomness from the system: [`Service::builder`] with nothing more.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
+        Self::builder(store, clock, config).build()
+    }
+
+    /// A service to build: the one way a [`Service`] is made.
+    pub fn builder(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> ServiceBuilder {
+        ServiceBuilder { store, clock, config, limiter: None, entropy: None }
     }
 
     /// The node's metrics.

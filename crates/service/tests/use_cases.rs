@@ -155,9 +155,9 @@ async fn a_seeded_entropy_source_makes_ids_and_secrets_repeatable() {
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let shared = Service::new(store, Arc::new(ManualClock::new(START)), Config::default());
-        let _clone = shared.clone(); // a service already shared still takes the source
-        let service = shared.with_entropy(Arc::new(blindpass_service::SeededEntropy::new(42)));
+        let service = Service::builder(store, Arc::new(ManualClock::new(START)), Config::default())
+            .entropy(Arc::new(blindpass_service::SeededEntropy::new(42)))
+            .build();
         let key = service.create_api_key(Environment::Sandbox, vec![], None).await.unwrap();
         let relay = service.create_relay(Environment::Sandbox, &claim(CLAIM), None).await.unwrap();
         made.push((key.key.id.clone(), key.secret.to_string(), relay.relay.token));
