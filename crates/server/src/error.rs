@@ -258,34 +258,25 @@ pub(crate) fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
     [(header::CONTENT_TYPE, HeaderValue::from_static(crate::JSON))]
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::Store(e)
-    }
+/// `impl From<$from> for ApiError`, each into its own variant.
+macro_rules! into_variant {
+    ($($from:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$from> for ApiError {
+            fn from(e: $from) -> Self {
+                ApiError::$variant(e)
+            }
+        }
+    )*};
 }
 
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        ApiError::Auth(e)
-    }
-}
-
-impl From<IssueError> for ApiError {
-    fn from(e: IssueError) -> Self {
-        ApiError::Issue(e)
-    }
-}
-
-impl From<RelayError> for ApiError {
-    fn from(e: RelayError) -> Self {
-        ApiError::Relay(e)
-    }
-}
-
-impl From<RecordError> for ApiError {
-    fn from(e: RecordError) -> Self {
-        ApiError::Record(e)
-    }
+into_variant! {
+    StoreError => Store,
+    AuthError => Auth,
+    IssueError => Issue,
+    RelayError => Relay,
+    RecordError => Record,
+    BadRequest => BadRequest,
+    Unprocessable => Unprocessable,
 }
 
 impl From<RedeemError> for ApiError {
@@ -295,18 +286,6 @@ impl From<RedeemError> for ApiError {
             RedeemError::InvalidToken(why) => ApiError::TokenRequired(Some(why)),
             other => ApiError::Redeem(other),
         }
-    }
-}
-
-impl From<BadRequest> for ApiError {
-    fn from(why: BadRequest) -> Self {
-        ApiError::BadRequest(why)
-    }
-}
-
-impl From<Unprocessable> for ApiError {
-    fn from(why: Unprocessable) -> Self {
-        ApiError::Unprocessable(why)
     }
 }
 
