@@ -35,7 +35,9 @@ use blindpass_protocol::keys::TokenKeyId;
 use blindpass_protocol::voprf::wire::AmortizedTokenResponse;
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
-use crate::{Environment, IssueError, LoadedKey, Service};
+use blindpass_entropy::Entropy;
+
+use crate::{Environment, IssueError, KeyError, LoadedKey, Service};
 
 /// Which key an issuance asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,19 +71,92 @@ impl IssueRequest {
     }
 }
 
+/// Where issuance finds its keys: the node's key ring, or a test's own.
+pub(crate) trait IssuingKeys: Sync {
+    /// The key answering to `id` (either of a type-2 key's two ids).
+    fn key_by_id(&self, id: &TokenKeyId) -> impl Future<Output = Result<Option<Arc<LoadedKey>>, KeyError>> + Send;
+    /// Every loaded key of `environment`, newest first.
+    fn keys_of(&self, environment: Environment) -> impl Future<Output = Result<Vec<Arc<LoadedKey>>, KeyError>> + Send;
+}
+
+impl IssuingKeys for Service {
+    fn key_by_id(&self, id: &TokenKeyId) -> impl Future<Output = Result<Option<Arc<LoadedKey>>, KeyError>> + Send {
+        Service::key_by_id(self, id)
+    }
+
+    fn keys_of(&self, environment: Environment) -> impl Future<Output = Result<Vec<Arc<LoadedKey>>, KeyError>> + Send {
+        Service::keys_of(self, environment)
+    }
+}
+
+/// Issuance over exactly what it needs: keys, the signing threads, the
+/// metrics it counts, randomness, the token types this node issues, the
+/// lifecycle rules and the time. The [`Service`] methods are one line each
+/// over it; a test can run it on keys of its own, without a store.
+pub(crate) struct Issuance<'a, K> {
+    pub(crate) keys: &'a K,
+    pub(crate) signing: &'a crate::signing_pool::SigningPool,
+    pub(crate) metrics: &'a crate::metrics::Metrics,
+    pub(crate) entropy: Arc<dyn Entropy>,
+    pub(crate) token_types: &'a [u16],
+    pub(crate) lifecycle: crate::lifecycle::Lifecycle,
+    pub(crate) now: i64,
+}
+
 impl Service {
+    /// This node's issuance, at `now`.
+    fn issuance(&self) -> Issuance<'_, Service> {
+        Issuance {
+            keys: self,
+            signing: &self.inner.signing,
+            metrics: self.metrics(),
+            entropy: self.entropy_handle(),
+            token_types: &self.config().token_types,
+            lifecycle: self.lifecycle(),
+            now: self.now(),
+        }
+    }
+
     /// Evaluates `request` with the key it names for a caller in
     /// `environment`. The key operation runs here, on the caller's thread,
     /// unless the node is overloaded (see the module's notes).
     pub async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
-        self.metrics().issuance_request();
+        self.issuance().issue(environment, request).await
+    }
+
+    /// An amortized batch of token type 1 or 5 ([`Issuance::issue_amortized`]).
+    pub async fn issue_amortized(
+        &self,
+        environment: Environment,
+        token_type: u16,
+        truncated: u8,
+        blinded: Vec<Vec<u8>>,
+    ) -> Result<Vec<u8>, IssueError> {
+        self.issuance().issue_amortized(environment, token_type, truncated, blinded).await
+    }
+
+    /// Every item of a batch ([`Issuance::issue_batch`]).
+    pub async fn issue_batch(
+        &self,
+        environment: Environment,
+        requests: Vec<IssueRequest>,
+    ) -> Result<Vec<Result<Vec<u8>, IssueError>>, IssueError> {
+        self.issuance().issue_batch(environment, requests).await
+    }
+}
+
+impl<K: IssuingKeys> Issuance<'_, K> {
+    /// Evaluates `request` with the key it names for a caller in
+    /// `environment`. The key operation runs here, on the caller's thread,
+    /// unless the node is overloaded (see the module's notes).
+    pub(crate) async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
+        self.metrics.issuance_request();
         let result = async {
             let key = self.issuing_key(environment, request.selector).await?;
             let (key_id, token_type) = (key.record.id.clone(), key.token_type());
-            let entropy = self.entropy_handle();
-            let signed =
-                self.inner.signing.run_here_or_queue(move || key.evaluate(&request.blinded, &*entropy)).await??;
-            self.metrics().signed(&key_id, token_type, 1);
+            let entropy = Arc::clone(&self.entropy);
+            let signed = self.signing.run_here_or_queue(move || key.evaluate(&request.blinded, &*entropy)).await??;
+            self.metrics.signed(&key_id, token_type, 1);
             Ok(signed)
         }
         .await;
@@ -91,7 +166,7 @@ impl Service {
 
     fn count_failure<T>(&self, result: &Result<T, IssueError>) {
         if let Err(e) = result {
-            self.metrics().issuance_error(e.reason());
+            self.metrics.issuance_error(e.reason());
         }
     }
 
@@ -99,22 +174,21 @@ impl Service {
     /// batched-tokens §5): every element evaluated with the key the
     /// truncated id names, under one batched DLEQ proof. Returns the encoded
     /// AmortizedBatchTokenResponse. The caller bounds the element count.
-    pub async fn issue_amortized(
+    pub(crate) async fn issue_amortized(
         &self,
         environment: Environment,
         token_type: u16,
         truncated: u8,
         blinded: Vec<Vec<u8>>,
     ) -> Result<Vec<u8>, IssueError> {
-        self.metrics().issuance_request();
+        self.metrics.issuance_request();
         let result = async {
             let selector = KeySelector::Truncated { token_type, truncated };
             let key = self.issuing_key(environment, selector).await?;
             let key_id = key.record.id.clone();
-            let entropy = self.entropy_handle();
-            let evaluation =
-                self.inner.signing.run_here_or_queue(move || key.evaluate_many(&blinded, &*entropy)).await??;
-            self.metrics().signed(&key_id, token_type, evaluation.evaluated_elements.len() as u64);
+            let entropy = Arc::clone(&self.entropy);
+            let evaluation = self.signing.run_here_or_queue(move || key.evaluate_many(&blinded, &*entropy)).await??;
+            self.metrics.signed(&key_id, token_type, evaluation.evaluated_elements.len() as u64);
             Ok(AmortizedTokenResponse { evaluated_elements: evaluation.evaluated_elements, proof: evaluation.proof }
                 .encode())
         }
@@ -129,12 +203,12 @@ impl Service {
     /// each evaluating its share in turn). An item
     /// that cannot be issued gets its reason; a store failure fails the
     /// whole batch (nothing was signed).
-    pub async fn issue_batch(
+    pub(crate) async fn issue_batch(
         &self,
         environment: Environment,
         requests: Vec<IssueRequest>,
     ) -> Result<Vec<Result<Vec<u8>, IssueError>>, IssueError> {
-        self.metrics().issuance_request();
+        self.metrics.issuance_request();
         let mut signed_by: Vec<Option<(String, u16)>> = Vec::with_capacity(requests.len());
         let mut work = Vec::with_capacity(requests.len());
         let mut results = Vec::with_capacity(requests.len());
@@ -150,7 +224,7 @@ impl Service {
                     results.push(Err(IssueError::Internal("not evaluated".into())));
                 }
                 Err(e @ IssueError::Store(_)) => {
-                    self.metrics().issuance_error(e.reason());
+                    self.metrics.issuance_error(e.reason());
                     return Err(e);
                 }
                 Err(e) => results.push(Err(e)),
@@ -165,8 +239,8 @@ impl Service {
         }
         for (result, key) in results.iter().zip(&signed_by) {
             match (result, key) {
-                (Ok(_), Some((key_id, token_type))) => self.metrics().signed(key_id, *token_type, 1),
-                (Err(e), _) => self.metrics().issuance_error(e.reason()),
+                (Ok(_), Some((key_id, token_type))) => self.metrics.signed(key_id, *token_type, 1),
+                (Err(e), _) => self.metrics.issuance_error(e.reason()),
                 (Ok(_), None) => {}
             }
         }
@@ -181,17 +255,17 @@ impl Service {
         &self,
         work: Vec<(usize, Arc<LoadedKey>, Vec<u8>)>,
     ) -> Result<Vec<(usize, Result<Vec<u8>, IssueError>)>, IssueError> {
-        let per_share = work.len().div_ceil(self.inner.signing.threads()).max(1);
+        let per_share = work.len().div_ceil(self.signing.threads()).max(1);
         let mut work = work.into_iter().peekable();
         let here: Vec<_> = work.by_ref().take(per_share).collect();
         let mut jobs = Vec::new();
         while work.peek().is_some() {
             let share: Vec<_> = work.by_ref().take(per_share).collect();
-            let entropy = self.entropy_handle();
-            jobs.push(self.inner.signing.submit(move || evaluate_share(share, &*entropy))?);
+            let entropy = Arc::clone(&self.entropy);
+            jobs.push(self.signing.submit(move || evaluate_share(share, &*entropy))?);
         }
-        let entropy = self.entropy_handle();
-        let mut out = self.inner.signing.run_here_or_queue(move || evaluate_share(here, &*entropy)).await?;
+        let entropy = Arc::clone(&self.entropy);
+        let mut out = self.signing.run_here_or_queue(move || evaluate_share(here, &*entropy)).await?;
         for job in jobs {
             out.extend(job.await.map_err(|_| crate::PoolError::Failed)?);
         }
@@ -201,17 +275,19 @@ impl Service {
     /// The one key lookup: the key `selector` names, if it may issue for
     /// `environment` now.
     async fn issuing_key(&self, environment: Environment, selector: KeySelector) -> Result<Arc<LoadedKey>, IssueError> {
-        let now = self.now();
+        let now = self.now;
         let key = match selector {
             KeySelector::Id(id) => self
+                .keys
                 .key_by_id(&id)
                 .await?
                 .filter(|k| k.token_type() == TOKEN_TYPE_BLIND_RSA)
                 .ok_or(IssueError::UnknownKey)?,
-            KeySelector::Truncated { token_type, .. } if !self.config().token_types.contains(&token_type) => {
+            KeySelector::Truncated { token_type, .. } if !self.token_types.contains(&token_type) => {
                 return Err(IssueError::UnsupportedTokenType(token_type));
             }
             KeySelector::Truncated { token_type, truncated } => self
+                .keys
                 .keys_of(environment)
                 .await?
                 .into_iter()
@@ -221,7 +297,7 @@ impl Service {
         if key.record.environment != environment {
             return Err(IssueError::WrongEnvironment);
         }
-        self.lifecycle().can_issue(&key.record, now).map_err(IssueError::KeyNotActive)?;
+        self.lifecycle.can_issue(&key.record, now).map_err(IssueError::KeyNotActive)?;
         Ok(key)
     }
 }
@@ -232,4 +308,82 @@ fn evaluate_share(
     entropy: &dyn blindpass_entropy::Entropy,
 ) -> Vec<(usize, Result<Vec<u8>, IssueError>)> {
     share.into_iter().map(|(i, key, blinded)| (i, key.evaluate(&blinded, entropy))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::disallowed_methods
+    )]
+    use blindpass_protocol::voprf::wire::{Suite, VoprfTokenResponse};
+    use blindpass_protocol::voprf::{self, SecretKey};
+    use blindpass_protocol::wire::TokenChallenge;
+    use blindpass_store::{IssuerKey, KeyState};
+
+    use super::*;
+    use crate::KeyMaterial;
+
+    /// Keys held by the test: no store, no key ring, no `Service`.
+    struct Keys(Vec<Arc<LoadedKey>>);
+
+    impl IssuingKeys for Keys {
+        async fn key_by_id(&self, id: &TokenKeyId) -> Result<Option<Arc<LoadedKey>>, KeyError> {
+            Ok(self.0.iter().find(|k| k.ids().contains(id)).cloned())
+        }
+
+        async fn keys_of(&self, environment: Environment) -> Result<Vec<Arc<LoadedKey>>, KeyError> {
+            Ok(self.0.iter().filter(|k| k.record.environment == environment).cloned().collect())
+        }
+    }
+
+    fn voprf_key(environment: Environment, state: KeyState) -> Arc<LoadedKey> {
+        let secret = SecretKey::derive(Suite::Ristretto255, b"issuance without a service").unwrap();
+        let record = IssuerKey {
+            id: "k".into(),
+            environment,
+            token_type: Suite::Ristretto255.token_type(),
+            state,
+            private_pkcs8: Default::default(),
+            not_before: 0,
+            rotated_at: None,
+            retired_at: None,
+            created_at: 0,
+        };
+        Arc::new(LoadedKey { record, material: KeyMaterial::Voprf(Arc::new(secret)) })
+    }
+
+    #[tokio::test]
+    async fn issuance_runs_on_its_dependencies_alone() {
+        let key = voprf_key(Environment::Sandbox, KeyState::Active);
+        let public = key.voprf().unwrap().public_key().clone();
+        let keys = Keys(vec![Arc::clone(&key)]);
+        let (signing, metrics) = (crate::signing_pool::SigningPool::new(1, 8), crate::metrics::Metrics::new());
+        let issuance = Issuance {
+            keys: &keys,
+            signing: &signing,
+            metrics: &metrics,
+            entropy: Arc::new(blindpass_entropy::SeededEntropy::new(7)),
+            token_types: &[2, 5],
+            lifecycle: crate::lifecycle::Lifecycle { overlap_secs: 0 },
+            now: 1_000,
+        };
+        let challenge = TokenChallenge::new(5, "issuer.example", &[], "").unwrap();
+        let (blinded, state) = voprf::begin_issuance(&public, &challenge, 1, &mut rand::rng()).unwrap();
+        let selector = KeySelector::Truncated { token_type: 5, truncated: key.truncated_id() };
+        let request = IssueRequest { selector, blinded: blinded[0].clone() };
+
+        let response = issuance.issue(Environment::Sandbox, request.clone()).await.unwrap();
+        let response = VoprfTokenResponse::decode(Suite::Ristretto255, &response).unwrap();
+        let tokens = voprf::finalize_issuance(&state, &[response.evaluated_element], &response.proof).unwrap();
+        key.voprf().unwrap().verify_token(&tokens[0]).expect("the token verifies with the key that issued it");
+
+        assert_eq!(issuance.issue(Environment::Production, request.clone()).await, Err(IssueError::UnknownKey));
+        let other_type = IssueRequest { selector: KeySelector::Truncated { token_type: 1, truncated: 0 }, ..request };
+        assert_eq!(issuance.issue(Environment::Sandbox, other_type).await, Err(IssueError::UnsupportedTokenType(1)));
+        assert!(metrics.encode().contains("signed_token_total{key_id=\"k\",token_type=\"5\"} 1"));
+    }
 }
