@@ -124,7 +124,10 @@ impl Service {
         self.issuance().issue(environment, request).await
     }
 
-    /// An amortized batch of token type 1 or 5 ([`Issuance::issue_amortized`]).
+    /// An amortized batch of token type 1 or 5 (draft-ietf-privacypass-
+    /// batched-tokens §5): every element evaluated with the key the
+    /// truncated id names, under one batched DLEQ proof. Returns the encoded
+    /// AmortizedBatchTokenResponse. The caller bounds the element count.
     pub async fn issue_amortized(
         &self,
         environment: Environment,
@@ -135,7 +138,9 @@ impl Service {
         self.issuance().issue_amortized(environment, token_type, truncated, blinded).await
     }
 
-    /// Every item of a batch ([`Issuance::issue_batch`]).
+    /// Evaluates every item of a batch for a caller in `environment`, spread
+    /// over the cores. An item that cannot be issued gets its reason; a store
+    /// failure fails the whole batch (nothing was signed).
     pub async fn issue_batch(
         &self,
         environment: Environment,
