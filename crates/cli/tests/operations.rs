@@ -162,6 +162,10 @@ async fn the_config_file_sets_options_below_the_environment_and_flags() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(from_env.join("blindpass.db").exists(), "the environment beats the file");
+    // A flag beats the file, before the subcommand as after it.
+    let from_flag = dir.path().join("from-flag");
+    assert!(run(&["--config", config, "--data-dir", from_flag.to_str().unwrap(), "migrate"]).status.success());
+    assert!(from_flag.join("blindpass.db").exists(), "a flag before the subcommand beats the file");
 
     // No --listen: the address is the file's.
     let child = Command::new(BIN)
