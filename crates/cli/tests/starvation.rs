@@ -468,7 +468,8 @@ async fn five_hundred_concurrent_readiness_probes_cost_one_check_a_second_and_ne
 /// A throwaway nginx (Debian's) on `listen`, proxying to `upstream` the way
 /// most deployments do: `X-Forwarded-For $proxy_add_x_forwarded_for`, and
 /// whatever else the client sent (a `Forwarded` header included) passed
-/// through untouched. Killed on drop.
+/// through untouched. One process (`master_process off`), so killing it on
+/// drop leaves no orphaned worker behind.
 struct Nginx {
     child: std::process::Child,
     _dir: tempfile::TempDir,
@@ -485,7 +486,7 @@ fn nginx(listen: &str, upstream: &str) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let conf = format!(
-        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "user root;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\

@@ -175,10 +175,8 @@ impl<K: IssuingKeys> Issuance<'_, K> {
         }
     }
 
-    /// An amortized batch of token type 1 or 5 (draft-ietf-privacypass-
-    /// batched-tokens §5): every element evaluated with the key the
-    /// truncated id names, under one batched DLEQ proof. Returns the encoded
-    /// AmortizedBatchTokenResponse. The caller bounds the element count.
+    /// What [`Service::issue_amortized`] does: one key, one proof, the
+    /// evaluations on one thread.
     pub(crate) async fn issue_amortized(
         &self,
         environment: Environment,
