@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::{ApiKey, Environment, Permission, Service, StoreError};
+use crate::{ApiKey, Entropy, Environment, Permission, Service, Store, StoreError};
 
 /// Hex digits of the secret's hash used as the lookup index.
 const LOOKUP_HEX_LEN: usize = 16;
@@ -65,6 +65,16 @@ fn lookup_of(hash: &[u8; 32]) -> String {
 }
 
 impl Service {
+    fn api_keys(&self) -> ApiKeys<'_> {
+        ApiKeys {
+            store: &**self.store(),
+            entropy: self.entropy(),
+            cache: &self.inner.auth_cache,
+            cache_secs: self.config().api_key_cache_secs,
+            now: self.now(),
+        }
+    }
+
     /// Creates a key in `environment` with `permissions`. The secret has
     /// Persona's shape (`persona_sandbox_<uuid>`), so SDKs that infer the
     /// environment from the key keep working.
@@ -74,7 +84,7 @@ impl Service {
         permissions: Vec<Permission>,
         name: Option<String>,
     ) -> Result<NewApiKey, StoreError> {
-        self.create_api_key_with_limit(environment, permissions, name, None).await
+        self.api_keys().create(environment, permissions, name, None).await
     }
 
     /// [`Service::create_api_key`] with the key's own rate limit (requests
@@ -86,28 +96,7 @@ impl Service {
         name: Option<String>,
         rate_limit_per_minute: Option<u64>,
     ) -> Result<NewApiKey, StoreError> {
-        if rate_limit_per_minute == Some(0) {
-            return Err(StoreError::Other("a rate limit must be at least 1 request per minute".into()));
-        }
-        let secret =
-            Zeroizing::new(format!("persona_{}_{}", environment.as_str(), blindpass_entropy::uuid_v4(self.entropy())));
-        let secret_hash = hash_secret(&secret);
-        let mut permissions = permissions;
-        permissions.sort_unstable();
-        permissions.dedup();
-        let key = ApiKey {
-            id: format!("api_{}", hex::encode(self.entropy().bytes::<16>())),
-            name,
-            environment,
-            permissions,
-            lookup: lookup_of(&secret_hash),
-            secret_hash,
-            created_at: self.now(),
-            revoked_at: None,
-            rate_limit_per_minute,
-        };
-        self.store().insert_api_key(&key).await?;
-        Ok(NewApiKey { key, secret })
+        self.api_keys().create(environment, permissions, name, rate_limit_per_minute).await
     }
 
     /// Checks a bearer secret: looked up by a prefix of its hash, then
@@ -119,12 +108,82 @@ impl Service {
     /// that bound; one made through this service at once. Unknown and
     /// revoked keys are never remembered.
     pub async fn authenticate(&self, secret: &str) -> Result<Authenticated, AuthError> {
+        self.api_keys().authenticate(secret).await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a key's own rate limit; false when
+    /// there is no such key. Takes effect on this node at once, on others
+    /// within `api_key_cache_secs`.
+    pub async fn set_api_key_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError> {
+        self.api_keys().set_rate_limit(id, per_minute).await
+    }
+
+    /// Revokes a key by id; false when there is none.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.api_keys().revoke(id).await
+    }
+}
+
+/// API keys over what they need: the store, randomness (new secrets and
+/// ids), this node's cache of keys found valid and how long it trusts it,
+/// and the time.
+struct ApiKeys<'a> {
+    store: &'a dyn Store,
+    entropy: &'a dyn Entropy,
+    cache: &'a AuthCache,
+    cache_secs: i64,
+    now: i64,
+}
+
+impl ApiKeys<'_> {
+    /// [`Service::create_api_key`] with the key's own rate limit (requests
+    /// per minute, counted beside its environment's; Persona 2026-09-29).
+    async fn create(
+        &self,
+        environment: Environment,
+        permissions: Vec<Permission>,
+        name: Option<String>,
+        rate_limit_per_minute: Option<u64>,
+    ) -> Result<NewApiKey, StoreError> {
+        if rate_limit_per_minute == Some(0) {
+            return Err(StoreError::Other("a rate limit must be at least 1 request per minute".into()));
+        }
+        let secret =
+            Zeroizing::new(format!("persona_{}_{}", environment.as_str(), blindpass_entropy::uuid_v4(self.entropy)));
+        let secret_hash = hash_secret(&secret);
+        let mut permissions = permissions;
+        permissions.sort_unstable();
+        permissions.dedup();
+        let key = ApiKey {
+            id: format!("api_{}", hex::encode(self.entropy.bytes::<16>())),
+            name,
+            environment,
+            permissions,
+            lookup: lookup_of(&secret_hash),
+            secret_hash,
+            created_at: self.now,
+            revoked_at: None,
+            rate_limit_per_minute,
+        };
+        self.store.insert_api_key(&key).await?;
+        Ok(NewApiKey { key, secret })
+    }
+
+    /// Checks a bearer secret: looked up by a prefix of its hash, then
+    /// compared in constant time over the whole hash.
+    ///
+    /// A key found valid is remembered for `api_key_cache_secs`, so that an
+    /// issuance does not cost a store round trip: a revocation made
+    /// elsewhere (the CLI, another node) takes effect on this node within
+    /// that bound; one made through this service at once. Unknown and
+    /// revoked keys are never remembered.
+    async fn authenticate(&self, secret: &str) -> Result<Authenticated, AuthError> {
         let hash = hash_secret(secret);
-        let ttl = self.config().api_key_cache_secs;
-        if let Some(key) = self.inner.auth_cache.get(&hash, self.now(), ttl) {
+        let ttl = self.cache_secs;
+        if let Some(key) = self.cache.get(&hash, self.now, ttl) {
             return Ok(Authenticated { key });
         }
-        let key = self.store().api_key_by_lookup(&lookup_of(&hash)).await?.ok_or(AuthError::Unknown)?;
+        let key = self.store.api_key_by_lookup(&lookup_of(&hash)).await?.ok_or(AuthError::Unknown)?;
         if !bool::from(key.secret_hash.ct_eq(&hash)) {
             return Err(AuthError::Unknown);
         }
@@ -132,7 +191,7 @@ impl Service {
             return Err(AuthError::Revoked);
         }
         if ttl > 0 {
-            self.inner.auth_cache.put(hash, key.clone(), self.now());
+            self.cache.put(hash, key.clone(), self.now);
         }
         Ok(Authenticated { key })
     }
@@ -140,19 +199,19 @@ impl Service {
     /// Sets (`Some`) or removes (`None`) a key's own rate limit; false when
     /// there is no such key. Takes effect on this node at once, on others
     /// within `api_key_cache_secs`.
-    pub async fn set_api_key_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError> {
+    async fn set_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError> {
         if per_minute == Some(0) {
             return Err(StoreError::Other("a rate limit must be at least 1 request per minute".into()));
         }
-        let changed = self.store().set_api_key_rate_limit(id, per_minute).await?;
-        self.inner.auth_cache.forget(id);
+        let changed = self.store.set_api_key_rate_limit(id, per_minute).await?;
+        self.cache.forget(id);
         Ok(changed)
     }
 
     /// Revokes a key by id; false when there is none.
-    pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
-        let revoked = self.store().revoke_api_key(id, self.now()).await?;
-        self.inner.auth_cache.forget(id);
+    async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        let revoked = self.store.revoke_api_key(id, self.now).await?;
+        self.cache.forget(id);
         Ok(revoked)
     }
 }

@@ -9,6 +9,10 @@ use blindpass_protocol::b64;
 use blindpass_protocol::persona::{self, ChallengeFields};
 use blindpass_protocol::wire::{TOKEN_TYPE_BLIND_RSA, TokenChallenge};
 
+use crate::key_source::{KeySource, active_key};
+use crate::keyring::Keys;
+use crate::rfc_context::rfc_challenge;
+use crate::secrets::SecretsCell;
 use crate::timing::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS};
 use crate::{ClaimType, Environment, LoadedKey, RedeemError, Relay, RelayError, Service};
 
@@ -26,6 +30,16 @@ pub struct ChallengeOffer {
 }
 
 impl Service {
+    fn challenges(&self) -> Challenges<'_, Keys<'_>> {
+        Challenges {
+            keys: self.keys(),
+            secrets: self.secrets(),
+            issuer_name: &self.config().issuer_name,
+            relay_token_types: &self.config().relay_token_types,
+            now: self.now(),
+        }
+    }
+
     /// A Persona challenge for `claim_type` in `environment`, with the
     /// environment's active key.
     pub async fn challenge(
@@ -33,15 +47,39 @@ impl Service {
         environment: Environment,
         claim_type: &ClaimType,
     ) -> Result<ChallengeOffer, RelayError> {
-        let key = self.active_key(environment, TOKEN_TYPE_BLIND_RSA).await?.ok_or(RelayError::NoKey)?;
+        self.challenges().persona(environment, claim_type).await
+    }
+
+    /// The RFC 9577 challenges this relay's 401 offers, one per token type
+    /// relays accept (`relay_token_types`, in that order) that has an active
+    /// key, each with that key.
+    pub async fn rfc_challenges(&self, relay: &Relay) -> Result<Vec<(TokenChallenge, Arc<LoadedKey>)>, RedeemError> {
+        self.challenges().rfc(relay).await
+    }
+}
+
+/// Challenges over what they need: keys, the server secrets, the issuer
+/// name, the token types relays accept, and the time.
+struct Challenges<'a, K> {
+    keys: K,
+    secrets: SecretsCell<'a>,
+    issuer_name: &'a str,
+    relay_token_types: &'a [u16],
+    now: i64,
+}
+
+impl<K: KeySource> Challenges<'_, K> {
+    async fn persona(&self, environment: Environment, claim_type: &ClaimType) -> Result<ChallengeOffer, RelayError> {
+        let key =
+            active_key(&self.keys, environment, TOKEN_TYPE_BLIND_RSA, self.now).await?.ok_or(RelayError::NoKey)?;
         let public = key.blind_rsa().ok_or(RelayError::NoKey)?;
-        let secrets = self.secrets().await?;
+        let secrets = self.secrets.get().await?;
         let challenge = persona::Challenge::issue(
             &secrets.challenge,
             &ChallengeFields {
-                issuer_name: &self.config().issuer_name,
+                issuer_name: self.issuer_name,
                 origin_info: PERSONA_ORIGIN_INFO,
-                expires_at: persona::expiry_for(self.now().max(0) as u64, CHALLENGE_VALIDITY_SECS),
+                expires_at: persona::expiry_for(self.now.max(0) as u64, CHALLENGE_VALIDITY_SECS),
                 claim_type: claim_type.as_str(),
                 environment: environment.as_str(),
             },
@@ -53,15 +91,13 @@ impl Service {
         })
     }
 
-    /// The RFC 9577 challenges this relay's 401 offers, one per token type
-    /// relays accept (`relay_token_types`, in that order) that has an active
-    /// key, each with that key.
-    pub async fn rfc_challenges(&self, relay: &Relay) -> Result<Vec<(TokenChallenge, Arc<LoadedKey>)>, RedeemError> {
-        let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
+    async fn rfc(&self, relay: &Relay) -> Result<Vec<(TokenChallenge, Arc<LoadedKey>)>, RedeemError> {
+        let window = self.now.div_euclid(CONTEXT_WINDOW_SECS);
         let mut out = Vec::new();
-        for &token_type in &self.config().relay_token_types {
-            if let Some(key) = self.active_key(relay.environment, token_type).await? {
-                out.push((self.rfc_challenge_for(relay, window, token_type).await?, key));
+        for &token_type in self.relay_token_types {
+            if let Some(key) = active_key(&self.keys, relay.environment, token_type, self.now).await? {
+                let secrets = self.secrets.get().await?;
+                out.push((rfc_challenge(secrets, self.issuer_name, relay, window, token_type)?, key));
             }
         }
         if out.is_empty() {

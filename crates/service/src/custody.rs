@@ -20,8 +20,6 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::issuer_key::RsaSigner;
-use crate::key_error::KeyError;
-use crate::{KeyState, Service};
 
 /// The `custody` value of a PKCS#11 reference.
 const PKCS11: &str = "pkcs11";
@@ -119,65 +117,6 @@ pub(crate) struct GeneratedRsa {
     pub(crate) stored: Zeroizing<Vec<u8>>,
     /// Its token object, for a key made in the token.
     pub(crate) object: Option<ObjectRef>,
-}
-
-impl Service {
-    /// Destroys the token objects of the retired key `id` (its RFC
-    /// `token_key_id`, hex): the key can never sign again, anywhere.
-    /// Refused for a key that is not retired or not kept in a token, and
-    /// without a token. Returns how many objects were destroyed (0 when an
-    /// earlier call already did).
-    pub async fn destroy_key_object(&self, id: &str) -> Result<usize, KeyError> {
-        let record = self
-            .store()
-            .issuer_key_metadata(None)
-            .await?
-            .into_iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        if record.state != KeyState::Retired {
-            return Err(KeyError::Key(format!("key {id} is not retired; retire it before destroying it")));
-        }
-        let sealed = self.store().issuer_key_private(id).await?.ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        let stored = crate::kek::open(self.kek(), &sealed, &crate::kek::issuer_key_aad(id))?;
-        if !is_pkcs11_reference(&stored) {
-            return Err(KeyError::Key(format!("key {id} is not kept in a PKCS#11 token")));
-        }
-        let (object, _) = decode_pkcs11(&stored).map_err(KeyError::Key)?;
-        let hsm = self
-            .config()
-            .pkcs11
-            .clone()
-            .ok_or_else(|| KeyError::Key("destroying a token object needs --signer pkcs11".into()))?;
-        tokio::task::spawn_blocking(move || hsm.destroy(&object.id))
-            .await
-            .map_err(|e| KeyError::Key(format!("destroy task failed: {e}")))?
-            .map_err(|e| KeyError::Key(e.to_string()))
-    }
-
-    /// Destroys the token objects of a key this node generated but the
-    /// store did not take (another node won the race, or the write failed),
-    /// so that no orphan key is left in the token. A software key needs
-    /// nothing; a failure is logged (the object is then an orphan, named in
-    /// the log).
-    pub(crate) async fn discard_generated(&self, record: &crate::IssuerKey) {
-        let (Some(hsm), Ok(stored)) = (
-            self.config().pkcs11.clone(),
-            crate::kek::open(self.kek(), &record.private_pkcs8, &crate::kek::issuer_key_aad(&record.id)),
-        ) else {
-            return;
-        };
-        if !is_pkcs11_reference(&stored) {
-            return;
-        }
-        let Ok((object, _)) = decode_pkcs11(&stored) else { return };
-        let label = object.label.clone();
-        match tokio::task::spawn_blocking(move || hsm.destroy(&object.id)).await {
-            Ok(Ok(_)) => tracing::info!(object = %label, "destroyed a generated key the store did not take"),
-            Ok(Err(e)) => tracing::error!(object = %label, error = %e, "could not destroy an unused key in the token"),
-            Err(e) => tracing::error!(object = %label, error = %e, "could not destroy an unused key in the token"),
-        }
-    }
 }
 
 /// The signer of a token key on a node that has no token.

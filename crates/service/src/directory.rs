@@ -2,6 +2,8 @@
 
 use blindpass_protocol::directory::{DirectoryKey, IssuerDirectory};
 
+use crate::key_source::KeySource;
+use crate::lifecycle::Lifecycle;
 use crate::{Environment, KeyError, LoadedKey, Service};
 
 impl Service {
@@ -14,16 +16,36 @@ impl Service {
         environments: &[Environment],
         request_uri: &str,
     ) -> Result<IssuerDirectory, KeyError> {
-        let now = self.now();
+        let keys = self.keys();
+        let directory = Directory {
+            keys: &keys,
+            token_types: &self.config().token_types,
+            lifecycle: self.lifecycle(),
+            now: self.now(),
+        };
+        directory.of(environments, request_uri).await
+    }
+}
+
+/// The directory over what it needs: keys, the enabled token types, the
+/// lifecycle rules and the time.
+struct Directory<'a, K> {
+    keys: &'a K,
+    token_types: &'a [u16],
+    lifecycle: Lifecycle,
+    now: i64,
+}
+
+impl<K: KeySource> Directory<'_, K> {
+    async fn of(&self, environments: &[Environment], request_uri: &str) -> Result<IssuerDirectory, KeyError> {
         let mut keys = Vec::new();
         for environment in environments {
-            keys.extend(self.keys_of(*environment).await?);
+            keys.extend(self.keys.keys_of(*environment).await?);
         }
-        let types = &self.config().token_types;
+        let types = self.token_types;
         let position = |k: &LoadedKey| environments.iter().position(|e| *e == k.record.environment);
         let type_rank = |k: &LoadedKey| types.iter().position(|t| *t == k.token_type());
-        let lifecycle = self.lifecycle();
-        keys.retain(|k| lifecycle.is_listed(&k.record, now) && type_rank(k).is_some());
+        keys.retain(|k| self.lifecycle.is_listed(&k.record, self.now) && type_rank(k).is_some());
         // Stable: environments in the order asked, token types, then lifecycle order.
         keys.sort_by_key(|k| (position(k), type_rank(k), crate::lifecycle::directory_rank(k.record.state)));
         Ok(IssuerDirectory {

@@ -37,7 +37,8 @@ use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use blindpass_entropy::Entropy;
 
-use crate::{Environment, IssueError, KeyError, LoadedKey, Service};
+use crate::key_source::KeySource;
+use crate::{Environment, IssueError, LoadedKey, Service};
 
 /// Which key an issuance asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,30 +72,12 @@ impl IssueRequest {
     }
 }
 
-/// Where issuance finds its keys: the node's key ring, or a test's own.
-pub(crate) trait IssuingKeys: Sync {
-    /// The key answering to `id` (either of a type-2 key's two ids).
-    fn key_by_id(&self, id: &TokenKeyId) -> impl Future<Output = Result<Option<Arc<LoadedKey>>, KeyError>> + Send;
-    /// Every loaded key of `environment`, newest first.
-    fn keys_of(&self, environment: Environment) -> impl Future<Output = Result<Vec<Arc<LoadedKey>>, KeyError>> + Send;
-}
-
-impl IssuingKeys for Service {
-    fn key_by_id(&self, id: &TokenKeyId) -> impl Future<Output = Result<Option<Arc<LoadedKey>>, KeyError>> + Send {
-        Service::key_by_id(self, id)
-    }
-
-    fn keys_of(&self, environment: Environment) -> impl Future<Output = Result<Vec<Arc<LoadedKey>>, KeyError>> + Send {
-        Service::keys_of(self, environment)
-    }
-}
-
 /// Issuance over exactly what it needs: keys, the signing threads, the
 /// metrics it counts, randomness, the token types this node issues, the
 /// lifecycle rules and the time. The [`Service`] methods are one line each
 /// over it; a test can run it on keys of its own, without a store.
 pub(crate) struct Issuance<'a, K> {
-    pub(crate) keys: &'a K,
+    pub(crate) keys: K,
     pub(crate) signing: &'a crate::signing_pool::SigningPool,
     pub(crate) metrics: &'a crate::metrics::Metrics,
     pub(crate) entropy: Arc<dyn Entropy>,
@@ -105,9 +88,9 @@ pub(crate) struct Issuance<'a, K> {
 
 impl Service {
     /// This node's issuance, at `now`.
-    fn issuance(&self) -> Issuance<'_, Service> {
+    fn issuance(&self) -> Issuance<'_, crate::keyring::Keys<'_>> {
         Issuance {
-            keys: self,
+            keys: self.keys(),
             signing: &self.inner.signing,
             metrics: self.metrics(),
             entropy: self.entropy_handle(),
@@ -150,7 +133,7 @@ impl Service {
     }
 }
 
-impl<K: IssuingKeys> Issuance<'_, K> {
+impl<K: KeySource> Issuance<'_, K> {
     /// Evaluates `request` with the key it names for a caller in
     /// `environment`. The key operation runs here, on the caller's thread,
     /// unless the node is overloaded (see the module's notes).
@@ -328,12 +311,12 @@ mod tests {
     use blindpass_store::{IssuerKey, KeyState};
 
     use super::*;
-    use crate::KeyMaterial;
+    use crate::{KeyError, KeyMaterial};
 
     /// Keys held by the test: no store, no key ring, no `Service`.
-    struct Keys(Vec<Arc<LoadedKey>>);
+    struct TestKeys(Vec<Arc<LoadedKey>>);
 
-    impl IssuingKeys for Keys {
+    impl KeySource for TestKeys {
         async fn key_by_id(&self, id: &TokenKeyId) -> Result<Option<Arc<LoadedKey>>, KeyError> {
             Ok(self.0.iter().find(|k| k.ids().contains(id)).cloned())
         }
@@ -363,10 +346,10 @@ mod tests {
     async fn issuance_runs_on_its_dependencies_alone() {
         let key = voprf_key(Environment::Sandbox, KeyState::Active);
         let public = key.voprf().unwrap().public_key().clone();
-        let keys = Keys(vec![Arc::clone(&key)]);
+        let keys = TestKeys(vec![Arc::clone(&key)]);
         let (signing, metrics) = (crate::signing_pool::SigningPool::new(1, 8), crate::metrics::Metrics::new());
         let issuance = Issuance {
-            keys: &keys,
+            keys,
             signing: &signing,
             metrics: &metrics,
             entropy: Arc::new(blindpass_entropy::SeededEntropy::new(7)),

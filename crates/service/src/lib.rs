@@ -23,7 +23,9 @@ mod issue_error;
 mod issuer_key;
 mod jwe;
 pub mod kek;
+mod key_admin;
 mod key_error;
+mod key_source;
 mod keyring;
 pub mod lifecycle;
 mod limiter;
@@ -36,6 +38,7 @@ mod relays;
 mod retention;
 mod rfc_context;
 pub mod rotation;
+mod sealing;
 mod secrets;
 mod signing_pool;
 #[cfg(feature = "testing")]
@@ -285,49 +288,5 @@ impl Service {
     /// The key-encryption key, if configured.
     pub(crate) fn kek(&self) -> Option<&kek::KeyEncryptionKey> {
         self.inner.config.key_encryption_key.as_deref()
-    }
-
-    /// Re-encrypts every issuer private key and server secret from the
-    /// configured key-encryption key (or plaintext) to `new` (or plaintext),
-    /// in one transaction. Returns how many values were rewritten.
-    pub async fn rewrap_key_material(&self, new: Option<&kek::KeyEncryptionKey>) -> Result<usize, KeyError> {
-        let mut changes = Vec::new();
-        for key in self.store().issuer_keys(None).await? {
-            let aad = kek::issuer_key_aad(&key.id);
-            let plain = kek::open_for_rewrap(self.kek(), &key.private_pkcs8, &aad)?;
-            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad, self.entropy()));
-            let target = blindpass_store::RewrapTarget::IssuerKey(key.id.clone());
-            changes.push(blindpass_store::Rewrap { target, old: key.private_pkcs8.to_vec(), new: new_value });
-        }
-        for (name, value) in self.store().settings_with_prefix(secrets::SECRET_PREFIX).await? {
-            let aad = kek::setting_aad(&name);
-            let plain = kek::open_for_rewrap(self.kek(), &value, &aad)?;
-            let new_value = new.map_or_else(|| plain.to_vec(), |k| k.seal(&plain, &aad, self.entropy()));
-            changes.push(blindpass_store::Rewrap {
-                target: blindpass_store::RewrapTarget::Setting(name),
-                old: value,
-                new: new_value,
-            });
-        }
-        self.store().rewrap(&changes).await?;
-        Ok(changes.len())
-    }
-
-    /// Opens every issuer key and server secret with the configured
-    /// key-encryption key: fails, naming the KEK needed, when the store holds
-    /// material sealed under a KEK that is missing or different, or, with a
-    /// KEK, material stored unsealed. Returns how many values are stored in
-    /// plaintext (without a KEK).
-    pub async fn check_key_material(&self) -> Result<usize, KeyError> {
-        let mut plaintext = 0;
-        for key in self.store().issuer_keys(None).await? {
-            plaintext += usize::from(!kek::is_sealed(&key.private_pkcs8));
-            kek::open(self.kek(), &key.private_pkcs8, &kek::issuer_key_aad(&key.id))?;
-        }
-        for (name, value) in self.store().settings_with_prefix(secrets::SECRET_PREFIX).await? {
-            plaintext += usize::from(!kek::is_sealed(&value));
-            kek::open(self.kek(), &value, &kek::setting_aad(&name))?;
-        }
-        Ok(plaintext)
     }
 }

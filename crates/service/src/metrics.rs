@@ -303,15 +303,21 @@ impl crate::Service {
     /// (from the key ring, so a scrape costs no store call while the ring
     /// is fresh).
     pub async fn refresh_gauges(&self) {
-        let now = self.now();
-        let mut keys = Vec::new();
+        self.metrics().refresh_key_ages(&self.keys(), self.now()).await
+    }
+}
+
+impl Metrics {
+    /// Sets every live issuer key's age at `now`, from `keys`.
+    pub(crate) async fn refresh_key_ages(&self, keys: &impl crate::key_source::KeySource, now: i64) {
+        let mut loaded = Vec::new();
         for environment in [crate::Environment::Sandbox, crate::Environment::Production] {
-            match self.keys_of(environment).await {
-                Ok(loaded) => keys.extend(loaded),
+            match keys.keys_of(environment).await {
+                Ok(of_environment) => loaded.extend(of_environment),
                 Err(e) => tracing::warn!(error = %e, "metrics: issuer keys could not be read"),
             }
         }
-        self.metrics().set_key_ages(keys.iter().map(|k| {
+        self.set_key_ages(loaded.iter().map(|k| {
             let r = &k.record;
             (
                 r.id.clone(),

@@ -2,7 +2,8 @@
 //! address, per relay and per failed authentication, counted by the
 //! configured [`crate::RateLimiter`].
 
-use crate::{Bucket, BucketClass, Environment, Principal, Service, StoreError};
+use crate::metrics::Metrics;
+use crate::{Bucket, BucketClass, Environment, Principal, RateLimiter, Service, StoreError};
 
 /// What counting a request gives: where its window stands (`None` when
 /// that limit is off), or the store failure.
@@ -54,10 +55,20 @@ pub fn client_bucket(address: std::net::IpAddr) -> String {
 }
 
 impl Service {
-    /// Counts one request against `environment`'s fixed one-minute window.
-    /// `None` when rate limiting is off.
-    pub async fn rate_limit(&self, environment: Environment) -> Counted {
-        self.count(PROTECTED, "env", environment.as_str(), self.config().rate_limit_per_minute).await
+    fn rate_limits(&self) -> RateLimits<'_> {
+        let c = self.config();
+        RateLimits {
+            limiter: &*self.inner.limiter,
+            per_minute: PerMinute {
+                environment: c.rate_limit_per_minute,
+                public: c.public_rate_limit_per_minute,
+                client: c.client_rate_limit_per_minute,
+                relay: c.relay_rate_limit_per_minute,
+                auth_failure: c.auth_failure_limit_per_minute,
+            },
+            metrics: self.metrics(),
+            now: self.now(),
+        }
     }
 
     /// Counts one anonymous request (no API key: challenge, relay creation,
@@ -65,40 +76,32 @@ impl Service {
     /// when the operator set one, against `environment`'s anonymous ceiling.
     /// Returns the tighter of the two.
     pub async fn rate_limit_anonymous(&self, client: &str, environment: Option<Environment>) -> Counted {
-        let per_client = self.rate_limit_client(client).await?;
-        if per_client.is_some_and(|s| !s.allowed) {
-            return Ok(per_client);
-        }
-        let ceiling = match environment {
-            Some(env) => self.rate_limit_public(env).await?,
-            None => None,
-        };
-        Ok(RateLimitStatus::tightest(per_client, ceiling))
+        self.rate_limits().anonymous(client, environment).await
     }
 
     /// Counts one anonymous request from `client` (see [`client_bucket`]),
     /// at admission: before its body is read or anything else is looked up.
     pub async fn rate_limit_client(&self, client: &str) -> Counted {
-        self.count(CLIENT, "client", client, self.config().client_rate_limit_per_minute).await
+        self.rate_limits().client(client).await
     }
 
     /// Counts one anonymous request against `environment`'s anonymous
     /// ceiling, when the operator set one (once the body named the
     /// environment).
     pub async fn rate_limit_public(&self, environment: Environment) -> Counted {
-        self.count(PROTECTED, "public", environment.as_str(), self.config().public_rate_limit_per_minute).await
+        self.rate_limits().public(environment).await
     }
 
     /// Counts one redemption attempt at `relay_token` (generate-claim),
     /// whoever makes it.
     pub async fn rate_limit_relay(&self, relay_token: &str) -> Counted {
-        self.count(PROTECTED, "relay", relay_token, self.config().relay_rate_limit_per_minute).await
+        self.rate_limits().relay(relay_token).await
     }
 
     /// Counts one failed authentication from `client`. Past the limit the
     /// client is answered 429 instead of 401.
     pub async fn rate_limit_auth_failure(&self, client: &str) -> Counted {
-        self.count(CLIENT, "authfail", client, self.config().auth_failure_limit_per_minute).await
+        self.rate_limits().auth_failure(client).await
     }
 
     /// Counts one request by `key`: first against the key's own window
@@ -107,16 +110,7 @@ impl Service {
     /// to the environment, so a key cannot spend its neighbours' share.
     /// Returns the status closer to refusing.
     pub async fn rate_limit_key(&self, key: &Principal) -> Counted {
-        let own = match key.own_bucket() {
-            Some((name, limit)) => self.count_n(PROTECTED, "apikey", name, limit, 1).await?,
-            None => None,
-        };
-        if own.is_some_and(|s| !s.allowed) {
-            return Ok(own);
-        }
-        let env =
-            self.count_n(PROTECTED, "env", key.environment.as_str(), self.config().rate_limit_per_minute, 1).await?;
-        Ok(RateLimitStatus::tightest(env, own))
+        self.rate_limits().key(key).await
     }
 
     /// Whether `tokens` more would fit in `key`'s windows (its own and its
@@ -124,16 +118,7 @@ impl Service {
     /// whole before anything is charged. The status is what the windows
     /// would say after the batch.
     pub async fn rate_limit_would_admit(&self, key: &Principal, tokens: u64) -> Counted {
-        let own = match key.own_bucket() {
-            Some((name, limit)) => self.peek_n("apikey", name, limit, tokens).await?,
-            None => None,
-        };
-        let env = self.peek_n("env", key.environment.as_str(), self.config().rate_limit_per_minute, tokens).await?;
-        let status = RateLimitStatus::tightest(env, own);
-        if status.is_some_and(|s| !s.allowed) {
-            self.metrics().rate_limited(if own.is_some_and(|s| !s.allowed) { "apikey" } else { "env" });
-        }
-        Ok(status)
+        self.rate_limits().would_admit(key, tokens).await
     }
 
     /// Counts `tokens` issued beyond the request itself against `key`'s
@@ -141,13 +126,97 @@ impl Service {
     /// was counted when it was authenticated, so a batch that issued n adds
     /// n − 1 here). Never a refusal: the tokens exist.
     pub async fn rate_limit_tokens(&self, key: &Principal, tokens: u64) -> Counted {
+        self.rate_limits().tokens(key, tokens).await
+    }
+}
+
+/// The per-minute limits (0: off).
+#[derive(Debug, Clone, Copy)]
+struct PerMinute {
+    environment: u64,
+    public: u64,
+    client: u64,
+    relay: u64,
+    auth_failure: u64,
+}
+
+/// Rate limits over what they need: the counters, the limits, the metrics
+/// they count refusals in, and the time.
+struct RateLimits<'a> {
+    limiter: &'a dyn RateLimiter,
+    per_minute: PerMinute,
+    metrics: &'a Metrics,
+    now: i64,
+}
+
+impl RateLimits<'_> {
+    /// See [`Service::rate_limit_anonymous`].
+    async fn anonymous(&self, client: &str, environment: Option<Environment>) -> Counted {
+        let per_client = self.client(client).await?;
+        if per_client.is_some_and(|s| !s.allowed) {
+            return Ok(per_client);
+        }
+        let ceiling = match environment {
+            Some(env) => self.public(env).await?,
+            None => None,
+        };
+        Ok(RateLimitStatus::tightest(per_client, ceiling))
+    }
+
+    /// See [`Service::rate_limit_client`].
+    async fn client(&self, client: &str) -> Counted {
+        self.count(CLIENT, "client", client, self.per_minute.client).await
+    }
+
+    /// See [`Service::rate_limit_public`].
+    async fn public(&self, environment: Environment) -> Counted {
+        self.count(PROTECTED, "public", environment.as_str(), self.per_minute.public).await
+    }
+
+    /// See [`Service::rate_limit_relay`].
+    async fn relay(&self, relay_token: &str) -> Counted {
+        self.count(PROTECTED, "relay", relay_token, self.per_minute.relay).await
+    }
+
+    /// See [`Service::rate_limit_auth_failure`].
+    async fn auth_failure(&self, client: &str) -> Counted {
+        self.count(CLIENT, "authfail", client, self.per_minute.auth_failure).await
+    }
+
+    /// See [`Service::rate_limit_key`].
+    async fn key(&self, key: &Principal) -> Counted {
+        let own = match key.own_bucket() {
+            Some((name, limit)) => self.count_n(PROTECTED, "apikey", name, limit, 1).await?,
+            None => None,
+        };
+        if own.is_some_and(|s| !s.allowed) {
+            return Ok(own);
+        }
+        let env = self.count_n(PROTECTED, "env", key.environment.as_str(), self.per_minute.environment, 1).await?;
+        Ok(RateLimitStatus::tightest(env, own))
+    }
+
+    /// See [`Service::rate_limit_would_admit`].
+    async fn would_admit(&self, key: &Principal, tokens: u64) -> Counted {
+        let own = match key.own_bucket() {
+            Some((name, limit)) => self.peek_n("apikey", name, limit, tokens).await?,
+            None => None,
+        };
+        let env = self.peek_n("env", key.environment.as_str(), self.per_minute.environment, tokens).await?;
+        let status = RateLimitStatus::tightest(env, own);
+        if status.is_some_and(|s| !s.allowed) {
+            self.metrics.rate_limited(if own.is_some_and(|s| !s.allowed) { "apikey" } else { "env" });
+        }
+        Ok(status)
+    }
+
+    /// See [`Service::rate_limit_tokens`].
+    async fn tokens(&self, key: &Principal, tokens: u64) -> Counted {
         let own = match key.own_bucket() {
             Some((name, limit)) => self.count_n(PROTECTED, "apikey", name, limit, tokens).await?,
             None => None,
         };
-        let env = self
-            .count_n(PROTECTED, "env", key.environment.as_str(), self.config().rate_limit_per_minute, tokens)
-            .await?;
+        let env = self.count_n(PROTECTED, "env", key.environment.as_str(), self.per_minute.environment, tokens).await?;
         let keep = |s: Option<RateLimitStatus>| s.map(|s| RateLimitStatus { allowed: true, ..s });
         Ok(RateLimitStatus::tightest(keep(env), keep(own)))
     }
@@ -163,12 +232,12 @@ impl Service {
         }
         let (now, window_start) = self.window();
         let bucket = Bucket { kind, name, class: PROTECTED };
-        let count = self.inner.limiter.add(&bucket, window_start, WINDOW_SECS, 0).await?.saturating_add(n);
+        let count = self.limiter.add(&bucket, window_start, WINDOW_SECS, 0).await?.saturating_add(n);
         Ok(Some(status(limit, count, window_start, now)))
     }
 
     fn window(&self) -> (i64, i64) {
-        let now = self.now();
+        let now = self.now;
         (now, now - now.rem_euclid(WINDOW_SECS))
     }
 
@@ -180,10 +249,10 @@ impl Service {
         }
         let (now, window_start) = self.window();
         let bucket = Bucket { kind, name, class };
-        let count = self.inner.limiter.add(&bucket, window_start, WINDOW_SECS, n).await?;
+        let count = self.limiter.add(&bucket, window_start, WINDOW_SECS, n).await?;
         let status = status(limit, count, window_start, now);
         if !status.allowed && n > 0 {
-            self.metrics().rate_limited(kind);
+            self.metrics.rate_limited(kind);
         }
         Ok(Some(status))
     }

@@ -6,7 +6,9 @@
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-use crate::{Environment, Service};
+use crate::keyring::Keys;
+use crate::metrics::Metrics;
+use crate::{Clock, Environment, Service};
 
 /// How long the store has to answer a readiness check.
 pub const READINESS_STORE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -59,33 +61,64 @@ impl NotReady {
 }
 
 impl Service {
+    fn readiness_check(&self) -> Readiness<'_> {
+        Readiness {
+            keys: self.keys(),
+            token_types: &self.config().token_types,
+            metrics: self.metrics(),
+            last: &self.inner.readiness,
+            clock: &*self.inner.clock,
+        }
+    }
+
     /// [`Service::readiness`], at most once a second: a probe in the same
     /// second as the previous check gets its result.
     pub async fn readiness_cached(&self) -> Result<(), NotReady> {
-        let mut last = self.inner.readiness.0.lock().await;
-        let now = self.now();
-        if let Some((_, result)) = last.as_ref().filter(|(at, _)| *at == now) {
-            return result.clone();
-        }
-        let result = self.readiness().await;
-        self.inner.metrics.readiness_check();
-        *last = Some((self.now(), result.clone()));
-        result
+        self.readiness_check().cached().await
     }
 
     /// Ready when the store answers a fresh read of the issuer keys within
     /// [`READINESS_STORE_TIMEOUT`] and, in both environments, every token
     /// type this node issues has a key that issues now.
     pub async fn readiness(&self) -> Result<(), NotReady> {
-        match tokio::time::timeout(READINESS_STORE_TIMEOUT, self.reload_keys()).await {
+        self.readiness_check().check().await
+    }
+}
+
+/// Readiness over what it needs: the key ring (read fresh from the store),
+/// the enabled token types, the metrics it counts checks in, the latest
+/// check, and the clock.
+struct Readiness<'a> {
+    keys: Keys<'a>,
+    token_types: &'a [u16],
+    metrics: &'a Metrics,
+    last: &'a LastCheck,
+    clock: &'a dyn Clock,
+}
+
+impl Readiness<'_> {
+    async fn cached(&self) -> Result<(), NotReady> {
+        let mut last = self.last.0.lock().await;
+        let now = self.clock.now();
+        if let Some((_, result)) = last.as_ref().filter(|(at, _)| *at == now) {
+            return result.clone();
+        }
+        let result = self.check().await;
+        self.metrics.readiness_check();
+        *last = Some((self.clock.now(), result.clone()));
+        result
+    }
+
+    async fn check(&self) -> Result<(), NotReady> {
+        match tokio::time::timeout(READINESS_STORE_TIMEOUT, self.keys.reload()).await {
             Err(_) => return Err(NotReady::StoreTimeout(READINESS_STORE_TIMEOUT)),
             Ok(Err(e)) => return Err(NotReady::Store(e.to_string())),
             Ok(Ok(_)) => {}
         }
-        let now = self.now();
+        let now = self.clock.now();
         for environment in [Environment::Sandbox, Environment::Production] {
-            let keys = self.keys_of(environment).await.map_err(|e| NotReady::Store(e.to_string()))?;
-            for &token_type in &self.config().token_types {
+            let keys = self.keys.keys_of(environment).await.map_err(|e| NotReady::Store(e.to_string()))?;
+            for &token_type in self.token_types {
                 if !keys.iter().any(|k| k.token_type() == token_type && k.issues_at(now)) {
                     return Err(NotReady::NoActiveKey { environment, token_type });
                 }

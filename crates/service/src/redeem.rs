@@ -19,8 +19,16 @@ use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::Cause;
 use crate::claims::claim_json;
+use crate::key_source::KeySource;
+use crate::keyring::Keys;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::rfc_context::rfc_challenge;
+use crate::secrets::SecretsCell;
 use crate::timing::CONTEXT_WINDOW_SECS;
-use crate::{Environment, IdempotencyCompletion, KeyError, LoadedKey, Relay, Service, SpendOutcome, StoreError};
+use crate::{
+    Entropy, Environment, IdempotencyCompletion, KeyError, LoadedKey, Relay, Service, SpendOutcome, Store, StoreError,
+};
 
 /// Why a redemption was refused. Nothing is spent in any of these cases.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,9 +189,72 @@ impl PresentedToken {
 }
 
 impl Service {
+    fn redeemer(&self) -> Redeemer<'_, Keys<'_>> {
+        Redeemer {
+            keys: self.keys(),
+            secrets: self.secrets(),
+            store: &**self.store(),
+            metrics: self.metrics(),
+            entropy: self.entropy(),
+            lifecycle: self.lifecycle(),
+            issuer_name: &self.config().issuer_name,
+            relay_token_types: &self.config().relay_token_types,
+            now: self.now(),
+        }
+    }
+
     /// Redeems `presented` at `relay` in one call, with no idempotent
     /// answer to store: [`Self::check_redemption`] then [`Self::spend`].
     pub async fn redeem(&self, relay: &Relay, presented: &PresentedToken) -> Result<Redemption, RedeemError> {
+        self.redeemer().redeem(relay, presented).await
+    }
+
+    /// The first half of a redemption: verifies `presented` for `relay`
+    /// (challenge first, then key and signature), takes the claim result
+    /// and makes the claim payload. Nothing is written.
+    pub async fn check_redemption(&self, relay: &Relay, presented: &PresentedToken) -> Result<Checked, RedeemError> {
+        self.redeemer().check_redemption(relay, presented).await
+    }
+
+    /// The second half: spends the checked token with its claim payload and,
+    /// when given, the idempotent `answer`, all in one transaction. A claim
+    /// that did not pass spends nothing and stores nothing.
+    ///
+    /// Presenting the same token at the same relay again returns the stored
+    /// claim (for a client whose answer was lost); at any other relay it is
+    /// "already used". Callers must not cancel this future once started
+    /// (run it in its own task): cancellation cannot undo a commit, only
+    /// lose its answer.
+    pub async fn spend(
+        &self,
+        relay: &Relay,
+        checked: Checked,
+        answer: Option<IdempotencyCompletion>,
+    ) -> Result<Redemption, RedeemError> {
+        self.redeemer().spend(relay, checked, answer).await
+    }
+}
+
+/// Redemption over what it needs: keys, the server secrets, the store it
+/// spends in, the metrics it counts, randomness (claim encryption), the
+/// lifecycle rules, the issuer name, the token types relays accept, and the
+/// time.
+struct Redeemer<'a, K> {
+    keys: K,
+    secrets: SecretsCell<'a>,
+    store: &'a dyn Store,
+    metrics: &'a Metrics,
+    entropy: &'a dyn Entropy,
+    lifecycle: Lifecycle,
+    issuer_name: &'a str,
+    relay_token_types: &'a [u16],
+    now: i64,
+}
+
+impl<K: KeySource> Redeemer<'_, K> {
+    /// Redeems `presented` at `relay` in one call, with no idempotent
+    /// answer to store: [`Self::check_redemption`] then [`Self::spend`].
+    async fn redeem(&self, relay: &Relay, presented: &PresentedToken) -> Result<Redemption, RedeemError> {
         let checked = self.check_redemption(relay, presented).await?;
         self.spend(relay, checked, None).await
     }
@@ -191,14 +262,14 @@ impl Service {
     /// The first half of a redemption: verifies `presented` for `relay`
     /// (challenge first, then key and signature), takes the claim result
     /// and makes the claim payload. Nothing is written.
-    pub async fn check_redemption(&self, relay: &Relay, presented: &PresentedToken) -> Result<Checked, RedeemError> {
+    async fn check_redemption(&self, relay: &Relay, presented: &PresentedToken) -> Result<Checked, RedeemError> {
         let result = self.check_once(relay, presented).await;
         let label = match &result {
             Ok(checked) if checked.spends() => return result,
             Ok(_) => "not_passed",
             Err(e) => error_label(e),
         };
-        self.metrics().redemption(label);
+        self.metrics.redemption(label);
         result
     }
 
@@ -219,7 +290,7 @@ impl Service {
     /// "already used". Callers must not cancel this future once started
     /// (run it in its own task): cancellation cannot undo a commit, only
     /// lose its answer.
-    pub async fn spend(
+    async fn spend(
         &self,
         relay: &Relay,
         checked: Checked,
@@ -232,12 +303,12 @@ impl Service {
             key_id: verified.key.record.id.clone(),
             nonce: verified.nonce,
             relay_token: relay.token.clone(),
-            spent_at: self.now(),
+            spent_at: self.now,
             expires_at: verified.expires_at,
             claim_payload: redemption.claim_payload.clone(),
             idempotency: answer,
         };
-        let (label, result) = match self.store().spend_token(&spend).await {
+        let (label, result) = match self.store.spend_token(&spend).await {
             Ok(SpendOutcome::Spent) => ("accepted", Ok(redemption)),
             // The same relay presenting the token again gets its claim back
             // (an answer that was lost): counted apart.
@@ -247,7 +318,7 @@ impl Service {
             Ok(SpendOutcome::SpentElsewhere) => ("double_spend", Err(reject(TokenRejection::AlreadyUsed))),
             Err(e) => ("error", Err(RedeemError::Store(e))),
         };
-        self.metrics().redemption(label);
+        self.metrics.redemption(label);
         result
     }
 
@@ -278,8 +349,8 @@ impl Service {
 
     async fn verify_persona(&self, relay: &Relay, parsed: &persona::ParsedToken) -> Result<Verified, RedeemError> {
         let challenge = &parsed.token.challenge;
-        let secrets = self.secrets().await?;
-        let expires_at = challenge.verify(&secrets.challenge, self.now().max(0) as u64).map_err(|e| match e {
+        let secrets = self.secrets.get().await?;
+        let expires_at = challenge.verify(&secrets.challenge, self.now.max(0) as u64).map_err(|e| match e {
             persona::PersonaError::Expired => reject(TokenRejection::ChallengeExpired),
             _ => reject(TokenRejection::ChallengeNotOurs),
         })?;
@@ -310,13 +381,15 @@ impl Service {
         challenge_digest: [u8; 32],
         key_id: &TokenKeyId,
     ) -> Result<(i64, Arc<LoadedKey>), RedeemError> {
-        if !self.config().relay_token_types.contains(&token_type) {
+        if !self.relay_token_types.contains(&token_type) {
             return Err(reject(TokenRejection::TokenTypeNotAccepted));
         }
-        let window = self.now().div_euclid(CONTEXT_WINDOW_SECS);
+        let window = self.now.div_euclid(CONTEXT_WINDOW_SECS);
         let mut matched = None;
         for w in [window, window - 1] {
-            if self.rfc_challenge_for(relay, w, token_type).await?.digest() == challenge_digest {
+            if rfc_challenge(self.secrets.get().await?, self.issuer_name, relay, w, token_type)?.digest()
+                == challenge_digest
+            {
                 matched = Some(w);
             }
         }
@@ -331,8 +404,8 @@ impl Service {
     /// The key named `id` if it may verify tokens for `relay` now: same
     /// environment, active, or rotated out less than `key_overlap_secs` ago.
     async fn verifying_key(&self, relay: &Relay, id: &TokenKeyId) -> Result<Arc<LoadedKey>, RedeemError> {
-        let key = self.key_by_id(id).await?.ok_or(reject(TokenRejection::UnknownOrRetiredKey))?;
-        if !self.lifecycle().can_verify(&key.record, self.now()) {
+        let key = self.keys.key_by_id(id).await?.ok_or(reject(TokenRejection::UnknownOrRetiredKey))?;
+        if !self.lifecycle.can_verify(&key.record, self.now) {
             return Err(reject(TokenRejection::UnknownOrRetiredKey));
         }
         if key.record.environment != relay.environment {
@@ -346,11 +419,11 @@ impl Service {
         let Some(der) = &relay.encryption_key_der else { return Ok(json) };
         let key = RsaPublicKey::from_spki_der(der).map_err(|e| RedeemError::Internal(Cause::of(e)))?;
         if let blindpass_store::ClaimFormat::Jwe { kid } = &relay.claim_format {
-            return crate::jwe::encrypt_compact(&key, kid.as_deref(), json.as_bytes(), self.entropy())
+            return crate::jwe::encrypt_compact(&key, kid.as_deref(), json.as_bytes(), self.entropy)
                 .map_err(|e| RedeemError::Internal(Cause::of(e)));
         }
-        let ciphertext = oaep::encrypt(&key, json.as_bytes(), &mut self.entropy().rng())
-            .map_err(|_| RedeemError::PayloadTooLarge)?;
+        let ciphertext =
+            oaep::encrypt(&key, json.as_bytes(), &mut self.entropy.rng()).map_err(|_| RedeemError::PayloadTooLarge)?;
         Ok(b64::encode_standard(&ciphertext))
     }
 }

@@ -11,8 +11,9 @@ use zeroize::Zeroizing;
 
 use crate::Cause;
 use crate::claims::claim_json;
+use crate::secrets::SecretsCell;
 use crate::timing::SESSION_SECS;
-use crate::{ClaimResult, ClaimType, Environment, KeyError, Relay, Service, StoreError};
+use crate::{ClaimResult, ClaimType, Entropy, Environment, KeyError, Relay, Service, Store, StoreError};
 use blindpass_store::ClaimFormat;
 
 /// A new relay with its one-time secrets.
@@ -114,6 +115,17 @@ pub enum RelayEncryption<'a> {
 }
 
 impl Service {
+    fn relays(&self) -> Relays<'_> {
+        Relays {
+            store: &**self.store(),
+            secrets: self.secrets(),
+            entropy: self.entropy(),
+            issuer_name: &self.config().issuer_name,
+            lifetime_secs: self.config().relay_lifetime_secs,
+            now: self.now(),
+        }
+    }
+
     /// Creates a relay. `encryption_key_pem`, when given, must be an RSA
     /// public key of 2048–4096 bits (SPKI or PKCS#1 PEM).
     pub async fn create_relay(
@@ -123,11 +135,52 @@ impl Service {
         encryption_key_pem: Option<&str>,
     ) -> Result<NewRelay, RelayError> {
         let encryption = encryption_key_pem.map_or(RelayEncryption::None, RelayEncryption::Pem);
-        self.create_relay_with(environment, claim_type, encryption).await
+        self.relays().create(environment, claim_type, encryption).await
     }
 
     /// Creates a relay whose claims are encrypted as `encryption` says.
     pub async fn create_relay_with(
+        &self,
+        environment: Environment,
+        claim_type: &ClaimType,
+        encryption: RelayEncryption<'_>,
+    ) -> Result<NewRelay, RelayError> {
+        self.relays().create(environment, claim_type, encryption).await
+    }
+
+    /// The relay `token` if `secret` is its secret (constant-time); a wrong
+    /// secret, and an expired relay, look exactly like a missing relay.
+    pub async fn relay_for(&self, token: &str, secret: &str) -> Result<Relay, RelayError> {
+        self.relays().relay_for(token, secret).await
+    }
+
+    /// Records a verifier's result for a production relay of `environment`.
+    pub async fn record_result(
+        &self,
+        environment: Environment,
+        token: &str,
+        passed: bool,
+        methodology_json: String,
+    ) -> Result<(), RecordError> {
+        self.relays().record_result(environment, token, passed, methodology_json).await
+    }
+}
+
+/// Relays over what they need: the store, the server secrets (session
+/// tokens), randomness, the issuer name, how long a relay lives, and the
+/// time.
+struct Relays<'a> {
+    store: &'a dyn Store,
+    secrets: SecretsCell<'a>,
+    entropy: &'a dyn Entropy,
+    issuer_name: &'a str,
+    lifetime_secs: i64,
+    now: i64,
+}
+
+impl Relays<'_> {
+    /// Creates a relay whose claims are encrypted as `encryption` says.
+    async fn create(
         &self,
         environment: Environment,
         claim_type: &ClaimType,
@@ -146,26 +199,26 @@ impl Service {
                 (Some(jwk.key.to_rsa_encryption_spki()), ClaimFormat::Jwe { kid: jwk.kid.clone() })
             }
         };
-        let secret = Zeroizing::new(blindpass_entropy::uuid_v4(self.entropy()));
+        let secret = Zeroizing::new(blindpass_entropy::uuid_v4(self.entropy));
         let relay = Relay {
-            token: blindpass_entropy::token(self.entropy(), "relay_", 27),
+            token: blindpass_entropy::token(self.entropy, "relay_", 27),
             secret_hash: Sha256::digest(secret.as_bytes()).into(),
             environment,
             claim_type: claim_type.as_str().to_owned(),
             encryption_key_der,
             claim_format,
-            created_at: self.now(),
-            expires_at: self.now().saturating_add(self.config().relay_lifetime_secs),
+            created_at: self.now,
+            expires_at: self.now.saturating_add(self.lifetime_secs),
             result: None,
         };
-        self.store().insert_relay(&relay).await?;
+        self.store.insert_relay(&relay).await?;
         let session_token = self.session_token(&relay).await?;
         Ok(NewRelay { relay, secret, session_token })
     }
 
     /// The relay `token` if `secret` is its secret (constant-time); a wrong
     /// secret, and an expired relay, look exactly like a missing relay.
-    pub async fn relay_for(&self, token: &str, secret: &str) -> Result<Relay, RelayError> {
+    async fn relay_for(&self, token: &str, secret: &str) -> Result<Relay, RelayError> {
         let relay = self.live_relay(token).await?.ok_or(RelayError::NotFound)?;
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         if !bool::from(relay.secret_hash.ct_eq(&presented)) {
@@ -176,12 +229,12 @@ impl Service {
 
     /// The relay `token` unless it does not exist or has expired.
     async fn live_relay(&self, token: &str) -> Result<Option<Relay>, StoreError> {
-        let now = self.now();
-        Ok(self.store().relay_by_token(token).await?.filter(|r| now < r.expires_at))
+        let now = self.now;
+        Ok(self.store.relay_by_token(token).await?.filter(|r| now < r.expires_at))
     }
 
     /// Records a verifier's result for a production relay of `environment`.
-    pub async fn record_result(
+    async fn record_result(
         &self,
         environment: Environment,
         token: &str,
@@ -205,8 +258,8 @@ impl Service {
                 return Err(RecordError::ClaimTooLarge { needed, max });
             }
         }
-        let result = ClaimResult { passed, methodology_json, recorded_at: self.now() };
-        match self.store().record_relay_result(token, &result).await? {
+        let result = ClaimResult { passed, methodology_json, recorded_at: self.now };
+        match self.store.record_relay_result(token, &result).await? {
             blindpass_store::RecordOutcome::Recorded => Ok(()),
             blindpass_store::RecordOutcome::AlreadyRecorded => Err(RecordError::AlreadyRecorded),
             blindpass_store::RecordOutcome::NotFound => Err(RecordError::NotFound),
@@ -215,11 +268,11 @@ impl Service {
 
     /// A signed HS256 JWT for the relay's session (30 minutes).
     async fn session_token(&self, relay: &Relay) -> Result<String, StoreError> {
-        let secrets = self.secrets().await?;
-        let now = self.now();
+        let secrets = self.secrets.get().await?;
+        let now = self.now;
         let header = b64::encode_unpadded(br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = serde_json::json!({
-            "iss": self.config().issuer_name,
+            "iss": self.issuer_name,
             "sub": relay.token,
             "env": relay.environment.as_str(),
             "claim_type": relay.claim_type,

@@ -1,19 +1,17 @@
 //! Retention: what expires, and when each kind of record may go.
 
-use crate::{Service, StoreError};
+use crate::{Service, Store, StoreError};
 
 impl Service {
+    fn retention(&self) -> Retention<'_> {
+        Retention { store: &**self.store(), key_refresh_secs: self.config().key_refresh_secs, now: self.now() }
+    }
+
     /// Deletes what has expired: idempotency records, old rate-limit
     /// windows, relays past their lifetime, and spent-token records whose
     /// tokens no node can accept any more (see [`Service::spent_horizon`]).
     pub async fn prune(&self, idempotency_ttl_secs: i64) -> Result<Pruned, StoreError> {
-        let now = self.now();
-        Ok(Pruned {
-            idempotency: self.store().idempotency_prune(now - idempotency_ttl_secs).await?,
-            windows: self.store().rate_limit_prune(now - 3600).await?,
-            relays: self.store().prune_relays(now).await?,
-            spent_tokens: self.store().prune_spent_tokens(self.spent_horizon()).await?,
-        })
+        self.retention().prune(idempotency_ttl_secs).await
     }
 
     /// Spent records of tokens that expired before this moment may go.
@@ -26,7 +24,31 @@ impl Service {
     /// verification that started before the expiry. Key state never enters
     /// this rule: retiring a key deletes nothing.
     pub fn spent_horizon(&self) -> i64 {
-        self.now() - self.config().key_refresh_secs.max(0) - CLOCK_SKEW_MARGIN_SECS
+        self.retention().spent_horizon()
+    }
+}
+
+/// Retention over what it needs: the store, the key-refresh interval (see
+/// [`Service::spent_horizon`]) and the time.
+struct Retention<'a> {
+    store: &'a dyn Store,
+    key_refresh_secs: i64,
+    now: i64,
+}
+
+impl Retention<'_> {
+    async fn prune(&self, idempotency_ttl_secs: i64) -> Result<Pruned, StoreError> {
+        let now = self.now;
+        Ok(Pruned {
+            idempotency: self.store.idempotency_prune(now - idempotency_ttl_secs).await?,
+            windows: self.store.rate_limit_prune(now - 3600).await?,
+            relays: self.store.prune_relays(now).await?,
+            spent_tokens: self.store.prune_spent_tokens(self.spent_horizon()).await?,
+        })
+    }
+
+    fn spent_horizon(&self) -> i64 {
+        self.now - self.key_refresh_secs.max(0) - CLOCK_SKEW_MARGIN_SECS
     }
 }
 

@@ -5,24 +5,24 @@
 
 use blindpass_protocol::wire::TokenChallenge;
 
-use crate::{RedeemError, Relay, Service};
+use crate::secrets::Secrets;
+use crate::{RedeemError, Relay};
 
-impl Service {
-    /// The challenge of `token_type` for `relay` in context window `window`.
-    pub(crate) async fn rfc_challenge_for(
-        &self,
-        relay: &Relay,
-        window: i64,
-        token_type: u16,
-    ) -> Result<TokenChallenge, RedeemError> {
-        let secrets = self.secrets().await?;
-        let context = secrets.context.tag_parts(&[
-            b"rfc9577 redemption context",
-            relay.environment.as_str().as_bytes(),
-            relay.claim_type.as_bytes(),
-            &window.to_be_bytes(),
-        ]);
-        TokenChallenge::new(token_type, &self.config().issuer_name, &context, "")
-            .map_err(|_| RedeemError::Internal("issuer name is not a valid challenge field".into()))
-    }
+/// The challenge of `token_type` for `relay` in context window `window`,
+/// naming `issuer_name`.
+pub(crate) fn rfc_challenge(
+    secrets: &Secrets,
+    issuer_name: &str,
+    relay: &Relay,
+    window: i64,
+    token_type: u16,
+) -> Result<TokenChallenge, RedeemError> {
+    let context = secrets.context.tag_parts(&[
+        b"rfc9577 redemption context",
+        relay.environment.as_str().as_bytes(),
+        relay.claim_type.as_bytes(),
+        &window.to_be_bytes(),
+    ]);
+    TokenChallenge::new(token_type, issuer_name, &context, "")
+        .map_err(|_| RedeemError::Internal("issuer name is not a valid challenge field".into()))
 }

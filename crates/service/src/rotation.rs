@@ -15,6 +15,8 @@
 
 use blindpass_domain::KeyState;
 
+use crate::key_admin::KeyAdmin;
+use crate::metrics::Metrics;
 use crate::{Environment, KeyError, Service};
 
 /// Rotate the active key of (`environment`, `token_type`) every
@@ -48,35 +50,61 @@ impl Service {
     /// their overlap, and bring the time-to-rotation gauges up to date. A
     /// failing policy is logged and counted; the others still run.
     pub async fn rotate_due_keys(&self) -> RotationTick {
+        self.rotation().tick().await
+    }
+
+    fn rotation(&self) -> Rotation<'_> {
+        Rotation {
+            admin: self.key_admin(),
+            policies: &self.config().key_rotation,
+            announce_secs: self.config().key_announce_secs,
+            overlap_secs: self.config().key_overlap_secs,
+            metrics: self.metrics(),
+        }
+    }
+}
+
+/// Automatic rotation over what it needs: key administration, the
+/// policies, the announcement lead, the overlap and the metrics it counts.
+struct Rotation<'a> {
+    admin: KeyAdmin<'a>,
+    policies: &'a [RotationPolicy],
+    announce_secs: i64,
+    overlap_secs: i64,
+    metrics: &'a Metrics,
+}
+
+impl Rotation<'_> {
+    async fn tick(&self) -> RotationTick {
         let mut tick = RotationTick::default();
-        let policies = self.config().key_rotation.clone();
+        let policies = self.policies;
         if policies.is_empty() {
             return tick;
         }
-        let now = self.now();
-        match self.store().promote_due_keys(now).await {
+        let now = self.admin.clock.now();
+        match self.admin.store.promote_due_keys(now).await {
             Ok(n) => tick.promoted = n,
             Err(e) => {
                 tracing::warn!(error = %e, "key rotation: promoting due keys failed");
                 tick.failures += 1;
-                self.metrics().rotation_failed();
+                self.metrics.rotation_failed();
             }
         }
         let mut next = Vec::new();
-        for policy in &policies {
+        for policy in policies {
             match self.rotate_one(policy, now, &mut tick).await {
                 Ok(due) => next.extend(due.map(|at| (policy.environment, policy.token_type, at - now))),
                 Err(e) => {
                     tracing::warn!(environment = %policy.environment, token_type = policy.token_type, error = %e,
                                    "key rotation failed; retried next tick");
                     tick.failures += 1;
-                    self.metrics().rotation_failed();
+                    self.metrics.rotation_failed();
                 }
             }
         }
-        self.metrics().set_next_rotations(next.into_iter());
+        self.metrics.set_next_rotations(next.into_iter());
         let changed = tick.announced + tick.promoted + tick.retired > 0;
-        if changed && let Err(e) = self.reload_keys().await {
+        if changed && let Err(e) = self.admin.keys.reload().await {
             tracing::warn!(error = %e, "key rotation: reloading keys failed");
         }
         tick
@@ -90,12 +118,12 @@ impl Service {
         now: i64,
         tick: &mut RotationTick,
     ) -> Result<Option<i64>, KeyError> {
-        let keys = self.store().issuer_key_metadata(Some(policy.environment)).await?;
+        let keys = self.admin.store.issuer_key_metadata(Some(policy.environment)).await?;
         let of_type = || keys.iter().filter(|k| k.token_type == policy.token_type);
-        let overlap = self.config().key_overlap_secs;
+        let overlap = self.overlap_secs;
         for old in of_type().filter(|k| k.state == KeyState::VerifyOnly) {
             if old.rotated_at.is_some_and(|at| now >= at.saturating_add(overlap))
-                && self.store().retire_issuer_key(&old.id, now).await?
+                && self.admin.store.retire_issuer_key(&old.id, now).await?
             {
                 tracing::info!(key_id = %old.id, "key rotation: retired a key past its overlap");
                 tick.retired += 1;
@@ -105,23 +133,23 @@ impl Service {
             return Ok(None);
         };
         let takes_over = active.not_before.saturating_add(policy.lifetime_secs);
-        let due = takes_over.saturating_sub(self.config().key_announce_secs);
+        let due = takes_over.saturating_sub(self.announce_secs);
         if now < due || of_type().any(|k| k.state == KeyState::Pending) {
             return Ok(Some(due));
         }
-        let mut successor = self.generate_key_record(policy.environment, policy.token_type).await?;
+        let mut successor = self.admin.generate_key_record(policy.environment, policy.token_type).await?;
         successor.state = KeyState::Pending;
         // Overdue (a node was down): still announce a full lead ahead.
-        successor.not_before = takes_over.max(now.saturating_add(self.config().key_announce_secs));
-        if self.store().announce_issuer_key(&successor, &active.id).await? {
+        successor.not_before = takes_over.max(now.saturating_add(self.announce_secs));
+        if self.admin.store.announce_issuer_key(&successor, &active.id).await? {
             tracing::info!(environment = %policy.environment, token_type = policy.token_type, key_id = %successor.id,
                            not_before = successor.not_before, "key rotation: successor announced");
             tick.announced += 1;
-            self.metrics().rotated();
+            self.metrics.rotated();
         } else {
             // Another node announced first: a key made in a token is not
             // left behind there.
-            self.discard_generated(&successor).await;
+            self.admin.discard_generated(&successor).await;
         }
         Ok(Some(due))
     }

@@ -7,8 +7,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::Cause;
-use crate::{Service, StoreError};
+use blindpass_entropy::Entropy;
+
+use crate::kek::KeyEncryptionKey;
+use crate::metrics::Metrics;
+use crate::{Cause, Service, Store, StoreError};
 
 pub(crate) struct Secrets {
     pub(crate) challenge: ChallengeSecret,
@@ -51,34 +54,61 @@ impl HmacKey {
 pub(crate) const SECRET_PREFIX: &str = "secret.";
 
 impl Service {
-    pub(crate) async fn secrets(&self) -> Result<&Secrets, StoreError> {
-        self.inner
-            .secrets
-            .get_or_try_init(|| async {
-                let get = async |name: &str| -> Result<Zeroizing<Vec<u8>>, StoreError> {
-                    let fresh: Zeroizing<[u8; 32]> = Zeroizing::new(self.entropy().bytes());
-                    let aad = crate::kek::setting_aad(name);
-                    let fresh = match self.kek() {
-                        Some(kek) => Zeroizing::new(kek.seal(&fresh[..], &aad, self.entropy())),
-                        None => Zeroizing::new(fresh.to_vec()),
-                    };
-                    let stored = Zeroizing::new(self.store().setting_get_or_insert(name, &fresh).await?);
-                    crate::kek::open(self.kek(), &stored, &aad).map_err(|e| {
-                        if let crate::kek::KekError::Unsealed(_) = e {
-                            self.metrics().unsealed_key_material();
-                        }
-                        StoreError::Corrupt(Cause::of(e))
-                    })
-                };
-                let challenge = get("secret.challenge_mac").await?;
-                let challenge = ChallengeSecret::new(challenge.to_vec())
-                    .map_err(|e| StoreError::Corrupt(Cause::while_("challenge secret", e)))?;
-                Ok(Secrets {
-                    challenge,
-                    context: HmacKey::new("secret.redemption_context", &get("secret.redemption_context").await?)?,
-                    session: HmacKey::new("secret.session", &get("secret.session").await?)?,
-                })
-            })
-            .await
+    /// The server secrets, loaded (or made) on first use.
+    pub(crate) fn secrets(&self) -> SecretsCell<'_> {
+        SecretsCell {
+            cell: &self.inner.secrets,
+            store: &**self.store(),
+            entropy: self.entropy(),
+            kek: self.kek(),
+            metrics: self.metrics(),
+        }
+    }
+}
+
+/// The server secrets as use cases reach them: read from the store (or
+/// made and stored, by whichever node is first) once per process, on first
+/// use, and kept.
+pub(crate) struct SecretsCell<'a> {
+    pub(crate) cell: &'a tokio::sync::OnceCell<Secrets>,
+    pub(crate) store: &'a dyn Store,
+    pub(crate) entropy: &'a dyn Entropy,
+    pub(crate) kek: Option<&'a KeyEncryptionKey>,
+    pub(crate) metrics: &'a Metrics,
+}
+
+impl<'a> SecretsCell<'a> {
+    /// The secrets.
+    pub(crate) async fn get(&self) -> Result<&'a Secrets, StoreError> {
+        self.cell.get_or_try_init(|| self.load()).await
+    }
+
+    async fn load(&self) -> Result<Secrets, StoreError> {
+        let challenge = self.one("secret.challenge_mac").await?;
+        let challenge = ChallengeSecret::new(challenge.to_vec())
+            .map_err(|e| StoreError::Corrupt(Cause::while_("challenge secret", e)))?;
+        Ok(Secrets {
+            challenge,
+            context: HmacKey::new("secret.redemption_context", &self.one("secret.redemption_context").await?)?,
+            session: HmacKey::new("secret.session", &self.one("secret.session").await?)?,
+        })
+    }
+
+    /// The secret `name`: a fresh one is offered, and the store keeps the
+    /// first one any node offered.
+    async fn one(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let fresh: Zeroizing<[u8; 32]> = Zeroizing::new(self.entropy.bytes());
+        let aad = crate::kek::setting_aad(name);
+        let fresh = match self.kek {
+            Some(kek) => Zeroizing::new(kek.seal(&fresh[..], &aad, self.entropy)),
+            None => Zeroizing::new(fresh.to_vec()),
+        };
+        let stored = Zeroizing::new(self.store.setting_get_or_insert(name, &fresh).await?);
+        crate::kek::open(self.kek, &stored, &aad).map_err(|e| {
+            if let crate::kek::KekError::Unsealed(_) = e {
+                self.metrics.unsealed_key_material();
+            }
+            StoreError::Corrupt(Cause::of(e))
+        })
     }
 }
