@@ -54,7 +54,7 @@ pub enum AuthError {
 }
 
 /// SHA-256 of an API key secret.
-pub fn hash_secret(secret: &str) -> [u8; 32] {
+pub(crate) fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
@@ -136,8 +136,7 @@ struct ApiKeys<'a> {
 }
 
 impl ApiKeys<'_> {
-    /// [`Service::create_api_key`] with the key's own rate limit (requests
-    /// per minute, counted beside its environment's; Persona 2026-09-29).
+    /// See [`Service::create_api_key_with_limit`].
     async fn create(
         &self,
         environment: Environment,
@@ -169,14 +168,7 @@ impl ApiKeys<'_> {
         Ok(NewApiKey { key, secret })
     }
 
-    /// Checks a bearer secret: looked up by a prefix of its hash, then
-    /// compared in constant time over the whole hash.
-    ///
-    /// A key found valid is remembered for `api_key_cache_secs`, so that an
-    /// issuance does not cost a store round trip: a revocation made
-    /// elsewhere (the CLI, another node) takes effect on this node within
-    /// that bound; one made through this service at once. Unknown and
-    /// revoked keys are never remembered.
+    /// See [`Service::authenticate`].
     async fn authenticate(&self, secret: &str) -> Result<Authenticated, AuthError> {
         let hash = hash_secret(secret);
         let ttl = self.cache_secs;
@@ -196,9 +188,7 @@ impl ApiKeys<'_> {
         Ok(Authenticated { key })
     }
 
-    /// Sets (`Some`) or removes (`None`) a key's own rate limit; false when
-    /// there is no such key. Takes effect on this node at once, on others
-    /// within `api_key_cache_secs`.
+    /// See [`Service::set_api_key_rate_limit`].
     async fn set_rate_limit(&self, id: &str, per_minute: Option<u64>) -> Result<bool, StoreError> {
         if per_minute == Some(0) {
             return Err(StoreError::Other("a rate limit must be at least 1 request per minute".into()));
@@ -208,7 +198,7 @@ impl ApiKeys<'_> {
         Ok(changed)
     }
 
-    /// Revokes a key by id; false when there is none.
+    /// See [`Service::revoke_api_key`].
     async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let revoked = self.store.revoke_api_key(id, self.now).await?;
         self.cache.forget(id);

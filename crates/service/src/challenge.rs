@@ -17,7 +17,7 @@ use crate::timing::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS};
 use crate::{ClaimType, Environment, LoadedKey, RedeemError, Relay, RelayError, Service};
 
 /// Persona's `origin_info` for relay challenges.
-pub const PERSONA_ORIGIN_INFO: &str = "/api/privacy/v1/relays";
+pub(crate) const PERSONA_ORIGIN_INFO: &str = "/api/privacy/v1/relays";
 /// What the challenge endpoint returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChallengeOffer {

@@ -38,12 +38,12 @@ struct Pkcs11Reference {
 }
 
 /// True when `stored` (opened) is a PKCS#11 reference rather than key bytes.
-pub fn is_pkcs11_reference(stored: &[u8]) -> bool {
+pub(crate) fn is_pkcs11_reference(stored: &[u8]) -> bool {
     stored.first() == Some(&b'{')
 }
 
 /// The stored form of a key kept in a token.
-pub fn encode_pkcs11(object: &ObjectRef, public: &RsaPublicKey) -> Vec<u8> {
+pub(crate) fn encode_pkcs11(object: &ObjectRef, public: &RsaPublicKey) -> Vec<u8> {
     let reference = Pkcs11Reference {
         custody: PKCS11.into(),
         object_id: hex::encode(&object.id),

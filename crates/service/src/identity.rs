@@ -14,10 +14,10 @@
 use blindpass_store::{Rewrap, RewrapTarget, Store, StoreError};
 
 /// The setting that holds the issuer name.
-pub const ISSUER_NAME_SETTING: &str = "issuer_name";
+pub(crate) const ISSUER_NAME_SETTING: &str = "issuer_name";
 
 /// The longest issuer name (a host name with a port fits easily).
-pub const MAX_ISSUER_NAME_LEN: usize = 255;
+pub(crate) const MAX_ISSUER_NAME_LEN: usize = 255;
 
 /// Why the issuer name could not be agreed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +49,7 @@ pub enum IssuerNameError {
 }
 
 /// Checks that `name` can travel in a `WWW-Authenticate` challenge.
-pub fn validate_issuer_name(name: &str) -> Result<(), IssuerNameError> {
+pub(crate) fn validate_issuer_name(name: &str) -> Result<(), IssuerNameError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_ISSUER_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b'\\'));

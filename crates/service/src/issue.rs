@@ -93,7 +93,7 @@ impl Service {
             keys: self.keys(),
             signing: &self.inner.signing,
             metrics: self.metrics(),
-            entropy: self.entropy_handle(),
+            entropy: Arc::clone(&self.inner.entropy),
             token_types: &self.config().token_types,
             lifecycle: self.lifecycle(),
             now: self.now(),
@@ -134,9 +134,7 @@ impl Service {
 }
 
 impl<K: KeySource> Issuance<'_, K> {
-    /// Evaluates `request` with the key it names for a caller in
-    /// `environment`. The key operation runs here, on the caller's thread,
-    /// unless the node is overloaded (see the module's notes).
+    /// See [`Service::issue`].
     pub(crate) async fn issue(&self, environment: Environment, request: IssueRequest) -> Result<Vec<u8>, IssueError> {
         self.metrics.issuance_request();
         let result = async {
@@ -305,48 +303,19 @@ mod tests {
         clippy::indexing_slicing,
         clippy::disallowed_methods
     )]
+    use blindpass_protocol::voprf;
     use blindpass_protocol::voprf::wire::{Suite, VoprfTokenResponse};
-    use blindpass_protocol::voprf::{self, SecretKey};
     use blindpass_protocol::wire::TokenChallenge;
-    use blindpass_store::{IssuerKey, KeyState};
+    use blindpass_store::KeyState;
 
     use super::*;
-    use crate::{KeyError, KeyMaterial};
-
-    /// Keys held by the test: no store, no key ring, no `Service`.
-    struct TestKeys(Vec<Arc<LoadedKey>>);
-
-    impl KeySource for TestKeys {
-        async fn key_by_id(&self, id: &TokenKeyId) -> Result<Option<Arc<LoadedKey>>, KeyError> {
-            Ok(self.0.iter().find(|k| k.ids().contains(id)).cloned())
-        }
-
-        async fn keys_of(&self, environment: Environment) -> Result<Vec<Arc<LoadedKey>>, KeyError> {
-            Ok(self.0.iter().filter(|k| k.record.environment == environment).cloned().collect())
-        }
-    }
-
-    fn voprf_key(environment: Environment, state: KeyState) -> Arc<LoadedKey> {
-        let secret = SecretKey::derive(Suite::Ristretto255, b"issuance without a service").unwrap();
-        let record = IssuerKey {
-            id: "k".into(),
-            environment,
-            token_type: Suite::Ristretto255.token_type(),
-            state,
-            private_pkcs8: Default::default(),
-            not_before: 0,
-            rotated_at: None,
-            retired_at: None,
-            created_at: 0,
-        };
-        Arc::new(LoadedKey { record, material: KeyMaterial::Voprf(Arc::new(secret)) })
-    }
+    use crate::key_source::held::{HeldKeys, voprf_key};
 
     #[tokio::test]
     async fn issuance_runs_on_its_dependencies_alone() {
         let key = voprf_key(Environment::Sandbox, KeyState::Active);
         let public = key.voprf().unwrap().public_key().clone();
-        let keys = TestKeys(vec![Arc::clone(&key)]);
+        let keys = HeldKeys(vec![Arc::clone(&key)]);
         let (signing, metrics) = (crate::signing_pool::SigningPool::new(1, 8), crate::metrics::Metrics::new());
         let issuance = Issuance {
             keys,
@@ -370,6 +339,7 @@ mod tests {
         assert_eq!(issuance.issue(Environment::Production, request.clone()).await, Err(IssueError::UnknownKey));
         let other_type = IssueRequest { selector: KeySelector::Truncated { token_type: 1, truncated: 0 }, ..request };
         assert_eq!(issuance.issue(Environment::Sandbox, other_type).await, Err(IssueError::UnsupportedTokenType(1)));
-        assert!(metrics.encode().contains("signed_token_total{key_id=\"k\",token_type=\"5\"} 1"));
+        let signed = format!("signed_token_total{{key_id=\"{}\",token_type=\"5\"}} 1", key.record.id);
+        assert!(metrics.encode().contains(&signed));
     }
 }

@@ -132,7 +132,7 @@ impl LoadedKey {
     }
 
     /// The key's RFC 9578 directory entry.
-    pub fn directory_entry(&self) -> DirectoryKey {
+    pub(crate) fn directory_entry(&self) -> DirectoryKey {
         let not_before = Some(self.record.not_before.max(0) as u64);
         match &self.material {
             KeyMaterial::BlindRsa { public, .. } => DirectoryKey::type2(public.as_ref(), not_before),
@@ -146,7 +146,7 @@ impl LoadedKey {
     }
 
     /// True when the key may issue at `now` (see [`crate::lifecycle`]).
-    pub fn issues_at(&self, now: i64) -> bool {
+    pub(crate) fn issues_at(&self, now: i64) -> bool {
         // The overlap plays no part in issuing.
         crate::lifecycle::Lifecycle { overlap_secs: 0 }.can_issue(&self.record, now).is_ok()
     }
@@ -180,7 +180,11 @@ impl LoadedKey {
 
     /// BlindEvaluate over many elements with one batched DLEQ proof (an
     /// amortized batch of token type 1 or 5). CPU-bound.
-    pub fn evaluate_many(&self, blinded: &[Vec<u8>], entropy: &dyn Entropy) -> Result<voprf::Evaluation, IssueError> {
+    pub(crate) fn evaluate_many(
+        &self,
+        blinded: &[Vec<u8>],
+        entropy: &dyn Entropy,
+    ) -> Result<voprf::Evaluation, IssueError> {
         let key = self.voprf().ok_or(IssueError::UnknownKey)?;
         key.evaluate(blinded, &mut entropy.rng()).map_err(|e| match e {
             VoprfError::InvalidElement => IssueError::InvalidElement,

@@ -104,7 +104,7 @@ impl KeyEncryptionKey {
     }
 
     /// Seals `plaintext` for the row named `aad`, under a fresh random nonce.
-    pub fn seal(&self, plaintext: &[u8], aad: &str, entropy: &dyn Entropy) -> Vec<u8> {
+    pub(crate) fn seal(&self, plaintext: &[u8], aad: &str, entropy: &dyn Entropy) -> Vec<u8> {
         let nonce_bytes: [u8; NONCE_LEN] = entropy.bytes();
         let mut out = Vec::with_capacity(MAGIC.len() + ID_LEN + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
@@ -126,7 +126,7 @@ impl KeyEncryptionKey {
 }
 
 /// Whether `value` is sealed (rather than plaintext).
-pub fn is_sealed(value: &[u8]) -> bool {
+pub(crate) fn is_sealed(value: &[u8]) -> bool {
     value.len() >= MAGIC.len() + ID_LEN + NONCE_LEN + TAG_LEN && value.starts_with(MAGIC)
 }
 
@@ -141,7 +141,7 @@ pub fn open(kek: Option<&KeyEncryptionKey>, value: &[u8], aad: &str) -> Result<Z
 
 /// [`open`] for `keys rewrap`, which seals what is still plaintext: a
 /// plaintext value passes through whatever the KEK.
-pub fn open_for_rewrap(
+pub(crate) fn open_for_rewrap(
     kek: Option<&KeyEncryptionKey>,
     value: &[u8],
     aad: &str,
@@ -169,12 +169,12 @@ pub fn open_for_rewrap(
 }
 
 /// The associated data of an issuer key's private key.
-pub fn issuer_key_aad(id: &str) -> String {
+pub(crate) fn issuer_key_aad(id: &str) -> String {
     format!("issuer_key:{id}")
 }
 
 /// The associated data of a setting.
-pub fn setting_aad(name: &str) -> String {
+pub(crate) fn setting_aad(name: &str) -> String {
     format!("setting:{name}")
 }
 

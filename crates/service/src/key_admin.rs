@@ -85,10 +85,7 @@ pub(crate) struct KeyAdmin<'a> {
 }
 
 impl KeyAdmin<'_> {
-    /// Creates one active key per environment and enabled token type that
-    /// has none (first start, or a type newly enabled). Safe to run on
-    /// several nodes at once: exactly one key wins per environment and type.
-    /// Returns the keys this call created.
+    /// See [`Service::ensure_initial_keys`].
     pub(crate) async fn ensure_initial_keys(&self) -> Result<Vec<IssuerKey>, KeyError> {
         let mut created = Vec::new();
         for environment in Environment::ALL {
@@ -109,11 +106,7 @@ impl KeyAdmin<'_> {
         Ok(created)
     }
 
-    /// Generates a new key of `token_type` for `environment`. With no
-    /// `announce_secs` it is active at once and the previous active key of
-    /// that type becomes verify-only; with `announce_secs` it is listed in
-    /// the directory as pending and takes over (on whichever node first
-    /// reloads keys) `announce_secs` from now.
+    /// See [`Service::rotate_key`].
     pub(crate) async fn rotate_key(
         &self,
         environment: Environment,
@@ -136,7 +129,7 @@ impl KeyAdmin<'_> {
         Ok(record)
     }
 
-    /// Retires the key `id` (its RFC `token_key_id` or Persona id, hex).
+    /// See [`Service::retire_key`].
     pub(crate) async fn retire_key(&self, id: &str) -> Result<IssuerKey, KeyError> {
         let wanted = TokenKeyId::from_hex(id).map_err(|_| KeyError::NotFound(id.to_owned()))?;
         let key = self.keys.key_by_id(&wanted).await?.ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
@@ -197,11 +190,7 @@ impl KeyAdmin<'_> {
         .map_err(|e| KeyError::Key(format!("key generation task failed: {e}")))?
     }
 
-    /// Destroys the token objects of the retired key `id` (its RFC
-    /// `token_key_id`, hex): the key can never sign again, anywhere.
-    /// Refused for a key that is not retired or not kept in a token, and
-    /// without a token. Returns how many objects were destroyed (0 when an
-    /// earlier call already did).
+    /// See [`Service::destroy_key_object`].
     pub(crate) async fn destroy_key_object(&self, id: &str) -> Result<usize, KeyError> {
         let record = self
             .store

@@ -32,3 +32,46 @@ pub(crate) async fn active_key(
         .filter(|k| k.token_type() == token_type && k.issues_at(now))
         .max_by_key(|k| (k.record.not_before, k.record.created_at)))
 }
+
+/// Keys a test holds itself: no store, no key ring, no `Service`.
+#[cfg(test)]
+pub(crate) mod held {
+    #![allow(clippy::unwrap_used)]
+
+    use blindpass_protocol::voprf::SecretKey;
+    use blindpass_protocol::voprf::wire::Suite;
+    use blindpass_store::KeyState;
+
+    use super::*;
+    use crate::{IssuerKey, KeyMaterial};
+
+    /// The keys, in a list.
+    pub(crate) struct HeldKeys(pub(crate) Vec<Arc<LoadedKey>>);
+
+    impl KeySource for HeldKeys {
+        async fn key_by_id(&self, id: &TokenKeyId) -> Result<Option<Arc<LoadedKey>>, KeyError> {
+            Ok(self.0.iter().find(|k| k.ids().contains(id)).cloned())
+        }
+
+        async fn keys_of(&self, environment: Environment) -> Result<Vec<Arc<LoadedKey>>, KeyError> {
+            Ok(self.0.iter().filter(|k| k.record.environment == environment).cloned().collect())
+        }
+    }
+
+    /// A type-5 key of `environment` in `state`, derived from a fixed seed.
+    pub(crate) fn voprf_key(environment: Environment, state: KeyState) -> Arc<LoadedKey> {
+        let secret = SecretKey::derive(Suite::Ristretto255, b"a use case without a service").unwrap();
+        let record = IssuerKey {
+            id: secret.public_key().token_key_id().to_hex(),
+            environment,
+            token_type: Suite::Ristretto255.token_type(),
+            state,
+            private_pkcs8: Default::default(),
+            not_before: 0,
+            rotated_at: None,
+            retired_at: None,
+            created_at: 0,
+        };
+        Arc::new(LoadedKey { record, material: KeyMaterial::Voprf(Arc::new(secret)) })
+    }
+}

@@ -118,9 +118,7 @@ impl KeySource for Keys<'_> {
 }
 
 impl Keys<'_> {
-    /// Finds the key that answers to `id` (either of its two ids), reloading
-    /// the ring when it is older than `key_refresh_secs` or when `id` is
-    /// unknown (at most once a second).
+    /// See [`Service::key_by_id`].
     pub(crate) async fn key_by_id(&self, id: &TokenKeyId) -> Result<Option<Arc<LoadedKey>>, KeyError> {
         let now = self.clock.now();
         let snapshot = self.snapshot();
@@ -137,7 +135,7 @@ impl Keys<'_> {
         Ok(by_id.get(id).cloned())
     }
 
-    /// Every loaded key of `environment`, newest first.
+    /// See [`Service::keys_of`].
     pub(crate) async fn keys_of(&self, environment: Environment) -> Result<Vec<Arc<LoadedKey>>, KeyError> {
         let now = self.clock.now();
         let snapshot = self.snapshot();
@@ -152,7 +150,7 @@ impl Keys<'_> {
         Ok(keys)
     }
 
-    /// The key ring's counters.
+    /// See [`Service::key_ring_stats`].
     pub(crate) fn stats(&self) -> KeyRingStats {
         let ring = &self.ring;
         KeyRingStats {

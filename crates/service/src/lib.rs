@@ -30,6 +30,7 @@ mod keyring;
 pub mod lifecycle;
 mod limiter;
 pub mod metrics;
+mod presented;
 mod principal;
 mod rate_limits;
 mod readiness;
@@ -47,26 +48,26 @@ mod timing;
 
 use std::sync::Arc;
 
-pub use api_keys::{AuthError, Authenticated, NewApiKey, hash_secret};
+pub use api_keys::{AuthError, Authenticated, NewApiKey};
 pub use blindpass_domain::{Cause, ClaimType, Environment, InvalidClaimType, KeyState, Permission, chain};
 pub use blindpass_entropy::{Entropy, SeededEntropy, SystemEntropy};
 pub use blindpass_store::{ApiKey, IssuerKey, Store, StoreError};
 pub use blindpass_store::{ClaimResult, IdempotencyCompletion, Relay, SpendOutcome, StoredResponse};
-pub use challenge::{ChallengeOffer, PERSONA_ORIGIN_INFO};
+pub use challenge::ChallengeOffer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use issue::{IssueRequest, KeySelector};
 pub use issue_error::IssueError;
 pub use issuer_key::{KeyMaterial, LoadedKey, RsaSigner, TOKEN_TYPES};
 pub use keyring::{KeyError, KeyRingStats};
 pub use limiter::{Bucket, BucketClass, LocalLimiter, RateLimiter, RedisLimiter, StoreLimiter};
+pub use presented::{PresentedToken, TokenRejection};
 pub use principal::{Principal, PrincipalId};
 pub use rate_limits::{RateLimitStatus, client_bucket};
 pub use readiness::{NotReady, READINESS_STORE_TIMEOUT};
-pub use redeem::{PresentedToken, RedeemError, Redemption, TokenRejection};
+pub use redeem::{RedeemError, Redemption};
 pub use relays::{NewRelay, RecordError, RelayEncryption, RelayError};
-pub use retention::{CLOCK_SKEW_MARGIN_SECS, Pruned};
+pub use retention::Pruned;
 pub use signing_pool::PoolError;
-pub use timing::{CHALLENGE_VALIDITY_SECS, CONTEXT_WINDOW_SECS, SESSION_SECS};
 
 /// Key operations waiting for a signing thread before more are refused
 /// (503): at 1 ms a signature per core, a queue this long drains in well
@@ -258,11 +259,6 @@ impl Service {
     /// Where randomness comes from.
     pub fn entropy(&self) -> &dyn Entropy {
         &*self.inner.entropy
-    }
-
-    /// The entropy source, shared (for work that outlives a borrow).
-    pub fn entropy_handle(&self) -> Arc<dyn Entropy> {
-        Arc::clone(&self.inner.entropy)
     }
 
     /// The store.

@@ -46,7 +46,7 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// Whether `key` may issue at `now`, and why not.
-    pub fn can_issue(&self, key: &IssuerKey, now: i64) -> Result<(), NotIssuing> {
+    pub(crate) fn can_issue(&self, key: &IssuerKey, now: i64) -> Result<(), NotIssuing> {
         match key.state {
             KeyState::Active | KeyState::Pending if key.not_before <= now => Ok(()),
             KeyState::Active | KeyState::Pending => Err(NotIssuing::NotYetValid),
@@ -65,7 +65,7 @@ impl Lifecycle {
     }
 
     /// Whether the directory lists `key` at `now`.
-    pub fn is_listed(&self, key: &IssuerKey, now: i64) -> bool {
+    pub(crate) fn is_listed(&self, key: &IssuerKey, now: i64) -> bool {
         match key.state {
             KeyState::Pending | KeyState::Active => true,
             KeyState::VerifyOnly => self.within_overlap(key, now),
@@ -85,7 +85,7 @@ impl Lifecycle {
 
 /// The directory's order within an environment: the key that will sign
 /// next, the one signing now, then those that still verify.
-pub fn directory_rank(state: KeyState) -> u8 {
+pub(crate) fn directory_rank(state: KeyState) -> u8 {
     match state {
         KeyState::Pending => 0,
         KeyState::Active => 1,

@@ -209,7 +209,7 @@ impl LocalLimiter {
     }
 
     /// How many client buckets are held.
-    pub fn client_buckets(&self) -> usize {
+    pub(crate) fn client_buckets(&self) -> usize {
         self.clients.lock().map_or(0, |c| c.windows.len())
     }
 

@@ -283,7 +283,7 @@ impl Metrics {
 
     /// One request refused by the rate limit named `limit` (`environment`,
     /// `api_key`, `client`, `relay`, `auth_failure`, …).
-    pub fn rate_limited(&self, limit: &'static str) {
+    pub(crate) fn rate_limited(&self, limit: &'static str) {
         self.rate_limited.get_or_create(&LimitLabels { limit }).inc();
     }
 }

@@ -12,9 +12,6 @@ use blindpass_protocol::oaep;
 use blindpass_protocol::persona;
 use blindpass_protocol::rsa::RsaPublicKey;
 use blindpass_protocol::type2;
-use blindpass_protocol::type2::wire::Token;
-use blindpass_protocol::voprf::Suite;
-use blindpass_protocol::voprf::wire::VoprfToken;
 use blindpass_protocol::wire::TOKEN_TYPE_BLIND_RSA;
 
 use crate::Cause;
@@ -23,6 +20,7 @@ use crate::key_source::KeySource;
 use crate::keyring::Keys;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::presented::{PresentedToken, TokenRejection};
 use crate::rfc_context::rfc_challenge;
 use crate::secrets::SecretsCell;
 use crate::timing::CONTEXT_WINDOW_SECS;
@@ -48,58 +46,6 @@ pub enum RedeemError {
     /// Keys could not be loaded.
     #[error("{0}")]
     Internal(#[source] Cause),
-}
-
-/// Why a presented token is refused (the server words it for the client).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenRejection {
-    /// Spent before, at another relay (or without this relay's secret).
-    AlreadyUsed,
-    /// The `Authorization` value is not base64url.
-    NotBase64url,
-    /// The bytes are neither a Persona token nor an RFC 9578 token.
-    Malformed,
-    /// The Persona challenge's expiry has passed.
-    ChallengeExpired,
-    /// The Persona challenge's MAC does not verify.
-    ChallengeNotOurs,
-    /// The RFC challenge is not one this relay issued in the current or the
-    /// previous window.
-    RfcChallengeUnknown,
-    /// The token's environment is not the relay's.
-    OtherEnvironment,
-    /// The token was issued for another claim type.
-    OtherClaimType,
-    /// The Persona token's key id is not a key id.
-    UnknownKey,
-    /// No key with that id verifies now (unknown, pending, retired, or past
-    /// its overlap).
-    UnknownOrRetiredKey,
-    /// The signature (or, for types 1 and 5, the authenticator) does not
-    /// verify.
-    BadSignature,
-    /// A token type relays do not accept (`relay_token_types`).
-    TokenTypeNotAccepted,
-}
-
-impl TokenRejection {
-    /// The `outcome` label of `redemption_total` for this rejection.
-    pub fn label(self) -> &'static str {
-        match self {
-            TokenRejection::AlreadyUsed => "double_spend",
-            TokenRejection::NotBase64url => "rejected_not_base64url",
-            TokenRejection::Malformed => "rejected_malformed",
-            TokenRejection::ChallengeExpired => "rejected_challenge_expired",
-            TokenRejection::ChallengeNotOurs => "rejected_challenge_not_ours",
-            TokenRejection::RfcChallengeUnknown => "rejected_challenge_unknown",
-            TokenRejection::OtherEnvironment => "rejected_other_environment",
-            TokenRejection::OtherClaimType => "rejected_other_claim_type",
-            TokenRejection::UnknownKey => "rejected_unknown_key",
-            TokenRejection::UnknownOrRetiredKey => "rejected_unknown_or_retired_key",
-            TokenRejection::BadSignature => "rejected_bad_signature",
-            TokenRejection::TokenTypeNotAccepted => "rejected_token_type",
-        }
-    }
 }
 
 impl From<KeyError> for RedeemError {
@@ -154,38 +100,6 @@ struct Verified {
     key: Arc<LoadedKey>,
     nonce: Vec<u8>,
     expires_at: i64,
-}
-
-/// A token as presented, parsed once: which format it is and its fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PresentedToken {
-    /// A Persona JSON token (base64url of its JSON).
-    Persona(Box<persona::ParsedToken>),
-    /// An RFC 9577 Token of type 2 (base64url of its bytes).
-    Rfc(Box<Token>),
-    /// An RFC 9577 Token of type 1 or 5 (base64url of its bytes).
-    Voprf(Box<VoprfToken>),
-}
-
-impl PresentedToken {
-    /// Parses the `token` parameter of `Authorization: PrivateToken`: one
-    /// base64url decoding, then the format its first byte announces.
-    pub fn parse(text: &str) -> Result<Self, TokenRejection> {
-        if text.len() > persona::MAX_TOKEN_LEN * 4 / 3 + 4 {
-            return Err(TokenRejection::Malformed);
-        }
-        let bytes = b64::decode(text).map_err(|_| TokenRejection::NotBase64url)?;
-        let parsed = match bytes.first() {
-            Some(b'{') => persona::Token::from_json(&bytes).map(|t| Self::Persona(Box::new(t))).ok(),
-            _ => match bytes.get(..2) {
-                Some([t0, t1]) if Suite::of_token_type(u16::from_be_bytes([*t0, *t1])).is_some() => {
-                    VoprfToken::decode(&bytes).map(|t| Self::Voprf(Box::new(t))).ok()
-                }
-                _ => Token::decode(&bytes).map(|t| Self::Rfc(Box::new(t))).ok(),
-            },
-        };
-        parsed.ok_or(TokenRejection::Malformed)
-    }
 }
 
 impl Service {
@@ -252,16 +166,13 @@ struct Redeemer<'a, K> {
 }
 
 impl<K: KeySource> Redeemer<'_, K> {
-    /// Redeems `presented` at `relay` in one call, with no idempotent
-    /// answer to store: [`Self::check_redemption`] then [`Self::spend`].
+    /// See [`Service::redeem`].
     async fn redeem(&self, relay: &Relay, presented: &PresentedToken) -> Result<Redemption, RedeemError> {
         let checked = self.check_redemption(relay, presented).await?;
         self.spend(relay, checked, None).await
     }
 
-    /// The first half of a redemption: verifies `presented` for `relay`
-    /// (challenge first, then key and signature), takes the claim result
-    /// and makes the claim payload. Nothing is written.
+    /// See [`Service::check_redemption`].
     async fn check_redemption(&self, relay: &Relay, presented: &PresentedToken) -> Result<Checked, RedeemError> {
         let result = self.check_once(relay, presented).await;
         let label = match &result {
@@ -281,15 +192,7 @@ impl<K: KeySource> Redeemer<'_, K> {
         Ok(Checked { redemption, to_spend: passed.then_some(verified) })
     }
 
-    /// The second half: spends the checked token with its claim payload and,
-    /// when given, the idempotent `answer`, all in one transaction. A claim
-    /// that did not pass spends nothing and stores nothing.
-    ///
-    /// Presenting the same token at the same relay again returns the stored
-    /// claim (for a client whose answer was lost); at any other relay it is
-    /// "already used". Callers must not cancel this future once started
-    /// (run it in its own task): cancellation cannot undo a commit, only
-    /// lose its answer.
+    /// See [`Service::spend`].
     async fn spend(
         &self,
         relay: &Relay,
@@ -450,4 +353,77 @@ fn error_label(e: &RedeemError) -> &'static str {
 
 fn reject(why: TokenRejection) -> RedeemError {
     RedeemError::InvalidToken(why)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
+    use blindpass_protocol::voprf;
+    use blindpass_protocol::voprf::wire::{Suite, VoprfTokenResponse};
+    use blindpass_store::{ClaimFormat, KeyState, RelayStore};
+
+    use super::*;
+    use crate::key_source::held::{HeldKeys, voprf_key};
+
+    fn relay(token: &str) -> Relay {
+        Relay {
+            token: token.into(),
+            secret_hash: [0; 32],
+            environment: Environment::Sandbox,
+            claim_type: "age_over_18".into(),
+            encryption_key_der: None,
+            claim_format: ClaimFormat::Oaep,
+            created_at: 0,
+            expires_at: i64::MAX,
+            result: None,
+        }
+    }
+
+    /// Redemption on keys the test holds, a store of its own and its own
+    /// metrics: a token spent once, given back at the same relay, refused at
+    /// another.
+    #[tokio::test]
+    async fn redemption_runs_on_its_dependencies_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = blindpass_store::sqlite::SqliteStore::open(dir.path().join("db")).await.unwrap();
+        let (here, elsewhere) = (relay("relay_here"), relay("relay_elsewhere"));
+        store.insert_relay(&here).await.unwrap();
+        store.insert_relay(&elsewhere).await.unwrap();
+        let key = voprf_key(Environment::Sandbox, KeyState::Active);
+        let (cell, metrics) = (tokio::sync::OnceCell::new(), Metrics::new());
+        let entropy = blindpass_entropy::SeededEntropy::new(11);
+        let secrets = SecretsCell { cell: &cell, store: &store, entropy: &entropy, kek: None, metrics: &metrics };
+        let now = 10 * CONTEXT_WINDOW_SECS + 5;
+        let redeemer = Redeemer {
+            keys: HeldKeys(vec![Arc::clone(&key)]),
+            secrets,
+            store: &store,
+            metrics: &metrics,
+            entropy: &entropy,
+            lifecycle: Lifecycle { overlap_secs: 0 },
+            issuer_name: "issuer.example",
+            relay_token_types: &[5],
+            now,
+        };
+
+        let challenge = rfc_challenge(redeemer.secrets.get().await.unwrap(), "issuer.example", &here, 10, 5).unwrap();
+        let public = key.voprf().unwrap().public_key().clone();
+        let (blinded, state) = voprf::begin_issuance(&public, &challenge, 1, &mut rand::rng()).unwrap();
+        let response = VoprfTokenResponse::decode(Suite::Ristretto255, &key.evaluate(&blinded[0], &entropy).unwrap());
+        let response = response.unwrap();
+        let token = voprf::finalize_issuance(&state, &[response.evaluated_element], &response.proof).unwrap();
+        let presented = PresentedToken::Voprf(Box::new(token[0].clone()));
+
+        let first = redeemer.redeem(&here, &presented).await.unwrap();
+        assert!(first.token_consumed);
+        assert!(first.claim_payload.contains(r#""claim_result":"passed""#), "{}", first.claim_payload);
+        let again = redeemer.redeem(&here, &presented).await.unwrap();
+        assert_eq!(again.claim_payload, first.claim_payload, "the same relay gets its claim back");
+        let other = redeemer.redeem(&elsewhere, &presented).await;
+        assert_eq!(other, Err(RedeemError::InvalidToken(TokenRejection::AlreadyUsed)));
+        let counted = metrics.encode();
+        for outcome in ["accepted", "replayed", "double_spend"] {
+            assert!(counted.contains(&format!("redemption_total{{outcome=\"{outcome}\"}} 1")), "{outcome}: {counted}");
+        }
+    }
 }

@@ -179,7 +179,7 @@ struct Relays<'a> {
 }
 
 impl Relays<'_> {
-    /// Creates a relay whose claims are encrypted as `encryption` says.
+    /// See [`Service::create_relay_with`].
     async fn create(
         &self,
         environment: Environment,
@@ -216,8 +216,7 @@ impl Relays<'_> {
         Ok(NewRelay { relay, secret, session_token })
     }
 
-    /// The relay `token` if `secret` is its secret (constant-time); a wrong
-    /// secret, and an expired relay, look exactly like a missing relay.
+    /// See [`Service::relay_for`].
     async fn relay_for(&self, token: &str, secret: &str) -> Result<Relay, RelayError> {
         let relay = self.live_relay(token).await?.ok_or(RelayError::NotFound)?;
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
@@ -233,7 +232,7 @@ impl Relays<'_> {
         Ok(self.store.relay_by_token(token).await?.filter(|r| now < r.expires_at))
     }
 
-    /// Records a verifier's result for a production relay of `environment`.
+    /// See [`Service::record_result`].
     async fn record_result(
         &self,
         environment: Environment,

@@ -54,7 +54,7 @@ impl Retention<'_> {
 
 /// The largest clock difference between nodes (and between a node and its
 /// own past) that spent-token retention tolerates.
-pub const CLOCK_SKEW_MARGIN_SECS: i64 = 600;
+pub(crate) const CLOCK_SKEW_MARGIN_SECS: i64 = 600;
 
 /// How many records one prune deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
