@@ -4,7 +4,8 @@
 //! replayed); handlers take the result with the [`Caller`] extractor. Over
 //! mTLS, a client certificate that names a configured attester
 //! ([`crate::tls::Attester`]) authenticates a request that sends no
-//! `Authorization` header.
+//! `Authorization` header. Either is a `Credential`, read once; the layer
+//! turns it into the request's [`Principal`].
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -75,15 +76,7 @@ async fn admit(
     headers: &HeaderMap,
     attester: Option<&Attester>,
 ) -> Result<Principal, ApiError> {
-    let principal = match attester {
-        // A verified client certificate stands in for an API key; an
-        // Authorization header, when sent, still wins.
-        Some(attester) => match headers.contains_key(header::AUTHORIZATION) {
-            false => Principal::attester(&attester.name, attester.environment, attester.permissions.clone()),
-            true => authenticate(state, headers, client).await?.into(),
-        },
-        None => authenticate(state, headers, client).await?.into(),
-    };
+    let principal = principal(state, credential(headers, attester), client).await?;
     envelope.environment(principal.environment);
     // A refusal by permission is not charged to anyone's window.
     if !principal.can(permission) {
@@ -93,16 +86,37 @@ async fn admit(
     Ok(principal)
 }
 
-/// Checks the bearer secret. Failed authentications count against the
+/// What a request presents to say who it is, read once.
+#[derive(Debug, Clone, Copy)]
+enum Credential<'a> {
+    /// The secret of `Authorization: Bearer <key>`.
+    Bearer(&'a str),
+    /// A verified client certificate naming a configured attester.
+    Attester(&'a Attester),
+}
+
+/// The request's credential: a verified client certificate stands in for
+/// an API key; an `Authorization` header, when sent, still wins.
+fn credential<'a>(headers: &'a HeaderMap, attester: Option<&'a Attester>) -> Result<Credential<'a>, ApiError> {
+    match attester {
+        Some(attester) if !headers.contains_key(header::AUTHORIZATION) => Ok(Credential::Attester(attester)),
+        _ => bearer(headers).map(Credential::Bearer),
+    }
+}
+
+/// Who presented `credential`. Failed authentications count against the
 /// client's address; past that limit the answer is 429, not 401.
-async fn authenticate(
+async fn principal(
     state: &AppState,
-    headers: &HeaderMap,
+    credential: Result<Credential<'_>, ApiError>,
     client: &ClientAddr,
-) -> Result<blindpass_service::Authenticated, ApiError> {
-    let e = match bearer(headers) {
-        Ok(secret) => match state.service.authenticate(secret).await {
-            Ok(auth) => return Ok(auth),
+) -> Result<Principal, ApiError> {
+    let e = match credential {
+        Ok(Credential::Attester(attester)) => {
+            return Ok(Principal::attester(&attester.name, attester.environment, attester.permissions.clone()));
+        }
+        Ok(Credential::Bearer(secret)) => match state.service.authenticate(secret).await {
+            Ok(auth) => return Ok(auth.into()),
             Err(e) => ApiError::from(e),
         },
         Err(e) => e,

@@ -16,21 +16,23 @@ impl Service {
         environments: &[Environment],
         request_uri: &str,
     ) -> Result<IssuerDirectory, KeyError> {
-        let keys = self.keys();
-        let directory = Directory {
-            keys: &keys,
+        self.directory_of_keys().of(environments, request_uri).await
+    }
+
+    fn directory_of_keys(&self) -> Directory<'_, crate::keyring::Keys<'_>> {
+        Directory {
+            keys: self.keys(),
             token_types: &self.config().token_types,
             lifecycle: self.lifecycle(),
             now: self.now(),
-        };
-        directory.of(environments, request_uri).await
+        }
     }
 }
 
 /// The directory over what it needs: keys, the enabled token types, the
 /// lifecycle rules and the time.
 struct Directory<'a, K> {
-    keys: &'a K,
+    keys: K,
     token_types: &'a [u16],
     lifecycle: Lifecycle,
     now: i64,

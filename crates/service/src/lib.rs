@@ -1,11 +1,12 @@
 //! # blindpass-service
 //!
-//! The use cases of a blindpass node, as plain async functions over a
-//! [`Store`], one file each: `issue` (both dialects, every token type),
-//! `redeem`, `relays`, `challenge`, `directory`, `keyring` and `lifecycle`
-//! (keys), `rate_limits`, `api_keys`, `retention`. One issuance reads as a
-//! straight line: one key lookup at `now` → the key's evaluation on a
-//! blocking thread → bytes.
+//! The use cases of a blindpass node, one file each: `issue` (both dialects,
+//! every token type), `redeem`, `relays`, `challenge`, `directory`,
+//! `keyring`, `key_admin`, `rotation` and `lifecycle` (keys), `rate_limits`,
+//! `api_keys`, `retention`, `readiness`, `sealing`. Each is a small struct of
+//! exactly what it needs (keys, store, clock, entropy, …); every public
+//! [`Service`] method is one line over one of them. One issuance reads as a
+//! straight line: one key lookup at `now` → the key's evaluation → bytes.
 //!
 //! **Invariant:** no HTTP, no JSON here; time comes from a [`Clock`].
 

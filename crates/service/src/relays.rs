@@ -134,8 +134,9 @@ impl Service {
         claim_type: &ClaimType,
         encryption_key_pem: Option<&str>,
     ) -> Result<NewRelay, RelayError> {
-        let encryption = encryption_key_pem.map_or(RelayEncryption::None, RelayEncryption::Pem);
-        self.relays().create(environment, claim_type, encryption).await
+        self.relays()
+            .create(environment, claim_type, encryption_key_pem.map_or(RelayEncryption::None, RelayEncryption::Pem))
+            .await
     }
 
     /// Creates a relay whose claims are encrypted as `encryption` says.
