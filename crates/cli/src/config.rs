@@ -294,16 +294,7 @@ mod tests {
 
     #[test]
     fn data_dir_gives_sqlite_url() {
-        let args = StoreArgs {
-            data_dir: Some("/tmp/d".into()),
-            database_url: None,
-            config: None,
-            key_encryption_key_file: None,
-            database_ca_file: None,
-            db_pool_size: None,
-            db_timeout_secs: None,
-            signer: Default::default(),
-        };
+        let args = StoreArgs { data_dir: Some("/tmp/d".into()), ..Default::default() };
         assert_eq!(args.database_url(), "sqlite:///tmp/d/blindpass.db");
         let args = StoreArgs { database_url: Some(Secret("sqlite://f.db".into())), ..args };
         assert_eq!(args.database_url(), "sqlite://f.db");
@@ -311,16 +302,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug() {
-        let args = StoreArgs {
-            data_dir: None,
-            database_url: Some(Secret("postgres://u:hunter2@h/db".into())),
-            config: None,
-            key_encryption_key_file: None,
-            database_ca_file: None,
-            db_pool_size: None,
-            db_timeout_secs: None,
-            signer: Default::default(),
-        };
+        let args = StoreArgs { database_url: Some(Secret("postgres://u:hunter2@h/db".into())), ..Default::default() };
         assert!(!format!("{args:?}").contains("hunter2"));
     }
 }
