@@ -24,33 +24,12 @@ use std::time::{Duration, Instant};
 
 use blindpass_client::{Client, RetryPolicy};
 use blindpass_store::postgres::{PoolOptions, PostgresStore};
+use common::postgres::Cluster;
 
 const CLAIM: &str = "age_over18_verified";
 /// The DER prefix of an RSA PKCS#8 private key (version 0, rsaEncryption).
 const PKCS8_RSA: &[u8] =
     &[0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-
-/// The PostgreSQL server binaries, or why the test cannot run.
-fn postgres_bin_dir() -> Option<PathBuf> {
-    let initdb = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("initdb")).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(glob_postgres_lib())
-        .find(|p| p.is_file())?;
-    let dir = std::fs::canonicalize(initdb).ok()?.parent()?.to_owned();
-    dir.join("postgres").is_file().then_some(dir)
-}
-
-/// `/usr/lib/postgresql/*/bin/initdb` (Debian keeps the server binaries off PATH).
-fn glob_postgres_lib() -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin").join("initdb")).collect())
-        .unwrap_or_default();
-    found.sort();
-    found.reverse();
-    found
-}
 
 fn have(program: &str) -> bool {
     Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
@@ -59,31 +38,7 @@ fn have(program: &str) -> bool {
 /// The PostgreSQL server binaries; a missing tool fails the test.
 fn tools() -> PathBuf {
     assert!(have("redis-server"), "redis-server is not installed");
-    postgres_bin_dir().expect("the PostgreSQL server binaries (initdb, postgres) are not installed")
-}
-
-/// The uid and gid that run PostgreSQL: `postgres` when we are root
-/// (initdb refuses root), else ourselves.
-fn server_user() -> Option<(u32, u32)> {
-    let id = |args: &[&str]| -> u32 {
-        let out = Command::new("id").args(args).output().unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
-    };
-    (id(&["-u"]) == 0).then(|| (id(&["-u", "postgres"]), id(&["-g", "postgres"])))
-}
-
-fn as_server_user(command: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    if let Some((uid, gid)) = user {
-        command.uid(uid).gid(gid);
-    }
-    command
-}
-
-fn give(path: &Path, user: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
-    }
+    common::postgres::bin_dir().expect("the PostgreSQL server binaries (initdb, postgres) are not installed")
 }
 
 /// A CA and a server certificate for `localhost` only (no IP address), so
@@ -120,128 +75,51 @@ fn make_pki() -> Pki {
     }
 }
 
-/// A PostgreSQL cluster of our own; stopped and deleted on drop.
-struct Cluster {
-    child: Child,
-    port: u16,
-    data: PathBuf,
-    user: Option<(u32, u32)>,
-    bin: PathBuf,
-    socket_dir: PathBuf,
+/// A PostgreSQL cluster of our own that speaks TLS only over TCP, with a
+/// certificate for `localhost`.
+fn tls_cluster(bin: &Path, dir: &Path, pki: &Pki) -> Cluster {
+    let mut cluster = Cluster::init(bin, dir);
+    // TLS or nothing over TCP.
+    cluster.write(
+        "pg_hba.conf",
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n\
+         hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n",
+    );
+    cluster.write("server.crt", &pki.server_cert_pem);
+    cluster.write("server.key", &pki.server_key_pem);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cluster.data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    cluster.start(&[
+        "listen_addresses=localhost",
+        "ssl=on",
+        "ssl_cert_file=server.crt",
+        "ssl_key_file=server.key",
+        "fsync=off",
+    ]);
+    cluster
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn url(cluster: &Cluster, host: &str, params: &str) -> String {
+    format!("postgres://postgres@{host}:{}/postgres?connect_timeout=5&{params}", cluster.port)
 }
 
-impl Cluster {
-    fn start(bin: &Path, dir: &Path, pki: &Pki) -> Self {
-        let user = server_user();
-        give(dir, user);
-        let data = dir.join("pgdata");
-        let socket_dir = dir.join("sockets");
-        std::fs::create_dir(&socket_dir).unwrap();
-        give(&socket_dir, user);
-        let out = as_server_user(
-            Command::new(bin.join("initdb"))
-                .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
-                .arg(&data),
-            user,
-        )
-        .output()
-        .unwrap();
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        // TLS or nothing over TCP.
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n\
-             hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n",
-        )
-        .unwrap();
-        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
-        std::fs::write(&cert, &pki.server_cert_pem).unwrap();
-        std::fs::write(&key, &pki.server_key_pem).unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        for path in [&cert, &key, &data.join("pg_hba.conf")] {
-            give(path, user);
-        }
-        let port = common::free_port();
-        let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
-        give(&dir.join("postgres.log"), user);
-        let child = as_server_user(
-            Command::new(bin.join("postgres"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string(), "-c", "listen_addresses=localhost", "-c", "ssl=on"])
-                .args(["-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key", "-c", "fsync=off"])
-                .arg("-k")
-                .arg(&socket_dir)
-                .stdout(Stdio::null())
-                .stderr(log),
-            user,
-        )
-        .spawn()
-        .unwrap();
-        let cluster = Self { child, port, data, user, bin: bin.to_owned(), socket_dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !cluster.psql("SELECT 1").is_ok_and(|out| out.trim() == "1") {
-            assert!(Instant::now() < deadline, "the throwaway PostgreSQL did not come up");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        cluster
-    }
-
-    /// Runs SQL over the Unix socket (no TLS needed there) as the superuser.
-    fn psql(&self, sql: &str) -> Result<String, String> {
-        let psql = self.bin.join("psql");
-        let out = as_server_user(
-            Command::new(psql).arg("-h").arg(&self.socket_dir).args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-tAc",
-                sql,
-            ]),
-            self.user,
-        )
-        .output()
-        .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn url(&self, host: &str, params: &str) -> String {
-        format!("postgres://postgres@{host}:{}/postgres?connect_timeout=5&{params}", self.port)
-    }
-
-    /// Every byte of every file in the cluster's data directory.
-    fn all_bytes(&self) -> Vec<u8> {
-        fn walk(dir: &Path, into: &mut Vec<u8>) {
-            for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, into);
-                } else if let Ok(bytes) = std::fs::read(&path) {
-                    into.extend(bytes);
-                }
+/// Every byte of every file in the cluster's data directory.
+fn all_bytes(cluster: &Cluster) -> Vec<u8> {
+    fn walk(dir: &Path, into: &mut Vec<u8>) {
+        for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, into);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                into.extend(bytes);
             }
         }
-        let mut all = Vec::new();
-        walk(&self.data, &mut all);
-        all
     }
+    let mut all = Vec::new();
+    walk(&cluster.data, &mut all);
+    all
 }
 
 async fn connect(url: &str, ca_file: Option<&Path>) -> Result<PostgresStore, String> {
@@ -300,28 +178,28 @@ async fn postgres_and_redis_over_tls_and_no_private_key_bytes_in_the_cluster_wit
     let other_ca = dir.path().join("other-ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     std::fs::write(&other_ca, &pki.other_ca_pem).unwrap();
-    let cluster = Cluster::start(&bin, dir.path(), &pki);
+    let cluster = tls_cluster(&bin, dir.path(), &pki);
 
     // --- sslmode, one case at a time ----------------------------------------
     // The cluster refuses plaintext over TCP, so every success below was TLS.
-    let refused = connect(&cluster.url("localhost", "sslmode=disable"), None).await;
+    let refused = connect(&url(&cluster, "localhost", "sslmode=disable"), None).await;
     assert!(refused.is_err(), "plaintext must be refused by this cluster");
-    connect(&cluster.url("localhost", "sslmode=require"), None).await.expect("require, no CA: encryption only");
-    let live = connect(&cluster.url("localhost", "sslmode=verify-full"), Some(&ca))
+    connect(&url(&cluster, "localhost", "sslmode=require"), None).await.expect("require, no CA: encryption only");
+    let live = connect(&url(&cluster, "localhost", "sslmode=verify-full"), Some(&ca))
         .await
         .expect("verify-full, right CA and name");
     let url_ca = format!("sslmode=verify-full&sslrootcert={}", ca.display());
-    connect(&cluster.url("localhost", &url_ca), None).await.expect("verify-full with sslrootcert in the URL");
-    let wrong_name = connect(&cluster.url("127.0.0.1", "sslmode=verify-full"), Some(&ca)).await;
+    connect(&url(&cluster, "localhost", &url_ca), None).await.expect("verify-full with sslrootcert in the URL");
+    let wrong_name = connect(&url(&cluster, "127.0.0.1", "sslmode=verify-full"), Some(&ca)).await;
     let why = wrong_name.expect_err("the certificate names localhost only, not 127.0.0.1");
     assert!(why.to_lowercase().contains("certificate"), "the reason names the certificate: {why}");
-    connect(&cluster.url("127.0.0.1", "sslmode=verify-ca"), Some(&ca)).await.expect("verify-ca ignores the name");
-    let wrong_ca = connect(&cluster.url("localhost", "sslmode=verify-ca"), Some(&other_ca)).await;
+    connect(&url(&cluster, "127.0.0.1", "sslmode=verify-ca"), Some(&ca)).await.expect("verify-ca ignores the name");
+    let wrong_ca = connect(&url(&cluster, "localhost", "sslmode=verify-ca"), Some(&other_ca)).await;
     let why = wrong_ca.expect_err("a certificate from another CA must be refused");
     assert!(why.to_lowercase().contains("certificate"), "the reason names the certificate: {why}");
-    let wrong_ca = connect(&cluster.url("localhost", "sslmode=require"), Some(&other_ca)).await;
+    let wrong_ca = connect(&url(&cluster, "localhost", "sslmode=require"), Some(&other_ca)).await;
     assert!(wrong_ca.is_err(), "a CA given with require is checked, as in libpq");
-    let without_ca = connect(&cluster.url("localhost", "sslmode=verify-full"), None).await;
+    let without_ca = connect(&url(&cluster, "localhost", "sslmode=verify-full"), None).await;
     assert!(without_ca.unwrap_err().contains("needs a CA"));
     let ssl_rows = cluster.psql("SELECT count(*) FROM pg_stat_ssl WHERE ssl").unwrap();
     assert!(ssl_rows.trim().parse::<u32>().unwrap() >= 1, "pg_stat_ssl shows our TLS session: {ssl_rows}");
@@ -331,7 +209,7 @@ async fn postgres_and_redis_over_tls_and_no_private_key_bytes_in_the_cluster_wit
     let redis = TlsRedis::start(dir.path(), &ca, &pki);
     let kek = dir.path().join("kek");
     common::write_kek(&kek);
-    let url = cluster.url("localhost", "sslmode=verify-full");
+    let url = url(&cluster, "localhost", "sslmode=verify-full");
     let store = [
         "--database-url",
         &url,
@@ -371,14 +249,14 @@ async fn postgres_and_redis_over_tls_and_no_private_key_bytes_in_the_cluster_wit
     // --- at rest: no PKCS#8 key in any file of the cluster -------------------
     cluster.psql("CHECKPOINT").unwrap();
     assert!(
-        !cluster.all_bytes().windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA),
+        !all_bytes(&cluster).windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA),
         "a PKCS#8 private key in the PostgreSQL data directory despite the KEK"
     );
     // The control: rewrapped to plaintext, the same scan finds the keys.
     common::cli(&store, &["keys", "rewrap", "--to-plaintext"]);
     cluster.psql("CHECKPOINT").unwrap();
     assert!(
-        cluster.all_bytes().windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA),
+        all_bytes(&cluster).windows(PKCS8_RSA.len()).any(|w| w == PKCS8_RSA),
         "the scan must find plaintext keys after rewrap --to-plaintext"
     );
 }

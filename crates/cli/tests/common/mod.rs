@@ -1,6 +1,8 @@
 //! Helpers shared by the tests that run the real `blindpass` binary.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod postgres;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
