@@ -10,6 +10,7 @@ fn main() {
         ("BLINDPASS_TEST_INTEROP", "blindpass_test_interop"),
         ("BLINDPASS_TEST_PKCS11", "blindpass_test_pkcs11"),
         ("BLINDPASS_TEST_NGINX", "blindpass_test_nginx"),
+        ("BLINDPASS_TEST_PG_FAILOVER", "blindpass_test_pg_failover"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={variable}");
