@@ -27,6 +27,15 @@ impl Drop for Node {
     }
 }
 
+/// Where a node's log goes: nowhere, or the test's own stderr when
+/// `BLINDPASS_TEST_NODE_LOGS` is set (to see why a node answered as it did).
+fn node_log() -> Stdio {
+    match std::env::var_os("BLINDPASS_TEST_NODE_LOGS") {
+        Some(_) => Stdio::inherit(),
+        None => Stdio::null(),
+    }
+}
+
 impl Node {
     /// Starts `blindpass <store> serve --listen 127.0.0.1:PORT <flags>` over
     /// plain HTTP and waits until `/health` answers.
@@ -106,7 +115,7 @@ impl NodeCommand {
             .args(["serve", "--listen", &addr])
             .args(&self.flags)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(node_log())
             .spawn()
             .unwrap();
         let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
