@@ -95,6 +95,17 @@ pub(crate) struct ServeArgs {
     /// node adopts it; a node given a different name refuses to start.
     #[arg(long, env = "BLINDPASS_ISSUER_NAME")]
     pub(crate) issuer_name: Option<String>,
+    /// Refuse redemptions (503, with the reason) and report not ready while
+    /// a spend acknowledged now could be lost to a PostgreSQL failover: no
+    /// synchronous standby attached, or commits that do not wait for one.
+    #[arg(
+        long,
+        env = "BLINDPASS_REQUIRE_SYNCHRONOUS_REPLICATION",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(crate) require_synchronous_replication: Option<bool>,
     /// Seconds a rotated-out key still verifies tokens.
     #[arg(long, value_parser = crate::units::signed_secs, env = "BLINDPASS_KEY_OVERLAP_SECS")]
     pub(crate) key_overlap_secs: Option<i64>,
@@ -234,6 +245,7 @@ fn service_config(args: &ServeArgs, request_timeout_secs: u64) -> anyhow::Result
         key_overlap_secs: at_least("key-overlap-secs", args.key_overlap_secs, d.key_overlap_secs, 0)?,
         issuer_name: String::new(),
         key_encryption_key: None,
+        require_synchronous_replication: args.require_synchronous_replication.unwrap_or(false),
         ..d
     };
     args.rotation.apply(&mut config)?;

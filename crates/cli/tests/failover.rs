@@ -90,8 +90,14 @@ impl Databases {
             "pg_hba.conf",
             "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
         );
-        let names = if synchronous { "synchronous_standby_names=*" } else { "synchronous_standby_names=" };
-        primary.start(&["wal_level=replica", "max_wal_senders=4", names, "synchronous_commit=on"]);
+        // On the command line, so the standby's copy of the configuration
+        // does not carry it; an asynchronous primary keeps the default (empty)
+        // so that ALTER SYSTEM can still make it synchronous.
+        let mut settings = vec!["wal_level=replica", "max_wal_senders=4", "synchronous_commit=on"];
+        if synchronous {
+            settings.push("synchronous_standby_names=*");
+        }
+        primary.start(&settings);
         let mut standby = Cluster::standby_of(&primary, &dir.path().join("standby"));
         standby.start(&["hot_standby=on"]);
         let wanted = if synchronous { "sync" } else { "async" };
@@ -294,4 +300,58 @@ async fn an_asynchronous_standby_behind_loses_acknowledged_spends_to_a_failover(
     let again = accepted_again(&bases, &tokens).await;
     eprintln!("asynchronous standby, stalled: {} acknowledged spends lost: tokens {again:?}", again.len());
     assert!(!again.is_empty(), "nothing acknowledged while the standby was behind was lost: the test missed the hole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(blindpass_test_pg_failover), ignore = "needs BLINDPASS_TEST_PG_FAILOVER and the PostgreSQL binaries")]
+async fn with_the_guard_no_spend_is_acknowledged_while_the_standby_is_asynchronous() {
+    let databases = Databases::start(false).await;
+    let (nodes, api_key) = nodes(&databases, &["--require-synchronous-replication"]).await;
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let tokens = tokens(&bases[0], &api_key, 8).await;
+    let first = relay(&bases[1]).await;
+    let http = reqwest::Client::new();
+
+    // Unprotected: not ready, and every redemption refused with the reason.
+    for base in &bases {
+        let ready = http.get(format!("{base}/health/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let body = ready.text().await.unwrap();
+        assert!(body.contains("asynchronous"), "{body}");
+    }
+    for (i, token) in tokens.iter().enumerate() {
+        let (status, retry_after) = claim(&http, &bases[i % 2], &first, token).await;
+        assert_eq!(status, 503, "token {i} was redeemed while a failover could lose its spend");
+        assert!(retry_after.is_some(), "token {i}: 503 without Retry-After");
+    }
+    let response = http
+        .post(format!("{}/api/privacy/v1/relays/{}/generate-claim", bases[0], first.token))
+        .header("persona-relay-secret", first.secret.as_str())
+        .header("authorization", format!("PrivateToken token={}", tokens[0]))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    let body = response.text().await.unwrap();
+    assert!(body.contains("Redemptions are paused") && body.contains("asynchronous"), "{body}");
+
+    // Make the standby synchronous: within a guard tick the nodes redeem.
+    databases.primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'").unwrap();
+    databases.primary.psql("SELECT pg_reload_conf()").unwrap();
+    let lifted = Instant::now();
+    for (i, token) in tokens.iter().enumerate() {
+        loop {
+            let (status, _) = claim(&http, &bases[i % 2], &first, token).await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "token {i}");
+            assert!(lifted.elapsed() < Duration::from_secs(20), "the guard did not lift: token {i}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!("guard: redemptions resumed {:?} after the standby became synchronous", lifted.elapsed());
+    for base in &bases {
+        assert_eq!(http.get(format!("{base}/health/ready")).send().await.unwrap().status(), 200);
+    }
 }

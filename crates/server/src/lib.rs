@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod api_key;
+mod background;
 mod batch;
 pub mod client_addr;
 pub mod envelope;
@@ -256,7 +257,8 @@ pub struct IdOverrides {
 
 /// Serves `router(state)` on `addr` (over TLS when `tls` is given) until
 /// `shutdown` resolves; in-flight requests finish first. Also prunes expired
-/// records periodically and, with a rotation policy, runs the rotation
+/// records periodically, reads the store's replication every 5 s (the
+/// replication guard) and, with a rotation policy, runs the rotation
 /// scheduler every 5 s.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -265,46 +267,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let reloader = tls.as_ref().map(tls::ReloadingTls::spawn_reloader);
-    let service = state.service.clone();
-    let pruner = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            tick.tick().await;
-            match service.prune(idempotency::IDEMPOTENCY_TTL_SECS).await {
-                Ok(p) => tracing::debug!(
-                    idempotency = p.idempotency,
-                    windows = p.windows,
-                    relays = p.relays,
-                    spent_tokens = p.spent_tokens,
-                    "pruned expired records"
-                ),
-                Err(e) => tracing::warn!(error = %e, "pruning failed"),
-            }
-        }
-    });
-    let rotator = (!state.service.config().key_rotation.is_empty()).then(|| {
-        let service = state.service.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ROTATION_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                service.rotate_due_keys().await;
-            }
-        })
-    });
+    // The replication guard reads the store before the first request.
+    state.service.check_replication().await;
+    let background = background::Tasks::spawn(&state.service);
     let connections = state.limits.connections;
     let trusted = Arc::clone(&state.trusted_proxies);
     let result = transport::serve_connections_with(listener, router(state), connections, tls, trusted, shutdown).await;
-    pruner.abort();
-    for task in [reloader, rotator].into_iter().flatten() {
-        task.abort();
+    drop(background);
+    if let Some(reloader) = reloader {
+        reloader.abort();
     }
     result
 }
-
-/// How often every node runs the rotation scheduler (with a policy).
-const ROTATION_TICK: Duration = Duration::from_secs(5);
 
 async fn not_found() -> ApiError {
     ApiError::NoSuchEndpoint

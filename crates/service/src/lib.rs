@@ -37,6 +37,7 @@ mod rate_limits;
 mod readiness;
 mod redeem;
 mod relays;
+pub mod replication;
 mod retention;
 mod rfc_context;
 pub mod rotation;
@@ -129,6 +130,9 @@ pub struct Config {
     /// Up to this many seconds are taken off the max-age at random per
     /// response, so clients' refreshes spread out.
     pub directory_max_age_jitter_secs: i64,
+    /// Refuse redemptions (503) and report not ready unless the store's
+    /// acknowledged commits survive a failover (see [`replication`]).
+    pub require_synchronous_replication: bool,
     /// The PKCS#11 token new type-2 keys are generated in (and stored keys
     /// kept there are signed by); `None` makes software (aws-lc) keys.
     pub pkcs11: Option<blindpass_hsm::Hsm>,
@@ -156,6 +160,7 @@ impl Default for Config {
             directory_max_age_secs: 300,
             directory_max_age_jitter_secs: 0,
             pkcs11: None,
+            require_synchronous_replication: false,
         }
     }
 }
@@ -177,6 +182,7 @@ struct Inner {
     signing: signing_pool::SigningPool,
     auth_cache: api_keys::AuthCache,
     readiness: readiness::LastCheck,
+    durability: replication::LastDurability,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -228,6 +234,7 @@ impl ServiceBuilder {
                 signing: signing_pool::SigningPool::per_core(SIGNING_QUEUE),
                 auth_cache: api_keys::AuthCache::default(),
                 readiness: readiness::LastCheck::default(),
+                durability: replication::LastDurability::default(),
                 metrics,
             }),
         }

@@ -50,6 +50,9 @@ pub struct Metrics {
     readiness_checks: Counter,
     unsealed_key_material: Counter,
     rate_limited: Family<LimitLabels, Counter>,
+    replication_standbys: Gauge,
+    replication_synchronous_standbys: Gauge,
+    commits_protected: Gauge,
     /// Serialises [`Metrics::encode`] with the scrape-time gauge refresh.
     scrape: Mutex<()>,
     /// The sample names every registered metric is exposed under.
@@ -134,6 +137,9 @@ impl Metrics {
             readiness_checks: Counter::default(),
             unsealed_key_material: Counter::default(),
             rate_limited: Family::default(),
+            replication_standbys: Gauge::default(),
+            replication_synchronous_standbys: Gauge::default(),
+            commits_protected: Gauge::default(),
             scrape: Mutex::new(()),
             registry: Mutex::new(Registry::default()),
             names: Mutex::new(Vec::new()),
@@ -185,6 +191,17 @@ impl Metrics {
             self.readiness_checks.clone(),
         );
         r.counter("rate_limited_request", "Requests refused by a rate limit, by limit", self.rate_limited.clone());
+        r.gauge("store_standbys", "Standbys streaming from the PostgreSQL primary", self.replication_standbys.clone());
+        r.gauge(
+            "store_synchronous_standbys",
+            "Standbys the primary's commits wait for (sync or quorum)",
+            self.replication_synchronous_standbys.clone(),
+        );
+        r.gauge(
+            "store_commits_protected",
+            "1 when no acknowledged spend can be lost to a failover (synchronous replication, or no replicas), else 0",
+            self.commits_protected.clone(),
+        );
     }
 
     /// The metrics of another layer (the HTTP edge's), made by `make` and
@@ -279,6 +296,14 @@ impl Metrics {
     /// One readiness check ran.
     pub(crate) fn readiness_check(&self) {
         self.readiness_checks.inc();
+    }
+
+    /// What the replication guard found: standbys, synchronous standbys,
+    /// and whether acknowledged commits are safe from a failover.
+    pub(crate) fn set_replication(&self, standbys: u64, synchronous: u64, protected: bool) {
+        self.replication_standbys.set(i64::try_from(standbys).unwrap_or(i64::MAX));
+        self.replication_synchronous_standbys.set(i64::try_from(synchronous).unwrap_or(i64::MAX));
+        self.commits_protected.set(i64::from(protected));
     }
 
     /// One request refused by the rate limit named `limit` (`environment`,

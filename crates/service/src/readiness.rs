@@ -31,6 +31,10 @@ pub enum NotReady {
         /// The token type.
         token_type: u16,
     },
+    /// With `require_synchronous_replication`: a spend acknowledged now
+    /// could be lost to a failover.
+    #[error("redemptions are paused: {0}")]
+    Unprotected(crate::replication::Unprotected),
     /// The type-2 key that issues in `environment` cannot sign now (its
     /// PKCS#11 token is away, or this node has none).
     #[error("the issuing type-2 key in {environment} cannot sign: {reason}")]
@@ -67,6 +71,7 @@ impl Service {
             token_types: &self.config().token_types,
             metrics: self.metrics(),
             last: &self.inner.readiness,
+            refusal: self.replication_refusal(),
             clock: &*self.inner.clock,
         }
     }
@@ -93,6 +98,8 @@ struct Readiness<'a> {
     token_types: &'a [u16],
     metrics: &'a Metrics,
     last: &'a LastCheck,
+    /// Why redemptions are refused now (the replication guard).
+    refusal: Option<crate::replication::Unprotected>,
     clock: &'a dyn Clock,
 }
 
@@ -114,6 +121,9 @@ impl Readiness<'_> {
             Err(_) => return Err(NotReady::StoreTimeout(READINESS_STORE_TIMEOUT)),
             Ok(Err(e)) => return Err(NotReady::Store(e.to_string())),
             Ok(Ok(_)) => {}
+        }
+        if let Some(why) = self.refusal {
+            return Err(NotReady::Unprotected(why));
         }
         let now = self.clock.now();
         for environment in [Environment::Sandbox, Environment::Production] {

@@ -40,6 +40,10 @@ pub enum RedeemError {
     /// The claim does not fit in one RSA-OAEP block of the relay's key.
     #[error("the claim payload does not fit the relay's encryption key")]
     PayloadTooLarge,
+    /// With `require_synchronous_replication`, a spend acknowledged now
+    /// could be lost to a failover: nothing is spent (retry later).
+    #[error("redemptions are paused: {0}")]
+    Unprotected(crate::replication::Unprotected),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -113,6 +117,7 @@ impl Service {
             lifecycle: self.lifecycle(),
             issuer_name: &self.config().issuer_name,
             relay_token_types: &self.config().relay_token_types,
+            refusal: self.replication_refusal(),
             now: self.now(),
         }
     }
@@ -162,6 +167,8 @@ struct Redeemer<'a, K> {
     lifecycle: Lifecycle,
     issuer_name: &'a str,
     relay_token_types: &'a [u16],
+    /// Why no spend may be acknowledged now (the replication guard).
+    refusal: Option<crate::replication::Unprotected>,
     now: i64,
 }
 
@@ -201,6 +208,10 @@ impl<K: KeySource> Redeemer<'_, K> {
     ) -> Result<Redemption, RedeemError> {
         let Checked { mut redemption, to_spend } = checked;
         let Some(verified) = to_spend else { return Ok(redemption) };
+        if let Some(why) = self.refusal {
+            self.metrics.redemption("unprotected");
+            return Err(RedeemError::Unprotected(why));
+        }
         redemption.response_stored = answer.is_some();
         let spend = blindpass_store::Spend {
             key_id: verified.key.record.id.clone(),
@@ -347,6 +358,7 @@ fn error_label(e: &RedeemError) -> &'static str {
         RedeemError::InvalidToken(why) => why.label(),
         RedeemError::Pending => "pending",
         RedeemError::PayloadTooLarge => "payload_too_large",
+        RedeemError::Unprotected(_) => "unprotected",
         RedeemError::Store(_) | RedeemError::Internal(_) => "error",
     }
 }
@@ -403,6 +415,7 @@ mod tests {
             lifecycle: Lifecycle { overlap_secs: 0 },
             issuer_name: "issuer.example",
             relay_token_types: &[5],
+            refusal: None,
             now,
         };
 

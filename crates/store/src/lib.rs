@@ -196,14 +196,37 @@ pub trait SettingsStore: Send + Sync {
     async fn rewrap(&self, changes: &[Rewrap]) -> Result<(), StoreError>;
 }
 
+/// What could lose a write the store acknowledged.
+#[async_trait]
+pub trait DurabilityStore: Send + Sync {
+    /// The primary's replication (see [`Replication::protects_commits`]), or
+    /// `None` for a store with no replicas to fail over to (SQLite: a write
+    /// is on this node's disk before it is acknowledged).
+    async fn replication(&self) -> Result<Option<Replication>, StoreError>;
+}
+
 /// Everything a blindpass node needs from its store.
 pub trait Store:
-    ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore + RelayStore + SpentTokenStore
+    ApiKeyStore
+    + IssuerKeyStore
+    + IdempotencyStore
+    + RateLimitStore
+    + SettingsStore
+    + RelayStore
+    + SpentTokenStore
+    + DurabilityStore
 {
 }
 
 impl<T> Store for T where
-    T: ApiKeyStore + IssuerKeyStore + IdempotencyStore + RateLimitStore + SettingsStore + RelayStore + SpentTokenStore
+    T: ApiKeyStore
+        + IssuerKeyStore
+        + IdempotencyStore
+        + RateLimitStore
+        + SettingsStore
+        + RelayStore
+        + SpentTokenStore
+        + DurabilityStore
 {
 }
 

@@ -118,3 +118,7 @@ metered!(SettingsStore {
     fn settings_with_prefix(&self, prefix: &str) -> Vec<(String, Vec<u8>)>;
     fn rewrap(&self, changes: &[Rewrap]) -> ();
 });
+
+metered!(DurabilityStore {
+    fn replication(&self) -> Option<Replication>;
+});

@@ -292,3 +292,51 @@ pub(crate) fn rate_limit_to_db(per_minute: u64) -> Result<i64, crate::StoreError
 pub(crate) fn rate_limit_from_db(value: i64) -> Result<u64, crate::StoreError> {
     u64::try_from(value).ok().filter(|v| *v > 0).ok_or_else(|| crate::StoreError::Corrupt("api key rate limit".into()))
 }
+
+/// A primary's replication, as it reports it: whether a commit it
+/// acknowledges is also on a standby, so that a failover cannot lose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// `synchronous_standby_names` (empty: every standby is asynchronous).
+    pub synchronous_standby_names: String,
+    /// `synchronous_commit` as this node's connections see it.
+    pub synchronous_commit: String,
+    /// Standbys streaming from the primary.
+    pub standbys: u64,
+    /// Of those, the ones a commit waits for (`sync` or `quorum`). A role
+    /// without `pg_monitor` (or `pg_read_all_stats`) cannot see this, and
+    /// counts none.
+    pub synchronous_standbys: u64,
+}
+
+impl Replication {
+    /// True when every commit the primary acknowledges has reached a
+    /// standby: commits wait for synchronous standbys, and one is attached.
+    pub fn protects_commits(&self) -> bool {
+        !self.synchronous_standby_names.trim().is_empty()
+            && matches!(self.synchronous_commit.as_str(), "on" | "remote_write" | "remote_apply")
+            && self.synchronous_standbys > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_waited_for_attached_standby_protects_commits() {
+        let sync = |names: &str, commit: &str, synchronous_standbys: u64| Replication {
+            synchronous_standby_names: names.into(),
+            synchronous_commit: commit.into(),
+            standbys: synchronous_standbys.max(1),
+            synchronous_standbys,
+        };
+        assert!(sync("*", "on", 1).protects_commits());
+        assert!(sync("ANY 1 (a, b)", "remote_apply", 2).protects_commits());
+        assert!(sync("a", "remote_write", 1).protects_commits());
+        assert!(!sync("", "on", 0).protects_commits(), "asynchronous standbys");
+        assert!(!sync("*", "local", 1).protects_commits(), "commits do not wait");
+        assert!(!sync("*", "off", 1).protects_commits(), "commits do not wait");
+        assert!(!sync("*", "on", 0).protects_commits(), "no synchronous standby attached");
+    }
+}

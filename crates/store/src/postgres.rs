@@ -31,6 +31,7 @@ use crate::{
     IssuerKeyStore, KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget,
     SettingsStore, Spend, SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
 };
+use crate::{DurabilityStore, Replication};
 
 /// Schema migrations, applied in order under an advisory lock.
 const MIGRATIONS: &[&str] = &[

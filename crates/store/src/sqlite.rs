@@ -30,6 +30,7 @@ use crate::{
     IssuerKeyStore, KeyState, Permission, RateLimitStore, RecordOutcome, Relay, RelayStore, Rewrap, RewrapTarget,
     SettingsStore, Spend, SpendOutcome, SpentTokenStore, StoreError, StoredResponse,
 };
+use crate::{DurabilityStore, Replication};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[

@@ -316,6 +316,12 @@ fn redeem(e: RedeemError) -> Reply {
         RedeemError::PayloadTooLarge => {
             unprocessable("The claim payload does not fit in one RSA-OAEP block of the relay's encryption key.")
         }
+        RedeemError::Unprotected(why) => Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            format!("Redemptions are paused: {why}, so a spend acknowledged now could be lost. Retry later."),
+        )
+        .retry_after(5),
         RedeemError::Store(s) => store(s),
         e @ RedeemError::Internal(_) => internal(&e),
     }

@@ -32,7 +32,8 @@ macro_rules! conformance_tests {
             a_retired_pending_key_is_never_promoted, relays, relays_expire, spending_has_one_winner,
             spent_records_outlive_their_tokens, spend_completes_idempotency_in_one_transaction,
             concurrent_spends_each_have_one_winner, key_lifecycles_are_per_token_type,
-            key_material_is_read_and_rewrapped_apart, announcing_a_successor_has_one_winner);
+            key_material_is_read_and_rewrapped_apart, announcing_a_successor_has_one_winner,
+            a_store_without_synchronous_standbys_does_not_claim_to_protect_commits);
     };
     (@each $attrs:tt $make:path; $($name:ident),*) => {
         $($crate::conformance_tests!(@one $attrs $make, $name);)*

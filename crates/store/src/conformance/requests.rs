@@ -100,3 +100,12 @@ pub async fn settings(store: Arc<dyn Store>) {
     assert_eq!(store.setting_get_or_insert("org", b"one").await.unwrap(), b"one");
     assert_eq!(store.setting_get_or_insert("org", b"two").await.unwrap(), b"one");
 }
+
+/// The test databases have no standby: a store reports no replication at all
+/// (an embedded one) or replication that does not protect commits.
+pub async fn a_store_without_synchronous_standbys_does_not_claim_to_protect_commits(store: Arc<dyn Store>) {
+    if let Some(replication) = store.replication().await.unwrap() {
+        assert_eq!(replication.synchronous_standbys, 0, "{replication:?}");
+        assert!(!replication.protects_commits(), "{replication:?}");
+    }
+}

@@ -171,3 +171,27 @@ async fn apply_claim(
     done.map_err(map_err)?;
     Ok(IdempotencyBegin::Started)
 }
+
+#[async_trait]
+impl DurabilityStore for PostgresStore {
+    async fn replication(&self) -> Result<Option<Replication>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit'),
+                        (SELECT count(*) FROM pg_stat_replication),
+                        (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))",
+                &[],
+            )
+            .await
+            .map_err(map_err)?;
+        let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok(Some(Replication {
+            synchronous_standby_names: row.get(0),
+            synchronous_commit: row.get(1),
+            standbys: count(2),
+            synchronous_standbys: count(3),
+        }))
+    }
+}

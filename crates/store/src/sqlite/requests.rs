@@ -218,3 +218,11 @@ impl Claim<'_> {
         Ok(IdempotencyBegin::Started)
     }
 }
+
+#[async_trait]
+impl DurabilityStore for SqliteStore {
+    /// One file on this node's disk: nothing to fail over to.
+    async fn replication(&self) -> Result<Option<Replication>, StoreError> {
+        Ok(None)
+    }
+}
