@@ -11,6 +11,7 @@ fn main() {
         ("BLINDPASS_TEST_PKCS11", "blindpass_test_pkcs11"),
         ("BLINDPASS_TEST_NGINX", "blindpass_test_nginx"),
         ("BLINDPASS_TEST_PG_FAILOVER", "blindpass_test_pg_failover"),
+        ("BLINDPASS_TEST_FULL_DISK", "blindpass_test_full_disk"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={variable}");
