@@ -138,3 +138,27 @@ impl Guard<'_> {
         now
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicated(names: &str, commit: &str, synchronous_standbys: u64) -> Durability {
+        Durability::Replicated(Replication {
+            synchronous_standby_names: names.into(),
+            synchronous_commit: commit.into(),
+            standbys: 1,
+            synchronous_standbys,
+        })
+    }
+
+    #[test]
+    fn each_exposure_has_its_reason() {
+        assert_eq!(Durability::Local.exposure(), None, "no replicas: nothing to fail over to");
+        assert_eq!(Durability::Unknown.exposure(), Some(Unprotected::Unknown));
+        assert_eq!(replicated("*", "on", 1).exposure(), None);
+        assert_eq!(replicated("", "on", 0).exposure(), Some(Unprotected::AsynchronousStandbys));
+        assert_eq!(replicated("*", "local", 1).exposure(), Some(Unprotected::CommitsDoNotWait));
+        assert_eq!(replicated("*", "on", 0).exposure(), Some(Unprotected::NoSynchronousStandby));
+    }
+}
