@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blindpass_client::{Client, RelayCredentials, RetryPolicy};
+use blindpass_client::{Client, RelayCredentials};
 use common::postgres::Cluster;
 
 const CLAIM: &str = "age_over18_verified";
@@ -37,28 +37,7 @@ const TOKENS: usize = 120;
 /// Redemptions in flight at once (spread over both nodes).
 const WORKERS: usize = 4;
 
-fn no_retries() -> RetryPolicy {
-    RetryPolicy { max_retries: 0, ..RetryPolicy::default() }
-}
-
-/// One generate-claim: status and `Retry-After`; a 5xx other than 503
-/// fails the test on the spot.
-async fn claim(http: &reqwest::Client, base: &str, relay: &RelayCredentials, token: &str) -> (u16, Option<String>) {
-    let response = http
-        .post(format!("{base}/api/privacy/v1/relays/{}/generate-claim", relay.token))
-        .header("persona-relay-secret", relay.secret.as_str())
-        .header("authorization", format!("PrivateToken token={token}"))
-        .json(&serde_json::json!({}))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await;
-    let Ok(response) = response else { return (0, None) };
-    let status = response.status().as_u16();
-    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = response.text().await.unwrap_or_default();
-    assert!(status < 500 || status == 503, "only 503 may be a server error: {status} {body}");
-    (status, retry_after)
-}
+use common::{generate_claim as claim, no_retries};
 
 /// What the load saw: every answer, and when each token was accepted.
 #[derive(Default)]

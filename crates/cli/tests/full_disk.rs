@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use blindpass_client::{Client, RelayCredentials, RetryPolicy};
+use blindpass_client::Client;
 
 const CLAIM: &str = "age_over18_verified";
 
@@ -63,26 +63,7 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-fn no_retries() -> RetryPolicy {
-    RetryPolicy { max_retries: 0, ..RetryPolicy::default() }
-}
-
-/// One generate-claim: status and `Retry-After`; any 5xx but 503 fails.
-async fn claim(http: &reqwest::Client, base: &str, relay: &RelayCredentials, token: &str) -> (u16, Option<String>) {
-    let response = http
-        .post(format!("{base}/api/privacy/v1/relays/{}/generate-claim", relay.token))
-        .header("persona-relay-secret", relay.secret.as_str())
-        .header("authorization", format!("PrivateToken token={token}"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = response.text().await.unwrap();
-    assert!(status < 500 || status == 503, "only 503 may be a server error: {status} {body}");
-    (status, retry_after)
-}
+use common::{generate_claim as claim, no_retries};
 
 fn integrity(data: &Path) -> String {
     let db = rusqlite::Connection::open_with_flags(

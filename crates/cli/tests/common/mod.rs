@@ -222,3 +222,32 @@ pub fn write_kek(path: &std::path::Path) {
     std::fs::write(path, cli(&[], &["keys", "generate-kek"])).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// A client that makes each call once (no retry on 5xx or 429).
+pub fn no_retries() -> blindpass_client::RetryPolicy {
+    blindpass_client::RetryPolicy { max_retries: 0, ..blindpass_client::RetryPolicy::default() }
+}
+
+/// One generate-claim at `base`: its status (0 when no answer came) and
+/// `Retry-After`. A 5xx other than 503 fails the test on the spot.
+pub async fn generate_claim(
+    http: &reqwest::Client,
+    base: &str,
+    relay: &blindpass_client::RelayCredentials,
+    token: &str,
+) -> (u16, Option<String>) {
+    let response = http
+        .post(format!("{base}/api/privacy/v1/relays/{}/generate-claim", relay.token))
+        .header("persona-relay-secret", relay.secret.as_str())
+        .header("authorization", format!("PrivateToken token={token}"))
+        .json(&serde_json::json!({}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let Ok(response) = response else { return (0, None) };
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = response.text().await.unwrap_or_default();
+    assert!(status < 500 || status == 503, "only 503 may be a server error: {status} {body}");
+    (status, retry_after)
+}
